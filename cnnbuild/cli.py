@@ -1,0 +1,230 @@
+"""The ``cnnbuild`` command line: thin Typer commands over the core modules.
+
+Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from enum import Enum
+
+import typer
+from rich.console import Console
+
+from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError
+
+app = typer.Typer(
+    name="cnnbuild",
+    help="Describe a CNN in YAML; validate it in CI, trace every shape, build and train it.\n\n"
+         "Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, highlight=False, width=None if stream.isatty() else 160)
+
+
+def _fail(exc: CnnbuildError) -> None:
+    from cnnbuild.report import text_lines
+
+    err = _console(stderr=True)
+    for line in text_lines(exc.findings, color=err.is_terminal):
+        err.print(line)
+    if not exc.findings or not isinstance(exc, ConfigError):
+        err.print(f"[bold red]error:[/bold red] {exc.message}", markup=True)
+
+
+def handled(fn):
+    """Turn :class:`CnnbuildError` into a message and its exit code (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CnnbuildError as exc:
+            _fail(exc)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+    github = "github"
+    sarif = "sarif"
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v",
+                                       help="Show TensorFlow's start-up messages.")]
+ConfigArg = Annotated[Path, typer.Argument(help="A model config (YAML).", show_default=False)]
+
+
+@app.command()
+@handled
+def validate(
+    paths: Annotated[list[str], typer.Argument(help="Config files, directories or globs.",
+                                               show_default=False)],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.text,
+    ignore: Annotated[list[str], typer.Option("--ignore", help="Skip a rule (repeatable).",
+                                              show_default=False)] = [],  # noqa: B006
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
+) -> None:
+    """Check configs without TensorFlow: schema, shapes, parameters and lint rules.
+
+    Prints FILE:LINE:COL: severity: message [RULE]. Exit 1 when a finding fails.
+    """
+    from cnnbuild import report
+    from cnnbuild.checks import RULES
+    from cnnbuild.validate import check_file, expand_paths
+
+    for rid in ignore:
+        if rid not in RULES or not RULES[rid].ignorable:
+            raise UsageError(f"--ignore {rid}: not a lint rule id; rules: "
+                             + ", ".join(r.id for r in RULES.values() if r.ignorable))
+    files, findings = expand_paths(paths)
+    for file in files:
+        findings.extend(check_file(file, frozenset(ignore))[2])
+    failing = {"error", "warning"} if strict else {"error"}
+    failed = any(f.severity in failing for f in findings)
+    out = _console()
+    if fmt is Format.text:
+        report.print_text(out, findings, len(files))
+    else:
+        render = {"json": report.to_json, "github": report.to_github,
+                  "sarif": report.to_sarif}[fmt.value]
+        text = render(findings)
+        if text:
+            print(text)
+    raise typer.Exit(EXIT_INVALID if failed else 0)
+
+
+@app.command()
+@handled
+def summary(
+    config: ConfigArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    static: Annotated[bool, typer.Option("--static",
+                                         help="Use the static engine; no TensorFlow.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Each layer's output shape, parameters and MACs, with totals and memory."""
+    from cnnbuild import render
+    from cnnbuild.validate import load_traced
+
+    cfg, tr = load_traced(config)
+    if static:
+        data = tr.to_dict()
+    else:
+        from cnnbuild.builder import build_model, keras_module, keras_summary
+
+        keras_module(verbose)
+        data = keras_summary(cfg, build_model(cfg, compile=False))
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    out = _console()
+    scopes = {r.node.name: r.node.scope for r in tr.rows}
+    out.print(render.summary_table(data, scopes, tr.activation_bytes,
+                                   "the static engine" if static else "Keras"))
+    render.print_lines(out, render.summary_footer(data, tr.activation_bytes))
+
+
+@app.command()
+@handled
+def trace(
+    config: ConfigArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    run: Annotated[bool, typer.Option("--run", help="Also run a real forward pass in Keras "
+                                                    "and compare.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random batch for --run.")] = 0,
+    verbose: Verbose = False,
+) -> None:
+    """The shape trace, layer by layer, with the arithmetic of every spatial size."""
+    from cnnbuild import render
+    from cnnbuild.validate import load_traced
+
+    cfg, tr = load_traced(config)
+    real = None
+    if run:
+        from cnnbuild.builder import keras_module
+        from cnnbuild.probe import forward_stats
+
+        keras_module(verbose)
+        real = forward_stats(cfg, seed=seed)
+    if as_json:
+        data = render.trace_dict(tr)
+        if real is not None:
+            for layer in data["layers"]:
+                layer["real"] = real.get(layer["name"])
+        print(json.dumps(data, indent=2))
+    else:
+        out = _console()
+        out.print(render.trace_table(tr, real))
+        for f in cfg.findings:
+            out.print(f.format(), highlight=False, markup=False)
+    if real is not None:
+        bad = [r.node.name for r in tr.rows
+               if r.node.name in real and tuple(real[r.node.name]["shape"]) != r.shape]
+        if bad:
+            raise CnnbuildError("Keras and the static trace disagree on " + ", ".join(bad))
+
+
+@app.command()
+@handled
+def build(
+    config: ConfigArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Where to save (.keras); default "
+                                                     "NAME.keras.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Build and compile the Keras model and save it in the native .keras format."""
+    from cnnbuild.builder import build_model, keras_module
+    from cnnbuild.io import save_model
+    from cnnbuild.validate import load_config
+
+    cfg = load_config(config)
+    target = output or Path(f"{cfg.name}.keras")
+    if target.suffix != ".keras":
+        raise UsageError(f"--output must end in .keras; received {str(target)!r}")
+    keras_module(verbose)
+    model = build_model(cfg)
+    save_model(model, target)
+    _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {target}")
+
+
+@app.command()
+@handled
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Write to a file instead.")] = None,
+) -> None:
+    """Print the JSON Schema (draft-07) of the config format, for editors."""
+    from cnnbuild.io import write_text
+    from cnnbuild.schema.jsonschema import json_schema_text
+
+    text = json_schema_text()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_text(output, text)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

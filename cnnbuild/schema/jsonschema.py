@@ -1,0 +1,116 @@
+"""The JSON Schema (draft-07) of the config format, generated from the pydantic models
+the validator uses, for editors (yaml-language-server supports draft-07 and older)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cnnbuild.catalog import REGISTRY
+from cnnbuild.config import BLOCK_KINDS, MERGES, TOP_KEYS
+from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
+
+DRAFT = "http://json-schema.org/draft-07/schema#"
+TEMPLATE_NAME = r"^[a-z_][A-Za-z0-9_]*$"
+
+
+def _draft07(node: Any) -> Any:
+    """Rewrite pydantic's 2020-12 output (``$defs``, ``prefixItems``) as draft-07."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "prefixItems":
+                out["items"] = _draft07(value)
+                out["additionalItems"] = False
+            elif key == "$ref":
+                out[key] = value.replace("#/$defs/", "#/definitions/")
+            elif key == "title":
+                continue
+            else:
+                out[key] = _draft07(value)
+        return out
+    if isinstance(node, list):
+        return [_draft07(v) for v in node]
+    return node
+
+
+def _model(model: type, defs: dict, extra: dict | None = None) -> dict:
+    schema = model.model_json_schema(ref_template="#/definitions/{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        defs[name] = _draft07(sub)
+    schema = _draft07(schema)
+    if extra:
+        schema["properties"].update(extra)
+    schema["additionalProperties"] = False
+    return schema
+
+
+def json_schema() -> dict:
+    """The whole schema, as a dict."""
+    defs: dict[str, Any] = {}
+    structural = {
+        "inputs": {"description": "names of earlier layers to read (default: the previous one)",
+                   "oneOf": [{"type": "string"},
+                             {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
+        "repeat": {"type": "integer", "minimum": 1, "description": "stack this layer N times"},
+    }
+    layer_props = {}
+    for kind in REGISTRY.values():
+        schema = _model(kind.args, defs, structural)
+        schema["description"] = f"keras.layers.{kind.name}: {kind.doc}"
+        defs[kind.name] = schema
+        layer_props[kind.name] = {"oneOf": [{"$ref": f"#/definitions/{kind.name}"},
+                                            {"type": "null"}]}
+    layer_list = {"type": "array", "items": {"$ref": "#/definitions/layer"}}
+    merge = {"enum": list(MERGES)}
+    defs["Residual"] = {
+        "type": "object", "required": ["main"], "additionalProperties": False,
+        "description": "main path and shortcut (identity when omitted), merged (Add)",
+        "properties": {"main": layer_list, "shortcut": {"oneOf": [layer_list, {"type": "null"}]},
+                       "merge": merge, "name": {"type": "string"}, "axis": {"type": "integer"},
+                       **structural},
+    }
+    defs["Parallel"] = {
+        "type": "object", "required": ["branches"], "additionalProperties": False,
+        "description": "branches from the same input, merged (Concatenate)",
+        "properties": {"branches": {"type": "array", "items": layer_list, "minItems": 2},
+                       "merge": merge, "name": {"type": "string"}, "axis": {"type": "integer"},
+                       **structural},
+    }
+    for kind in BLOCK_KINDS:
+        layer_props[kind] = {"$ref": f"#/definitions/{kind}"}
+    defs["layer"] = {"oneOf": [
+        {"type": "string", "anyOf": [{"enum": list(REGISTRY)}, {"pattern": TEMPLATE_NAME}]},
+        {"type": "object", "minProperties": 1, "maxProperties": 1,
+         "properties": layer_props,
+         "patternProperties": {TEMPLATE_NAME: {"type": ["object", "null"],
+                                               "description": "a block from `blocks:`"}},
+         "additionalProperties": False},
+    ]}
+    props = {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "input": {"type": "array", "minItems": 3, "maxItems": 3,
+                  "description": "[height, width, channels]; height/width may be null",
+                  "items": [{"type": ["integer", "null"], "minimum": 1},
+                            {"type": ["integer", "null"], "minimum": 1},
+                            {"type": "integer", "minimum": 1}]},
+        "layers": layer_list,
+        "blocks": {"type": "object", "propertyNames": {"pattern": TEMPLATE_NAME},
+                   "additionalProperties": {
+                       "type": "object", "required": ["layers"], "additionalProperties": False,
+                       "properties": {"params": {"type": ["array", "object"]},
+                                      "layers": layer_list,
+                                      "description": {"type": "string"}}}},
+        "compile": _model(CompileConfig, defs),
+        "train": _model(TrainConfig, defs),
+        "lint": _model(LintConfig, defs),
+    }
+    assert set(props) == set(TOP_KEYS)
+    return {"$schema": DRAFT, "$id": "https://cnnbuild.dev/schema/cnnbuild.schema.json",
+            "title": "cnnbuild model config", "type": "object", "required": ["input", "layers"],
+            "additionalProperties": False, "properties": props, "definitions": defs}
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,315 @@
+"""One pydantic model per layer kind: Keras' argument names, types, ranges and defaults.
+
+``tests/test_catalog.py`` checks every default here against the installed Keras
+layer's signature, so the schema cannot drift from Keras silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from cnnbuild.schema.types import (
+    ACTIVATIONS,
+    DTYPES,
+    FILL_MODES,
+    INTERPOLATIONS,
+    Bool,
+    Choice,
+    Constraint,
+    DataFormat,
+    Factor,
+    Float,
+    Initializer,
+    Int,
+    LayerName,
+    Padding,
+    Padding2D,
+    Pair,
+    Regularizer,
+    Seed,
+)
+from cnnbuild.schema.types import Activation as ActivationName
+
+PosInt = Int(1)
+
+
+class LayerArgs(BaseModel):
+    """Arguments every Keras layer takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: LayerName | None = None
+    trainable: Bool = True
+    dtype: Choice(DTYPES, "dtype", nullable=True) = None
+
+
+class Conv2D(LayerArgs):
+    filters: PosInt
+    kernel_size: Pair(1)
+    strides: Pair(1) = (1, 1)
+    padding: Padding = "valid"
+    data_format: DataFormat = None
+    dilation_rate: Pair(1) = (1, 1)
+    groups: PosInt = 1
+    activation: ActivationName = None
+    use_bias: Bool = True
+    kernel_initializer: Initializer = "glorot_uniform"
+    bias_initializer: Initializer = "zeros"
+    kernel_regularizer: Regularizer = None
+    bias_regularizer: Regularizer = None
+    activity_regularizer: Regularizer = None
+    kernel_constraint: Constraint = None
+    bias_constraint: Constraint = None
+
+    @model_validator(mode="after")
+    def _keras_rules(self) -> Conv2D:
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError("`strides > 1` not supported in conjunction with "
+                             f"`dilation_rate > 1`; received strides={list(self.strides)} and "
+                             f"dilation_rate={list(self.dilation_rate)}")
+        if self.filters % self.groups:
+            raise ValueError("the number of filters must be evenly divisible by the number "
+                             f"of groups; received groups={self.groups}, filters={self.filters}")
+        return self
+
+
+class DepthwiseConv2D(LayerArgs):
+    kernel_size: Pair(1)
+    strides: Pair(1) = (1, 1)
+    padding: Padding = "valid"
+    depth_multiplier: PosInt = 1
+    data_format: DataFormat = None
+    dilation_rate: Pair(1) = (1, 1)
+    activation: ActivationName = None
+    use_bias: Bool = True
+    depthwise_initializer: Initializer = "glorot_uniform"
+    bias_initializer: Initializer = "zeros"
+    depthwise_regularizer: Regularizer = None
+    bias_regularizer: Regularizer = None
+    activity_regularizer: Regularizer = None
+    depthwise_constraint: Constraint = None
+    bias_constraint: Constraint = None
+
+    @model_validator(mode="after")
+    def _keras_rules(self) -> DepthwiseConv2D:
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError("`strides > 1` not supported in conjunction with "
+                             f"`dilation_rate > 1`; received strides={list(self.strides)} and "
+                             f"dilation_rate={list(self.dilation_rate)}")
+        return self
+
+
+class SeparableConv2D(LayerArgs):
+    filters: PosInt
+    kernel_size: Pair(1)
+    strides: Pair(1) = (1, 1)
+    padding: Padding = "valid"
+    data_format: DataFormat = None
+    dilation_rate: Pair(1) = (1, 1)
+    depth_multiplier: PosInt = 1
+    activation: ActivationName = None
+    use_bias: Bool = True
+    depthwise_initializer: Initializer = "glorot_uniform"
+    pointwise_initializer: Initializer = "glorot_uniform"
+    bias_initializer: Initializer = "zeros"
+    depthwise_regularizer: Regularizer = None
+    pointwise_regularizer: Regularizer = None
+    bias_regularizer: Regularizer = None
+    activity_regularizer: Regularizer = None
+    depthwise_constraint: Constraint = None
+    pointwise_constraint: Constraint = None
+    bias_constraint: Constraint = None
+
+    _keras_rules = DepthwiseConv2D._keras_rules
+
+
+class MaxPooling2D(LayerArgs):
+    pool_size: Pair(1) = (2, 2)
+    strides: Pair(1) | None = None
+    padding: Padding = "valid"
+    data_format: DataFormat = None
+
+
+class AveragePooling2D(MaxPooling2D):
+    pool_size: Pair(1)
+
+
+class GlobalAveragePooling2D(LayerArgs):
+    data_format: DataFormat = None
+    keepdims: Bool = False
+
+
+class GlobalMaxPooling2D(GlobalAveragePooling2D):
+    pass
+
+
+class Flatten(LayerArgs):
+    data_format: DataFormat = None
+
+
+class Dense(LayerArgs):
+    units: PosInt
+    activation: ActivationName = None
+    use_bias: Bool = True
+    kernel_initializer: Initializer = "glorot_uniform"
+    bias_initializer: Initializer = "zeros"
+    kernel_regularizer: Regularizer = None
+    bias_regularizer: Regularizer = None
+    activity_regularizer: Regularizer = None
+    kernel_constraint: Constraint = None
+    bias_constraint: Constraint = None
+
+
+Rate = Float(0.0, 1.0, hi_open=True)
+
+
+class Dropout(LayerArgs):
+    rate: Rate
+    noise_shape: list[Int(1) | None] | None = None
+    seed: Seed = None
+
+
+class SpatialDropout2D(LayerArgs):
+    rate: Rate
+    data_format: DataFormat = None
+    seed: Seed = None
+
+
+AxisList = Int() | list[Int()]
+
+
+class BatchNormalization(LayerArgs):
+    axis: Int() = -1
+    momentum: Float(0.0, 1.0) = 0.99
+    epsilon: Float(0.0, lo_open=True) = 0.001
+    center: Bool = True
+    scale: Bool = True
+    beta_initializer: Initializer = "zeros"
+    gamma_initializer: Initializer = "ones"
+    moving_mean_initializer: Initializer = "zeros"
+    moving_variance_initializer: Initializer = "ones"
+    beta_regularizer: Regularizer = None
+    gamma_regularizer: Regularizer = None
+    beta_constraint: Constraint = None
+    gamma_constraint: Constraint = None
+    renorm: Bool = False
+    renorm_clipping: dict[Choice(("rmax", "rmin", "dmax"), "renorm_clipping key"),
+                          Float(0.0)] | None = None
+    renorm_momentum: Float(0.0, 1.0) = 0.99
+    synchronized: Bool = False
+
+
+class LayerNormalization(LayerArgs):
+    axis: AxisList = -1
+    epsilon: Float(0.0, lo_open=True) = 0.001
+    center: Bool = True
+    scale: Bool = True
+    beta_initializer: Initializer = "zeros"
+    gamma_initializer: Initializer = "ones"
+    beta_regularizer: Regularizer = None
+    gamma_regularizer: Regularizer = None
+    beta_constraint: Constraint = None
+    gamma_constraint: Constraint = None
+
+
+class Activation(LayerArgs):
+    activation: Choice(ACTIVATIONS, "activation")
+
+
+class ReLU(LayerArgs):
+    max_value: Float(0.0) | None = None
+    negative_slope: Float(0.0) = 0.0
+    threshold: Float() = 0.0
+
+
+class ZeroPadding2D(LayerArgs):
+    padding: Padding2D = ((1, 1), (1, 1))
+    data_format: DataFormat = None
+
+
+class Cropping2D(LayerArgs):
+    cropping: Padding2D = ((0, 0), (0, 0))
+    data_format: DataFormat = None
+
+
+class Rescaling(LayerArgs):
+    scale: Float()
+    offset: Float() = 0.0
+
+
+class Resizing(LayerArgs):
+    height: PosInt
+    width: PosInt
+    interpolation: Choice(INTERPOLATIONS, "interpolation") = "bilinear"
+    crop_to_aspect_ratio: Bool = False
+    pad_to_aspect_ratio: Bool = False
+    fill_mode: Choice(("constant",), "fill_mode") = "constant"
+    fill_value: Float() = 0.0
+    antialias: Bool = False
+    data_format: DataFormat = None
+
+
+class RandomFlip(LayerArgs):
+    mode: Choice(("horizontal", "vertical", "horizontal_and_vertical"), "mode") = (
+        "horizontal_and_vertical")
+    seed: Seed = None
+    data_format: DataFormat = None
+
+
+class _RandomAffine(LayerArgs):
+    fill_mode: Choice(FILL_MODES, "fill_mode") = "reflect"
+    interpolation: Choice(("nearest", "bilinear"), "interpolation") = "bilinear"
+    seed: Seed = None
+    fill_value: Float() = 0.0
+    data_format: DataFormat = None
+
+
+class RandomTranslation(_RandomAffine):
+    height_factor: Factor
+    width_factor: Factor
+
+
+class RandomCrop(LayerArgs):
+    height: PosInt
+    width: PosInt
+    seed: Seed = None
+    data_format: DataFormat = None
+
+
+class RandomRotation(_RandomAffine):
+    factor: Factor
+
+
+class RandomZoom(_RandomAffine):
+    height_factor: Factor
+    width_factor: Factor | None = None
+
+
+class RandomContrast(LayerArgs):
+    factor: Factor
+    value_range: tuple[Float(), Float()] = (0, 255)
+    seed: Seed = None
+
+
+class Add(LayerArgs):
+    pass
+
+
+class Multiply(LayerArgs):
+    pass
+
+
+class Concatenate(LayerArgs):
+    axis: Int() = -1
+
+
+def args_model(kind: str) -> type[LayerArgs]:
+    """The argument model of the layer called ``kind``."""
+    return globals()[kind]
+
+
+def keras_kwargs(args: LayerArgs) -> dict[str, Any]:
+    """The arguments the user set, as Keras takes them (defaults are Keras' own)."""
+    return {k: getattr(args, k) for k in args.model_fields_set}

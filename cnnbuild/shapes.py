@@ -1,0 +1,368 @@
+"""Shape, parameter, MAC and receptive-field arithmetic, in plain Python.
+
+Every rule follows Keras 3's own code (``keras/src/ops/operation_utils.py``):
+
+* ``valid``: ``out = floor((in - dilated_kernel) / stride) + 1``, where
+  ``dilated_kernel = dilation * (kernel - 1) + 1``; an output of zero or less is an error.
+* ``same``: ``out = ceil(in / stride)`` (Keras writes ``floor((in - 1) / stride) + 1``).
+
+Shapes exclude the batch dimension; ``None`` is a free size. MACs count the
+multiply-accumulates of the weighted layers (convolutions and Dense), per image, in the
+forward pass; pooling, normalisation and activations count 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnnbuild.errors import shape_str
+
+Shape = tuple  # tuple[int | None, ...]
+AXES = ("H", "W")
+
+
+class ShapeError(Exception):
+    """A layer that cannot take its input: names the argument to point at, and a fix."""
+
+    def __init__(self, message: str, hint: str = "", arg: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.arg = arg
+
+
+@dataclass
+class DimCalc:
+    """How one output dimension was computed, e.g. ``H: (32 - 3) // 1 + 1 = 30``."""
+
+    axis: str
+    text: str
+    value: int | None
+
+
+@dataclass
+class LayerOut:
+    """What a layer does to its input, statically."""
+
+    shape: Shape
+    trainable: int = 0
+    non_trainable: int = 0
+    macs: int = 0
+    calcs: list[DimCalc] = field(default_factory=list)
+    kernel: tuple[int, int] | None = None  # effective (dilated) window, for receptive fields
+    stride: tuple[int, int] | None = None
+    global_pool: bool = False
+
+    @property
+    def params(self) -> int:
+        return self.trainable + self.non_trainable
+
+
+def conv_dim(size: int | None, kernel: int, stride: int, padding: str, dilation: int = 1,
+             axis: str = "H") -> DimCalc:
+    """One spatial output size of a convolution or pooling window, with its arithmetic.
+
+    >>> conv_dim(32, 3, 1, "valid").text
+    '(32 - 3) // 1 + 1 = 30'
+    >>> conv_dim(32, 3, 2, "same").text
+    'ceil(32 / 2) = 16'
+    """
+    eff = dilation * (kernel - 1) + 1
+    k_text = str(kernel) if dilation == 1 else f"{dilation}*({kernel}-1)+1"
+    if size is None:
+        return DimCalc(axis, "None (free size)", None)
+    if padding == "same":
+        out = (size + stride - 1) // stride
+        return DimCalc(axis, f"ceil({size} / {stride}) = {out}", out)
+    out = (size - eff) // stride + 1
+    return DimCalc(axis, f"({size} - {k_text}) // {stride} + 1 = {out}", out)
+
+
+def _need_rank(shape: Shape, rank: int, kind: str) -> None:
+    if len(shape) != rank:
+        want = "(height, width, channels)" if rank == 3 else f"rank {rank}"
+        raise ShapeError(f"{kind} expects a {rank}-D input {want}; received {shape_str(shape)}",
+                         hint="check the layers before it")
+
+
+def _channels(shape: Shape, kind: str) -> int:
+    if shape[-1] is None:
+        raise ShapeError(f"{kind} needs a known channel count; received {shape_str(shape)}")
+    return shape[-1]
+
+
+def _windowed(inp: Shape, kind: str, kernel: tuple[int, int], strides: tuple[int, int],
+              padding: str, dilation: tuple[int, int] = (1, 1),
+              kernel_arg: str = "kernel_size") -> tuple[list[DimCalc], tuple]:
+    _need_rank(inp, 3, kind)
+    calcs = [conv_dim(inp[i], kernel[i], strides[i], padding, dilation[i], AXES[i])
+             for i in range(2)]
+    for c, size, k, s, d in zip(calcs, inp[:2], kernel, strides, dilation, strict=True):
+        if c.value is not None and c.value <= 0:
+            eff = d * (k - 1) + 1
+            raise ShapeError(
+                f"output {c.axis} would be {c.value}: input {shape_str(inp)}, "
+                f"{kernel_arg}={list(kernel)}"
+                + (f", dilation_rate={list(dilation)}" if max(dilation) > 1 else "")
+                + f", strides={list(strides)}, padding={padding!r} "
+                f"gives {c.text}",
+                hint=f"use padding: same, a {kernel_arg} of at most {size} "
+                     f"(now {eff}), or downsample less before this layer",
+                arg=kernel_arg)
+    eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    return calcs, eff
+
+
+def _spatial(calcs: list[DimCalc]) -> tuple:
+    return tuple(c.value for c in calcs)
+
+
+def _area(calcs: list[DimCalc]) -> int:
+    h, w = _spatial(calcs)
+    return (h or 0) * (w or 0)
+
+
+def conv2d(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    calcs, eff = _windowed(inp, "Conv2D", a.kernel_size, a.strides, a.padding, a.dilation_rate)
+    cin = _channels(inp, "Conv2D")
+    if cin % a.groups:
+        raise ShapeError(f"the input's {cin} channels are not divisible by groups={a.groups}",
+                         hint="choose groups that divides both the input channels and filters",
+                         arg="groups")
+    per = a.kernel_size[0] * a.kernel_size[1] * (cin // a.groups)
+    weights = per * a.filters + (a.filters if a.use_bias else 0)
+    return LayerOut(_spatial(calcs) + (a.filters,), weights, 0, _area(calcs) * a.filters * per,
+                    calcs, eff, a.strides)
+
+
+def depthwise_conv2d(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    calcs, eff = _windowed(inp, "DepthwiseConv2D", a.kernel_size, a.strides, a.padding,
+                           a.dilation_rate)
+    cout = _channels(inp, "DepthwiseConv2D") * a.depth_multiplier
+    k = a.kernel_size[0] * a.kernel_size[1]
+    weights = k * cout + (cout if a.use_bias else 0)
+    return LayerOut(_spatial(calcs) + (cout,), weights, 0, _area(calcs) * cout * k, calcs, eff,
+                    a.strides)
+
+
+def separable_conv2d(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    calcs, eff = _windowed(inp, "SeparableConv2D", a.kernel_size, a.strides, a.padding,
+                           a.dilation_rate)
+    mid = _channels(inp, "SeparableConv2D") * a.depth_multiplier
+    k = a.kernel_size[0] * a.kernel_size[1]
+    weights = k * mid + mid * a.filters + (a.filters if a.use_bias else 0)
+    macs = _area(calcs) * (mid * k + mid * a.filters)
+    return LayerOut(_spatial(calcs) + (a.filters,), weights, 0, macs, calcs, eff, a.strides)
+
+
+def pooling2d(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    strides = a.strides or a.pool_size
+    calcs, eff = _windowed(inp, "pooling", a.pool_size, strides, a.padding,
+                           kernel_arg="pool_size")
+    return LayerOut(_spatial(calcs) + (inp[2],), calcs=calcs, kernel=eff, stride=strides)
+
+
+def global_pooling2d(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    _need_rank(inp, 3, "global pooling")
+    shape = (1, 1, inp[2]) if a.keepdims else (inp[2],)
+    return LayerOut(shape, global_pool=True)
+
+
+def flatten(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    if not inp:
+        raise ShapeError("Flatten needs an input with at least one axis")
+    size = None if None in inp else math.prod(inp)
+    text = " * ".join(str(d) for d in inp) + f" = {size}"
+    return LayerOut((size,), calcs=[DimCalc("N", text, size)])
+
+
+def dense(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    if not inp or inp[-1] is None:
+        raise ShapeError(f"Dense needs a known last axis; received {shape_str(inp)}",
+                         hint="add Flatten or GlobalAveragePooling2D before it")
+    weights = inp[-1] * a.units + (a.units if a.use_bias else 0)
+    positions = math.prod(d or 0 for d in inp[:-1]) if len(inp) > 1 else 1
+    return LayerOut(inp[:-1] + (a.units,), weights, 0, positions * inp[-1] * a.units)
+
+
+def identity(inputs: list[Shape], a: Any) -> LayerOut:
+    return LayerOut(inputs[0])
+
+
+def spatial_dropout2d(inputs: list[Shape], a: Any) -> LayerOut:
+    _need_rank(inputs[0], 3, "SpatialDropout2D")
+    return LayerOut(inputs[0])
+
+
+def _norm_axes(shape: Shape, axis: int | list[int], kind: str) -> list[int]:
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    rank = len(shape) + 1  # Keras counts the batch axis
+    out = []
+    for ax in axes:
+        pos = ax if ax >= 0 else rank + ax
+        if not 1 <= pos < rank:
+            raise ShapeError(f"{kind} axis={ax} is out of range for input {shape_str(shape)} "
+                             "(axis 0 is the batch)", arg="axis")
+        if shape[pos - 1] is None:
+            raise ShapeError(f"{kind} axis={ax} has a free size in {shape_str(shape)}",
+                             arg="axis")
+        out.append(pos - 1)
+    return out
+
+
+def batch_norm(inputs: list[Shape], a: Any) -> LayerOut:
+    (ax,) = _norm_axes(inputs[0], a.axis, "BatchNormalization")
+    c = inputs[0][ax]
+    trainable = c * (int(a.center) + int(a.scale))
+    non_trainable = c * (5 if a.renorm else 2)
+    return LayerOut(inputs[0], trainable, non_trainable)
+
+
+def layer_norm(inputs: list[Shape], a: Any) -> LayerOut:
+    axes = _norm_axes(inputs[0], a.axis, "LayerNormalization")
+    n = math.prod(inputs[0][i] for i in axes)
+    return LayerOut(inputs[0], n * (int(a.center) + int(a.scale)))
+
+
+def zero_padding2d(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    _need_rank(inp, 3, "ZeroPadding2D")
+    calcs = []
+    for i, (lo, hi) in enumerate(a.padding):
+        size = inp[i]
+        val = None if size is None else size + lo + hi
+        calcs.append(DimCalc(AXES[i], f"{size} + {lo} + {hi} = {val}", val))
+    return LayerOut(_spatial(calcs) + (inp[2],), calcs=calcs, stride=(1, 1), kernel=(1, 1))
+
+
+def cropping2d(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    _need_rank(inp, 3, "Cropping2D")
+    calcs = []
+    for i, (lo, hi) in enumerate(a.cropping):
+        size = inp[i]
+        val = None if size is None else size - lo - hi
+        calcs.append(DimCalc(AXES[i], f"{size} - {lo} - {hi} = {val}", val))
+        if val is not None and val <= 0:
+            raise ShapeError(f"cropping {[lo, hi]} from {AXES[i]}={size} leaves {val}",
+                             hint=f"crop less than {size} in total", arg="cropping")
+    return LayerOut(_spatial(calcs) + (inp[2],), calcs=calcs, stride=(1, 1), kernel=(1, 1))
+
+
+def resize_to(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    _need_rank(inp, 3, type(a).__name__)
+    calcs = [DimCalc("H", f"{inp[0]} -> {a.height}", a.height),
+             DimCalc("W", f"{inp[1]} -> {a.width}", a.width)]
+    return LayerOut((a.height, a.width, inp[2]), calcs=calcs)
+
+
+def image_identity(inputs: list[Shape], a: Any) -> LayerOut:
+    _need_rank(inputs[0], 3, type(a).__name__)
+    return LayerOut(inputs[0])
+
+
+def _broadcast(a: Shape, b: Shape) -> Shape:
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return a
+    out = list(a[: len(a) - len(b)])
+    for i, j in zip(a[len(a) - len(b):], b, strict=True):
+        if i is None or j is None:
+            out.append(None)
+        elif i == 1:
+            out.append(j)
+        elif j == 1 or i == j:
+            out.append(i)
+        else:
+            raise ValueError
+    return tuple(out)
+
+
+def elementwise(inputs: list[Shape], a: Any) -> LayerOut:
+    out = inputs[0]
+    for other in inputs[1:]:
+        try:
+            out = _broadcast(out, other)
+        except ValueError:
+            raise ShapeError(
+                f"{type(a).__name__} inputs have incompatible shapes "
+                + " and ".join(shape_str(s) for s in inputs),
+                hint="make the branches agree: a 1x1 Conv2D projection with matching "
+                     "strides on the shortcut") from None
+    return LayerOut(out)
+
+
+def concatenate(inputs: list[Shape], a: Any) -> LayerOut:
+    first = inputs[0]
+    rank = len(first)
+    if any(len(s) != rank for s in inputs):
+        raise ShapeError("Concatenate inputs have different ranks: "
+                         + " and ".join(shape_str(s) for s in inputs))
+    ax = a.axis if a.axis >= 0 else rank + 1 + a.axis
+    if not 1 <= ax <= rank:
+        raise ShapeError(f"Concatenate axis={a.axis} is out of range for {shape_str(first)}",
+                         arg="axis")
+    ax -= 1
+    for s in inputs[1:]:
+        for i in range(rank):
+            if i != ax and None not in (s[i], first[i]) and s[i] != first[i]:
+                raise ShapeError(
+                    "Concatenate needs equal shapes except on the concatenation axis; "
+                    "received " + " and ".join(shape_str(s) for s in inputs),
+                    hint="make the branches downsample alike")
+    total = None if any(s[ax] is None for s in inputs) else sum(s[ax] for s in inputs)
+    text = " + ".join(str(s[ax]) for s in inputs) + f" = {total}"
+    out = first[:ax] + (total,) + first[ax + 1:]
+    return LayerOut(out, calcs=[DimCalc("C" if ax == rank - 1 else f"axis {a.axis}", text,
+                                        total)])
+
+
+Rule = Callable[[list[Shape], Any], LayerOut]
+
+
+@dataclass
+class Field:
+    """Receptive field (in input pixels) and cumulative stride (jump) per spatial axis."""
+
+    size: tuple[int, int] = (1, 1)
+    jump: tuple[int, int] = (1, 1)
+    whole: bool = False
+
+    def after(self, out: LayerOut) -> Field:
+        """The field after a layer; ``r' = r + (k - 1) * j`` and ``j' = j * s``."""
+        if out.global_pool or self.whole:
+            return Field(self.size, self.jump, True)
+        if out.kernel is None:
+            return self
+        size = tuple(r + (k - 1) * j for r, k, j in zip(self.size, out.kernel, self.jump,
+                                                        strict=True))
+        jump = tuple(j * s for j, s in zip(self.jump, out.stride or (1, 1), strict=True))
+        return Field(size, jump)  # type: ignore[arg-type]
+
+    @staticmethod
+    def merge(fields: list[Field]) -> Field:
+        size = tuple(max(f.size[i] for f in fields) for i in range(2))
+        jump = tuple(max(f.jump[i] for f in fields) for i in range(2))
+        return Field(size, jump, any(f.whole for f in fields))  # type: ignore[arg-type]
+
+    def text(self) -> str:
+        if self.whole:
+            return "whole image"
+        return f"{self.size[0]}x{self.size[1]}"
+
+
+def numel(shape: Shape) -> int:
+    """Elements in one sample of ``shape`` (free sizes count 0)."""
+    return math.prod(d or 0 for d in shape)

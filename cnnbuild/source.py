@@ -1,0 +1,248 @@
+"""YAML text -> plain values plus the line and column of every key and value.
+
+Only PyYAML's ``SafeLoader`` machinery is used: the document is *composed* into nodes
+(no object is constructed), then walked here. Scalars are built with the safe
+constructor, so a Python tag or any unknown tag is a finding, never code. The walk
+also records duplicate keys (which loaders silently collapse), bounds the expanded
+size of aliases ("billion laughs") and the nesting depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnbuild.errors import Finding, Position
+
+MAX_NODES = 200_000
+MAX_DEPTH = 64
+MAX_BYTES = 2_000_000
+
+PathKey = tuple  # tuple[str | int, ...]
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+@dataclass
+class Document:
+    """A parsed YAML document.
+
+    Attributes:
+        file: the path as the user gave it.
+        data: the plain value (dicts, lists, str, int, float, bool, None).
+        keys: position of each mapping key, by path.
+        values: position of each value, by path.
+        findings: problems found while reading (syntax, duplicate keys, limits).
+        lines: the source lines, for showing context.
+    """
+
+    file: str
+    data: Any = None
+    keys: dict[PathKey, Position] = field(default_factory=dict)
+    values: dict[PathKey, Position] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    def locate(self, path: PathKey, prefer: str = "value") -> Position:
+        """Return the position of ``path``, or of its nearest recorded parent.
+
+        A missing key has no position of its own, so it points at the mapping that
+        should hold it (rendercv's habit).
+
+        Args:
+            path: the location, e.g. ``("layers", 3, "Conv2D", "strides")``.
+            prefer: ``"key"`` to point at the key, ``"value"`` at the value.
+        """
+        path = tuple(path)
+        while True:
+            first, second = (self.keys, self.values) if prefer == "key" else (self.values, self.keys)
+            if path in first:
+                return first[path]
+            if path in second:
+                return second[path]
+            if not path:
+                return Position(1, 1)
+            path = path[:-1]
+
+    def finding(
+        self,
+        path: PathKey,
+        message: str,
+        *,
+        rule: str = "schema",
+        severity: str = "error",
+        hint: str = "",
+        prefer: str = "value",
+        path_text: str | None = None,
+    ) -> Finding:
+        """Make a finding that points at ``path`` in this document."""
+        pos = self.locate(path, prefer)
+        return Finding(
+            file=self.file,
+            line=pos.line,
+            column=pos.column,
+            end_line=pos.end_line,
+            end_column=pos.end_column,
+            severity=severity,
+            rule=rule,
+            message=message,
+            path=format_path(path) if path_text is None else path_text,
+            hint=hint,
+        )
+
+
+def format_path(path: PathKey) -> str:
+    """``("layers", 3, "Conv2D", "strides")`` -> ``layers[3].Conv2D.strides``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pos(node: yaml.Node) -> Position:
+    start, end = node.start_mark, node.end_mark
+    return Position(start.line + 1, start.column + 1, end.line + 1, end.column + 1)
+
+
+class _TooBig(Exception):
+    def __init__(self, node: yaml.Node, what: str) -> None:
+        super().__init__(what)
+        self.node = node
+        self.what = what
+
+
+class _Walker:
+    def __init__(self, doc: Document, loader: yaml.SafeLoader) -> None:
+        self.doc = doc
+        self.loader = loader
+        self.count = 0
+
+    def walk(self, node: yaml.Node, path: PathKey, depth: int) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooBig(node, f"the document expands to more than {MAX_NODES} values "
+                                "(an alias bomb?)")
+        if depth > MAX_DEPTH:
+            raise _TooBig(node, f"the document nests deeper than {MAX_DEPTH} levels")
+        self.doc.values.setdefault(path, _pos(node))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ_TAG:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"tag {node.tag!r} is not allowed", node.start_mark)
+            return [self.walk(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        return self.loader.construct_object(node, deep=True)
+
+    def _mapping(self, node: yaml.MappingNode, path: PathKey, depth: int) -> dict:
+        if node.tag != _MAP_TAG:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"tag {node.tag!r} is not allowed", node.start_mark)
+        self.loader.flatten_mapping(node)  # resolve `<<` merge keys, as SafeLoader does
+        out: dict = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value, not a list or mapping",
+                    key_node.start_mark)
+            key = self.loader.construct_object(key_node, deep=True)
+            child = (*path, key)
+            if key in out:
+                first = self.doc.keys[child]
+                self.doc.findings.append(Finding(
+                    file=self.doc.file, line=key_node.start_mark.line + 1,
+                    column=key_node.start_mark.column + 1, severity="error",
+                    rule="duplicate-key",
+                    message=f"duplicate key {key!r}: it was already set on line {first.line}, "
+                            "and YAML loaders silently keep only the last value",
+                    path=format_path(child), hint="remove or rename one of them"))
+            self.doc.keys[child] = _pos(key_node)
+            self.doc.values.pop(child, None)
+            out[key] = self.walk(value_node, child, depth + 1)
+        return out
+
+
+def parse_text(text: str, file: str = "<string>") -> Document:
+    """Parse YAML text into a :class:`Document`; problems become findings.
+
+    Args:
+        text: the YAML source.
+        file: the name to report in findings.
+
+    Returns:
+        The document. ``doc.data`` is ``None`` when the text could not be read.
+    """
+    doc = Document(file=file, lines=text.splitlines())
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            doc.findings.append(Finding(file, 1, 1, "error", "yaml",
+                                        "the file is empty; expected a mapping with "
+                                        "`input:` and `layers:`"))
+            return doc
+        doc.data = _Walker(doc, loader).walk(node, (), 0)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or "invalid YAML"
+        if exc.context:
+            problem = f"{exc.context}: {problem}" if "found" in problem else problem
+        doc.findings.append(Finding(file, line, col, "error", "yaml",
+                                    f"invalid YAML: {problem}"))
+        doc.data = None
+    except yaml.YAMLError as exc:
+        doc.findings.append(Finding(file, 1, 1, "error", "yaml", f"invalid YAML: {exc}"))
+        doc.data = None
+    except _TooBig as exc:
+        pos = _pos(exc.node)
+        doc.findings.append(Finding(file, pos.line, pos.column, "error", "yaml",
+                                    f"refusing to read: {exc.what}"))
+        doc.data = None
+    except RecursionError:
+        doc.findings.append(Finding(file, 1, 1, "error", "yaml",
+                                    "refusing to read: the document nests too deeply"))
+        doc.data = None
+    finally:
+        loader.dispose()
+    return doc
+
+
+def read_document(path: str | Path) -> Document:
+    """Read and parse one YAML file; an unreadable file becomes a finding.
+
+    Args:
+        path: the file to read.
+    """
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        doc = Document(file=file)
+        doc.findings.append(Finding(file, 0, 0, "error", "io",
+                                    f"cannot read the file: {exc.strerror or exc}"))
+        return doc
+    if len(raw) > MAX_BYTES:
+        doc = Document(file=file)
+        doc.findings.append(Finding(file, 1, 1, "error", "yaml",
+                                    f"the file is {len(raw)} bytes; a model config is at most "
+                                    f"{MAX_BYTES} bytes"))
+        return doc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        doc = Document(file=file)
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        doc.findings.append(Finding(file, line, col, "error", "yaml",
+                                    f"the file is not UTF-8 text: byte 0x{raw[exc.start]:02x} "
+                                    f"at offset {exc.start}"))
+        return doc
+    return parse_text(text, file)

@@ -1,0 +1,132 @@
+"""The static trace: every node's input and output shapes, parameters, MACs, the
+arithmetic behind each spatial size, and the receptive field. No TensorFlow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cnnbuild.catalog import REGISTRY
+from cnnbuild.config import INPUT, ModelConfig, Node
+from cnnbuild.errors import Finding, shape_str
+from cnnbuild.shapes import Field, LayerOut, Shape, ShapeError, numel
+
+BYTES_PER_VALUE = 4  # float32
+
+
+@dataclass
+class Row:
+    """One traced layer. ``out`` is ``None`` when it could not be computed."""
+
+    node: Node
+    inputs: list[Shape]
+    out: LayerOut | None
+    field: Field
+
+    @property
+    def shape(self) -> Shape | None:
+        return None if self.out is None else self.out.shape
+
+
+@dataclass
+class Trace:
+    """The static trace of a whole config."""
+
+    config: ModelConfig
+    rows: list[Row]
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(r.out is not None for r in self.rows)
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.node.name == name)
+
+    @property
+    def output_shape(self) -> Shape | None:
+        if self.config.output == INPUT:
+            return self.config.input_shape
+        return self.row(self.config.output).shape
+
+    @property
+    def trainable(self) -> int:
+        return sum(_split(r)[0] for r in self.rows)
+
+    @property
+    def non_trainable(self) -> int:
+        return sum(_split(r)[1] for r in self.rows)
+
+    @property
+    def total_params(self) -> int:
+        return self.trainable + self.non_trainable
+
+    @property
+    def macs(self) -> int:
+        return sum(r.out.macs for r in self.rows if r.out)
+
+    @property
+    def activation_bytes(self) -> int:
+        """Activations kept for the backward pass, per image: every layer's output, float32."""
+        return BYTES_PER_VALUE * (numel(self.config.input_shape)
+                                  + sum(numel(r.out.shape) for r in self.rows if r.out))
+
+    def to_dict(self) -> dict:
+        """The ``summary --json`` form (shapes are lists, without the batch axis)."""
+        return {
+            "name": self.config.name,
+            "input_shape": list(self.config.input_shape),
+            "output_shape": None if self.output_shape is None else list(self.output_shape),
+            "total_params": self.total_params,
+            "trainable_params": self.trainable,
+            "non_trainable_params": self.non_trainable,
+            "macs": self.macs,
+            "layers": [{"name": r.node.name, "type": r.node.kind,
+                        "output_shape": None if r.shape is None else list(r.shape),
+                        "params": sum(_split(r)), "macs": r.out.macs if r.out else 0}
+                       for r in self.rows],
+        }
+
+
+def _split(row: Row) -> tuple[int, int]:
+    """(trainable, non-trainable) weights, honouring ``trainable: false``."""
+    if row.out is None:
+        return 0, 0
+    if row.node.args is not None and not row.node.args.trainable:
+        return 0, row.out.params
+    return row.out.trainable, row.out.non_trainable
+
+
+def trace(cfg: ModelConfig) -> Trace:
+    """Run the static engine over every node of ``cfg``.
+
+    Shape problems become findings; a node whose inputs are unknown (an earlier error) is
+    skipped, so one mistake is reported once.
+    """
+    shapes: dict[str, Shape | None] = {INPUT: cfg.input_shape}
+    fields: dict[str, Field] = {INPUT: Field()}
+    result = Trace(cfg, [])
+    for node in cfg.nodes:
+        ins = [shapes.get(n) for n in node.inputs]
+        rf = Field.merge([fields.get(n, Field()) for n in node.inputs])
+        out = None
+        if node.args is not None and all(s is not None for s in ins):
+            try:
+                out = REGISTRY[node.kind].rule(ins, node.args)
+            except ShapeError as exc:
+                result.findings.append(_shape_finding(cfg, node, ins, exc))
+        shapes[node.name] = None if out is None else out.shape
+        fields[node.name] = rf if out is None else rf.after(out)
+        result.rows.append(Row(node, ins, out, fields[node.name]))
+    return result
+
+
+def _shape_finding(cfg: ModelConfig, node: Node, ins: list[Shape], exc: ShapeError) -> Finding:
+    path = node.path
+    prefix = path if len(path) and path[-1] == node.kind else (*path, node.kind)
+    if exc.arg and (*prefix, exc.arg) in cfg.doc.keys:
+        path = (*prefix, exc.arg)
+    where = "input " + " and ".join(shape_str(s) for s in ins)
+    msg = f"layer {node.name!r} ({node.kind}) cannot take {where}: {exc.message}"
+    if node.use is not None:
+        msg += f" (in a block used at line {cfg.doc.locate(node.use, 'key').line})"
+    return cfg.doc.finding(path, msg, rule="shape", hint=exc.hint, prefer="key")

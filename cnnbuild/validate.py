@@ -1,0 +1,108 @@
+"""Validate config files: read, schema, static trace, lint. No TensorFlow."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from cnnbuild.checks import lint
+from cnnbuild.config import ModelConfig, from_document
+from cnnbuild.errors import ConfigError, Finding, UsageError
+from cnnbuild.source import read_document
+from cnnbuild.trace import Trace, trace
+
+YAML_SUFFIXES = (".yaml", ".yml")
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def expand_paths(paths: list[str]) -> tuple[list[Path], list[Finding]]:
+    """Files, directories (searched recursively for *.yaml / *.yml) and globs.
+
+    Returns:
+        ``(files, findings)``: a directory holding no YAML is a finding.
+
+    Raises:
+        UsageError: a path that does not exist and matches no glob.
+    """
+    files: list[Path] = []
+    findings: list[Finding] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES
+                           and p.is_file() and ".pre-commit" not in p.name)
+            if not found:
+                findings.append(Finding(raw, 0, 0, "error", "io",
+                                        "no YAML files (*.yaml, *.yml) in this directory"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        elif any(ch in raw for ch in "*?["):
+            matched = sorted(Path(p) for p in glob.glob(raw, recursive=True)
+                             if Path(p).is_file())
+            if not matched:
+                raise UsageError(f"no file matches {raw!r}")
+            files.extend(matched)
+        else:
+            raise UsageError(f"no such file or directory: {raw!r}")
+    seen: set[Path] = set()
+    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    return unique, findings
+
+
+def check_file(path: str | Path, ignore: frozenset[str] = frozenset()
+               ) -> tuple[ModelConfig | None, Trace | None, list[Finding]]:
+    """Read, schema-check, trace and lint one config.
+
+    Returns:
+        ``(config, trace, findings)`` sorted by position; ``config`` and ``trace`` are
+        ``None`` when the file is not a readable mapping.
+    """
+    doc = read_document(path)
+    cfg = from_document(doc)
+    if cfg is None:
+        return None, None, _sorted(doc.findings)
+    tr = None
+    if cfg.input_shape[2] is not None:
+        tr = trace(cfg)
+        cfg.findings.extend(tr.findings)
+        cfg.findings.extend(lint(tr, ignore))
+    cfg.findings = _sorted(cfg.findings)
+    return cfg, tr, cfg.findings
+
+
+def _sorted(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (f.line, f.column, SEVERITY_ORDER[f.severity]))
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Load a config for building or training.
+
+    Args:
+        path: a YAML config file.
+
+    Returns:
+        The checked config; warnings stay in ``config.findings``.
+
+    Raises:
+        ConfigError: carrying every finding, when the config has an error.
+
+    Example:
+        >>> cfg = load_config("configs/cifar10_tutorial.yaml")
+        >>> cfg.input_shape
+        (32, 32, 3)
+    """
+    cfg, _, findings = check_file(path)
+    errors = [f for f in findings if f.severity == "error"]
+    if cfg is None or errors:
+        raise ConfigError(f"{path}: {len(errors)} error(s)", findings)
+    return cfg
+
+
+def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
+    """Like :func:`load_config`, also returning the static trace."""
+    cfg, tr, findings = check_file(path)
+    errors = [f for f in findings if f.severity == "error"]
+    if cfg is None or tr is None or errors:
+        raise ConfigError(f"{path}: {len(errors)} error(s)", findings)
+    return cfg, tr
