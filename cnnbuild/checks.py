@@ -100,8 +100,9 @@ def _softmax_logits(trace: Trace):
     if cfg.compile.loss not in LOGIT_LOSSES:
         return
     node, act = _output_activation(trace)
-    if node is None or node.args is None:
-        return
+    out = trace.output_shape
+    if node is None or node.args is None or out is None or len(out) != 1:
+        return  # not a classifier head (the seed's headless shape-watching model)
     if cfg.compile.from_logits and act in _PROBS:
         yield (node, f"the last layer applies {act} but compile.from_logits is true: the loss "
                      f"applies {act} again (doubled softmax); remove the activation or set "
@@ -118,6 +119,8 @@ def _softmax_logits(trace: Trace):
       "integer labels")
 def _classes(trace: Trace):
     cfg = trace.config
+    if "train" not in cfg.doc.data:
+        return  # no dataset declared
     dataset = cfg.train.dataset
     classes = DATASETS.get(dataset) if isinstance(dataset, str) else None
     node, _ = _output_activation(trace)

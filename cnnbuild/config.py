@@ -326,10 +326,10 @@ class _Expander:
         user = args.get("name") if isinstance(args.get("name"), str) else None
         name = self.claim(user, spec.snake, args_path, scope) or self.auto_name(spec.snake,
                                                                                  scope)
-        self.taken[name] = path
+        self.taken[name] = args_path
         if user is not None:
             scope.names[user] = name
-        self.nodes.append(Node(name, kind, parsed, sources, path, scope.display, scope.use))
+        self.nodes.append(Node(name, kind, parsed, sources, args_path, scope.display, scope.use))
         return name
 
     def block(self, kind: str, args: dict, path: PathKey, sources: list[str],
