@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from cnnbuild.config import ModelConfig  # noqa: E402
 from cnnbuild.validate import load_config  # noqa: E402
+
 __all__ = ["ModelConfig", "__version__", "build_model", "load_config"]
 
 

@@ -254,8 +254,8 @@ def _huge_dense(trace: Trace):
             continue
         if kinds.get(row.node.inputs[0]) == "Flatten":
             yield (row.node, f"Flatten -> Dense has {row.out.params:,} parameters "
-                             f"(limit {trace.config.lint.max_dense_params_million:g} million); "
-                             "GlobalAveragePooling2D or earlier downsampling shrinks it", None)
+                             f"(limit {trace.config.lint.max_dense_params_million:g} million)",
+                   None)
 
 
 @rule("bias-before-bn", "info",

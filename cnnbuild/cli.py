@@ -8,13 +8,13 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-from enum import Enum
-
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError
 
@@ -39,9 +39,9 @@ def _fail(exc: CnnbuildError) -> None:
 
     err = _console(stderr=True)
     for line in text_lines(exc.findings, color=err.is_terminal):
-        err.print(line)
+        err.print(line, highlight=False, markup=err.is_terminal, soft_wrap=True)
     if not exc.findings or not isinstance(exc, ConfigError):
-        err.print(f"[bold red]error:[/bold red] {exc.message}", markup=True)
+        err.print(Text.assemble(("error:", "bold red"), " ", exc.message), soft_wrap=True)
 
 
 def handled(fn):
@@ -202,6 +202,100 @@ def build(
     model = build_model(cfg)
     save_model(model, target)
     _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {target}")
+
+
+class DeviceChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+@app.command()
+@handled
+def train(
+    config: Annotated[Path | None, typer.Argument(help="A model config (YAML); optional "
+                                                       "with --resume.",
+                                                  show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(help="Total epochs.", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.",
+                                                   show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option(help="cifar10, cifar100, shapes, npz:PATH or "
+                                                     "folder:PATH.", show_default=False)] = None,
+    data_dir: Annotated[str | None, typer.Option(help="A local CIFAR copy: the .tar.gz or the "
+                                                      "extracted folder.",
+                                                 show_default=False)] = None,
+    device: Annotated[DeviceChoice | None, typer.Option(help="auto, cpu or gpu.",
+                                                        show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for repeatable runs.",
+                                             show_default=False)] = None,
+    validation_split: Annotated[float | None, typer.Option(help="Fraction held out for "
+                                                                "validation.",
+                                                           show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option(help="Use at most N train and N test images.",
+                                              show_default=False)] = None,
+    mixed_precision: Annotated[bool | None, typer.Option(
+        "--mixed-precision/--no-mixed-precision", help="mixed_float16 (default: on a GPU).",
+        show_default=False)] = None,
+    xla: Annotated[bool | None, typer.Option("--xla/--no-xla", help="XLA jit_compile "
+                                                                    "(default: on a GPU).",
+                                             show_default=False)] = None,
+    steps_per_execution: Annotated[int | None, typer.Option(help="Batches per compiled call "
+                                                                 "(default 8 on CPU, 32 on "
+                                                                 "GPU).",
+                                                            show_default=False)] = None,
+    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard",
+                                                     help="TensorBoard logs under tb/.",
+                                                     show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default "
+                                                  "runs/NAME-YYYYmmdd-HHMMSS).",
+                                             show_default=False)] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue a run from its last completed "
+                                                     "epoch.", show_default=False)] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train a config (default dataset CIFAR-10), evaluate it, and fill a run directory.
+
+    Flags override the config's train: section; the run records the resolved values.
+    """
+    from cnnbuild.train import stdout_console
+    from cnnbuild.train import train as run_training
+
+    overrides = {
+        "epochs": epochs, "batch_size": batch_size, "dataset": dataset, "data_dir": data_dir,
+        "device": device.value if device else None, "seed": seed,
+        "validation_split": validation_split, "limit": limit,
+        "mixed_precision": mixed_precision, "jit_compile": xla,
+        "steps_per_execution": steps_per_execution, "tensorboard": tensorboard,
+    }
+    run_training(config, overrides, out=out, resume=resume, console=stdout_console(),
+                 verbose=verbose)
+
+
+@app.command()
+@handled
+def evaluate(
+    target: Annotated[Path, typer.Argument(help="A run directory or a .keras model.",
+                                           show_default=False)],
+    dataset: Annotated[str | None, typer.Option(help="cifar10, cifar100, shapes, npz:PATH or "
+                                                     "folder:PATH (default: the run's).",
+                                                show_default=False)] = None,
+    data_dir: Annotated[str | None, typer.Option(help="A local CIFAR copy.",
+                                                 show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option(help="Use at most N test images.",
+                                              show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.",
+                                                   show_default=False)] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Test loss, accuracy and per-class accuracy of a trained model; writes the confusion
+    matrix. Models load with Keras' safe_mode on."""
+    from cnnbuild.train import evaluate as run_evaluation
+    from cnnbuild.train import print_evaluation, stdout_console
+
+    console = stdout_console()
+    result = run_evaluation(target, dataset=dataset, data_dir=data_dir, limit=limit,
+                            batch_size=batch_size, console=console, verbose=verbose)
+    print_evaluation(console, result)
 
 
 @app.command()

@@ -104,7 +104,7 @@ def to_sarif(findings: list[Finding]) -> str:
 def print_text(console, findings: list[Finding], n_files: int) -> None:
     """Findings, then a one-line count, on a rich console."""
     for line in text_lines(findings, color=console.is_terminal):
-        console.print(line, highlight=False, markup=console.is_terminal)
+        console.print(line, highlight=False, markup=console.is_terminal, soft_wrap=True)
     counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
     parts = [f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n]
     console.print(f"{n_files} file{'s' if n_files != 1 else ''} checked: "

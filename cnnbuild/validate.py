@@ -75,6 +75,12 @@ def _sorted(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (f.line, f.column, SEVERITY_ORDER[f.severity]))
 
 
+def _existing(path: str | Path) -> Path:
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such config file")
+    return Path(path)
+
+
 def load_config(path: str | Path) -> ModelConfig:
     """Load a config for building or training.
 
@@ -92,7 +98,7 @@ def load_config(path: str | Path) -> ModelConfig:
         >>> cfg.input_shape
         (32, 32, 3)
     """
-    cfg, _, findings = check_file(path)
+    cfg, _, findings = check_file(_existing(path))
     errors = [f for f in findings if f.severity == "error"]
     if cfg is None or errors:
         raise ConfigError(f"{path}: {len(errors)} error(s)", findings)
@@ -101,7 +107,7 @@ def load_config(path: str | Path) -> ModelConfig:
 
 def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
     """Like :func:`load_config`, also returning the static trace."""
-    cfg, tr, findings = check_file(path)
+    cfg, tr, findings = check_file(_existing(path))
     errors = [f for f in findings if f.severity == "error"]
     if cfg is None or tr is None or errors:
         raise ConfigError(f"{path}: {len(errors)} error(s)", findings)

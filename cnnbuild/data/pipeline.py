@@ -1,0 +1,49 @@
+"""tf.data input pipelines over in-memory uint8 images.
+
+The images stay uint8 in memory (a quarter of float32's size). Each epoch shuffles an
+index vector (cheap, a full shuffle), batches the indices, gathers the batch and only then
+casts and scales it, in parallel, and prefetches the next batches while the model trains.
+Augmentation layers are part of the model, so they run in the training step, on the GPU
+when there is one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def make_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, scale: float,
+                  training: bool, seed: int | None = None, one_hot: int | None = None,
+                  shuffle_buffer: int | None = None) -> Any:
+    """A ``tf.data.Dataset`` of ``(float32 images * scale, labels)`` batches.
+
+    Args:
+        x: images (N, H, W, C), uint8 or float32.
+        y: integer labels (N,).
+        batch_size: images per batch (the last batch may be smaller).
+        scale: factor applied after casting to float32 (1/255 for uint8 pixels).
+        training: shuffle every epoch.
+        seed: shuffle seed (the same seed gives the same order every run).
+        one_hot: number of classes, to give one-hot labels (categorical losses).
+        shuffle_buffer: shuffle window in images; default the whole set.
+    """
+    import tensorflow as tf
+
+    images = tf.constant(x)
+    labels = tf.constant(y)
+    ds = tf.data.Dataset.range(len(x))
+    if training:
+        ds = ds.shuffle(shuffle_buffer or len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def fetch(idx):
+        xb = tf.cast(tf.gather(images, idx), tf.float32) * scale
+        yb = tf.gather(labels, idx)
+        if one_hot is not None:
+            yb = tf.one_hot(yb, one_hot)
+        return xb, yb
+
+    ds = ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)

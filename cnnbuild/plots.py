@@ -1,0 +1,65 @@
+"""Training plots with matplotlib (Agg backend, no display needed), saved atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnnbuild.io import save_figure
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves(history: list[dict], path: Path, title: str) -> None:
+    """Loss and accuracy per epoch, train vs validation."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style,
+                        label="validation" if key.startswith("val_") else "train",
+                        markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    """The confusion matrix (rows: true class, columns: predicted), with class names."""
+    plt = _pyplot()
+    n = len(names)
+    size = min(4 + 0.45 * n, 16)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    step = max(1, n // 25)
+    ticks = np.arange(0, n, step)
+    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        top = matrix.max() or 1
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if matrix[i, j] > top / 2 else "black")
+    ax.set_title(title)
+    save_figure(fig, path)
+    plt.close(fig)

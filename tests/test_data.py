@@ -1,0 +1,230 @@
+"""Datasets: CIFAR parsing and downloading (against a loopback server), npz, folders,
+shapes. The download code is the real one; only the host differs."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+
+from cnnbuild.data import load_dataset
+from cnnbuild.data.cifar import (
+    ARCHIVES,
+    MIRROR_ENV,
+    SafeUnpickler,
+    download,
+    load_cifar,
+    read_cifar,
+    safe_loads,
+)
+from cnnbuild.data.shapes import CLASSES, generate, load_shapes
+from cnnbuild.errors import DataError
+from tests.conftest import Evil, cifar_batches, write_cifar_tar
+
+C10 = ARCHIVES["cifar10"]
+
+
+def test_read_cifar_tar_gives_nhwc_uint8_in_keras_layout(cifar_tar):
+    batches = cifar_batches()
+    data = read_cifar(cifar_tar, C10)
+    assert data.x_train.shape == (100, 32, 32, 3) and data.x_train.dtype == np.uint8
+    assert data.x_test.shape == (20, 32, 32, 3)
+    assert data.class_names == [f"class{i}" for i in range(10)]
+    # channel-major rows (R plane, G plane, B plane) become HWC, as Keras does
+    first = batches["data_batch_1"][b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert np.array_equal(data.x_train[0], first)
+    assert data.y_test.tolist() == batches["test_batch"][b"labels"]
+
+
+def test_read_cifar_extracted_folder(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, obj in cifar_batches().items():
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+    for given in (tmp_path, folder):
+        assert read_cifar(given, C10).x_train.shape == (100, 32, 32, 3)
+
+
+def test_tampered_archive_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    batches = cifar_batches()
+    raw = {"data_batch_3": pickle.dumps(Evil(f"touch {marker}"), protocol=2)}
+    tar = write_cifar_tar(tmp_path / "evil.tar.gz", batches, raw=raw)
+    with pytest.raises(DataError, match=r"refused to load posix\.system|refused to load os"):
+        read_cifar(tar, C10)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("global_name", ["builtins\neval", "subprocess\nPopen",
+                                         "numpy\nload", "collections\nOrderedDict"])
+def test_safe_unpickler_refuses_every_other_global(global_name):
+    blob = b"\x80\x02c" + global_name.encode() + b"\n)R."
+    with pytest.raises(pickle.UnpicklingError, match="refused"):
+        safe_loads(blob)
+
+
+def test_safe_unpickler_builds_arrays_and_containers():
+    value = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [1, 2]}
+    back = safe_loads(pickle.dumps(value, protocol=2))
+    assert np.array_equal(back[b"data"], value[b"data"]) and back[b"labels"] == [1, 2]
+    assert issubclass(SafeUnpickler, pickle.Unpickler)
+
+
+def test_truncated_and_corrupted_archives_give_clear_errors(tmp_path, cifar_tar):
+    blob = cifar_tar.read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="corrupted or truncated|not a readable"):
+        read_cifar(cut, C10)
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(DataError, match="not a readable .tar.gz"):
+        read_cifar(junk, C10)
+
+
+def test_wrong_archive_names_the_missing_member(tmp_path):
+    tar = write_cifar_tar(tmp_path / "other.tar.gz", cifar_batches(), folder="something-else")
+    with pytest.raises(DataError, match="no cifar-10-batches-py/data_batch_1"):
+        read_cifar(tar, C10)
+
+
+def test_bad_batch_contents_are_rejected(tmp_path):
+    batches = cifar_batches()
+    batches["test_batch"][b"data"] = np.zeros((20, 100), dtype=np.uint8)
+    tar = write_cifar_tar(tmp_path / "bad.tar.gz", batches)
+    with pytest.raises(DataError, match="not a CIFAR batch"):
+        read_cifar(tar, C10)
+
+
+# -- download against a loopback server ------------------------------------------------
+
+def test_download_verifies_and_writes_atomically(http_server, tmp_path, cifar_tar):
+    blob = cifar_tar.read_bytes()
+    url = http_server("/cifar-10-python.tar.gz", blob)
+    target = tmp_path / "cache" / "x_archive"
+    download(url, target, hashlib.sha256(blob).hexdigest(), quiet=True)
+    assert target.read_bytes() == blob
+    assert not list(target.parent.glob("*.part"))
+
+
+def test_download_wrong_checksum_deletes_the_file(http_server, tmp_path, cifar_tar):
+    url = http_server("/a.tar.gz", cifar_tar.read_bytes())
+    target = tmp_path / "a_archive"
+    with pytest.raises(DataError, match="checksum mismatch .* expected SHA-256 0{64}"):
+        download(url, target, "0" * 64, quiet=True)
+    assert not target.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_download_truncated_is_an_error(http_server, tmp_path, cifar_tar):
+    blob = cifar_tar.read_bytes()
+    url = http_server("/t.tar.gz", blob, truncate=len(blob) // 3)
+    target = tmp_path / "t_archive"
+    with pytest.raises(DataError, match="cut short"):
+        download(url, target, hashlib.sha256(blob).hexdigest(), quiet=True)
+    assert not target.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_load_cifar_downloads_into_keras_cache_once(http_server, tmp_path, monkeypatch,
+                                                    cifar_tar):
+    """The official SHA-256 is checked, so the tiny archive is refused and nothing stays
+    in the cache; an archive already in Keras' cache is used without any download."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    http_server("/cifar-10-python.tar.gz", cifar_tar.read_bytes())
+    monkeypatch.setenv(MIRROR_ENV, http_server.base)
+    with pytest.raises(DataError) as err:
+        load_cifar("cifar10", quiet=True)
+    message = err.value.message
+    assert "checksum mismatch" in message and C10.origin in message
+    cached = tmp_path / "keras" / "datasets" / "cifar-10-batches-py-target_archive"
+    assert str(cached) in message and not cached.exists()
+    cached.write_bytes(cifar_tar.read_bytes())  # as if Keras had downloaded it
+    monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")  # nothing listens there
+    assert load_cifar("cifar10", quiet=True).x_train.shape == (100, 32, 32, 3)
+
+
+def test_offline_message_names_the_file_and_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar100", quiet=True)
+    text = err.value.message
+    assert "could not download http://127.0.0.1:9/cifar-100-python.tar.gz" in text
+    assert ARCHIVES["cifar100"].origin in text and ARCHIVES["cifar100"].sha256 in text
+    assert str(tmp_path / "datasets" / "cifar-100-python-target_archive") in text
+    assert "--data-dir" in text
+
+
+def test_cifar100_fine_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    batches = {
+        "train": {b"data": rng.integers(0, 256, (30, 3072), dtype=np.uint8),
+                  b"fine_labels": [int(v) for v in rng.integers(0, 100, 30)],
+                  b"coarse_labels": [0] * 30},
+        "test": {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
+                 b"fine_labels": list(range(90, 100)), b"coarse_labels": [0] * 10},
+        "meta": {b"fine_label_names": [f"f{i}".encode() for i in range(100)]},
+    }
+    tar = write_cifar_tar(tmp_path / "c100.tar.gz", batches, folder="cifar-100-python")
+    data = load_dataset("cifar100", data_dir=tar)
+    assert data.num_classes == 100 and data.y_test.tolist() == list(range(90, 100))
+
+
+# -- npz, folder, shapes ---------------------------------------------------------------
+
+def test_npz_grayscale_gets_a_channel_axis(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mnistish.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+             y_train=rng.integers(0, 10, 40), x_test=rng.integers(0, 256, (8, 28, 28),
+                                                                  dtype=np.uint8),
+             y_test=np.arange(8))
+    data = load_dataset({"npz": str(path)})
+    assert data.image_shape == (28, 28, 1) and data.num_classes == 10
+
+
+def test_npz_missing_keys_and_pickles_are_refused(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x_train=np.zeros((2, 4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match="missing arrays y_train, x_test, y_test"):
+        load_dataset({"npz": str(path)})
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, x_train=np.array([Evil("true")], dtype=object), y_train=np.zeros(1),
+             x_test=np.zeros(1), y_test=np.zeros(1))
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_dataset({"npz": str(evil)})
+
+
+def test_folder_dataset_splits_reproducibly(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("cats", "dogs", "owls"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
+    first = load_dataset({"folder": str(tmp_path / "imgs")}, image_size=(12, 10),
+                         test_split=0.2, seed=3)
+    again = load_dataset({"folder": str(tmp_path / "imgs")}, image_size=(12, 10),
+                         test_split=0.2, seed=3)
+    assert first.class_names == ["cats", "dogs", "owls"]
+    assert first.image_shape == (12, 10, 3) and len(first.x_test) == 6
+    assert np.array_equal(first.x_test, again.x_test)
+    assert first.x_train.dtype == np.uint8
+
+
+def test_shapes_is_deterministic_balanced_and_varied():
+    x1, y1 = generate(500, seed=5)
+    x2, y2 = generate(500, seed=5)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert not np.array_equal(x1, generate(500, seed=6)[0])
+    assert np.bincount(y1).tolist() == [50] * len(CLASSES)
+    data = load_shapes(train=200, test=50)
+    assert data.image_shape == (32, 32, 3) and data.class_names == CLASSES
+    # shapes sit at many positions: the per-image brightest-pixel location varies widely
+    centres = np.array([np.unravel_index(np.argmax(np.abs(x.astype(int) - np.median(x, (0, 1))
+                                                              ).sum(-1)), (32, 32))
+                        for x in x1[:100]])
+    assert centres[:, 0].std() > 4 and centres[:, 1].std() > 4

@@ -1,0 +1,221 @@
+"""Training and evaluation end to end, on tiny data (a few hundred images, 1-3 epochs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cnnbuild.validate import load_config
+from tests.conftest import CONFIGS, ROOT, Evil, cifar_batches, write_cifar_tar
+
+TINY = """
+name: tiny
+input: [32, 32, 3]
+layers:
+  - Conv2D: {filters: 8, kernel_size: 3, strides: 2, activation: relu}
+  - MaxPooling2D: {pool_size: 2}
+  - Flatten
+  - Dense: {units: 10}
+compile:
+  optimizer: {adam: {learning_rate: 0.003}}
+  loss: sparse_categorical_crossentropy
+  from_logits: true
+train:
+  dataset: shapes
+  epochs: 2
+  batch_size: 32
+  limit: 256
+"""
+
+RUN_FILES = ("config.yaml", "model.keras", "last.keras", "history.csv", "history.json",
+             "metrics.json", "curves.png", "confusion.png", "state.json")
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_train_fills_the_run_directory(cli, write, tmp_path):
+    config = write(TINY)
+    run_dir = tmp_path / "run"
+    result = cli("train", config, "--out", run_dir, "--seed", 3, "--epochs", 2,
+                 "--tensorboard")
+    assert result.exit_code == 0, result.output
+    for name in RUN_FILES:
+        assert (run_dir / name).stat().st_size > 0, name
+    assert any((run_dir / "tb").rglob("*tfevents*"))
+    metrics = _metrics(run_dir)
+    for key in ("test_accuracy", "test_loss", "epochs", "wall_seconds", "images_per_second",
+                "device", "tensorflow_version", "seed"):
+        assert key in metrics, key
+    assert metrics["epochs"] == 2 and metrics["seed"] == 3 and metrics["device"] == "cpu"
+    assert metrics["train_images"] + metrics["validation_images"] == 256
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert (run_dir / "history.csv").read_text().splitlines()[0].startswith("epoch,")
+    # the resolved config is itself a valid config, with the CLI's values written in
+    resolved = load_config(run_dir / "config.yaml")
+    assert resolved.train.epochs == 2 and resolved.train.seed == 3
+    assert resolved.train.steps_per_execution == 8 and resolved.train.tensorboard is True
+    assert "epoch 2/2" in result.output and "test accuracy" in result.output
+    assert "\x1b[" not in result.output  # plain lines off a terminal
+
+
+def test_same_seed_same_metrics_on_cpu(cli, write, tmp_path):
+    config = write(TINY)
+    for name in ("a", "b"):
+        assert cli("train", config, "--out", tmp_path / name, "--seed", 7).exit_code == 0
+    first, second = (json.loads((tmp_path / n / "history.json").read_text()) for n in "ab")
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    assert [[h[k] for k in keys] for h in first] == [[h[k] for k in keys] for h in second]
+    assert _metrics(tmp_path / "a")["test_loss"] == _metrics(tmp_path / "b")["test_loss"]
+
+
+def test_resume_continues_with_optimizer_state(cli, write, tmp_path):
+    import keras
+
+    config = write(TINY)
+    run_dir = tmp_path / "run"
+    assert cli("train", config, "--out", run_dir, "--epochs", 1, "--seed", 1).exit_code == 0
+    steps = _metrics(run_dir)["train_images"] // 32 + 1
+    saved = keras.saving.load_model(run_dir / "last.keras")
+    assert int(saved.optimizer.iterations) == steps
+    result = cli("train", "--resume", run_dir, "--epochs", 3)
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/" not in result.output and "epoch 2/3" in result.output
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert int(keras.saving.load_model(run_dir / "last.keras").optimizer.iterations) \
+        == 3 * steps
+    assert _metrics(run_dir)["epochs"] == 3
+
+
+def test_ctrl_c_saves_and_prints_the_resume_command(write, tmp_path):
+    config = write(TINY.replace("epochs: 2", "epochs: 200"))
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnbuild", "train", str(config), "--out",
+                             str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        if line.startswith("epoch 2/200") or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert f"cnnbuild train --resume {run_dir}" in err
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "interrupted" and state["epochs_done"] >= 2
+    assert (run_dir / "last.keras").is_file()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cli, write, tmp_path):
+    config = write(TINY.replace("{adam: {learning_rate: 0.003}}",
+                                "{sgd: {learning_rate: 1.0e+30}}"))
+    result = cli("train", config, "--out", tmp_path / "run", "--epochs", 3)
+    assert result.exit_code == 1
+    assert "the loss became nan" in result.output or "the loss became inf" in result.output
+    assert "Lower the learning rate" in result.output
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["status"] == "diverged"
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_data_that_does_not_fit_the_model_is_refused(cli, write, tmp_path):
+    wrong_input = write(TINY.replace("[32, 32, 3]", "[28, 28, 3]"), "a.yaml")
+    result = cli("train", wrong_input, "--out", tmp_path / "a")
+    assert result.exit_code == 1
+    assert ("dataset shapes has images of shape (32, 32, 3) but the config's input is "
+            "(28, 28, 3)") in result.output
+    wrong_units = write(TINY.replace("units: 10", "units: 7").replace("dataset: shapes",
+                                                                    "dataset: npz:d.npz"),
+                        "b.yaml")
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((20, 32, 32, 3), np.uint8),
+             y_train=np.arange(20) % 10, x_test=np.zeros((5, 32, 32, 3), np.uint8),
+             y_test=np.arange(5))
+    result = cli("train", wrong_units, "--out", tmp_path / "b", "--dataset",
+                 f"npz:{tmp_path / 'd.npz'}")
+    assert result.exit_code == 1
+    assert "has 10 classes but the last layer dense has 7 units" in result.output
+
+
+def test_cifar_from_data_dir_trains_and_tampered_is_refused(cli, write, tmp_path):
+    config = write(TINY.replace("dataset: shapes", "dataset: cifar10"))
+    tar = write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", cifar_batches())
+    result = cli("train", config, "--data-dir", tar, "--out", tmp_path / "ok", "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    assert _metrics(tmp_path / "ok")["train_images"] + \
+        _metrics(tmp_path / "ok")["validation_images"] == 100
+    marker = tmp_path / "pwned"
+    evil = write_cifar_tar(tmp_path / "evil.tar.gz", cifar_batches(),
+                           raw={"test_batch": pickle.dumps(Evil(f"touch {marker}"),
+                                                           protocol=2)})
+    result = cli("train", config, "--data-dir", evil, "--out", tmp_path / "bad")
+    assert result.exit_code == 1
+    assert "refused to load" in result.output and "tampered" in result.output
+    assert not marker.exists()
+
+
+def test_evaluate_run_dir_and_safe_mode(cli, write, tmp_path):
+    import keras
+
+    config = write(TINY)
+    run_dir = tmp_path / "run"
+    assert cli("train", config, "--out", run_dir, "--epochs", 1).exit_code == 0
+    result = cli("evaluate", run_dir)
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and "per-class accuracy" in result.output
+    assert "triangle" in result.output
+    evaluation = json.loads((run_dir / "evaluate" / "evaluation.json").read_text())
+    assert evaluation["test_images"] == 256
+    assert (run_dir / "evaluate" / "confusion.png").stat().st_size > 0
+    # a model with a Lambda layer would run arbitrary code on load: safe_mode refuses it
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(
+        keras.layers.Lambda(lambda x: x * 2)(inputs)))
+    lam = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(lam)
+    result = cli("evaluate", lam, "--dataset", "shapes", "--limit", 20)
+    assert result.exit_code == 1
+    assert "cannot load the model" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--epochs", "0"], "--epochs: expected an integer >= 1"),
+    (["--dataset", "imagenet"], "--dataset:"),
+    (["--validation-split", "1.5"], "--validation-split:"),
+])
+def test_bad_flags_are_usage_errors(cli, args, message):
+    result = cli("train", CONFIGS / "shapes_demo.yaml", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_resume_and_out_refuse_to_touch_other_folders(cli, tmp_path):
+    result = cli("train", "--resume", tmp_path)
+    assert result.exit_code == 2 and "not a run directory" in result.output
+    (tmp_path / "metrics.json").write_text("{}")
+    result = cli("train", CONFIGS / "shapes_demo.yaml", "--out", tmp_path)
+    assert result.exit_code == 2 and "already holds a run" in result.output
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+
+
+def test_device_gpu_without_a_gpu_is_an_error(cli):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    result = cli("train", CONFIGS / "shapes_demo.yaml", "--device", "gpu")
+    assert result.exit_code == 1
+    assert "--device gpu: TensorFlow sees no GPU" in result.output
