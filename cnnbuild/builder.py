@@ -74,10 +74,17 @@ def keras_module(verbose: bool = False) -> Any:
     return keras
 
 
+_FAMILY = {"_initializer": "initializers", "_regularizer": "regularizers",
+           "_constraint": "constraints"}
+
+
 def _keras_value(key: str, value: Any) -> Any:
-    if isinstance(value, dict) and key.endswith(("_initializer", "_regularizer", "_constraint")):
-        (name, args), = value.items()
-        return {"class_name": KERAS_CLASS[name], "config": dict(args)}
+    """A YAML value as Keras takes it: initializer/regularizer/constraint names become
+    instances of their classes (so every listed name works, e.g. l1_l2 and constant)."""
+    family = next((f for suffix, f in _FAMILY.items() if key.endswith(suffix)), None)
+    if family is not None and value is not None:
+        name, args = (value, {}) if isinstance(value, str) else next(iter(value.items()))
+        return getattr(getattr(keras_module(), family), KERAS_CLASS[name])(**(args or {}))
     if isinstance(value, tuple):
         return tuple(_keras_value(key, v) for v in value)
     return value

@@ -33,6 +33,7 @@ STRUCTURAL = ("inputs", "repeat")
 MAX_NODES = 5_000
 MAX_REPEAT = 1_000
 INPUT = "input"
+CODE_LAYERS = ("Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
 
 
 @dataclass
@@ -126,7 +127,8 @@ def pydantic_findings(doc: Document, exc: ValidationError, base: PathKey, data: 
         node = data
         loc = list(err["loc"])
         for seg in loc:
-            if isinstance(node, dict) and seg in node or isinstance(node, list) and isinstance(seg, int) and 0 <= seg < len(node):
+            if (isinstance(node, dict) and seg in node) or (
+                    isinstance(node, list) and isinstance(seg, int) and 0 <= seg < len(node)):
                 path.append(seg)
                 node = node[seg]
         full = (*base, *path)
@@ -301,8 +303,16 @@ class _Expander:
         spec = REGISTRY.get(kind)
         if spec is None:
             options = [*REGISTRY, *BLOCK_KINDS, *self.blocks]
-            self.error(path, f"unknown layer {kind!r}{_suggest(kind, options)}", scope,
-                       rule="unknown-layer", prefer="key")
+            short = kind.rsplit(".", 1)[-1]
+            if kind in CODE_LAYERS:
+                why = ": layers that run code are not allowed in configs"
+            elif short != kind:
+                why = ("; configs name layers, not import paths"
+                       + (f": use {short!r}" if short in options else _suggest(short, options)))
+            else:
+                why = _suggest(kind, options)
+            self.error(path, f"unknown layer {kind!r}{why}", scope, rule="unknown-layer",
+                       prefer="key")
             return prev
         try:
             parsed = spec.args(**args)

@@ -71,14 +71,16 @@ def conv_dim(size: int | None, kernel: int, stride: int, padding: str, dilation:
     'ceil(32 / 2) = 16'
     """
     eff = dilation * (kernel - 1) + 1
-    k_text = str(kernel) if dilation == 1 else f"{dilation}*({kernel}-1)+1"
     if size is None:
         return DimCalc(axis, "None (free size)", None)
     if padding == "same":
         out = (size + stride - 1) // stride
         return DimCalc(axis, f"ceil({size} / {stride}) = {out}", out)
     out = (size - eff) // stride + 1
-    return DimCalc(axis, f"({size} - {k_text}) // {stride} + 1 = {out}", out)
+    text = f"({size} - {eff}) // {stride} + 1 = {out}"
+    if dilation > 1:
+        text += f"  (dilated kernel {dilation}*({kernel}-1)+1 = {eff})"
+    return DimCalc(axis, text, out)
 
 
 def _need_rank(shape: Shape, rank: int, kind: str) -> None:
@@ -100,7 +102,7 @@ def _windowed(inp: Shape, kind: str, kernel: tuple[int, int], strides: tuple[int
     _need_rank(inp, 3, kind)
     calcs = [conv_dim(inp[i], kernel[i], strides[i], padding, dilation[i], AXES[i])
              for i in range(2)]
-    for c, size, k, s, d in zip(calcs, inp[:2], kernel, strides, dilation, strict=True):
+    for c, size, k, d in zip(calcs, inp[:2], kernel, dilation, strict=True):
         if c.value is not None and c.value <= 0:
             eff = d * (k - 1) + 1
             raise ShapeError(

@@ -59,7 +59,8 @@ class Document:
         """
         path = tuple(path)
         while True:
-            first, second = (self.keys, self.values) if prefer == "key" else (self.values, self.keys)
+            first, second = ((self.keys, self.values) if prefer == "key"
+                             else (self.values, self.keys))
             if path in first:
                 return first[path]
             if path in second:

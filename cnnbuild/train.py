@@ -475,7 +475,8 @@ def train(config: Path | None, overrides: dict[str, Any], *, out: Path | None = 
                             jit_compile=device.jit_compile)
     where = f"{device.kind} ({device.name})"
     console.print(
-        f"[bold]{cfg.name}[/bold]: {model.count_params():,} parameters; {describe(settings.dataset)}"
+        f"[bold]{cfg.name}[/bold]: {model.count_params():,} parameters; "
+        f"{describe(settings.dataset)}"
         f" {len(x_tr):,} train / {len(x_val):,} validation / {len(data.x_test):,} test images;"
         f" {where}; batch {settings.batch_size}; mixed precision "
         f"{'on' if device.mixed_precision else 'off'}; XLA {'on' if device.jit_compile else 'off'}"

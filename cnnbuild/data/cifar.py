@@ -220,7 +220,7 @@ class _Members:
                             f"expected the extracted {archive.folder} folder or the folder "
                             "holding it")
         try:
-            self.tar = tarfile.open(path, "r:gz")
+            self.tar = tarfile.open(path, "r:gz")  # noqa: SIM115 (closed by close())
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: not a readable .tar.gz archive ({exc})") from None
 

@@ -142,8 +142,8 @@ def Pair(lo: int = 1) -> Any:  # noqa: N802
 
 def _padding_2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     """Keras' ZeroPadding2D / Cropping2D forms: n, [h, w] or [[top, bottom], [left, right]]."""
-    bad = ValueError("expected an integer, a list [height, width], or "
-                     f"[[top, bottom], [left, right]] of integers >= 0; received {_received(value)}")
+    bad = ValueError("expected an integer, a list [height, width], or [[top, bottom], "
+                     f"[left, right]] of integers >= 0; received {_received(value)}")
     if is_int(value):
         out = ((value, value), (value, value))
     elif isinstance(value, (list, tuple)) and len(value) == 2:

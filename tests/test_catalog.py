@@ -1,0 +1,112 @@
+"""The layer registry against Keras itself: names, arguments, defaults, and name lists.
+
+These iterate over the registry, so a layer added to it is checked the moment it exists.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import yaml
+
+from cnnbuild.catalog import REGISTRY
+from cnnbuild.config import from_document
+from cnnbuild.schema.types import ACTIVATIONS, CONSTRAINTS, INITIALIZERS, REGULARIZERS
+from cnnbuild.source import parse_text
+from cnnbuild.trace import trace
+
+keras = pytest.importorskip("keras")
+
+# Keras arguments YAML configs deliberately leave out (not CNN-training settings).
+NOT_EXPOSED = {"Dense": {"lora_rank", "lora_alpha", "quantization_config"}}
+COMMON = {"name", "trainable", "dtype"}
+
+# one valid use of every registered layer, on a (12, 12, 4) input
+SAMPLE = {
+    "Conv2D": {"filters": 3, "kernel_size": 3}, "DepthwiseConv2D": {"kernel_size": 3},
+    "SeparableConv2D": {"filters": 3, "kernel_size": 3}, "AveragePooling2D": {"pool_size": 2},
+    "Dense": {"units": 3}, "Dropout": {"rate": 0.1}, "SpatialDropout2D": {"rate": 0.1},
+    "Activation": {"activation": "gelu"}, "Rescaling": {"scale": 0.5},
+    "Resizing": {"height": 8, "width": 6},
+    "RandomTranslation": {"height_factor": 0.1, "width_factor": 0.1},
+    "RandomCrop": {"height": 8, "width": 8}, "RandomRotation": {"factor": 0.1},
+    "RandomZoom": {"height_factor": 0.1}, "RandomContrast": {"factor": 0.1},
+}
+
+
+def _signature(kind: str) -> inspect.Signature:
+    return inspect.signature(getattr(keras.layers, kind).__init__)
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+def test_arguments_are_keras_own(kind):
+    params = set(_signature(kind).parameters) - {"self", "kwargs"}
+    ours = set(REGISTRY[kind].args.model_fields)
+    assert ours - COMMON <= params, f"{kind}: not Keras arguments: {ours - COMMON - params}"
+    assert params - ours <= NOT_EXPOSED.get(kind, set()), \
+        f"{kind}: Keras arguments missing from the schema: {params - ours}"
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+def test_defaults_are_keras_defaults(kind):
+    model = REGISTRY[kind].args
+    for name, param in _signature(kind).parameters.items():
+        field = model.model_fields.get(name)
+        if field is None or field.is_required() or param.default is inspect.Parameter.empty:
+            continue
+        keras_default = param.default
+        if isinstance(keras_default, tuple):
+            keras_default = list(keras_default)
+        required = {f: SAMPLE[kind][f] for f in SAMPLE.get(kind, {})}
+        normalised = model.model_validate({**required, name: keras_default})
+        assert getattr(normalised, name) == field.default, (
+            f"{kind}.{name}: ours {field.default!r}, Keras {param.default!r}")
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+def test_every_layer_builds_and_matches_the_static_engine(kind):
+    from cnnbuild.builder import build_model
+
+    args = SAMPLE.get(kind)
+    if REGISTRY[kind].merge:
+        layers = [{"Conv2D": {"filters": 4, "kernel_size": 1, "name": "a"}},
+                  {kind: {"inputs": ["input", "a"]}}]
+    else:
+        layers = [{kind: args} if args else kind]
+    text = yaml.safe_dump({"name": "one", "input": [12, 12, 4], "layers": layers})
+    cfg = from_document(parse_text(text, "one.yaml"))
+    assert cfg is not None and cfg.ok, [f.format() for f in cfg.findings]
+    tr = trace(cfg)
+    assert not tr.findings
+    model = build_model(cfg, compile=False)
+    assert tuple(model.output.shape[1:]) == tr.output_shape
+    assert model.count_params() == tr.total_params
+
+
+def test_activation_names_resolve_in_keras():
+    for name in ACTIVATIONS:
+        assert keras.activations.get(name) is not None, name
+
+
+@pytest.mark.parametrize(("names", "arg"), [
+    (INITIALIZERS, "kernel_initializer"), (REGULARIZERS, "kernel_regularizer"),
+    (CONSTRAINTS, "kernel_constraint"),
+])
+def test_every_listed_name_builds_through_the_builder(names, arg):
+    from cnnbuild.builder import make_layer
+
+    for name in names:
+        text = yaml.safe_dump({"name": "n", "input": [2, 2, 4], "layers": [
+            {"Dense": {"units": 2, arg: name}}]})
+        cfg = from_document(parse_text(text, "n.yaml"))
+        assert cfg is not None and cfg.ok, name
+        layer = make_layer(cfg.nodes[0])
+        layer.build((None, 2, 2, 4))
+        assert getattr(layer, arg) is not None, name
+
+
+def test_snake_names_are_keras_automatic_names():
+    for kind, entry in REGISTRY.items():
+        layer = getattr(keras.layers, kind)(**SAMPLE.get(kind, {}))
+        assert layer.name.rstrip("_0123456789") == entry.snake, kind
