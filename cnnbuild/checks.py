@@ -78,8 +78,7 @@ def _dense_on_4d(trace: Trace):
         if row.node.kind == "Dense" and row.inputs and row.inputs[0] is not None \
                 and len(row.inputs[0]) >= 3:
             yield (row.node, f"Dense receives a 4-D tensor (batch, *{shape_str(row.inputs[0])}) "
-                             "and will act on the channel axis only; did you forget Flatten or "
-                             "GlobalAveragePooling2D?", None)
+                             "and will act on the channel axis only", None)
 
 
 _PROBS = {"softmax", "sigmoid", "log_softmax"}
@@ -237,7 +236,7 @@ def _linear_stack(trace: Trace):
                 continue
             if REGISTRY[kind].group == "conv" and node.kind != "Dense":
                 between = f" (through {', '.join(path)})" if path else ""
-                yield (nrow.node, f"{node.name!r} has no activation and feeds "
+                yield (node, f"{node.name!r} has no activation and feeds "
                                   f"{nrow.node.name!r}{between}: two convolutions with no "
                                   "nonlinearity collapse into one linear map", None)
             break

@@ -1,0 +1,181 @@
+"""The command line: exit codes, output formats, and TensorFlow staying out of validate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CONFIGS, ROOT
+
+LINT = ROOT / "tests" / "data" / "lint"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnbuild", *args], capture_output=True,
+                          text=True, env=ENV, timeout=300, **kw)
+
+
+def test_validate_never_imports_tensorflow():
+    code = ("import sys; from cnnbuild.cli import app\n"
+            "try:\n    app(['validate', 'configs/', 'tests/data/errors/', '--format', 'json'])\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print(json.dumps({'code': code, 'tf': 'tensorflow' in sys.modules,"
+            " 'keras': 'keras' in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True,
+                         text=True, env=ENV, cwd=ROOT, timeout=120)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"code": 1, "tf": False, "keras": False}
+
+
+def test_summary_static_and_trace_never_import_tensorflow():
+    code = ("import sys\nfrom cnnbuild.cli import app\n"
+            "for args in (['summary', '--static', 'configs/cifar10_tutorial.yaml'],"
+            " ['trace', '--json', 'configs/cifar10_tutorial.yaml']):\n"
+            "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
+            "print('TF' if 'tensorflow' in sys.modules else 'NO-TF')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=ENV, cwd=ROOT, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "NO-TF"
+
+
+def test_python_dash_m_and_exit_codes(tmp_path):
+    assert run("validate", str(CONFIGS / "cifar10_tutorial.yaml")).returncode == 0
+    bad = run("validate", str(ROOT / "tests/data/errors/unknown_names.yaml"))
+    assert bad.returncode == 1 and "did you mean 'Conv2D'?" in bad.stdout
+    assert "Traceback" not in bad.stderr
+    missing = run("validate", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+    assert run("validate", "--no-such-option", "x").returncode == 2
+    assert run().returncode in (0, 2)  # no arguments prints help
+
+
+def test_validate_directories_and_globs(cli, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = cli("validate", "tests/data/lint/*.yaml")
+    n = len(list(LINT.glob("*.yaml")))
+    assert result.exit_code == 1 and f"{n} files checked" in result.output
+    result = cli("validate", "tests/data/")
+    assert "tests/data/errors/unknown_names.yaml:4:5: error:" in result.output
+
+
+def test_json_format(cli):
+    result = cli("validate", LINT / "softmax-logits.yaml", "--format", "json")
+    assert result.exit_code == 1
+    (finding,) = json.loads(result.output)
+    assert finding["line"] == 5 and finding["column"] == 24
+    assert finding["end_line"] == 5 and finding["end_column"] == 34
+    assert finding["severity"] == "error" and finding["rule"] == "softmax-logits"
+    assert finding["file"].endswith("softmax-logits.yaml")
+
+
+def test_github_format(cli):
+    result = cli("validate", LINT / "linear-stack.yaml", "--format", "github")
+    assert result.exit_code == 0
+    line = result.output.strip()
+    assert line.startswith(f"::warning file={LINT / 'linear-stack.yaml'},line=4,col=5,")
+    assert "title=cnnbuild linear-stack::" in line
+    result = cli("validate", LINT / "softmax-logits.yaml", "--format", "github")
+    assert result.output.startswith("::error file=")
+
+
+def test_sarif_format_is_valid_sarif(cli):
+    jsonschema = pytest.importorskip("jsonschema")
+    result = cli("validate", LINT / "bias-before-bn.yaml", LINT / "huge-dense.yaml",
+                 "--format", "sarif")
+    log = json.loads(result.output)
+    assert log["version"] == "2.1.0"
+    results = log["runs"][0]["results"]
+    assert {r["ruleId"] for r in results} == {"bias-before-bn", "huge-dense"}
+    assert {r["level"] for r in results} == {"note", "warning"}
+    region = results[0]["locations"][0]["physicalLocation"]["region"]
+    assert region["startLine"] >= 1 and region["startColumn"] >= 1
+    ids = [r["id"] for r in log["runs"][0]["tool"]["driver"]["rules"]]
+    for r in results:
+        assert ids[r["ruleIndex"]] == r["ruleId"]
+    minimal = {"type": "object", "required": ["version", "runs"], "properties": {
+        "runs": {"type": "array", "items": {"required": ["tool", "results"]}}}}
+    jsonschema.validate(log, minimal)
+
+
+def test_summary_static_json(cli):
+    result = cli("summary", CONFIGS / "cifar10_tutorial.yaml", "--static", "--json")
+    data = json.loads(result.output)
+    assert set(data) == {"name", "input_shape", "output_shape", "total_params",
+                         "trainable_params", "non_trainable_params", "macs", "layers"}
+    assert data["input_shape"] == [32, 32, 3] and data["output_shape"] == [10]
+    assert set(data["layers"][0]) == {"name", "type", "output_shape", "params", "macs"}
+    # conv2d: 3x3x3x32 + 32 params; MACs = 30*30 positions * 32 filters * 27
+    assert data["layers"][0]["params"] == 3 * 3 * 3 * 32 + 32
+    assert data["layers"][0]["macs"] == 30 * 30 * 32 * 27
+
+
+def test_summary_table_shows_totals(cli):
+    result = cli("summary", CONFIGS / "cifar10_bn_gap.yaml", "--static")
+    assert result.exit_code == 0
+    for text in ("Total params", "Trainable", "Non-trainable", "MACs", "MiB", "activation"):
+        assert text.lower() in result.output.lower(), text
+
+
+def test_trace_shows_the_arithmetic(cli):
+    result = cli("trace", CONFIGS / "cifar10_tutorial.yaml")
+    assert result.exit_code == 0
+    assert "H: (32 - 3) // 1 + 1 = 30" in result.output
+    data = json.loads(cli("trace", CONFIGS / "cifar10_tutorial.yaml", "--json").output)
+    first = data["layers"][0]
+    assert first["input_shapes"] == [[32, 32, 3]] and first["output_shape"] == [30, 30, 32]
+    assert first["arithmetic"][0] == {"axis": "H", "text": "(32 - 3) // 1 + 1 = 30"}
+
+
+def test_trace_run_compares_with_a_real_forward_pass(cli):
+    result = cli("trace", CONFIGS / "cifar10_bn_gap.yaml", "--run", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for layer in data["layers"]:
+        real = layer["real"]
+        assert real["shape"] == layer["output_shape"], layer["name"]
+        assert 0.0 <= real["zeros"] <= 1.0
+    relu = next(layer for layer in data["layers"] if layer["type"] == "ReLU")
+    assert relu["real"]["zeros"] > 0.05  # ReLU zeroes part of its input
+    table = cli("trace", CONFIGS / "cifar10_tutorial.yaml", "--run")
+    assert table.exit_code == 0 and "mean" in table.output
+
+
+def test_build_saves_a_model_that_loads_back_the_same(cli, tmp_path):
+    import keras
+
+    out = tmp_path / "m.keras"
+    result = cli("build", CONFIGS / "cifar10_bn_gap.yaml", "-o", out)
+    assert result.exit_code == 0, result.output
+    model = keras.saving.load_model(out, safe_mode=True)
+    keras_json = json.loads(cli("summary", CONFIGS / "cifar10_bn_gap.yaml", "--json").output)
+    assert model.count_params() == keras_json["total_params"]
+    assert [layer.name for layer in model.layers[1:]] == \
+        [entry["name"] for entry in keras_json["layers"]]
+    assert model.optimizer.__class__.__name__ == "AdamW"
+    bad = cli("build", CONFIGS / "cifar10_bn_gap.yaml", "-o", tmp_path / "m.h5")
+    assert bad.exit_code == 2
+
+
+def test_schema_command_and_committed_copy_are_fresh(cli):
+    result = cli("schema")
+    assert result.exit_code == 0
+    committed = (ROOT / "schema" / "cnnbuild.schema.json").read_text()
+    assert result.output == committed, "schema/ is stale: run `make schema`"
+    assert json.loads(committed)["$schema"] == "http://json-schema.org/draft-07/schema#"
+
+
+def test_configs_validate_against_the_json_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    schema = json.loads((ROOT / "schema" / "cnnbuild.schema.json").read_text())
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        assert path.read_text().startswith("# yaml-language-server: $schema="), path
+        jsonschema.Draft7Validator(schema).validate(yaml.safe_load(path.read_text()))
+    bad = yaml.safe_load((ROOT / "tests/data/errors/unknown_names.yaml").read_text())
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(bad))
