@@ -178,8 +178,10 @@ def keras_summary(cfg: ModelConfig, model: Any) -> dict:
     def count(weights: list) -> int:
         return int(sum(np.prod(w.shape) for w in weights))
 
+    order = {node.name: i for i, node in enumerate(cfg.nodes)}
     layers = []
-    for layer in model.layers:
+    # in the config's order (Keras orders parallel branches its own way)
+    for layer in sorted(model.layers, key=lambda lay: order.get(lay.name, -1)):
         if layer.name == INPUT:
             continue
         layers.append({

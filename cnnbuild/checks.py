@@ -65,6 +65,19 @@ def _consumers(trace: Trace) -> dict[str, list[Row]]:
     return out
 
 
+def _descendants(trace: Trace, name: str) -> set[str]:
+    """Names of every node that reads ``name``'s output, directly or not."""
+    consumers = _consumers(trace)
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for row in consumers.get(todo.pop(), []):
+            if row.node.name not in seen:
+                seen.add(row.node.name)
+                todo.append(row.node.name)
+    return seen
+
+
 def _activation(node: Node) -> str | None:
     if node.args is None:
         return None
@@ -75,8 +88,9 @@ def _activation(node: Node) -> str | None:
       "did you forget Flatten or GlobalAveragePooling2D before it?")
 def _dense_on_4d(trace: Trace):
     for row in trace.rows:
-        if row.node.kind == "Dense" and row.inputs and row.inputs[0] is not None \
-                and len(row.inputs[0]) >= 3:
+        shape = row.inputs[0] if row.inputs else None
+        if row.node.kind == "Dense" and shape is not None and len(shape) >= 3 \
+                and tuple(shape[:2]) != (1, 1):  # Dense on (1, 1, C) is the SE idiom
             yield (row.node, f"Dense receives a 4-D tensor (batch, *{shape_str(row.inputs[0])}) "
                              "and will act on the channel axis only", None)
 
@@ -153,8 +167,10 @@ def _collapse(trace: Trace):
             continue
         if row.inputs and row.inputs[0] is not None and tuple(row.inputs[0][:2]) == (1, 1):
             continue
-        later = [r for r in rows[i + 1:] if REGISTRY[r.node.kind].group in _SPATIAL
-                 and r.shape is not None and len(r.shape) == 3]
+        below = _descendants(trace, row.node.name)
+        later = [r for r in rows[i + 1:] if r.node.name in below
+                 and REGISTRY[r.node.kind].group in _SPATIAL and r.inputs
+                 and r.inputs[0] is not None and tuple(r.inputs[0][:2]) == (1, 1)]
         if len(later) >= 2:
             yield (row.node, f"the feature map is 1x1 after {row.node.name!r}, yet "
                              f"{len(later)} more convolution/pooling layers follow (from "

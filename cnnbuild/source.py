@@ -181,7 +181,15 @@ def parse_text(text: str, file: str = "<string>") -> Document:
         The document. ``doc.data`` is ``None`` when the text could not be read.
     """
     doc = Document(file=file, lines=text.splitlines())
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        doc.findings.append(Finding(file, line, col, "error", "yaml",
+                                    f"invalid YAML: unacceptable character #x{exc.character:04x}"
+                                    ": control characters are not allowed"))
+        return doc
     try:
         node = loader.get_single_node()
         if node is None:

@@ -125,7 +125,16 @@ def _shape_finding(cfg: ModelConfig, node: Node, ins: list[Shape], exc: ShapeErr
     prefix = path if len(path) and path[-1] == node.kind else (*path, node.kind)
     if exc.arg and (*prefix, exc.arg) in cfg.doc.keys:
         path = (*prefix, exc.arg)
-    where = "input " + " and ".join(shape_str(s) for s in ins)
+    if len(ins) > 1:
+        block = path[-1] if path and path[-1] in ("Residual", "Parallel") else None
+        labels = (["shortcut", "main path"] if block == "Residual"
+                  else [f"branch {i}" for i in range(len(ins))] if block == "Parallel"
+                  else ["input"] * len(ins))
+        where = "inputs " + " and ".join(
+            f"{label} {'the model input' if src == INPUT else repr(src)} {shape_str(s)}"
+            for label, src, s in zip(labels, node.inputs, ins, strict=False))
+    else:
+        where = "input " + " and ".join(shape_str(s) for s in ins)
     msg = f"layer {node.name!r} ({node.kind}) cannot take {where}: {exc.message}"
     if node.use is not None:
         msg += f" (in a block used at line {cfg.doc.locate(node.use, 'key').line})"

@@ -66,9 +66,23 @@ def check_file(path: str | Path, ignore: frozenset[str] = frozenset()
     if cfg.input_shape[2] is not None:
         tr = trace(cfg)
         cfg.findings.extend(tr.findings)
-        cfg.findings.extend(lint(tr, ignore))
+        cfg.findings.extend(_fold(lint(tr, ignore)))
     cfg.findings = _sorted(cfg.findings)
     return cfg, tr, cfg.findings
+
+
+def _fold(findings: list[Finding]) -> list[Finding]:
+    """One finding per rule and YAML position: a block used 50 times gives one line."""
+    groups: dict[tuple, list[Finding]] = {}
+    for f in findings:
+        groups.setdefault((f.line, f.column, f.rule), []).append(f)
+    out = []
+    for same in groups.values():
+        first = same[0]
+        if len(same) > 1:
+            first.message += f" (and {len(same) - 1} more from the same line)"
+        out.append(first)
+    return out
 
 
 def _sorted(findings: list[Finding]) -> list[Finding]:

@@ -100,7 +100,7 @@ def test_resume_continues_with_optimizer_state(cli, write, tmp_path):
 def test_ctrl_c_saves_and_prints_the_resume_command(write, tmp_path):
     config = write(TINY.replace("epochs: 2", "epochs: 200"))
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "cnnbuild", "train", str(config), "--out",
                              str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=tmp_path)
@@ -110,7 +110,7 @@ def test_ctrl_c_saves_and_prints_the_resume_command(write, tmp_path):
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 1, (proc.returncode, out, err)
     assert "Traceback" not in err
     assert f"cnnbuild train --resume {run_dir}" in err
     state = json.loads((run_dir / "state.json").read_text())

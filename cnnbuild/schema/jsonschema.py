@@ -45,6 +45,28 @@ def _model(model: type, defs: dict, extra: dict | None = None) -> dict:
     return schema
 
 
+PARAM = {"type": "string", "pattern": r"^\$[A-Za-z_][A-Za-z0-9_]*$",
+         "description": "a parameter of the block ($name)"}
+
+
+def _in_template(node: Any, templated: set[str], wrap: bool) -> Any:
+    """A definition as used inside ``blocks:``, where any argument may be ``$param``."""
+    if isinstance(node, list):
+        return [_in_template(v, templated, False) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "$ref" and value.rsplit("/", 1)[-1] in templated:
+            out[key] = "#/definitions/template_" + value.rsplit("/", 1)[-1]
+        elif key == "properties" and wrap:
+            out[key] = {k: {"anyOf": [_in_template(v, templated, False), PARAM]}
+                        for k, v in value.items()}
+        else:
+            out[key] = _in_template(value, templated, False)
+    return out
+
+
 def json_schema() -> dict:
     """The whole schema, as a dict."""
     defs: dict[str, Any] = {}
@@ -87,6 +109,10 @@ def json_schema() -> dict:
                                                "description": "a block from `blocks:`"}},
          "additionalProperties": False},
     ]}
+    templated = {*REGISTRY, *BLOCK_KINDS, "layer"}
+    for name in sorted(templated):
+        defs[f"template_{name}"] = _in_template(defs[name], templated, name in REGISTRY)
+    template_list = {"type": "array", "items": {"$ref": "#/definitions/template_layer"}}
     props = {
         "name": {"type": "string"},
         "description": {"type": "string"},
@@ -100,7 +126,7 @@ def json_schema() -> dict:
                    "additionalProperties": {
                        "type": "object", "required": ["layers"], "additionalProperties": False,
                        "properties": {"params": {"type": ["array", "object"]},
-                                      "layers": layer_list,
+                                      "layers": template_list,
                                       "description": {"type": "string"}}}},
         "compile": _model(CompileConfig, defs),
         "train": _model(TrainConfig, defs),
