@@ -179,3 +179,22 @@ def test_configs_validate_against_the_json_schema():
         jsonschema.Draft7Validator(schema).validate(yaml.safe_load(path.read_text()))
     bad = yaml.safe_load((ROOT / "tests/data/errors/unknown_names.yaml").read_text())
     assert list(jsonschema.Draft7Validator(schema).iter_errors(bad))
+
+
+def test_pre_commit_hook_runs_the_way_pre_commit_calls_it():
+    import shlex
+
+    import yaml
+
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert {h["id"] for h in hooks} == {"cnnbuild-validate", "cnnbuild-validate-system"}
+    import re
+
+    for hook in hooks:
+        assert re.search(hook["files"], "configs/cifar10_tutorial.yaml")
+        # pre-commit runs `entry` followed by the matching staged file names
+        args = shlex.split(hook["entry"])[1:]
+        good = run(*args, str(CONFIGS / "cifar10_tutorial.yaml"), str(CONFIGS / "zoo"))
+        assert good.returncode == 0, good.stdout
+        bad = run(*args, str(LINT / "softmax-logits.yaml"))
+        assert bad.returncode == 1 and "[softmax-logits]" in bad.stdout
