@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/cnnbuild validate configs/
-	$(BIN)/cnnbuild train configs/shapes_demo.yaml --out runs/demo
+	$(BIN)/cnnbuild train configs/shapes_demo.yaml
 
 test: install
 	$(BIN)/ruff check cnnbuild tests benchmarks

@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -131,8 +129,8 @@ def main() -> None:
           f"mixed precision {device['mixed']}")
     print(f"float32 matmul rate: {flops / 1e9:,.1f} GFLOP/s")
     print()
-    header = (f"| config | (a) fit(numpy) img/s | (b) cnnbuild img/s | b/a | (a) test acc | "
-              f"(b) test acc | (b) share of matmul rate |")
+    header = ("| config | (a) fit(numpy) img/s | (b) cnnbuild img/s | b/a | (a) test acc | "
+              "(b) test acc | (b) share of matmul rate |")
     print(header)
     print("|" + "---|" * 7)
     for path in args.configs:
