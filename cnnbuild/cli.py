@@ -200,6 +200,7 @@ def build(
         raise UsageError(f"--output must end in .keras; received {str(target)!r}")
     keras_module(verbose)
     model = build_model(cfg)
+    model.optimizer.build(model.trainable_variables)  # saved with its (zero) state
     save_model(model, target)
     _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {target}")
 

@@ -92,6 +92,16 @@ class Device:
     steps_per_execution: int
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def select_device(settings: TrainConfig) -> Device:
     """Pick CPU or GPU and the settings that suit it.
 
@@ -111,7 +121,7 @@ def select_device(settings: TrainConfig) -> Device:
     if kind == "cpu":
         if gpus:
             tf.config.set_visible_devices([], "GPU")
-        name = platform.processor() or platform.machine()
+        name = _cpu_name()
     else:
         details = tf.config.experimental.get_device_details(gpus[0])
         name = details.get("device_name", gpus[0].name)
