@@ -198,3 +198,15 @@ def test_pre_commit_hook_runs_the_way_pre_commit_calls_it():
         assert good.returncode == 0, good.stdout
         bad = run(*args, str(LINT / "softmax-logits.yaml"))
         assert bad.returncode == 1 and "[softmax-logits]" in bad.stdout
+
+
+def test_validate_needs_neither_numpy_nor_matplotlib():
+    """The README's CI snippet installs only typer, PyYAML, rich and pydantic."""
+    code = ("import sys\nfor m in ('numpy', 'matplotlib', 'tensorflow', 'keras'):\n"
+            "    sys.modules[m] = None\n"
+            "from cnnbuild.cli import app\n"
+            "app(['validate', 'configs/', '--format', 'sarif'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=ENV, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["version"] == "2.1.0"

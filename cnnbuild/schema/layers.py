@@ -45,6 +45,14 @@ class LayerArgs(BaseModel):
     dtype: Choice(DTYPES, "dtype", nullable=True) = None
 
 
+def _strides_or_dilation(args: Any) -> None:
+    """Keras' own rule for convolutions: not both strides > 1 and dilation > 1."""
+    if max(args.strides) > 1 and max(args.dilation_rate) > 1:
+        raise ValueError("`strides > 1` not supported in conjunction with "
+                         f"`dilation_rate > 1`; received strides={list(args.strides)} and "
+                         f"dilation_rate={list(args.dilation_rate)}")
+
+
 class Conv2D(LayerArgs):
     filters: PosInt
     kernel_size: Pair(1)
@@ -65,10 +73,7 @@ class Conv2D(LayerArgs):
 
     @model_validator(mode="after")
     def _keras_rules(self) -> Conv2D:
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError("`strides > 1` not supported in conjunction with "
-                             f"`dilation_rate > 1`; received strides={list(self.strides)} and "
-                             f"dilation_rate={list(self.dilation_rate)}")
+        _strides_or_dilation(self)
         if self.filters % self.groups:
             raise ValueError("the number of filters must be evenly divisible by the number "
                              f"of groups; received groups={self.groups}, filters={self.filters}")
@@ -94,10 +99,7 @@ class DepthwiseConv2D(LayerArgs):
 
     @model_validator(mode="after")
     def _keras_rules(self) -> DepthwiseConv2D:
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError("`strides > 1` not supported in conjunction with "
-                             f"`dilation_rate > 1`; received strides={list(self.strides)} and "
-                             f"dilation_rate={list(self.dilation_rate)}")
+        _strides_or_dilation(self)
         return self
 
 
