@@ -219,3 +219,50 @@ def test_device_gpu_without_a_gpu_is_an_error(cli):
     result = cli("train", CONFIGS / "shapes_demo.yaml", "--device", "gpu")
     assert result.exit_code == 1
     assert "--device gpu: TensorFlow sees no GPU" in result.output
+
+
+def _history(run_dir):
+    return json.loads((run_dir / "history.json").read_text())
+
+
+def test_cosine_and_step_schedules_follow_keras(cli, write, tmp_path):
+    cosine = write(TINY.replace("limit: 256", "limit: 256\n  lr_schedule: {cosine: "
+                                              "{alpha: 0.1}}"), "cos.yaml")
+    assert cli("train", cosine, "--out", tmp_path / "cos", "--epochs", 3).exit_code == 0
+    rates = [h["learning_rate"] for h in _history(tmp_path / "cos")]
+    assert rates[0] < 0.003 and rates == sorted(rates, reverse=True)
+    assert rates[-1] == pytest.approx(0.003 * 0.1, rel=1e-3)  # alpha * base at the end
+    step = write(TINY.replace("limit: 256", "limit: 256\n  lr_schedule: {step: "
+                                            "{every_epochs: 1, factor: 0.5}}"), "step.yaml")
+    assert cli("train", step, "--out", tmp_path / "step", "--epochs", 3).exit_code == 0
+    rates = [h["learning_rate"] for h in _history(tmp_path / "step")]
+    # PiecewiseConstantDecay at each epoch's last step: halved once per epoch after the first
+    assert rates == pytest.approx([0.003, 0.0015, 0.00075], rel=1e-3)
+
+
+def test_early_stopping_from_the_config(cli, write, tmp_path):
+    config = write(TINY.replace("limit: 256", "limit: 256\n  early_stopping: "
+                                              "{monitor: val_loss, min_delta: 100.0, "
+                                              "patience: 1}"))
+    result = cli("train", config, "--out", tmp_path / "run", "--epochs", 10)
+    assert result.exit_code == 0, result.output
+    metrics = _metrics(tmp_path / "run")
+    assert metrics["status"] == "early_stopped" and metrics["epochs"] == 2
+    assert metrics["epochs_planned"] == 10
+
+
+def test_mixed_precision_and_xla_paths_run_on_cpu(cli, write, tmp_path):
+    """The GPU defaults (mixed_float16 with a float32 output layer, XLA), forced on a CPU."""
+    import keras
+
+    config = write(TINY)
+    result = cli("train", config, "--out", tmp_path / "run", "--epochs", 1,
+                 "--mixed-precision", "--xla", "--steps-per-execution", "4")
+    assert result.exit_code == 0, result.output
+    metrics = _metrics(tmp_path / "run")
+    assert metrics["mixed_precision"] is True and metrics["jit_compile"] is True
+    assert metrics["steps_per_execution"] == 4
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert model.layers[-1].dtype_policy.name == "float32"
+    assert model.layers[1].dtype_policy.name == "mixed_float16"
+    keras.mixed_precision.set_global_policy("float32")

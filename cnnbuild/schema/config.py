@@ -181,6 +181,13 @@ class TrainConfig(Strict):
     monitor: str = "val_accuracy"
     tensorboard: Bool = False
 
+    @model_validator(mode="after")
+    def _one_lr_controller(self) -> TrainConfig:
+        if self.lr_schedule is not None and self.reduce_lr_on_plateau is not None:
+            raise ValueError("give lr_schedule or reduce_lr_on_plateau, not both: Keras cannot "
+                             "lower a learning rate that a schedule sets")
+        return self
+
 
 class LintConfig(Strict):
     """Per-config lint settings."""
