@@ -431,6 +431,9 @@ def train(config: Path | None, overrides: dict[str, Any], *, out: Path | None = 
                              "change (received " + ", ".join("--" + k.replace("_", "-")
                                                               for k in extra) + ")")
         cfg = load_config(resume / "config.yaml")
+        if config is not None:
+            console.print(f"resuming with {resume / 'config.yaml'} (the run's own config; "
+                          f"{config} is not read)", highlight=False)
     elif config is None:
         raise UsageError("give a CONFIG to train, or --resume RUN_DIR")
     else:
@@ -465,9 +468,9 @@ def train(config: Path | None, overrides: dict[str, Any], *, out: Path | None = 
         run.best, run.best_epoch = state["best"], state["best_epoch"]
         run.initial_epoch = len(run.history)
         run.prior_wall = float(state.get("wall_seconds", 0.0))
-    else:
-        write_text(run.path("config.yaml"), yaml.safe_dump(resolved_config(cfg, settings),
-                                                           sort_keys=False))
+    # the resolved config (rewritten on resume, where --epochs may have changed)
+    write_text(run.path("config.yaml"), yaml.safe_dump(resolved_config(cfg, settings),
+                                                       sort_keys=False))
 
     keras.utils.set_random_seed(seed)
     one_hot = data.num_classes if cfg.compile.loss in ONE_HOT_LOSSES else None

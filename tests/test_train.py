@@ -95,6 +95,7 @@ def test_resume_continues_with_optimizer_state(cli, write, tmp_path):
     assert int(keras.saving.load_model(run_dir / "last.keras").optimizer.iterations) \
         == 3 * steps
     assert _metrics(run_dir)["epochs"] == 3
+    assert load_config(run_dir / "config.yaml").train.epochs == 3
 
 
 def test_ctrl_c_saves_and_prints_the_resume_command(write, tmp_path):
