@@ -20,6 +20,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check cnnbuild tests benchmarks
+	$(BIN)/ruff format --check cnnbuild tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -41,8 +41,7 @@ def load_images(n: int, n_test: int):
 
     path = locate(ARCHIVES["cifar10"], None)
     data = read_cifar(path, ARCHIVES["cifar10"]) if path else load_shapes(n, n_test)
-    return data.name, data.x_train[:n], data.y_train[:n], data.x_test[:n_test], \
-        data.y_test[:n_test]
+    return data.name, data.x_train[:n], data.y_train[:n], data.x_test[:n_test], data.y_test[:n_test]
 
 
 class EpochTimer:
@@ -85,12 +84,15 @@ def run_once(kind: str, cfg, data, epochs: int, batch: int, device: dict, keras,
     if kind == "baseline":
         model = build_model(cfg, steps_per_execution=1, jit_compile=False)
         xf, xtf = x.astype("float32") / 255, xt.astype("float32") / 255
-        model.fit(xf, y, batch_size=batch, epochs=epochs, verbose=0,
-                  callbacks=[timer.callback])
+        model.fit(xf, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[timer.callback])
         _, acc = model.evaluate(xtf, yt, batch_size=256, verbose=0)
     else:
-        model = build_model(cfg, mixed_precision=device["mixed"],
-                            steps_per_execution=device["spe"], jit_compile=device["xla"])
+        model = build_model(
+            cfg,
+            mixed_precision=device["mixed"],
+            steps_per_execution=device["spe"],
+            jit_compile=device["xla"],
+        )
         train = make_pipeline(x, y, batch_size=batch, scale=1 / 255, training=True, seed=0)
         test = make_pipeline(xt, yt, batch_size=256, scale=1 / 255, training=False)
         model.fit(train, epochs=epochs, verbose=0, callbacks=[timer.callback], shuffle=False)
@@ -115,22 +117,31 @@ def main() -> None:
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     mixed = gpu if args.mixed_precision == "auto" else args.mixed_precision == "on"
-    device = {"mixed": mixed, "xla": gpu, "spe": GPU_STEPS_PER_EXECUTION if gpu
-              else CPU_STEPS_PER_EXECUTION}
+    device = {
+        "mixed": mixed,
+        "xla": gpu,
+        "spe": GPU_STEPS_PER_EXECUTION if gpu else CPU_STEPS_PER_EXECUTION,
+    }
     data = load_images(args.images, args.test_images)
     flops = matmul_flops(tf)
     import os
 
-    print(f"device: {'GPU' if gpu else 'CPU'} ({os.cpu_count()} CPUs visible); "
-          f"TensorFlow {tf.__version__}; data: {data[0]} {len(data[1])} train / "
-          f"{len(data[3])} test images; batch {args.batch_size}; {args.epochs} epochs per run "
-          f"(first is warm-up), {args.rounds} alternating rounds")
-    print(f"(b) settings: steps_per_execution {device['spe']}, XLA {device['xla']}, "
-          f"mixed precision {device['mixed']}")
+    print(
+        f"device: {'GPU' if gpu else 'CPU'} ({os.cpu_count()} CPUs visible); "
+        f"TensorFlow {tf.__version__}; data: {data[0]} {len(data[1])} train / "
+        f"{len(data[3])} test images; batch {args.batch_size}; {args.epochs} epochs per run "
+        f"(first is warm-up), {args.rounds} alternating rounds"
+    )
+    print(
+        f"(b) settings: steps_per_execution {device['spe']}, XLA {device['xla']}, "
+        f"mixed precision {device['mixed']}"
+    )
     print(f"float32 matmul rate: {flops / 1e9:,.1f} GFLOP/s")
     print()
-    header = ("| config | (a) fit(numpy) img/s | (b) cnnbuild img/s | b/a | (a) test acc | "
-              "(b) test acc | (b) share of matmul rate |")
+    header = (
+        "| config | (a) fit(numpy) img/s | (b) cnnbuild img/s | b/a | (a) test acc | "
+        "(b) test acc | (b) share of matmul rate |"
+    )
     print(header)
     print("|" + "---|" * 7)
     for path in args.configs:
@@ -138,15 +149,19 @@ def main() -> None:
         results = {"baseline": [], "cnnbuild": []}
         for _ in range(args.rounds):
             for kind in ("baseline", "cnnbuild"):
-                results[kind].append(run_once(kind, cfg, data, args.epochs, args.batch_size,
-                                              device, keras, tf))
+                results[kind].append(
+                    run_once(kind, cfg, data, args.epochs, args.batch_size, device, keras, tf)
+                )
         a = statistics.median(r["ips"] for r in results["baseline"])
         b = statistics.median(r["ips"] for r in results["cnnbuild"])
         acc_a = statistics.mean(r["acc"] for r in results["baseline"])
         acc_b = statistics.mean(r["acc"] for r in results["cnnbuild"])
         share = b * 6 * tr.macs / flops
-        print(f"| {cfg.name} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {acc_a:.3f} | {acc_b:.3f} | "
-              f"{share:.1%} |", flush=True)
+        print(
+            f"| {cfg.name} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {acc_a:.3f} | {acc_b:.3f} | "
+            f"{share:.1%} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -29,33 +29,49 @@ def generate(folder: Path, n: int, seed: int = 0) -> None:
     zoo = (ROOT / "configs" / "zoo" / "resnet20.yaml").read_text()
     for i in range(n):
         if i % 10 == 0:
-            (folder / f"resnet20_{i}.yaml").write_text(zoo.replace("name: resnet20",
-                                                                   f"name: resnet20_{i}"))
+            (folder / f"resnet20_{i}.yaml").write_text(
+                zoo.replace("name: resnet20", f"name: resnet20_{i}")
+            )
             continue
         layers = []
         size = 32
         for _ in range(rng.randint(2, 5)):
             for _ in range(rng.randint(1, 3)):
-                layers.append({"Conv2D": {"filters": rng.choice([16, 32, 64, 128]),
-                                          "kernel_size": rng.choice([1, 3, 5]),
-                                          "padding": "same", "activation": "relu"}})
+                layers.append(
+                    {
+                        "Conv2D": {
+                            "filters": rng.choice([16, 32, 64, 128]),
+                            "kernel_size": rng.choice([1, 3, 5]),
+                            "padding": "same",
+                            "activation": "relu",
+                        }
+                    }
+                )
                 if rng.random() < 0.5:
                     layers.append("BatchNormalization")
             if size > 2:
                 layers.append({"MaxPooling2D": {"pool_size": 2}})
                 size //= 2
         layers += ["GlobalAveragePooling2D", {"Dropout": {"rate": 0.3}}, {"Dense": {"units": 10}}]
-        config = {"name": f"gen_{i}", "input": [32, 32, 3], "layers": layers,
-                  "compile": {"optimizer": "adam", "from_logits": True},
-                  "train": {"dataset": "cifar10", "epochs": 5}}
+        config = {
+            "name": f"gen_{i}",
+            "input": [32, 32, 3],
+            "layers": layers,
+            "compile": {"optimizer": "adam", "from_logits": True},
+            "train": {"dataset": "cifar10", "epochs": 5},
+        }
         (folder / f"gen_{i}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def timed(cmd: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT),
-                               "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     return time.perf_counter() - start, proc.returncode
 
 
@@ -77,12 +93,16 @@ def main() -> None:
             times["tf"].append(timed(tf_import)[0])
     v = statistics.median(times["validate"])
     t = statistics.median(times["tf"])
-    print(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, median of "
-          f"{args.repeats} alternating runs")
+    print(
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, median of "
+        f"{args.repeats} alternating runs"
+    )
     print("| measurement | seconds | configs/s |")
     print("|---|---|---|")
-    print(f"| `cnnbuild validate` on {args.configs} configs (one process) | {v:.2f} | "
-          f"{args.configs / v:,.0f} |")
+    print(
+        f"| `cnnbuild validate` on {args.configs} configs (one process) | {v:.2f} | "
+        f"{args.configs / v:,.0f} |"
+    )
     print(f'| `python -c "import tensorflow"` | {t:.2f} | |')
     print(f"| ratio validate / import tensorflow | {v / t:.2f} (target < 0.5) | |")
 

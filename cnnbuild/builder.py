@@ -74,8 +74,11 @@ def keras_module(verbose: bool = False) -> Any:
     return keras
 
 
-_FAMILY = {"_initializer": "initializers", "_regularizer": "regularizers",
-           "_constraint": "constraints"}
+_FAMILY = {
+    "_initializer": "initializers",
+    "_regularizer": "regularizers",
+    "_constraint": "constraints",
+}
 
 
 def _keras_value(key: str, value: Any) -> Any:
@@ -106,9 +109,15 @@ def make_layer(node: Node, dtype: str | None = None) -> Any:
     return getattr(keras.layers, REGISTRY[node.kind].name)(**kwargs)
 
 
-def build_model(cfg: ModelConfig, *, compile: bool = True, mixed_precision: bool = False,
-                lr: Any = None, steps_per_execution: int = 1,
-                jit_compile: bool | str = "auto") -> Any:
+def build_model(
+    cfg: ModelConfig,
+    *,
+    compile: bool = True,
+    mixed_precision: bool = False,
+    lr: Any = None,
+    steps_per_execution: int = 1,
+    jit_compile: bool | str = "auto",
+) -> Any:
     """Build the Keras functional model of a config.
 
     Args:
@@ -133,8 +142,9 @@ def build_model(cfg: ModelConfig, *, compile: bool = True, mixed_precision: bool
         tensors[node.name] = layer(ins if REGISTRY[node.kind].merge else ins[0])
     model = keras.Model(tensors[INPUT], tensors[cfg.output], name=cfg.name)
     if compile:
-        compile_model(model, cfg, lr=lr, steps_per_execution=steps_per_execution,
-                      jit_compile=jit_compile)
+        compile_model(
+            model, cfg, lr=lr, steps_per_execution=steps_per_execution, jit_compile=jit_compile
+        )
     return model
 
 
@@ -149,18 +159,28 @@ def make_loss(cfg: ModelConfig) -> Any:
 
 def make_optimizer(cfg: ModelConfig, lr: Any = None) -> Any:
     keras = keras_module()
-    (name, args), = cfg.compile.optimizer.items()
+    ((name, args),) = cfg.compile.optimizer.items()
     args = dict(args)
     if lr is not None:
         args["learning_rate"] = lr
     return type(keras.optimizers.get(name))(**args)
 
 
-def compile_model(model: Any, cfg: ModelConfig, *, lr: Any = None, steps_per_execution: int = 1,
-                  jit_compile: bool | str = "auto") -> None:
-    model.compile(optimizer=make_optimizer(cfg, lr), loss=make_loss(cfg),
-                  metrics=list(cfg.compile.metrics), steps_per_execution=steps_per_execution,
-                  jit_compile=jit_compile)
+def compile_model(
+    model: Any,
+    cfg: ModelConfig,
+    *,
+    lr: Any = None,
+    steps_per_execution: int = 1,
+    jit_compile: bool | str = "auto",
+) -> None:
+    model.compile(
+        optimizer=make_optimizer(cfg, lr),
+        loss=make_loss(cfg),
+        metrics=list(cfg.compile.metrics),
+        steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
+    )
 
 
 def keras_summary(cfg: ModelConfig, model: Any) -> dict:
@@ -184,12 +204,15 @@ def keras_summary(cfg: ModelConfig, model: Any) -> dict:
     for layer in sorted(model.layers, key=lambda lay: order.get(lay.name, -1)):
         if layer.name == INPUT:
             continue
-        layers.append({
-            "name": layer.name, "type": type(layer).__name__,
-            "output_shape": list(layer.output.shape[1:]),
-            "params": count(layer.weights),
-            "macs": static[layer.name].out.macs if static[layer.name].out else 0,
-        })
+        layers.append(
+            {
+                "name": layer.name,
+                "type": type(layer).__name__,
+                "output_shape": list(layer.output.shape[1:]),
+                "params": count(layer.weights),
+                "macs": static[layer.name].out.macs if static[layer.name].out else 0,
+            }
+        )
     return {
         "name": model.name,
         "input_shape": list(model.input.shape[1:]),

@@ -55,23 +55,34 @@ def register(name: str, rule: shapes.Rule, group: str, doc: str, **kw: bool) -> 
 
 
 register("Conv2D", shapes.conv2d, "conv", "2-D convolution (groups, dilation)")
-register("DepthwiseConv2D", shapes.depthwise_conv2d, "conv",
-         "one filter per input channel (depth_multiplier)")
+register(
+    "DepthwiseConv2D",
+    shapes.depthwise_conv2d,
+    "conv",
+    "one filter per input channel (depth_multiplier)",
+)
 register("SeparableConv2D", shapes.separable_conv2d, "conv", "depthwise then 1x1 pointwise")
 register("MaxPooling2D", shapes.pooling2d, "pool", "max over each window")
 register("AveragePooling2D", shapes.pooling2d, "pool", "mean over each window")
-register("GlobalAveragePooling2D", shapes.global_pooling2d, "pool",
-         "mean over height and width")
+register("GlobalAveragePooling2D", shapes.global_pooling2d, "pool", "mean over height and width")
 register("GlobalMaxPooling2D", shapes.global_pooling2d, "pool", "max over height and width")
 register("Flatten", shapes.flatten, "reshape", "to one axis")
 register("ZeroPadding2D", shapes.zero_padding2d, "reshape", "pad height and width with zeros")
 register("Cropping2D", shapes.cropping2d, "reshape", "crop height and width")
 register("Dense", shapes.dense, "dense", "fully connected, on the last axis")
 register("Dropout", shapes.identity, "regularize", "drops units in training")
-register("SpatialDropout2D", shapes.spatial_dropout2d, "regularize",
-         "drops whole feature maps in training")
-register("BatchNormalization", shapes.batch_norm, "norm",
-         "normalise over the batch; 2 trainable + 2 moving values per channel")
+register(
+    "SpatialDropout2D",
+    shapes.spatial_dropout2d,
+    "regularize",
+    "drops whole feature maps in training",
+)
+register(
+    "BatchNormalization",
+    shapes.batch_norm,
+    "norm",
+    "normalise over the batch; 2 trainable + 2 moving values per channel",
+)
 register("LayerNormalization", shapes.layer_norm, "norm", "normalise over the given axes")
 register("Activation", shapes.identity, "activation", "any Keras activation by name")
 register("ReLU", shapes.identity, "activation", "ReLU with max_value, negative_slope, threshold")
@@ -79,17 +90,24 @@ register("Rescaling", shapes.identity, "preprocess", "x * scale + offset")
 register("Resizing", shapes.resize_to, "preprocess", "resize images to height x width")
 register("RandomFlip", shapes.image_identity, "augment", "random flips", augment=True)
 register("RandomTranslation", shapes.image_identity, "augment", "random shifts", augment=True)
-register("RandomCrop", shapes.resize_to, "augment",
-         "random crop to height x width (centre crop at inference)", augment=True)
+register(
+    "RandomCrop",
+    shapes.resize_to,
+    "augment",
+    "random crop to height x width (centre crop at inference)",
+    augment=True,
+)
 register("RandomRotation", shapes.image_identity, "augment", "random rotations", augment=True)
 register("RandomZoom", shapes.image_identity, "augment", "random zoom", augment=True)
 register("RandomContrast", shapes.image_identity, "augment", "random contrast", augment=True)
-register("Add", shapes.elementwise, "merge", "sum of its inputs (residual connections)",
-         merge=True)
-register("Multiply", shapes.elementwise, "merge",
-         "product of its inputs, broadcasting 1-sized axes (squeeze-and-excitation)",
-         merge=True)
-register("Concatenate", shapes.concatenate, "merge", "join its inputs along `axis`",
-         merge=True)
+register("Add", shapes.elementwise, "merge", "sum of its inputs (residual connections)", merge=True)
+register(
+    "Multiply",
+    shapes.elementwise,
+    "merge",
+    "product of its inputs, broadcasting 1-sized axes (squeeze-and-excitation)",
+    merge=True,
+)
+register("Concatenate", shapes.concatenate, "merge", "join its inputs along `axis`", merge=True)
 
 LINEAR_GROUPS = frozenset({"conv", "dense"})

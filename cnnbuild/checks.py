@@ -33,18 +33,33 @@ def _core(id: str, summary: str, hint: str) -> None:
     RULES[id] = Rule(id, "error", summary, hint, None, ignorable=False)
 
 
-_core("yaml", "the file is not readable YAML (syntax, encoding, size, alias bombs, depth)",
-      "fix the YAML at the reported position")
+_core(
+    "yaml",
+    "the file is not readable YAML (syntax, encoding, size, alias bombs, depth)",
+    "fix the YAML at the reported position",
+)
 _core("io", "the file or directory cannot be read", "check the path")
-_core("schema", "a key, type or value the config format does not allow",
-      "follow the message; `cnnbuild schema` gives the JSON Schema")
-_core("unknown-layer", "a layer name Keras (or the config's blocks) does not define",
-      "use the suggested name")
-_core("shape", "a layer cannot take its input (zero or negative size, bad merge, rank)",
-      "follow the hint: padding, kernel, stride or an earlier layer")
+_core(
+    "schema",
+    "a key, type or value the config format does not allow",
+    "follow the message; `cnnbuild schema` gives the JSON Schema",
+)
+_core(
+    "unknown-layer",
+    "a layer name Keras (or the config's blocks) does not define",
+    "use the suggested name",
+)
+_core(
+    "shape",
+    "a layer cannot take its input (zero or negative size, bad merge, rank)",
+    "follow the hint: padding, kernel, stride or an earlier layer",
+)
 _core("duplicate-name", "two layers with the same name", "rename one")
-_core("duplicate-key", "a key given twice in one YAML mapping (loaders keep only the last)",
-      "remove or rename one")
+_core(
+    "duplicate-key",
+    "a key given twice in one YAML mapping (loaders keep only the last)",
+    "remove or rename one",
+)
 
 
 def rule(id: str, severity: str, summary: str, hint: str):
@@ -84,15 +99,27 @@ def _activation(node: Node) -> str | None:
     return getattr(node.args, "activation", None)
 
 
-@rule("dense-on-4d", "warning", "a Dense layer receives a 4-D tensor (batch, H, W, C)",
-      "did you forget Flatten or GlobalAveragePooling2D before it?")
+@rule(
+    "dense-on-4d",
+    "warning",
+    "a Dense layer receives a 4-D tensor (batch, H, W, C)",
+    "did you forget Flatten or GlobalAveragePooling2D before it?",
+)
 def _dense_on_4d(trace: Trace):
     for row in trace.rows:
         shape = row.inputs[0] if row.inputs else None
-        if row.node.kind == "Dense" and shape is not None and len(shape) >= 3 \
-                and tuple(shape[:2]) != (1, 1):  # Dense on (1, 1, C) is the SE idiom
-            yield (row.node, f"Dense receives a 4-D tensor (batch, *{shape_str(row.inputs[0])}) "
-                             "and will act on the channel axis only", None)
+        if (
+            row.node.kind == "Dense"
+            and shape is not None
+            and len(shape) >= 3
+            and tuple(shape[:2]) != (1, 1)
+        ):  # Dense on (1, 1, C) is the SE idiom
+            yield (
+                row.node,
+                f"Dense receives a 4-D tensor (batch, *{shape_str(row.inputs[0])}) "
+                "and will act on the channel axis only",
+                None,
+            )
 
 
 _PROBS = {"softmax", "sigmoid", "log_softmax"}
@@ -105,9 +132,12 @@ def _output_activation(trace: Trace) -> tuple[Node | None, str | None]:
     return node, _activation(node)
 
 
-@rule("softmax-logits", "error",
-      "the output's softmax/sigmoid does not match `from_logits` (the doubled-softmax bug)",
-      "from_logits: true wants raw scores (no softmax); from_logits: false wants softmax")
+@rule(
+    "softmax-logits",
+    "error",
+    "the output's softmax/sigmoid does not match `from_logits` (the doubled-softmax bug)",
+    "from_logits: true wants raw scores (no softmax); from_logits: false wants softmax",
+)
 def _softmax_logits(trace: Trace):
     cfg = trace.config
     if cfg.compile.loss not in LOGIT_LOSSES:
@@ -117,19 +147,29 @@ def _softmax_logits(trace: Trace):
     if node is None or node.args is None or out is None or len(out) != 1:
         return  # not a classifier head (the seed's headless shape-watching model)
     if cfg.compile.from_logits and act in _PROBS:
-        yield (node, f"the last layer applies {act} but compile.from_logits is true: the loss "
-                     f"applies {act} again (doubled softmax); remove the activation or set "
-                     "from_logits: false", "activation")
+        yield (
+            node,
+            f"the last layer applies {act} but compile.from_logits is true: the loss "
+            f"applies {act} again (doubled softmax); remove the activation or set "
+            "from_logits: false",
+            "activation",
+        )
     elif not cfg.compile.from_logits and act not in _PROBS:
-        yield (node, f"the last layer outputs raw scores (activation {act or 'none'}) but "
-                     "compile.from_logits is false, so the loss reads them as probabilities; "
-                     "set from_logits: true or add activation: softmax", "activation")
+        yield (
+            node,
+            f"the last layer outputs raw scores (activation {act or 'none'}) but "
+            "compile.from_logits is false, so the loss reads them as probabilities; "
+            "set from_logits: true or add activation: softmax",
+            "activation",
+        )
 
 
-@rule("classes-mismatch", "error",
-      "the output size or loss does not fit the dataset's labels",
-      "match the last layer's units to the number of classes; use a sparse loss for "
-      "integer labels")
+@rule(
+    "classes-mismatch",
+    "error",
+    "the output size or loss does not fit the dataset's labels",
+    "match the last layer's units to the number of classes; use a sparse loss for integer labels",
+)
 def _classes(trace: Trace):
     cfg = trace.config
     if "train" not in cfg.doc.data:
@@ -143,22 +183,37 @@ def _classes(trace: Trace):
     units = out[-1]
     loss = cfg.compile.loss
     if loss == "binary_crossentropy" or loss == "binary_focal_crossentropy":
-        yield (node, f"{loss} is for one yes/no output, but {dataset} has {classes} classes "
-                     f"and integer labels; use sparse_categorical_crossentropy", None)
+        yield (
+            node,
+            f"{loss} is for one yes/no output, but {dataset} has {classes} classes "
+            f"and integer labels; use sparse_categorical_crossentropy",
+            None,
+        )
     elif loss in ("categorical_crossentropy", "categorical_focal_crossentropy"):
-        yield (node, f"{loss} expects one-hot labels, but {dataset} gives integer labels; "
-                     "use sparse_categorical_crossentropy", None)
+        yield (
+            node,
+            f"{loss} expects one-hot labels, but {dataset} gives integer labels; "
+            "use sparse_categorical_crossentropy",
+            None,
+        )
     if units != classes or len(out) != 1:
-        yield (node, f"the model outputs {shape_str(out)} but {dataset} has {classes} classes; "
-                     f"the last layer needs units: {classes}", "units")
+        yield (
+            node,
+            f"the model outputs {shape_str(out)} but {dataset} has {classes} classes; "
+            f"the last layer needs units: {classes}",
+            "units",
+        )
 
 
 _SPATIAL = {"conv", "pool"}
 
 
-@rule("collapse-1x1", "warning",
-      "the feature map shrinks to 1x1 while spatial layers still follow",
-      "downsample later (fewer pools or strides) or end the feature extractor there")
+@rule(
+    "collapse-1x1",
+    "warning",
+    "the feature map shrinks to 1x1 while spatial layers still follow",
+    "downsample later (fewer pools or strides) or end the feature extractor there",
+)
 def _collapse(trace: Trace):
     rows = trace.rows
     for i, row in enumerate(rows):
@@ -168,13 +223,23 @@ def _collapse(trace: Trace):
         if row.inputs and row.inputs[0] is not None and tuple(row.inputs[0][:2]) == (1, 1):
             continue
         below = _descendants(trace, row.node.name)
-        later = [r for r in rows[i + 1:] if r.node.name in below
-                 and REGISTRY[r.node.kind].group in _SPATIAL and r.inputs
-                 and r.inputs[0] is not None and tuple(r.inputs[0][:2]) == (1, 1)]
+        later = [
+            r
+            for r in rows[i + 1 :]
+            if r.node.name in below
+            and REGISTRY[r.node.kind].group in _SPATIAL
+            and r.inputs
+            and r.inputs[0] is not None
+            and tuple(r.inputs[0][:2]) == (1, 1)
+        ]
         if len(later) >= 2:
-            yield (row.node, f"the feature map is 1x1 after {row.node.name!r}, yet "
-                             f"{len(later)} more convolution/pooling layers follow (from "
-                             f"{later[0].node.name!r}); they see no spatial structure", None)
+            yield (
+                row.node,
+                f"the feature map is 1x1 after {row.node.name!r}, yet "
+                f"{len(later)} more convolution/pooling layers follow (from "
+                f"{later[0].node.name!r}); they see no spatial structure",
+                None,
+            )
             return
 
 
@@ -183,17 +248,19 @@ def _window(node: Node) -> tuple[tuple[int, int], tuple[int, int], str] | None:
     if a is None:
         return None
     if hasattr(a, "kernel_size"):
-        eff = tuple(d * (k - 1) + 1 for k, d in zip(a.kernel_size, a.dilation_rate,
-                                                     strict=True))
+        eff = tuple(d * (k - 1) + 1 for k, d in zip(a.kernel_size, a.dilation_rate, strict=True))
         return eff, a.strides, "kernel_size"  # type: ignore[return-value]
     if hasattr(a, "pool_size"):
         return a.pool_size, a.strides or a.pool_size, "pool_size"
     return None
 
 
-@rule("window-exceeds-input", "warning",
-      "a pooling window or stride larger than its input (padding: same hides it)",
-      "use a smaller pool_size/strides or remove the layer")
+@rule(
+    "window-exceeds-input",
+    "warning",
+    "a pooling window or stride larger than its input (padding: same hides it)",
+    "use a smaller pool_size/strides or remove the layer",
+)
 def _window_exceeds(trace: Trace):
     for row in trace.rows:
         win = _window(row.node)
@@ -203,14 +270,21 @@ def _window_exceeds(trace: Trace):
         for axis, size, k, s in zip("HW", row.inputs[0][:2], kernel, strides, strict=True):
             if size is not None and size > 1 and (k > size or s > size):
                 what = f"{arg} {k}" if k > size else f"stride {s}"
-                yield (row.node, f"{what} on {axis} is larger than the input's {axis}={size} "
-                                 f"(input {shape_str(row.inputs[0])})", arg)
+                yield (
+                    row.node,
+                    f"{what} on {axis} is larger than the input's {axis}={size} "
+                    f"(input {shape_str(row.inputs[0])})",
+                    arg,
+                )
                 break
 
 
-@rule("stride-exceeds-kernel", "warning",
-      "a stride larger than the kernel: some pixels are never seen",
-      "make strides <= kernel_size (or pool_size)")
+@rule(
+    "stride-exceeds-kernel",
+    "warning",
+    "a stride larger than the kernel: some pixels are never seen",
+    "make strides <= kernel_size (or pool_size)",
+)
 def _stride_gap(trace: Trace):
     for row in trace.rows:
         win = _window(row.node)
@@ -218,24 +292,40 @@ def _stride_gap(trace: Trace):
             continue
         kernel, strides, arg = win
         if any(s > k for k, s in zip(kernel, strides, strict=True)):
-            yield (row.node, f"strides {list(strides)} exceed the {arg} {list(kernel)}: "
-                             f"{max(s - k for k, s in zip(kernel, strides, strict=True))} "
-                             "pixel(s) between windows are never seen", "strides")
+            yield (
+                row.node,
+                f"strides {list(strides)} exceed the {arg} {list(kernel)}: "
+                f"{max(s - k for k, s in zip(kernel, strides, strict=True))} "
+                "pixel(s) between windows are never seen",
+                "strides",
+            )
 
 
-_PASS_LINEAR = {"BatchNormalization", "Dropout", "SpatialDropout2D", "ZeroPadding2D",
-                "AveragePooling2D", "Cropping2D"}
+_PASS_LINEAR = {
+    "BatchNormalization",
+    "Dropout",
+    "SpatialDropout2D",
+    "ZeroPadding2D",
+    "AveragePooling2D",
+    "Cropping2D",
+}
 
 
-@rule("linear-stack", "warning",
-      "two convolutions in a row with no nonlinearity between them (one linear map)",
-      "add activation: relu to the first, or merge them into one layer")
+@rule(
+    "linear-stack",
+    "warning",
+    "two convolutions in a row with no nonlinearity between them (one linear map)",
+    "add activation: relu to the first, or merge them into one layer",
+)
 def _linear_stack(trace: Trace):
     consumers = _consumers(trace)
     for row in trace.rows:
         node = row.node
-        if REGISTRY[node.kind].group not in LINEAR_GROUPS or _activation(node) not in (
-                None, "linear") or node.args is None:
+        if (
+            REGISTRY[node.kind].group not in LINEAR_GROUPS
+            or _activation(node) not in (None, "linear")
+            or node.args is None
+        ):
             continue
         cur = node.name
         path = []
@@ -245,22 +335,32 @@ def _linear_stack(trace: Trace):
                 break
             nrow = nxt[0]
             kind = nrow.node.kind
-            if kind in _PASS_LINEAR or (kind == "Activation" and nrow.node.args is not None
-                                        and nrow.node.args.activation == "linear"):
+            if kind in _PASS_LINEAR or (
+                kind == "Activation"
+                and nrow.node.args is not None
+                and nrow.node.args.activation == "linear"
+            ):
                 path.append(nrow.node.name)
                 cur = nrow.node.name
                 continue
             if REGISTRY[kind].group == "conv" and node.kind != "Dense":
                 between = f" (through {', '.join(path)})" if path else ""
-                yield (node, f"{node.name!r} has no activation and feeds "
-                                  f"{nrow.node.name!r}{between}: two convolutions with no "
-                                  "nonlinearity collapse into one linear map", None)
+                yield (
+                    node,
+                    f"{node.name!r} has no activation and feeds "
+                    f"{nrow.node.name!r}{between}: two convolutions with no "
+                    "nonlinearity collapse into one linear map",
+                    None,
+                )
             break
 
 
-@rule("huge-dense", "warning",
-      "Flatten -> Dense with more than lint.max_dense_params_million parameters",
-      "use GlobalAveragePooling2D instead of Flatten, or downsample earlier")
+@rule(
+    "huge-dense",
+    "warning",
+    "Flatten -> Dense with more than lint.max_dense_params_million parameters",
+    "use GlobalAveragePooling2D instead of Flatten, or downsample earlier",
+)
 def _huge_dense(trace: Trace):
     limit = trace.config.lint.max_dense_params_million * 1e6
     kinds = {r.node.name: r.node.kind for r in trace.rows}
@@ -268,26 +368,41 @@ def _huge_dense(trace: Trace):
         if row.node.kind != "Dense" or row.out is None or row.out.params <= limit:
             continue
         if kinds.get(row.node.inputs[0]) == "Flatten":
-            yield (row.node, f"Flatten -> Dense has {row.out.params:,} parameters "
-                             f"(limit {trace.config.lint.max_dense_params_million:g} million)",
-                   None)
+            yield (
+                row.node,
+                f"Flatten -> Dense has {row.out.params:,} parameters "
+                f"(limit {trace.config.lint.max_dense_params_million:g} million)",
+                None,
+            )
 
 
-@rule("bias-before-bn", "info",
-      "a bias right before BatchNormalization is wasted (BN subtracts the mean)",
-      "set use_bias: false on the layer before BatchNormalization")
+@rule(
+    "bias-before-bn",
+    "info",
+    "a bias right before BatchNormalization is wasted (BN subtracts the mean)",
+    "set use_bias: false on the layer before BatchNormalization",
+)
 def _bias_bn(trace: Trace):
     consumers = _consumers(trace)
     for row in trace.rows:
         node = row.node
-        if node.kind not in ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D") \
-                or node.args is None or not node.args.use_bias:
+        if (
+            node.kind not in ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D")
+            or node.args is None
+            or not node.args.use_bias
+        ):
             continue
         nxt = consumers.get(node.name, [])
-        if len(nxt) == 1 and nxt[0].node.kind == "BatchNormalization" and _activation(
-                node) in (None, "linear"):
-            yield (node, f"{node.name!r} adds a bias that the next BatchNormalization "
-                         "removes", "use_bias")
+        if (
+            len(nxt) == 1
+            and nxt[0].node.kind == "BatchNormalization"
+            and _activation(node) in (None, "linear")
+        ):
+            yield (
+                node,
+                f"{node.name!r} adds a bias that the next BatchNormalization removes",
+                "use_bias",
+            )
 
 
 def lint(trace: Trace, ignore: set[str] | frozenset[str] = frozenset()) -> list[Finding]:
@@ -300,10 +415,14 @@ def lint(trace: Trace, ignore: set[str] | frozenset[str] = frozenset()) -> list[
             from difflib import get_close_matches
 
             close = get_close_matches(rid, list(RULES), n=1)
-            findings.append(cfg.doc.finding(
-                ("lint", "ignore", i), f"unknown rule id {rid!r}"
-                + (f"; did you mean {close[0]!r}?" if close else ""), rule="schema",
-                severity="warning"))
+            findings.append(
+                cfg.doc.finding(
+                    ("lint", "ignore", i),
+                    f"unknown rule id {rid!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+                    rule="schema",
+                    severity="warning",
+                )
+            )
     for r in RULES.values():
         if r.check is None or r.id in skip:
             continue
@@ -320,5 +439,6 @@ def _at(trace: Trace, node: Node, r: Rule, message: str, arg: str | None) -> Fin
         path = (*prefix, arg)
     if node.use is not None:
         message += f" (in a block used at line {doc.locate(node.use, 'key').line})"
-    return doc.finding(path, f"{node.name}: {message}", rule=r.id, severity=r.severity,
-                       hint=r.hint, prefer="key")
+    return doc.finding(
+        path, f"{node.name}: {message}", rule=r.id, severity=r.severity, hint=r.hint, prefer="key"
+    )

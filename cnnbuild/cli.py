@@ -21,7 +21,7 @@ from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError
 app = typer.Typer(
     name="cnnbuild",
     help="Describe a CNN in YAML; validate it in CI, trace every shape, build and train it.\n\n"
-         "Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error.",
+    "Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -65,19 +65,22 @@ class Format(str, Enum):
     sarif = "sarif"
 
 
-Verbose = Annotated[bool, typer.Option("--verbose", "-v",
-                                       help="Show TensorFlow's start-up messages.")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show TensorFlow's start-up messages.")
+]
 ConfigArg = Annotated[Path, typer.Argument(help="A model config (YAML).", show_default=False)]
 
 
 @app.command()
 @handled
 def validate(
-    paths: Annotated[list[str], typer.Argument(help="Config files, directories or globs.",
-                                               show_default=False)],
+    paths: Annotated[
+        list[str], typer.Argument(help="Config files, directories or globs.", show_default=False)
+    ],
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.text,
-    ignore: Annotated[list[str], typer.Option("--ignore", help="Skip a rule (repeatable).",
-                                              show_default=False)] = [],  # noqa: B006
+    ignore: Annotated[
+        list[str], typer.Option("--ignore", help="Skip a rule (repeatable).", show_default=False)
+    ] = [],  # noqa: B006
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
 ) -> None:
     """Check configs without TensorFlow: schema, shapes, parameters and lint rules.
@@ -90,8 +93,10 @@ def validate(
 
     for rid in ignore:
         if rid not in RULES or not RULES[rid].ignorable:
-            raise UsageError(f"--ignore {rid}: not a lint rule id; rules: "
-                             + ", ".join(r.id for r in RULES.values() if r.ignorable))
+            raise UsageError(
+                f"--ignore {rid}: not a lint rule id; rules: "
+                + ", ".join(r.id for r in RULES.values() if r.ignorable)
+            )
     files, findings = expand_paths(paths)
     for file in files:
         findings.extend(check_file(file, frozenset(ignore))[2])
@@ -101,8 +106,9 @@ def validate(
     if fmt is Format.text:
         report.print_text(out, findings, len(files))
     else:
-        render = {"json": report.to_json, "github": report.to_github,
-                  "sarif": report.to_sarif}[fmt.value]
+        render = {"json": report.to_json, "github": report.to_github, "sarif": report.to_sarif}[
+            fmt.value
+        ]
         text = render(findings)
         if text:
             print(text)
@@ -114,8 +120,9 @@ def validate(
 def summary(
     config: ConfigArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    static: Annotated[bool, typer.Option("--static",
-                                         help="Use the static engine; no TensorFlow.")] = False,
+    static: Annotated[
+        bool, typer.Option("--static", help="Use the static engine; no TensorFlow.")
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Each layer's output shape, parameters and MACs, with totals and memory."""
@@ -135,8 +142,11 @@ def summary(
         return
     out = _console()
     scopes = {r.node.name: r.node.scope for r in tr.rows}
-    out.print(render.summary_table(data, scopes, tr.activation_bytes,
-                                   "the static engine" if static else "Keras"))
+    out.print(
+        render.summary_table(
+            data, scopes, tr.activation_bytes, "the static engine" if static else "Keras"
+        )
+    )
     render.print_lines(out, render.summary_footer(data, tr.activation_bytes))
 
 
@@ -145,8 +155,9 @@ def summary(
 def trace(
     config: ConfigArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    run: Annotated[bool, typer.Option("--run", help="Also run a real forward pass in Keras "
-                                                    "and compare.")] = False,
+    run: Annotated[
+        bool, typer.Option("--run", help="Also run a real forward pass in Keras and compare.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random batch for --run.")] = 0,
     verbose: Verbose = False,
 ) -> None:
@@ -174,8 +185,11 @@ def trace(
         for f in cfg.findings:
             out.print(f.format(), highlight=False, markup=False)
     if real is not None:
-        bad = [r.node.name for r in tr.rows
-               if r.node.name in real and tuple(real[r.node.name]["shape"]) != r.shape]
+        bad = [
+            r.node.name
+            for r in tr.rows
+            if r.node.name in real and tuple(real[r.node.name]["shape"]) != r.shape
+        ]
         if bad:
             raise CnnbuildError("Keras and the static trace disagree on " + ", ".join(bad))
 
@@ -184,9 +198,10 @@ def trace(
 @handled
 def build(
     config: ConfigArg,
-    output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                help="Where to save (.keras); default "
-                                                     "NAME.keras.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to save (.keras); default NAME.keras."),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Build and compile the Keras model and save it in the native .keras format."""
@@ -214,44 +229,72 @@ class DeviceChoice(str, Enum):
 @app.command()
 @handled
 def train(
-    config: Annotated[Path | None, typer.Argument(help="A model config (YAML); optional "
-                                                       "with --resume.",
-                                                  show_default=False)] = None,
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="A model config (YAML); optional with --resume.", show_default=False),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Total epochs.", show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.",
-                                                   show_default=False)] = None,
-    dataset: Annotated[str | None, typer.Option(help="cifar10, cifar100, shapes, npz:PATH or "
-                                                     "folder:PATH.", show_default=False)] = None,
-    data_dir: Annotated[str | None, typer.Option(help="A local CIFAR copy: the .tar.gz or the "
-                                                      "extracted folder.",
-                                                 show_default=False)] = None,
-    device: Annotated[DeviceChoice | None, typer.Option(help="auto, cpu or gpu.",
-                                                        show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for repeatable runs.",
-                                             show_default=False)] = None,
-    validation_split: Annotated[float | None, typer.Option(help="Fraction held out for "
-                                                                "validation.",
-                                                           show_default=False)] = None,
-    limit: Annotated[int | None, typer.Option(help="Use at most N train and N test images.",
-                                              show_default=False)] = None,
-    mixed_precision: Annotated[bool | None, typer.Option(
-        "--mixed-precision/--no-mixed-precision", help="mixed_float16 (default: on a GPU).",
-        show_default=False)] = None,
-    xla: Annotated[bool | None, typer.Option("--xla/--no-xla", help="XLA jit_compile "
-                                                                    "(default: on a GPU).",
-                                             show_default=False)] = None,
-    steps_per_execution: Annotated[int | None, typer.Option(help="Batches per compiled call "
-                                                                 "(default 8 on CPU, 32 on "
-                                                                 "GPU).",
-                                                            show_default=False)] = None,
-    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard",
-                                                     help="TensorBoard logs under tb/.",
-                                                     show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default "
-                                                  "runs/NAME-YYYYmmdd-HHMMSS).",
-                                             show_default=False)] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue a run from its last completed "
-                                                     "epoch.", show_default=False)] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per batch.", show_default=False)
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="cifar10, cifar100, shapes, npz:PATH or folder:PATH.", show_default=False
+        ),
+    ] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="A local CIFAR copy: the .tar.gz or the extracted folder.", show_default=False
+        ),
+    ] = None,
+    device: Annotated[
+        DeviceChoice | None, typer.Option(help="auto, cpu or gpu.", show_default=False)
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for repeatable runs.", show_default=False)
+    ] = None,
+    validation_split: Annotated[
+        float | None, typer.Option(help="Fraction held out for validation.", show_default=False)
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use at most N train and N test images.", show_default=False)
+    ] = None,
+    mixed_precision: Annotated[
+        bool | None,
+        typer.Option(
+            "--mixed-precision/--no-mixed-precision",
+            help="mixed_float16 (default: on a GPU).",
+            show_default=False,
+        ),
+    ] = None,
+    xla: Annotated[
+        bool | None,
+        typer.Option(
+            "--xla/--no-xla", help="XLA jit_compile (default: on a GPU).", show_default=False
+        ),
+    ] = None,
+    steps_per_execution: Annotated[
+        int | None,
+        typer.Option(
+            help="Batches per compiled call (default 8 on CPU, 32 on GPU).", show_default=False
+        ),
+    ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard", help="TensorBoard logs under tb/.", show_default=False
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run directory (default runs/NAME-YYYYmmdd-HHMMSS).", show_default=False),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue a run from its last completed epoch.", show_default=False),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Train a config (default dataset CIFAR-10), evaluate it, and fill a run directory.
@@ -262,30 +305,46 @@ def train(
     from cnnbuild.train import train as run_training
 
     overrides = {
-        "epochs": epochs, "batch_size": batch_size, "dataset": dataset, "data_dir": data_dir,
-        "device": device.value if device else None, "seed": seed,
-        "validation_split": validation_split, "limit": limit,
-        "mixed_precision": mixed_precision, "jit_compile": xla,
-        "steps_per_execution": steps_per_execution, "tensorboard": tensorboard,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "dataset": dataset,
+        "data_dir": data_dir,
+        "device": device.value if device else None,
+        "seed": seed,
+        "validation_split": validation_split,
+        "limit": limit,
+        "mixed_precision": mixed_precision,
+        "jit_compile": xla,
+        "steps_per_execution": steps_per_execution,
+        "tensorboard": tensorboard,
     }
-    run_training(config, overrides, out=out, resume=resume, console=stdout_console(),
-                 verbose=verbose)
+    run_training(
+        config, overrides, out=out, resume=resume, console=stdout_console(), verbose=verbose
+    )
 
 
 @app.command()
 @handled
 def evaluate(
-    target: Annotated[Path, typer.Argument(help="A run directory or a .keras model.",
-                                           show_default=False)],
-    dataset: Annotated[str | None, typer.Option(help="cifar10, cifar100, shapes, npz:PATH or "
-                                                     "folder:PATH (default: the run's).",
-                                                show_default=False)] = None,
-    data_dir: Annotated[str | None, typer.Option(help="A local CIFAR copy.",
-                                                 show_default=False)] = None,
-    limit: Annotated[int | None, typer.Option(help="Use at most N test images.",
-                                              show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.",
-                                                   show_default=False)] = None,
+    target: Annotated[
+        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+    ],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="cifar10, cifar100, shapes, npz:PATH or folder:PATH (default: the run's).",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="A local CIFAR copy.", show_default=False)
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use at most N test images.", show_default=False)
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per batch.", show_default=False)
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Test loss, accuracy and per-class accuracy of a trained model; writes the confusion
@@ -294,16 +353,24 @@ def evaluate(
     from cnnbuild.train import print_evaluation, stdout_console
 
     console = stdout_console()
-    result = run_evaluation(target, dataset=dataset, data_dir=data_dir, limit=limit,
-                            batch_size=batch_size, console=console, verbose=verbose)
+    result = run_evaluation(
+        target,
+        dataset=dataset,
+        data_dir=data_dir,
+        limit=limit,
+        batch_size=batch_size,
+        console=console,
+        verbose=verbose,
+    )
     print_evaluation(console, result)
 
 
 @app.command()
 @handled
 def schema(
-    output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                help="Write to a file instead.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to a file instead.")
+    ] = None,
 ) -> None:
     """Print the JSON Schema (draft-07) of the config format, for editors."""
     from cnnbuild.io import write_text

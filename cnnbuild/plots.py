@@ -27,9 +27,13 @@ def curves(history: list[dict], path: Path, title: str) -> None:
         for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
             values = [h.get(key) for h in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], style,
-                        label="validation" if key.startswith("val_") else "train",
-                        markersize=3)
+                ax.plot(
+                    epochs,
+                    [np.nan if v is None else v for v in values],
+                    style,
+                    label="validation" if key.startswith("val_") else "train",
+                    markersize=3,
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -58,8 +62,15 @@ def confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> N
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
-                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if matrix[i, j] > top / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(matrix[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if matrix[i, j] > top / 2 else "black",
+                    )
     ax.set_title(title)
     save_figure(fig, path)
     plt.close(fig)

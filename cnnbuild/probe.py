@@ -28,6 +28,10 @@ def forward_stats(cfg: ModelConfig, seed: int = 0, batch: int = 2) -> dict[str, 
     stats = {}
     for layer, out in zip(layers, outs, strict=True):
         arr = np.asarray(out, dtype="float64")
-        stats[layer.name] = {"shape": list(arr.shape[1:]), "mean": float(arr.mean()),
-                             "std": float(arr.std()), "zeros": float((arr == 0).mean())}
+        stats[layer.name] = {
+            "shape": list(arr.shape[1:]),
+            "mean": float(arr.mean()),
+            "std": float(arr.std()),
+            "zeros": float((arr == 0).mean()),
+        }
     return stats

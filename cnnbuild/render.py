@@ -28,8 +28,9 @@ def _scope_label(scope: tuple[str, ...]) -> str:
     return " › ".join(scope)
 
 
-def summary_table(summary: dict, scopes: dict[str, tuple[str, ...]], activation_bytes: int,
-                  source: str) -> Table:
+def summary_table(
+    summary: dict, scopes: dict[str, tuple[str, ...]], activation_bytes: int, source: str
+) -> Table:
     """The ``summary`` table from the ``--json`` form, with block nesting shown.
 
     Args:
@@ -38,8 +39,11 @@ def summary_table(summary: dict, scopes: dict[str, tuple[str, ...]], activation_
         activation_bytes: activation memory per training image.
         source: "Keras" or "static engine", for the caption.
     """
-    table = Table(title=f"{summary['name']}  input {shape_str(summary['input_shape'])}",
-                  caption=f"shapes and parameters from {source}", title_justify="left")
+    table = Table(
+        title=f"{summary['name']}  input {shape_str(summary['input_shape'])}",
+        caption=f"shapes and parameters from {source}",
+        title_justify="left",
+    )
     table.add_column("Layer")
     table.add_column("Type")
     table.add_column("Output shape")
@@ -55,12 +59,21 @@ def summary_table(summary: dict, scopes: dict[str, tuple[str, ...]], activation_
             for depth in range(common, len(scope)):
                 table.add_row(Text("  " * depth + "▸ " + scope[depth], style="bold cyan"))
         last = scope
-        table.add_row("  " * len(scope) + layer["name"], layer["type"],
-                      shape_str(layer["output_shape"]), f"{layer['params']:,}",
-                      human(layer["macs"]) if layer["macs"] else "0")
+        table.add_row(
+            "  " * len(scope) + layer["name"],
+            layer["type"],
+            shape_str(layer["output_shape"]),
+            f"{layer['params']:,}",
+            human(layer["macs"]) if layer["macs"] else "0",
+        )
     table.add_section()
-    table.add_row("Total", "", shape_str(summary["output_shape"]),
-                  f"{summary['total_params']:,}", human(summary["macs"]))
+    table.add_row(
+        "Total",
+        "",
+        shape_str(summary["output_shape"]),
+        f"{summary['total_params']:,}",
+        human(summary["macs"]),
+    )
     return table
 
 
@@ -83,23 +96,29 @@ def trace_dict(tr: Trace) -> dict[str, Any]:
     layers = []
     for row in tr.rows:
         out = row.out
-        layers.append({
-            "name": row.node.name,
-            "type": row.node.kind,
-            "block": list(row.node.scope),
-            "inputs": list(row.node.inputs),
-            "input_shapes": [None if s is None else list(s) for s in row.inputs],
-            "output_shape": None if out is None else list(out.shape),
-            "arithmetic": [] if out is None else [{"axis": c.axis, "text": c.text}
-                                                  for c in out.calcs],
-            "receptive_field": "whole" if row.field.whole else list(row.field.size),
-            "cumulative_stride": list(row.field.jump),
-            "params": 0 if out is None else out.params,
-            "macs": 0 if out is None else out.macs,
-        })
-    return {"name": cfg.name, "input_shape": list(cfg.input_shape),
-            "output_shape": None if tr.output_shape is None else list(tr.output_shape),
-            "layers": layers}
+        layers.append(
+            {
+                "name": row.node.name,
+                "type": row.node.kind,
+                "block": list(row.node.scope),
+                "inputs": list(row.node.inputs),
+                "input_shapes": [None if s is None else list(s) for s in row.inputs],
+                "output_shape": None if out is None else list(out.shape),
+                "arithmetic": []
+                if out is None
+                else [{"axis": c.axis, "text": c.text} for c in out.calcs],
+                "receptive_field": "whole" if row.field.whole else list(row.field.size),
+                "cumulative_stride": list(row.field.jump),
+                "params": 0 if out is None else out.params,
+                "macs": 0 if out is None else out.macs,
+            }
+        )
+    return {
+        "name": cfg.name,
+        "input_shape": list(cfg.input_shape),
+        "output_shape": None if tr.output_shape is None else list(tr.output_shape),
+        "layers": layers,
+    }
 
 
 def trace_table(tr: Trace, real: dict[str, dict] | None = None) -> Table:
@@ -110,8 +129,9 @@ def trace_table(tr: Trace, real: dict[str, dict] | None = None) -> Table:
         real: for ``--run``: per layer ``{"shape", "mean", "std", "zeros"}`` from Keras.
     """
     cfg = tr.config
-    table = Table(title=f"{cfg.name}: shape trace, input {shape_str(cfg.input_shape)}",
-                  title_justify="left")
+    table = Table(
+        title=f"{cfg.name}: shape trace, input {shape_str(cfg.input_shape)}", title_justify="left"
+    )
     for col in ("#", "Layer", "Type", "Input → output", "How", "RF", "Stride"):
         table.add_column(col, justify="right" if col in ("#", "Stride") else "left")
     if real is not None:
@@ -121,15 +141,22 @@ def trace_table(tr: Trace, real: dict[str, dict] | None = None) -> Table:
     for i, row in enumerate(tr.rows, 1):
         scope = row.node.scope
         if scope and scope != last:
-            table.add_row("", Text("  " * (len(scope) - 1) + "▸ " + _scope_label(scope),
-                                   style="bold cyan"))
+            table.add_row(
+                "", Text("  " * (len(scope) - 1) + "▸ " + _scope_label(scope), style="bold cyan")
+            )
         last = scope
         out = row.out
         ins = " + ".join(shape_str(s) for s in row.inputs)
         how = "\n".join(f"{c.axis}: {c.text}" for c in out.calcs) if out else ""
-        cells = [str(i), "  " * len(scope) + row.node.name, row.node.kind,
-                 f"{ins} → {shape_str(row.shape) if out else '?'}", how, row.field.text(),
-                 f"{row.field.jump[0]}x{row.field.jump[1]}"]
+        cells = [
+            str(i),
+            "  " * len(scope) + row.node.name,
+            row.node.kind,
+            f"{ins} → {shape_str(row.shape) if out else '?'}",
+            how,
+            row.field.text(),
+            f"{row.field.jump[0]}x{row.field.jump[1]}",
+        ]
         if real is not None:
             r = real.get(row.node.name)
             if r is None:
@@ -137,8 +164,12 @@ def trace_table(tr: Trace, real: dict[str, dict] | None = None) -> Table:
             else:
                 agree = out is not None and tuple(r["shape"]) == tuple(out.shape)
                 mark = "" if agree else " ≠ static"
-                cells += [Text(shape_str(r["shape"]) + mark, style="" if agree else "bold red"),
-                          f"{r['mean']:.3f}", f"{r['std']:.3f}", f"{r['zeros']:.0%}"]
+                cells += [
+                    Text(shape_str(r["shape"]) + mark, style="" if agree else "bold red"),
+                    f"{r['mean']:.3f}",
+                    f"{r['std']:.3f}",
+                    f"{r['zeros']:.0%}",
+                ]
         table.add_row(*cells)
     return table
 

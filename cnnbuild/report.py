@@ -25,9 +25,11 @@ def text_lines(findings: list[Finding], color: bool = False) -> list[str]:
     for f in findings:
         where = f"{f.path}: " if f.path else ""
         hint = f" [dim]({escape(f.hint)})[/dim]" if f.hint else ""
-        out.append(f"[bold]{escape(f'{f.file}:{f.line}:{f.column}')}:[/bold] "
-                   f"[{_STYLE[f.severity]}]{f.severity}[/]: {escape(where + f.message)}{hint} "
-                   f"[dim]\\[{f.rule}][/dim]")
+        out.append(
+            f"[bold]{escape(f'{f.file}:{f.line}:{f.column}')}:[/bold] "
+            f"[{_STYLE[f.severity]}]{f.severity}[/]: {escape(where + f.message)}{hint} "
+            f"[dim]\\[{f.rule}][/dim]"
+        )
     return out
 
 
@@ -65,13 +67,16 @@ def _uri(file: str) -> str:
 def to_sarif(findings: list[Finding]) -> str:
     """A SARIF 2.1.0 log with one run; every rule is described in the driver."""
     rule_ids = list(RULES)
-    rules = [{
-        "id": r.id,
-        "name": "".join(w.capitalize() for w in r.id.split("-")),
-        "shortDescription": {"text": r.summary},
-        "help": {"text": r.hint},
-        "defaultConfiguration": {"level": _SARIF_LEVEL[r.severity]},
-    } for r in RULES.values()]
+    rules = [
+        {
+            "id": r.id,
+            "name": "".join(w.capitalize() for w in r.id.split("-")),
+            "shortDescription": {"text": r.summary},
+            "help": {"text": r.hint},
+            "defaultConfiguration": {"level": _SARIF_LEVEL[r.severity]},
+        }
+        for r in RULES.values()
+    ]
     results = []
     for f in findings:
         result: dict = {
@@ -91,12 +96,19 @@ def to_sarif(findings: list[Finding]) -> str:
     log = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {"name": "cnnbuild", "version": __version__,
-                                "informationUri": "https://github.com/cnnbuild/cnnbuild",
-                                "rules": rules}},
-            "results": results,
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "cnnbuild",
+                        "version": __version__,
+                        "informationUri": "https://github.com/cnnbuild/cnnbuild",
+                        "rules": rules,
+                    }
+                },
+                "results": results,
+            }
+        ],
     }
     return json.dumps(log, indent=2)
 
@@ -107,6 +119,9 @@ def print_text(console, findings: list[Finding], n_files: int) -> None:
         console.print(line, highlight=False, markup=console.is_terminal, soft_wrap=True)
     counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
     parts = [f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n]
-    console.print(f"{n_files} file{'s' if n_files != 1 else ''} checked: "
-                  + (", ".join(parts) if parts else "no problems"), highlight=False,
-                  markup=False)
+    console.print(
+        f"{n_files} file{'s' if n_files != 1 else ''} checked: "
+        + (", ".join(parts) if parts else "no problems"),
+        highlight=False,
+        markup=False,
+    )

@@ -61,8 +61,9 @@ class LayerOut:
         return self.trainable + self.non_trainable
 
 
-def conv_dim(size: int | None, kernel: int, stride: int, padding: str, dilation: int = 1,
-             axis: str = "H") -> DimCalc:
+def conv_dim(
+    size: int | None, kernel: int, stride: int, padding: str, dilation: int = 1, axis: str = "H"
+) -> DimCalc:
     """One spatial output size of a convolution or pooling window, with its arithmetic.
 
     >>> conv_dim(32, 3, 1, "valid").text
@@ -86,8 +87,10 @@ def conv_dim(size: int | None, kernel: int, stride: int, padding: str, dilation:
 def _need_rank(shape: Shape, rank: int, kind: str) -> None:
     if len(shape) != rank:
         want = "(height, width, channels)" if rank == 3 else f"rank {rank}"
-        raise ShapeError(f"{kind} expects a {rank}-D input {want}; received {shape_str(shape)}",
-                         hint="check the layers before it")
+        raise ShapeError(
+            f"{kind} expects a {rank}-D input {want}; received {shape_str(shape)}",
+            hint="check the layers before it",
+        )
 
 
 def _channels(shape: Shape, kind: str) -> int:
@@ -96,12 +99,19 @@ def _channels(shape: Shape, kind: str) -> int:
     return shape[-1]
 
 
-def _windowed(inp: Shape, kind: str, kernel: tuple[int, int], strides: tuple[int, int],
-              padding: str, dilation: tuple[int, int] = (1, 1),
-              kernel_arg: str = "kernel_size") -> tuple[list[DimCalc], tuple]:
+def _windowed(
+    inp: Shape,
+    kind: str,
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    padding: str,
+    dilation: tuple[int, int] = (1, 1),
+    kernel_arg: str = "kernel_size",
+) -> tuple[list[DimCalc], tuple]:
     _need_rank(inp, 3, kind)
-    calcs = [conv_dim(inp[i], kernel[i], strides[i], padding, dilation[i], AXES[i])
-             for i in range(2)]
+    calcs = [
+        conv_dim(inp[i], kernel[i], strides[i], padding, dilation[i], AXES[i]) for i in range(2)
+    ]
     for c, size, k, d in zip(calcs, inp[:2], kernel, dilation, strict=True):
         if c.value is not None and c.value <= 0:
             eff = d * (k - 1) + 1
@@ -112,8 +122,9 @@ def _windowed(inp: Shape, kind: str, kernel: tuple[int, int], strides: tuple[int
                 + f", strides={list(strides)}, padding={padding!r} "
                 f"gives {c.text}",
                 hint=f"use padding: same, a {kernel_arg} of at most {size} "
-                     f"(now {eff}), or downsample less before this layer",
-                arg=kernel_arg)
+                f"(now {eff}), or downsample less before this layer",
+                arg=kernel_arg,
+            )
     eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
     return calcs, eff
 
@@ -132,30 +143,42 @@ def conv2d(inputs: list[Shape], a: Any) -> LayerOut:
     calcs, eff = _windowed(inp, "Conv2D", a.kernel_size, a.strides, a.padding, a.dilation_rate)
     cin = _channels(inp, "Conv2D")
     if cin % a.groups:
-        raise ShapeError(f"the input's {cin} channels are not divisible by groups={a.groups}",
-                         hint="choose groups that divides both the input channels and filters",
-                         arg="groups")
+        raise ShapeError(
+            f"the input's {cin} channels are not divisible by groups={a.groups}",
+            hint="choose groups that divides both the input channels and filters",
+            arg="groups",
+        )
     per = a.kernel_size[0] * a.kernel_size[1] * (cin // a.groups)
     weights = per * a.filters + (a.filters if a.use_bias else 0)
-    return LayerOut(_spatial(calcs) + (a.filters,), weights, 0, _area(calcs) * a.filters * per,
-                    calcs, eff, a.strides)
+    return LayerOut(
+        _spatial(calcs) + (a.filters,),
+        weights,
+        0,
+        _area(calcs) * a.filters * per,
+        calcs,
+        eff,
+        a.strides,
+    )
 
 
 def depthwise_conv2d(inputs: list[Shape], a: Any) -> LayerOut:
     inp = inputs[0]
-    calcs, eff = _windowed(inp, "DepthwiseConv2D", a.kernel_size, a.strides, a.padding,
-                           a.dilation_rate)
+    calcs, eff = _windowed(
+        inp, "DepthwiseConv2D", a.kernel_size, a.strides, a.padding, a.dilation_rate
+    )
     cout = _channels(inp, "DepthwiseConv2D") * a.depth_multiplier
     k = a.kernel_size[0] * a.kernel_size[1]
     weights = k * cout + (cout if a.use_bias else 0)
-    return LayerOut(_spatial(calcs) + (cout,), weights, 0, _area(calcs) * cout * k, calcs, eff,
-                    a.strides)
+    return LayerOut(
+        _spatial(calcs) + (cout,), weights, 0, _area(calcs) * cout * k, calcs, eff, a.strides
+    )
 
 
 def separable_conv2d(inputs: list[Shape], a: Any) -> LayerOut:
     inp = inputs[0]
-    calcs, eff = _windowed(inp, "SeparableConv2D", a.kernel_size, a.strides, a.padding,
-                           a.dilation_rate)
+    calcs, eff = _windowed(
+        inp, "SeparableConv2D", a.kernel_size, a.strides, a.padding, a.dilation_rate
+    )
     mid = _channels(inp, "SeparableConv2D") * a.depth_multiplier
     k = a.kernel_size[0] * a.kernel_size[1]
     weights = k * mid + mid * a.filters + (a.filters if a.use_bias else 0)
@@ -166,8 +189,7 @@ def separable_conv2d(inputs: list[Shape], a: Any) -> LayerOut:
 def pooling2d(inputs: list[Shape], a: Any) -> LayerOut:
     inp = inputs[0]
     strides = a.strides or a.pool_size
-    calcs, eff = _windowed(inp, "pooling", a.pool_size, strides, a.padding,
-                           kernel_arg="pool_size")
+    calcs, eff = _windowed(inp, "pooling", a.pool_size, strides, a.padding, kernel_arg="pool_size")
     return LayerOut(_spatial(calcs) + (inp[2],), calcs=calcs, kernel=eff, stride=strides)
 
 
@@ -190,8 +212,10 @@ def flatten(inputs: list[Shape], a: Any) -> LayerOut:
 def dense(inputs: list[Shape], a: Any) -> LayerOut:
     inp = inputs[0]
     if not inp or inp[-1] is None:
-        raise ShapeError(f"Dense needs a known last axis; received {shape_str(inp)}",
-                         hint="add Flatten or GlobalAveragePooling2D before it")
+        raise ShapeError(
+            f"Dense needs a known last axis; received {shape_str(inp)}",
+            hint="add Flatten or GlobalAveragePooling2D before it",
+        )
     weights = inp[-1] * a.units + (a.units if a.use_bias else 0)
     positions = math.prod(d or 0 for d in inp[:-1]) if len(inp) > 1 else 1
     return LayerOut(inp[:-1] + (a.units,), weights, 0, positions * inp[-1] * a.units)
@@ -213,11 +237,13 @@ def _norm_axes(shape: Shape, axis: int | list[int], kind: str) -> list[int]:
     for ax in axes:
         pos = ax if ax >= 0 else rank + ax
         if not 1 <= pos < rank:
-            raise ShapeError(f"{kind} axis={ax} is out of range for input {shape_str(shape)} "
-                             "(axis 0 is the batch)", arg="axis")
+            raise ShapeError(
+                f"{kind} axis={ax} is out of range for input {shape_str(shape)} "
+                "(axis 0 is the batch)",
+                arg="axis",
+            )
         if shape[pos - 1] is None:
-            raise ShapeError(f"{kind} axis={ax} has a free size in {shape_str(shape)}",
-                             arg="axis")
+            raise ShapeError(f"{kind} axis={ax} has a free size in {shape_str(shape)}", arg="axis")
         out.append(pos - 1)
     return out
 
@@ -256,16 +282,21 @@ def cropping2d(inputs: list[Shape], a: Any) -> LayerOut:
         val = None if size is None else size - lo - hi
         calcs.append(DimCalc(AXES[i], f"{size} - {lo} - {hi} = {val}", val))
         if val is not None and val <= 0:
-            raise ShapeError(f"cropping {[lo, hi]} from {AXES[i]}={size} leaves {val}",
-                             hint=f"crop less than {size} in total", arg="cropping")
+            raise ShapeError(
+                f"cropping {[lo, hi]} from {AXES[i]}={size} leaves {val}",
+                hint=f"crop less than {size} in total",
+                arg="cropping",
+            )
     return LayerOut(_spatial(calcs) + (inp[2],), calcs=calcs, stride=(1, 1), kernel=(1, 1))
 
 
 def resize_to(inputs: list[Shape], a: Any) -> LayerOut:
     inp = inputs[0]
     _need_rank(inp, 3, type(a).__name__)
-    calcs = [DimCalc("H", f"{inp[0]} -> {a.height}", a.height),
-             DimCalc("W", f"{inp[1]} -> {a.width}", a.width)]
+    calcs = [
+        DimCalc("H", f"{inp[0]} -> {a.height}", a.height),
+        DimCalc("W", f"{inp[1]} -> {a.width}", a.width),
+    ]
     return LayerOut((a.height, a.width, inp[2]), calcs=calcs)
 
 
@@ -280,7 +311,7 @@ def _broadcast(a: Shape, b: Shape) -> Shape:
     if not b:
         return a
     out = list(a[: len(a) - len(b)])
-    for i, j in zip(a[len(a) - len(b):], b, strict=True):
+    for i, j in zip(a[len(a) - len(b) :], b, strict=True):
         if i is None or j is None:
             out.append(None)
         elif i == 1:
@@ -302,7 +333,8 @@ def elementwise(inputs: list[Shape], a: Any) -> LayerOut:
                 f"{type(a).__name__} inputs have incompatible shapes "
                 + " and ".join(shape_str(s) for s in inputs),
                 hint="make the branches agree: a 1x1 Conv2D projection with matching "
-                     "strides on the shortcut") from None
+                "strides on the shortcut",
+            ) from None
     return LayerOut(out)
 
 
@@ -310,12 +342,14 @@ def concatenate(inputs: list[Shape], a: Any) -> LayerOut:
     first = inputs[0]
     rank = len(first)
     if any(len(s) != rank for s in inputs):
-        raise ShapeError("Concatenate inputs have different ranks: "
-                         + " and ".join(shape_str(s) for s in inputs))
+        raise ShapeError(
+            "Concatenate inputs have different ranks: " + " and ".join(shape_str(s) for s in inputs)
+        )
     ax = a.axis if a.axis >= 0 else rank + 1 + a.axis
     if not 1 <= ax <= rank:
-        raise ShapeError(f"Concatenate axis={a.axis} is out of range for {shape_str(first)}",
-                         arg="axis")
+        raise ShapeError(
+            f"Concatenate axis={a.axis} is out of range for {shape_str(first)}", arg="axis"
+        )
     ax -= 1
     for s in inputs[1:]:
         for i in range(rank):
@@ -323,12 +357,12 @@ def concatenate(inputs: list[Shape], a: Any) -> LayerOut:
                 raise ShapeError(
                     "Concatenate needs equal shapes except on the concatenation axis; "
                     "received " + " and ".join(shape_str(s) for s in inputs),
-                    hint="make the branches downsample alike")
+                    hint="make the branches downsample alike",
+                )
     total = None if any(s[ax] is None for s in inputs) else sum(s[ax] for s in inputs)
     text = " + ".join(str(s[ax]) for s in inputs) + f" = {total}"
-    out = first[:ax] + (total,) + first[ax + 1:]
-    return LayerOut(out, calcs=[DimCalc("C" if ax == rank - 1 else f"axis {a.axis}", text,
-                                        total)])
+    out = first[:ax] + (total,) + first[ax + 1 :]
+    return LayerOut(out, calcs=[DimCalc("C" if ax == rank - 1 else f"axis {a.axis}", text, total)])
 
 
 Rule = Callable[[list[Shape], Any], LayerOut]
@@ -348,8 +382,9 @@ class Field:
             return Field(self.size, self.jump, True)
         if out.kernel is None:
             return self
-        size = tuple(r + (k - 1) * j for r, k, j in zip(self.size, out.kernel, self.jump,
-                                                        strict=True))
+        size = tuple(
+            r + (k - 1) * j for r, k, j in zip(self.size, out.kernel, self.jump, strict=True)
+        )
         jump = tuple(j * s for j, s in zip(self.jump, out.stride or (1, 1), strict=True))
         return Field(size, jump)  # type: ignore[arg-type]
 

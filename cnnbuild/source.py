@@ -59,8 +59,9 @@ class Document:
         """
         path = tuple(path)
         while True:
-            first, second = ((self.keys, self.values) if prefer == "key"
-                             else (self.values, self.keys))
+            first, second = (
+                (self.keys, self.values) if prefer == "key" else (self.values, self.keys)
+            )
             if path in first:
                 return first[path]
             if path in second:
@@ -128,8 +129,9 @@ class _Walker:
     def walk(self, node: yaml.Node, path: PathKey, depth: int) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
-            raise _TooBig(node, f"the document expands to more than {MAX_NODES} values "
-                                "(an alias bomb?)")
+            raise _TooBig(
+                node, f"the document expands to more than {MAX_NODES} values (an alias bomb?)"
+            )
         if depth > MAX_DEPTH:
             raise _TooBig(node, f"the document nests deeper than {MAX_DEPTH} levels")
         self.doc.values.setdefault(path, _pos(node))
@@ -138,32 +140,43 @@ class _Walker:
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ_TAG:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"tag {node.tag!r} is not allowed", node.start_mark)
+                    None, None, f"tag {node.tag!r} is not allowed", node.start_mark
+                )
             return [self.walk(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         return self.loader.construct_object(node, deep=True)
 
     def _mapping(self, node: yaml.MappingNode, path: PathKey, depth: int) -> dict:
         if node.tag != _MAP_TAG:
             raise yaml.constructor.ConstructorError(
-                None, None, f"tag {node.tag!r} is not allowed", node.start_mark)
+                None, None, f"tag {node.tag!r} is not allowed", node.start_mark
+            )
         self.loader.flatten_mapping(node)  # resolve `<<` merge keys, as SafeLoader does
         out: dict = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(
-                    None, None, "a mapping key must be a plain value, not a list or mapping",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    "a mapping key must be a plain value, not a list or mapping",
+                    key_node.start_mark,
+                )
             key = self.loader.construct_object(key_node, deep=True)
             child = (*path, key)
             if key in out:
                 first = self.doc.keys[child]
-                self.doc.findings.append(Finding(
-                    file=self.doc.file, line=key_node.start_mark.line + 1,
-                    column=key_node.start_mark.column + 1, severity="error",
-                    rule="duplicate-key",
-                    message=f"duplicate key {key!r}: it was already set on line {first.line}, "
-                            "and YAML loaders silently keep only the last value",
-                    path=format_path(child), hint="remove or rename one of them"))
+                self.doc.findings.append(
+                    Finding(
+                        file=self.doc.file,
+                        line=key_node.start_mark.line + 1,
+                        column=key_node.start_mark.column + 1,
+                        severity="error",
+                        rule="duplicate-key",
+                        message=f"duplicate key {key!r}: it was already set on line {first.line}, "
+                        "and YAML loaders silently keep only the last value",
+                        path=format_path(child),
+                        hint="remove or rename one of them",
+                    )
+                )
             self.doc.keys[child] = _pos(key_node)
             self.doc.values.pop(child, None)
             out[key] = self.walk(value_node, child, depth + 1)
@@ -186,16 +199,31 @@ def parse_text(text: str, file: str = "<string>") -> Document:
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        doc.findings.append(Finding(file, line, col, "error", "yaml",
-                                    f"invalid YAML: unacceptable character #x{exc.character:04x}"
-                                    ": control characters are not allowed"))
+        doc.findings.append(
+            Finding(
+                file,
+                line,
+                col,
+                "error",
+                "yaml",
+                f"invalid YAML: unacceptable character #x{exc.character:04x}"
+                ": control characters are not allowed",
+            )
+        )
         return doc
     try:
         node = loader.get_single_node()
         if node is None:
-            doc.findings.append(Finding(file, 1, 1, "error", "yaml",
-                                        "the file is empty; expected a mapping with "
-                                        "`input:` and `layers:`"))
+            doc.findings.append(
+                Finding(
+                    file,
+                    1,
+                    1,
+                    "error",
+                    "yaml",
+                    "the file is empty; expected a mapping with `input:` and `layers:`",
+                )
+            )
             return doc
         doc.data = _Walker(doc, loader).walk(node, (), 0)
     except yaml.MarkedYAMLError as exc:
@@ -204,20 +232,21 @@ def parse_text(text: str, file: str = "<string>") -> Document:
         problem = exc.problem or "invalid YAML"
         if exc.context:
             problem = f"{exc.context}: {problem}" if "found" in problem else problem
-        doc.findings.append(Finding(file, line, col, "error", "yaml",
-                                    f"invalid YAML: {problem}"))
+        doc.findings.append(Finding(file, line, col, "error", "yaml", f"invalid YAML: {problem}"))
         doc.data = None
     except yaml.YAMLError as exc:
         doc.findings.append(Finding(file, 1, 1, "error", "yaml", f"invalid YAML: {exc}"))
         doc.data = None
     except _TooBig as exc:
         pos = _pos(exc.node)
-        doc.findings.append(Finding(file, pos.line, pos.column, "error", "yaml",
-                                    f"refusing to read: {exc.what}"))
+        doc.findings.append(
+            Finding(file, pos.line, pos.column, "error", "yaml", f"refusing to read: {exc.what}")
+        )
         doc.data = None
     except RecursionError:
-        doc.findings.append(Finding(file, 1, 1, "error", "yaml",
-                                    "refusing to read: the document nests too deeply"))
+        doc.findings.append(
+            Finding(file, 1, 1, "error", "yaml", "refusing to read: the document nests too deeply")
+        )
         doc.data = None
     finally:
         loader.dispose()
@@ -235,14 +264,22 @@ def read_document(path: str | Path) -> Document:
         raw = Path(path).read_bytes()
     except OSError as exc:
         doc = Document(file=file)
-        doc.findings.append(Finding(file, 0, 0, "error", "io",
-                                    f"cannot read the file: {exc.strerror or exc}"))
+        doc.findings.append(
+            Finding(file, 0, 0, "error", "io", f"cannot read the file: {exc.strerror or exc}")
+        )
         return doc
     if len(raw) > MAX_BYTES:
         doc = Document(file=file)
-        doc.findings.append(Finding(file, 1, 1, "error", "yaml",
-                                    f"the file is {len(raw)} bytes; a model config is at most "
-                                    f"{MAX_BYTES} bytes"))
+        doc.findings.append(
+            Finding(
+                file,
+                1,
+                1,
+                "error",
+                "yaml",
+                f"the file is {len(raw)} bytes; a model config is at most {MAX_BYTES} bytes",
+            )
+        )
         return doc
     try:
         text = raw.decode("utf-8")
@@ -250,8 +287,15 @@ def read_document(path: str | Path) -> Document:
         doc = Document(file=file)
         line = raw[: exc.start].count(b"\n") + 1
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        doc.findings.append(Finding(file, line, col, "error", "yaml",
-                                    f"the file is not UTF-8 text: byte 0x{raw[exc.start]:02x} "
-                                    f"at offset {exc.start}"))
+        doc.findings.append(
+            Finding(
+                file,
+                line,
+                col,
+                "error",
+                "yaml",
+                f"the file is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}",
+            )
+        )
         return doc
     return parse_text(text, file)

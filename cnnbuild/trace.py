@@ -67,8 +67,9 @@ class Trace:
     @property
     def activation_bytes(self) -> int:
         """Activations kept for the backward pass, per image: every layer's output, float32."""
-        return BYTES_PER_VALUE * (numel(self.config.input_shape)
-                                  + sum(numel(r.out.shape) for r in self.rows if r.out))
+        return BYTES_PER_VALUE * (
+            numel(self.config.input_shape) + sum(numel(r.out.shape) for r in self.rows if r.out)
+        )
 
     def to_dict(self) -> dict:
         """The ``summary --json`` form (shapes are lists, without the batch axis)."""
@@ -80,10 +81,16 @@ class Trace:
             "trainable_params": self.trainable,
             "non_trainable_params": self.non_trainable,
             "macs": self.macs,
-            "layers": [{"name": r.node.name, "type": r.node.kind,
-                        "output_shape": None if r.shape is None else list(r.shape),
-                        "params": sum(_split(r)), "macs": r.out.macs if r.out else 0}
-                       for r in self.rows],
+            "layers": [
+                {
+                    "name": r.node.name,
+                    "type": r.node.kind,
+                    "output_shape": None if r.shape is None else list(r.shape),
+                    "params": sum(_split(r)),
+                    "macs": r.out.macs if r.out else 0,
+                }
+                for r in self.rows
+            ],
         }
 
 
@@ -127,12 +134,17 @@ def _shape_finding(cfg: ModelConfig, node: Node, ins: list[Shape], exc: ShapeErr
         path = (*prefix, exc.arg)
     if len(ins) > 1:
         block = path[-1] if path and path[-1] in ("Residual", "Parallel") else None
-        labels = (["shortcut", "main path"] if block == "Residual"
-                  else [f"branch {i}" for i in range(len(ins))] if block == "Parallel"
-                  else ["input"] * len(ins))
+        labels = (
+            ["shortcut", "main path"]
+            if block == "Residual"
+            else [f"branch {i}" for i in range(len(ins))]
+            if block == "Parallel"
+            else ["input"] * len(ins)
+        )
         where = "inputs " + " and ".join(
             f"{label} {'the model input' if src == INPUT else repr(src)} {shape_str(s)}"
-            for label, src, s in zip(labels, node.inputs, ins, strict=False))
+            for label, src, s in zip(labels, node.inputs, ins, strict=False)
+        )
     else:
         where = "input " + " and ".join(shape_str(s) for s in ins)
     msg = f"layer {node.name!r} ({node.kind}) cannot take {where}: {exc.message}"

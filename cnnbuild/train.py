@@ -36,14 +36,14 @@ from cnnbuild.schema.config import TrainConfig
 from cnnbuild.trace import trace
 from cnnbuild.validate import load_config
 
-ONE_HOT_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy",
-                  "categorical_hinge")
+ONE_HOT_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "categorical_hinge")
 CPU_STEPS_PER_EXECUTION = 8
 GPU_STEPS_PER_EXECUTION = 32
 STATE = "state.json"
 
 
 # -- settings ---------------------------------------------------------------------------
+
 
 def resolve_train(cfg: ModelConfig, overrides: dict[str, Any]) -> TrainConfig:
     """The config's ``train:`` section with CLI overrides applied and checked.
@@ -56,9 +56,11 @@ def resolve_train(cfg: ModelConfig, overrides: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
-                             f"{e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
         raise UsageError(problems) from None
 
 
@@ -75,7 +77,7 @@ def resolved_config(cfg: ModelConfig, settings: TrainConfig) -> dict:
     train = settings.model_dump(mode="json", exclude_none=True)
     cwd = Path.cwd()
     if isinstance(settings.dataset, dict):
-        (kind, path), = settings.dataset.items()
+        ((kind, path),) = settings.dataset.items()
         train["dataset"] = {kind: _absolute(path, cwd)}
     if settings.data_dir:
         train["data_dir"] = _absolute(settings.data_dir, cwd)
@@ -113,9 +115,11 @@ def select_device(settings: TrainConfig) -> Device:
     gpus = tf.config.list_physical_devices("GPU")
     kind = settings.device
     if kind == "gpu" and not gpus:
-        raise RunError("--device gpu: TensorFlow sees no GPU on this machine "
-                       "(tf.config.list_physical_devices('GPU') is empty); check the CUDA "
-                       "driver, or use --device cpu")
+        raise RunError(
+            "--device gpu: TensorFlow sees no GPU on this machine "
+            "(tf.config.list_physical_devices('GPU') is empty); check the CUDA "
+            "driver, or use --device cpu"
+        )
     if kind == "auto":
         kind = "gpu" if gpus else "cpu"
     if kind == "cpu":
@@ -127,8 +131,10 @@ def select_device(settings: TrainConfig) -> Device:
         name = details.get("device_name", gpus[0].name)
     on_gpu = kind == "gpu"
     return Device(
-        kind=kind, name=name,
-        mixed_precision=settings.mixed_precision if settings.mixed_precision is not None
+        kind=kind,
+        name=name,
+        mixed_precision=settings.mixed_precision
+        if settings.mixed_precision is not None
         else on_gpu,
         jit_compile=settings.jit_compile if settings.jit_compile is not None else on_gpu,
         steps_per_execution=settings.steps_per_execution
@@ -138,6 +144,7 @@ def select_device(settings: TrainConfig) -> Device:
 
 # -- data -------------------------------------------------------------------------------
 
+
 def check_data(cfg: ModelConfig, data: Data) -> None:
     """Refuse data that does not fit the model: image shape and number of classes.
 
@@ -146,30 +153,41 @@ def check_data(cfg: ModelConfig, data: Data) -> None:
     """
     want = cfg.input_shape
     have = data.image_shape
-    if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have,
-                                                                            strict=False)):
-        hint = (f"set input: {list(have)}" if want[-1] == have[-1]
-                else f"set input: {list(have)} (the data has {have[-1]} channel(s))")
-        raise DataError(f"{cfg.file}: dataset {data.name} has images of shape "
-                        f"{shape_str(have)} but the config's input is {shape_str(want)}; "
-                        f"{hint}, or use input: [null, null, {have[-1]}] with a Resizing "
-                        "layer")
+    if len(want) != len(have) or any(
+        w is not None and w != h for w, h in zip(want, have, strict=False)
+    ):
+        hint = (
+            f"set input: {list(have)}"
+            if want[-1] == have[-1]
+            else f"set input: {list(have)} (the data has {have[-1]} channel(s))"
+        )
+        raise DataError(
+            f"{cfg.file}: dataset {data.name} has images of shape "
+            f"{shape_str(have)} but the config's input is {shape_str(want)}; "
+            f"{hint}, or use input: [null, null, {have[-1]}] with a Resizing "
+            "layer"
+        )
     out = trace(cfg).output_shape
     units = out[-1] if out else None
     loss = cfg.compile.loss
     classes = data.num_classes
     if loss.startswith("binary"):
         if classes != 2 or units != 1:
-            raise DataError(f"{cfg.file}: loss {loss} needs 2 classes and 1 output unit; "
-                            f"dataset {data.name} has {classes} classes and the last layer "
-                            f"{cfg.output} has {units} units")
+            raise DataError(
+                f"{cfg.file}: loss {loss} needs 2 classes and 1 output unit; "
+                f"dataset {data.name} has {classes} classes and the last layer "
+                f"{cfg.output} has {units} units"
+            )
     elif units != classes:
-        raise DataError(f"{cfg.file}: dataset {data.name} has {classes} classes but the last "
-                        f"layer {cfg.output} has {units} units; set its units to {classes}")
+        raise DataError(
+            f"{cfg.file}: dataset {data.name} has {classes} classes but the last "
+            f"layer {cfg.output} has {units} units; set its units to {classes}"
+        )
 
 
-def split_validation(x: np.ndarray, y: np.ndarray, fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def split_validation(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Hold out ``fraction`` of the training set for validation, chosen by ``seed``."""
     n_val = int(round(len(x) * fraction))
     if fraction > 0 and n_val == 0:
@@ -181,15 +199,20 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float,
 
 def load_data(cfg: ModelConfig, settings: TrainConfig, quiet: bool = False) -> Data:
     shape = cfg.input_shape
-    data = load_dataset(settings.dataset, data_dir=settings.data_dir,
-                        image_size=(shape[0], shape[1]) if len(shape) == 3 else None,
-                        channels=shape[-1] if shape else 3, test_split=settings.test_split,
-                        seed=settings.seed if settings.seed is not None else 1337,
-                        quiet=quiet)
+    data = load_dataset(
+        settings.dataset,
+        data_dir=settings.data_dir,
+        image_size=(shape[0], shape[1]) if len(shape) == 3 else None,
+        channels=shape[-1] if shape else 3,
+        test_split=settings.test_split,
+        seed=settings.seed if settings.seed is not None else 1337,
+        quiet=quiet,
+    )
     return data.limited(settings.limit)
 
 
 # -- callbacks --------------------------------------------------------------------------
+
 
 def fmt_metrics(logs: dict, keys: list[str]) -> str:
     return "  ".join(f"{k} {logs[k]:.4f}" for k in keys if k in logs)
@@ -207,10 +230,15 @@ def make_callbacks(keras: Any, run: Run, console: Console, live: bool) -> list[A
             run.train_end = None
             if live:
                 self.progress = Progress(
-                    TextColumn(f"epoch {epoch + 1}/{run.settings.epochs}"), BarColumn(),
+                    TextColumn(f"epoch {epoch + 1}/{run.settings.epochs}"),
+                    BarColumn(),
                     TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[metrics]}"), TextColumn("{task.fields[speed]}"),
-                    TimeRemainingColumn(), console=console, transient=True)
+                    TextColumn("{task.fields[metrics]}"),
+                    TextColumn("{task.fields[speed]}"),
+                    TimeRemainingColumn(),
+                    console=console,
+                    transient=True,
+                )
                 self.task = self.progress.add_task("", total=run.steps, metrics="", speed="")
                 self.progress.start()
 
@@ -225,9 +253,12 @@ def make_callbacks(keras: Any, run: Run, console: Console, live: bool) -> list[A
                 done = min(batch + 1, run.steps)
                 seconds = max(run.train_end - run.epoch_start, 1e-9)
                 speed = min(done * run.settings.batch_size, run.n_train) / seconds
-                self.progress.update(self.task, completed=done,
-                                     metrics=fmt_metrics(logs, ["loss", "accuracy"]),
-                                     speed=f"{speed:,.0f} img/s")
+                self.progress.update(
+                    self.task,
+                    completed=done,
+                    metrics=fmt_metrics(logs, ["loss", "accuracy"]),
+                    speed=f"{speed:,.0f} img/s",
+                )
 
         def on_epoch_end(self, epoch, logs=None):
             if live:
@@ -245,6 +276,7 @@ def make_callbacks(keras: Any, run: Run, console: Console, live: bool) -> list[A
 
 
 # -- the run ----------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -283,8 +315,10 @@ class Run:
 
     def end_epoch(self, epoch: int, logs: dict, model: Any) -> None:
         seconds = (self.train_end or time.perf_counter()) - self.epoch_start
-        record = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()
-                                         if isinstance(v, (int, float, np.floating))}}
+        record = {
+            "epoch": epoch + 1,
+            **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float, np.floating))},
+        }
         lr = model.optimizer.learning_rate
         record["learning_rate"] = float(np.asarray(lr))
         record["train_seconds"] = round(seconds, 3)
@@ -292,7 +326,8 @@ class Run:
         self.history.append(record)
         value = record.get(self.monitor)
         improved = value is not None and (
-            self.best is None or (value > self.best if self.mode_max else value < self.best))
+            self.best is None or (value > self.best if self.mode_max else value < self.best)
+        )
         if improved:
             self.best, self.best_epoch = value, epoch + 1
             save_model(model, self.path("model.keras"))
@@ -304,14 +339,24 @@ class Run:
         self.console.print(
             f"epoch {epoch + 1}/{self.settings.epochs}  {fmt_metrics(record, keys)}  "
             f"lr {record['learning_rate']:.3g}  {seconds:.1f}s  "
-            f"{record['images_per_second']:,.0f} img/s{star}", highlight=False)
+            f"{record['images_per_second']:,.0f} img/s{star}",
+            highlight=False,
+        )
 
     def save_state(self, status: str) -> None:
-        write_json(self.path(STATE), {
-            "status": status, "epochs_done": len(self.history), "best": self.best,
-            "best_epoch": self.best_epoch, "monitor": self.monitor, "seed": self.seed,
-            "wall_seconds": round(self.wall_seconds, 2), "history": self.history,
-        })
+        write_json(
+            self.path(STATE),
+            {
+                "status": status,
+                "epochs_done": len(self.history),
+                "best": self.best,
+                "best_epoch": self.best_epoch,
+                "monitor": self.monitor,
+                "seed": self.seed,
+                "wall_seconds": round(self.wall_seconds, 2),
+                "history": self.history,
+            },
+        )
 
     def save_history(self) -> None:
         write_json(self.path("history.json"), self.history)
@@ -333,8 +378,10 @@ def new_run_dir(cfg: ModelConfig, out: Path | None) -> Path:
     """
     if out is not None:
         if (out / STATE).exists() or (out / "metrics.json").exists():
-            raise UsageError(f"--out {out}: already holds a run; resume it with "
-                             f"--resume {out}, or choose another folder")
+            raise UsageError(
+                f"--out {out}: already holds a run; resume it with "
+                f"--resume {out}, or choose another folder"
+            )
         out.mkdir(parents=True, exist_ok=True)
         return out
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -347,12 +394,11 @@ def new_run_dir(cfg: ModelConfig, out: Path | None) -> Path:
     return path
 
 
-def make_schedule(keras: Any, cfg: ModelConfig, settings: TrainConfig,
-                  steps_per_epoch: int) -> Any:
+def make_schedule(keras: Any, cfg: ModelConfig, settings: TrainConfig, steps_per_epoch: int) -> Any:
     """The learning rate: the optimizer's, or a Keras schedule built from ``lr_schedule``."""
     if settings.lr_schedule is None:
         return None
-    (name, args), = cfg.compile.optimizer.items()
+    ((name, args),) = cfg.compile.optimizer.items()
     base = args.get("learning_rate")
     if base is None:
         base = float(np.asarray(keras.optimizers.get(name).learning_rate))
@@ -362,12 +408,17 @@ def make_schedule(keras: Any, cfg: ModelConfig, settings: TrainConfig,
         warmup = min(int(cos.warmup_epochs * steps_per_epoch), total - 1)
         if warmup:
             return keras.optimizers.schedules.CosineDecay(
-                0.0, max(total - warmup, 1), alpha=cos.alpha, warmup_target=base,
-                warmup_steps=warmup)
+                0.0,
+                max(total - warmup, 1),
+                alpha=cos.alpha,
+                warmup_target=base,
+                warmup_steps=warmup,
+            )
         return keras.optimizers.schedules.CosineDecay(base, total, alpha=cos.alpha)
     step = settings.lr_schedule.step
-    bounds = list(range(step.every_epochs * steps_per_epoch, total, step.every_epochs
-                        * steps_per_epoch))
+    bounds = list(
+        range(step.every_epochs * steps_per_epoch, total, step.every_epochs * steps_per_epoch)
+    )
     values = [base * step.factor**k for k in range(len(bounds) + 1)]
     if not bounds:
         return base
@@ -380,8 +431,9 @@ def keras_callbacks(keras: Any, run: Run) -> list[Any]:
     if s.early_stopping is not None:
         out.append(keras.callbacks.EarlyStopping(**s.early_stopping.model_dump()))
     if s.reduce_lr_on_plateau is not None:
-        out.append(keras.callbacks.ReduceLROnPlateau(**s.reduce_lr_on_plateau.model_dump(),
-                                                     verbose=0))
+        out.append(
+            keras.callbacks.ReduceLROnPlateau(**s.reduce_lr_on_plateau.model_dump(), verbose=0)
+        )
     if s.tensorboard:
         out.append(keras.callbacks.TensorBoard(log_dir=str(run.path("tb"))))
     return out
@@ -395,14 +447,23 @@ def _resume_state(run_dir: Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise RunError(f"--resume {run_dir}: cannot read {STATE}: {exc}") from None
     if not (run_dir / "last.keras").is_file():
-        raise RunError(f"--resume {run_dir}: no last.keras; no epoch finished in that run, "
-                       "so start it again instead")
+        raise RunError(
+            f"--resume {run_dir}: no last.keras; no epoch finished in that run, "
+            "so start it again instead"
+        )
     return state
 
 
-def train(config: Path | None, overrides: dict[str, Any], *, out: Path | None = None,
-          resume: Path | None = None, console: Console | None = None,
-          live: bool | None = None, verbose: bool = False) -> dict:
+def train(
+    config: Path | None,
+    overrides: dict[str, Any],
+    *,
+    out: Path | None = None,
+    resume: Path | None = None,
+    console: Console | None = None,
+    live: bool | None = None,
+    verbose: bool = False,
+) -> dict:
     """Train a config (or resume a run) and evaluate it on the test set.
 
     Args:
@@ -427,13 +488,17 @@ def train(config: Path | None, overrides: dict[str, Any], *, out: Path | None = 
         state = _resume_state(resume)
         extra = sorted(k for k, v in overrides.items() if v is not None and k != "epochs")
         if extra:
-            raise UsageError("a resumed run keeps its recorded settings; only --epochs may "
-                             "change (received " + ", ".join("--" + k.replace("_", "-")
-                                                              for k in extra) + ")")
+            raise UsageError(
+                "a resumed run keeps its recorded settings; only --epochs may "
+                "change (received " + ", ".join("--" + k.replace("_", "-") for k in extra) + ")"
+            )
         cfg = load_config(resume / "config.yaml")
         if config is not None:
-            console.print(f"resuming with {resume / 'config.yaml'} (the run's own config; "
-                          f"{config} is not read)", highlight=False)
+            console.print(
+                f"resuming with {resume / 'config.yaml'} (the run's own config; "
+                f"{config} is not read)",
+                highlight=False,
+            )
     elif config is None:
         raise UsageError("give a CONFIG to train, or --resume RUN_DIR")
     else:
@@ -446,46 +511,73 @@ def train(config: Path | None, overrides: dict[str, Any], *, out: Path | None = 
     import tensorflow as tf
 
     device = select_device(settings)
-    seed = settings.seed if settings.seed is not None else (
-        state["seed"] if state else random.SystemRandom().randrange(2**31))
+    seed = (
+        settings.seed
+        if settings.seed is not None
+        else (state["seed"] if state else random.SystemRandom().randrange(2**31))
+    )
     data = load_data(cfg, settings, quiet=not live)
     check_data(cfg, data)
-    x_tr, y_tr, x_val, y_val = split_validation(data.x_train, data.y_train,
-                                                settings.validation_split, seed)
+    x_tr, y_tr, x_val, y_val = split_validation(
+        data.x_train, data.y_train, settings.validation_split, seed
+    )
     if len(x_tr) == 0:
-        raise DataError(f"dataset {data.name}: no training images left after "
-                        f"validation_split {settings.validation_split}")
+        raise DataError(
+            f"dataset {data.name}: no training images left after "
+            f"validation_split {settings.validation_split}"
+        )
     run_dir = resume if resume is not None else new_run_dir(cfg, out)
-    settings = settings.model_copy(update={
-        "seed": seed, "mixed_precision": device.mixed_precision,
-        "jit_compile": device.jit_compile, "steps_per_execution": device.steps_per_execution})
-    run = Run(cfg, settings, run_dir, console, device, n_train=len(x_tr), seed=seed,
-              steps=math.ceil(len(x_tr) / settings.batch_size))
-    run.monitor = settings.monitor if len(x_val) or not settings.monitor.startswith("val_") \
+    settings = settings.model_copy(
+        update={
+            "seed": seed,
+            "mixed_precision": device.mixed_precision,
+            "jit_compile": device.jit_compile,
+            "steps_per_execution": device.steps_per_execution,
+        }
+    )
+    run = Run(
+        cfg,
+        settings,
+        run_dir,
+        console,
+        device,
+        n_train=len(x_tr),
+        seed=seed,
+        steps=math.ceil(len(x_tr) / settings.batch_size),
+    )
+    run.monitor = (
+        settings.monitor
+        if len(x_val) or not settings.monitor.startswith("val_")
         else settings.monitor.removeprefix("val_")
+    )
     if state is not None:
         run.history = state["history"]
         run.best, run.best_epoch = state["best"], state["best_epoch"]
         run.initial_epoch = len(run.history)
         run.prior_wall = float(state.get("wall_seconds", 0.0))
     # the resolved config (rewritten on resume, where --epochs may have changed)
-    write_text(run.path("config.yaml"), yaml.safe_dump(resolved_config(cfg, settings),
-                                                       sort_keys=False))
+    write_text(
+        run.path("config.yaml"), yaml.safe_dump(resolved_config(cfg, settings), sort_keys=False)
+    )
 
     keras.utils.set_random_seed(seed)
     one_hot = data.num_classes if cfg.compile.loss in ONE_HOT_LOSSES else None
     train_ds = _pipeline(x_tr, y_tr, settings, data, True, seed, one_hot)
-    val_ds = _pipeline(x_val, y_val, settings, data, False, seed, one_hot) if len(x_val) \
-        else None
+    val_ds = _pipeline(x_val, y_val, settings, data, False, seed, one_hot) if len(x_val) else None
     if state is not None:
         keras.mixed_precision.set_global_policy(
-            "mixed_float16" if device.mixed_precision else "float32")
+            "mixed_float16" if device.mixed_precision else "float32"
+        )
         model = _load(keras, run.path("last.keras"), compile=True)
     else:
         lr = make_schedule(keras, cfg, settings, run.steps)
-        model = build_model(cfg, mixed_precision=device.mixed_precision, lr=lr,
-                            steps_per_execution=device.steps_per_execution,
-                            jit_compile=device.jit_compile)
+        model = build_model(
+            cfg,
+            mixed_precision=device.mixed_precision,
+            lr=lr,
+            steps_per_execution=device.steps_per_execution,
+            jit_compile=device.jit_compile,
+        )
     where = f"{device.kind} ({device.name})"
     console.print(
         f"[bold]{cfg.name}[/bold]: {model.count_params():,} parameters; "
@@ -493,7 +585,9 @@ def train(config: Path | None, overrides: dict[str, Any], *, out: Path | None = 
         f" {len(x_tr):,} train / {len(x_val):,} validation / {len(data.x_test):,} test images;"
         f" {where}; batch {settings.batch_size}; mixed precision "
         f"{'on' if device.mixed_precision else 'off'}; XLA {'on' if device.jit_compile else 'off'}"
-        f"; steps/execution {device.steps_per_execution}; seed {seed}", highlight=False)
+        f"; steps/execution {device.steps_per_execution}; seed {seed}",
+        highlight=False,
+    )
     console.print(f"run directory: {run_dir}", highlight=False)
     if run.initial_epoch >= settings.epochs:
         console.print(f"already trained {run.initial_epoch} epochs", highlight=False)
@@ -501,74 +595,119 @@ def train(config: Path | None, overrides: dict[str, Any], *, out: Path | None = 
     status = "completed"
     try:
         with tf.device("/GPU:0" if device.kind == "gpu" else "/CPU:0"):
-            model.fit(train_ds, validation_data=val_ds, epochs=settings.epochs,
-                      initial_epoch=run.initial_epoch, callbacks=callbacks, verbose=0,
-                      shuffle=False)
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=settings.epochs,
+                initial_epoch=run.initial_epoch,
+                callbacks=callbacks,
+                verbose=0,
+                shuffle=False,
+            )
     except KeyboardInterrupt:
         run.save_state("interrupted")
         done = len(run.history)
         again = f"cnnbuild train --resume {shlex.quote(str(run_dir))}"
         if done:
-            raise RunError(f"interrupted; epoch {done} is saved in {run_dir / 'last.keras'}. "
-                           f"Resume with:\n  {again}") from None
-        raise RunError(f"interrupted before the first epoch finished; nothing to resume in "
-                       f"{run_dir}") from None
+            raise RunError(
+                f"interrupted; epoch {done} is saved in {run_dir / 'last.keras'}. "
+                f"Resume with:\n  {again}"
+            ) from None
+        raise RunError(
+            f"interrupted before the first epoch finished; nothing to resume in {run_dir}"
+        ) from None
     if run.diverged:
         epoch, step, loss = run.diverged
         run.save_state("diverged")
-        kept = (f"the last good checkpoint (epoch {len(run.history)}) is "
-                f"{run_dir / 'last.keras'}" if run.history else "no epoch finished")
-        raise RunError(f"the loss became {loss} at epoch {epoch}, step {step}; training "
-                       f"stopped and {kept}. Lower the learning rate, or check the data "
-                       "scaling and the loss")
+        kept = (
+            f"the last good checkpoint (epoch {len(run.history)}) is {run_dir / 'last.keras'}"
+            if run.history
+            else "no epoch finished"
+        )
+        raise RunError(
+            f"the loss became {loss} at epoch {epoch}, step {step}; training "
+            f"stopped and {kept}. Lower the learning rate, or check the data "
+            "scaling and the loss"
+        )
     if len(run.history) < settings.epochs:
         status = "early_stopped"
     train_seconds = sum(h["train_seconds"] for h in run.history)
     if run.best_epoch is not None and run.path("model.keras").exists():
         model.load_weights(run.path("model.keras"))
-    result = evaluate_model(model, cfg, data, settings.batch_size, one_hot, run_dir,
-                            f"{cfg.name}: best epoch {run.best_epoch}")
+    result = evaluate_model(
+        model,
+        cfg,
+        data,
+        settings.batch_size,
+        one_hot,
+        run_dir,
+        f"{cfg.name}: best epoch {run.best_epoch}",
+    )
     steady = run.history[1:] or run.history
     metrics = {
-        "test_accuracy": result["accuracy"], "test_loss": result["loss"],
-        "epochs": len(run.history), "epochs_planned": settings.epochs,
-        "best_epoch": run.best_epoch, "monitor": run.monitor, "best": run.best,
+        "test_accuracy": result["accuracy"],
+        "test_loss": result["loss"],
+        "epochs": len(run.history),
+        "epochs_planned": settings.epochs,
+        "best_epoch": run.best_epoch,
+        "monitor": run.monitor,
+        "best": run.best,
         "wall_seconds": round(run.wall_seconds, 2),
         "train_seconds": round(train_seconds, 2),
-        "images_per_second": round(sum(run.n_train for _ in run.history)
-                                   / max(train_seconds, 1e-9), 1),
-        "steady_images_per_second": round(len(steady) * run.n_train
-                                          / max(sum(h["train_seconds"] for h in steady),
-                                                1e-9), 1),
-        "device": device.kind, "device_name": device.name,
-        "mixed_precision": device.mixed_precision, "jit_compile": device.jit_compile,
+        "images_per_second": round(
+            sum(run.n_train for _ in run.history) / max(train_seconds, 1e-9), 1
+        ),
+        "steady_images_per_second": round(
+            len(steady) * run.n_train / max(sum(h["train_seconds"] for h in steady), 1e-9), 1
+        ),
+        "device": device.kind,
+        "device_name": device.name,
+        "mixed_precision": device.mixed_precision,
+        "jit_compile": device.jit_compile,
         "steps_per_execution": device.steps_per_execution,
-        "batch_size": settings.batch_size, "seed": seed, "dataset": describe(settings.dataset),
-        "train_images": len(x_tr), "validation_images": len(x_val),
-        "test_images": len(data.x_test), "per_class_accuracy": result["per_class"],
-        "status": status, "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__, "python_version": platform.python_version(),
+        "batch_size": settings.batch_size,
+        "seed": seed,
+        "dataset": describe(settings.dataset),
+        "train_images": len(x_tr),
+        "validation_images": len(x_val),
+        "test_images": len(data.x_test),
+        "per_class_accuracy": result["per_class"],
+        "status": status,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "python_version": platform.python_version(),
     }
     write_json(run.path("metrics.json"), metrics)
     run.save_state(status)
     from cnnbuild.plots import curves
 
     curves(run.history, run.path("curves.png"), cfg.name)
-    console.print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss "
-                  f"{metrics['test_loss']:.4f}  ({metrics['epochs']} epochs, "
-                  f"{metrics['wall_seconds']:.1f}s, {metrics['images_per_second']:,.0f} img/s "
-                  f"on {device.kind})", highlight=False)
+    console.print(
+        f"test accuracy {metrics['test_accuracy']:.4f}  test loss "
+        f"{metrics['test_loss']:.4f}  ({metrics['epochs']} epochs, "
+        f"{metrics['wall_seconds']:.1f}s, {metrics['images_per_second']:,.0f} img/s "
+        f"on {device.kind})",
+        highlight=False,
+    )
     console.print(f"saved to {run_dir}/", highlight=False)
     return metrics
 
 
-def _pipeline(x, y, settings: TrainConfig, data: Data, training: bool, seed: int,
-              one_hot: int | None) -> Any:
+def _pipeline(
+    x, y, settings: TrainConfig, data: Data, training: bool, seed: int, one_hot: int | None
+) -> Any:
     from cnnbuild.data.pipeline import make_pipeline
 
-    return make_pipeline(x, y, batch_size=settings.batch_size, scale=data.scale,
-                         training=training, seed=seed, one_hot=one_hot,
-                         shuffle_buffer=settings.shuffle_buffer)
+    return make_pipeline(
+        x,
+        y,
+        batch_size=settings.batch_size,
+        scale=data.scale,
+        training=training,
+        seed=seed,
+        one_hot=one_hot,
+        shuffle_buffer=settings.shuffle_buffer,
+    )
 
 
 def _load(keras: Any, path: Path, compile: bool = False) -> Any:
@@ -585,14 +724,28 @@ def _load(keras: Any, path: Path, compile: bool = False) -> Any:
 
 # -- evaluation -------------------------------------------------------------------------
 
-def evaluate_model(model: Any, cfg: ModelConfig | None, data: Data, batch_size: int,
-                   one_hot: int | None, out_dir: Path, title: str) -> dict:
+
+def evaluate_model(
+    model: Any,
+    cfg: ModelConfig | None,
+    data: Data,
+    batch_size: int,
+    one_hot: int | None,
+    out_dir: Path,
+    title: str,
+) -> dict:
     """Test loss, accuracy, per-class accuracy; writes ``confusion.png`` into ``out_dir``."""
     from cnnbuild.data.pipeline import make_pipeline
     from cnnbuild.plots import confusion
 
-    ds = make_pipeline(data.x_test, data.y_test, batch_size=batch_size, scale=data.scale,
-                       training=False, one_hot=one_hot)
+    ds = make_pipeline(
+        data.x_test,
+        data.y_test,
+        batch_size=batch_size,
+        scale=data.scale,
+        training=False,
+        one_hot=one_hot,
+    )
     scores = model.evaluate(ds, verbose=0, return_dict=True)
     outputs = np.asarray(model.predict(ds, verbose=0), dtype=np.float32)
     if outputs.ndim == 2 and outputs.shape[1] > 1:
@@ -605,16 +758,29 @@ def evaluate_model(model: Any, cfg: ModelConfig | None, data: Data, batch_size: 
     np.add.at(matrix, (data.y_test, np.clip(predicted, 0, n - 1)), 1)
     confusion(matrix, data.class_names, out_dir / "confusion.png", title)
     totals = matrix.sum(axis=1)
-    per_class = {name: (round(float(matrix[i, i] / totals[i]), 4) if totals[i] else None)
-                 for i, name in enumerate(data.class_names)}
+    per_class = {
+        name: (round(float(matrix[i, i] / totals[i]), 4) if totals[i] else None)
+        for i, name in enumerate(data.class_names)
+    }
     accuracy = float(np.trace(matrix) / max(matrix.sum(), 1))
-    return {"loss": float(scores.get("loss", float("nan"))), "accuracy": round(accuracy, 4),
-            "per_class": per_class, "confusion": matrix.tolist()}
+    return {
+        "loss": float(scores.get("loss", float("nan"))),
+        "accuracy": round(accuracy, 4),
+        "per_class": per_class,
+        "confusion": matrix.tolist(),
+    }
 
 
-def evaluate(target: Path, *, dataset: str | None = None, data_dir: str | None = None,
-             limit: int | None = None, batch_size: int | None = None,
-             console: Console | None = None, verbose: bool = False) -> dict:
+def evaluate(
+    target: Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    console: Console | None = None,
+    verbose: bool = False,
+) -> dict:
     """Evaluate a run directory's best model (or a .keras file) on a test set.
 
     Writes ``evaluation.json`` and ``confusion.png`` into ``<run>/evaluate/`` (or
@@ -637,8 +803,7 @@ def evaluate(target: Path, *, dataset: str | None = None, data_dir: str | None =
 
     keras = keras_module(verbose)
     model = _load(keras, model_path)
-    overrides = {"dataset": dataset, "data_dir": data_dir, "limit": limit,
-                 "batch_size": batch_size}
+    overrides = {"dataset": dataset, "data_dir": data_dir, "limit": limit, "batch_size": batch_size}
     if cfg is not None:
         settings = resolve_train(cfg, overrides)
     else:
@@ -647,11 +812,15 @@ def evaluate(target: Path, *, dataset: str | None = None, data_dir: str | None =
         except ValidationError as exc:
             raise UsageError(str(exc.errors()[0]["msg"])) from None
     shape = tuple(model.input.shape[1:])
-    data = load_dataset(settings.dataset, data_dir=settings.data_dir,
-                        image_size=shape[:2] if len(shape) == 3 else None,
-                        channels=shape[-1] or 3, test_split=settings.test_split,
-                        seed=settings.seed if settings.seed is not None else 1337,
-                        quiet=not console.is_terminal).limited(settings.limit)
+    data = load_dataset(
+        settings.dataset,
+        data_dir=settings.data_dir,
+        image_size=shape[:2] if len(shape) == 3 else None,
+        channels=shape[-1] or 3,
+        test_split=settings.test_split,
+        seed=settings.seed if settings.seed is not None else 1337,
+        quiet=not console.is_terminal,
+    ).limited(settings.limit)
     if cfg is not None:
         check_data(cfg, data)
     loss_name = cfg.compile.loss if cfg else ""
@@ -662,8 +831,9 @@ def evaluate(target: Path, *, dataset: str | None = None, data_dir: str | None =
         from cnnbuild.builder import make_loss
 
         model.compile(loss=make_loss(cfg))
-    result = evaluate_model(model, cfg, data, settings.batch_size, one_hot, out_dir,
-                            f"{model_path} on {data.name}")
+    result = evaluate_model(
+        model, cfg, data, settings.batch_size, one_hot, out_dir, f"{model_path} on {data.name}"
+    )
     result.update(model=str(model_path), dataset=data.name, test_images=len(data.x_test))
     write_json(out_dir / "evaluation.json", result)
     return result
@@ -672,16 +842,20 @@ def evaluate(target: Path, *, dataset: str | None = None, data_dir: str | None =
 def print_evaluation(console: Console, result: dict) -> None:
     from rich.table import Table
 
-    console.print(f"{result['model']} on {result['dataset']} ({result['test_images']:,} test "
-                  f"images): test accuracy {result['accuracy']:.4f}  test loss "
-                  f"{result['loss']:.4f}", highlight=False)
+    console.print(
+        f"{result['model']} on {result['dataset']} ({result['test_images']:,} test "
+        f"images): test accuracy {result['accuracy']:.4f}  test loss "
+        f"{result['loss']:.4f}",
+        highlight=False,
+    )
     table = Table(title="per-class accuracy")
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     table.add_column("images", justify="right")
     for i, (name, acc) in enumerate(result["per_class"].items()):
-        table.add_row(name, "-" if acc is None else f"{acc:.4f}",
-                      f"{sum(result['confusion'][i]):,}")
+        table.add_row(
+            name, "-" if acc is None else f"{acc:.4f}", f"{sum(result['confusion'][i]):,}"
+        )
     console.print(table)
 
 

@@ -29,17 +29,22 @@ def expand_paths(paths: list[str]) -> tuple[list[Path], list[Finding]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES
-                           and p.is_file() and ".pre-commit" not in p.name)
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix in YAML_SUFFIXES and p.is_file() and ".pre-commit" not in p.name
+            )
             if not found:
-                findings.append(Finding(raw, 0, 0, "error", "io",
-                                        "no YAML files (*.yaml, *.yml) in this directory"))
+                findings.append(
+                    Finding(
+                        raw, 0, 0, "error", "io", "no YAML files (*.yaml, *.yml) in this directory"
+                    )
+                )
             files.extend(found)
         elif path.exists():
             files.append(path)
         elif any(ch in raw for ch in "*?["):
-            matched = sorted(Path(p) for p in glob.glob(raw, recursive=True)
-                             if Path(p).is_file())
+            matched = sorted(Path(p) for p in glob.glob(raw, recursive=True) if Path(p).is_file())
             if not matched:
                 raise UsageError(f"no file matches {raw!r}")
             files.extend(matched)
@@ -50,8 +55,9 @@ def expand_paths(paths: list[str]) -> tuple[list[Path], list[Finding]]:
     return unique, findings
 
 
-def check_file(path: str | Path, ignore: frozenset[str] = frozenset()
-               ) -> tuple[ModelConfig | None, Trace | None, list[Finding]]:
+def check_file(
+    path: str | Path, ignore: frozenset[str] = frozenset()
+) -> tuple[ModelConfig | None, Trace | None, list[Finding]]:
     """Read, schema-check, trace and lint one config.
 
     Returns:

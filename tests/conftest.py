@@ -48,6 +48,7 @@ def write(tmp_path):
 
 # -- tiny CIFAR-format archives ---------------------------------------------------------
 
+
 def cifar_batches(n_per_batch: int = 20, seed: int = 0, classes: int = 10) -> dict[str, dict]:
     """Pickle-ready dicts in the CIFAR-10 python layout, with bright class-coded pixels."""
     rng = np.random.default_rng(seed)
@@ -55,15 +56,25 @@ def cifar_batches(n_per_batch: int = 20, seed: int = 0, classes: int = 10) -> di
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         labels = [int(v) for v in rng.integers(0, classes, n_per_batch)]
         data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
-        batches[name] = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [f"{i}.png".encode() for i in range(n_per_batch)]}
-    batches["batches.meta"] = {b"label_names": [f"class{i}".encode() for i in range(classes)],
-                               b"num_vis": 3072}
+        batches[name] = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"{i}.png".encode() for i in range(n_per_batch)],
+        }
+    batches["batches.meta"] = {
+        b"label_names": [f"class{i}".encode() for i in range(classes)],
+        b"num_vis": 3072,
+    }
     return batches
 
 
-def write_cifar_tar(path: Path, batches: dict[str, object], folder: str = "cifar-10-batches-py",
-                    raw: dict[str, bytes] | None = None) -> Path:
+def write_cifar_tar(
+    path: Path,
+    batches: dict[str, object],
+    folder: str = "cifar-10-batches-py",
+    raw: dict[str, bytes] | None = None,
+) -> Path:
     """A .tar.gz holding ``folder/NAME`` pickles (protocol 2, as the real archive)."""
     with tarfile.open(path, "w:gz") as tar:
         members = {name: pickle.dumps(obj, protocol=2) for name, obj in batches.items()}
@@ -91,6 +102,7 @@ def cifar_tar(tmp_path) -> Path:
 
 
 # -- a loopback HTTP server -------------------------------------------------------------
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}

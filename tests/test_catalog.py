@@ -24,14 +24,21 @@ COMMON = {"name", "trainable", "dtype"}
 
 # one valid use of every registered layer, on a (12, 12, 4) input
 SAMPLE = {
-    "Conv2D": {"filters": 3, "kernel_size": 3}, "DepthwiseConv2D": {"kernel_size": 3},
-    "SeparableConv2D": {"filters": 3, "kernel_size": 3}, "AveragePooling2D": {"pool_size": 2},
-    "Dense": {"units": 3}, "Dropout": {"rate": 0.1}, "SpatialDropout2D": {"rate": 0.1},
-    "Activation": {"activation": "gelu"}, "Rescaling": {"scale": 0.5},
+    "Conv2D": {"filters": 3, "kernel_size": 3},
+    "DepthwiseConv2D": {"kernel_size": 3},
+    "SeparableConv2D": {"filters": 3, "kernel_size": 3},
+    "AveragePooling2D": {"pool_size": 2},
+    "Dense": {"units": 3},
+    "Dropout": {"rate": 0.1},
+    "SpatialDropout2D": {"rate": 0.1},
+    "Activation": {"activation": "gelu"},
+    "Rescaling": {"scale": 0.5},
     "Resizing": {"height": 8, "width": 6},
     "RandomTranslation": {"height_factor": 0.1, "width_factor": 0.1},
-    "RandomCrop": {"height": 8, "width": 8}, "RandomRotation": {"factor": 0.1},
-    "RandomZoom": {"height_factor": 0.1}, "RandomContrast": {"factor": 0.1},
+    "RandomCrop": {"height": 8, "width": 8},
+    "RandomRotation": {"factor": 0.1},
+    "RandomZoom": {"height_factor": 0.1},
+    "RandomContrast": {"factor": 0.1},
 }
 
 
@@ -44,8 +51,9 @@ def test_arguments_are_keras_own(kind):
     params = set(_signature(kind).parameters) - {"self", "kwargs"}
     ours = set(REGISTRY[kind].args.model_fields)
     assert ours - COMMON <= params, f"{kind}: not Keras arguments: {ours - COMMON - params}"
-    assert params - ours <= NOT_EXPOSED.get(kind, set()), \
+    assert params - ours <= NOT_EXPOSED.get(kind, set()), (
         f"{kind}: Keras arguments missing from the schema: {params - ours}"
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY))
@@ -61,7 +69,8 @@ def test_defaults_are_keras_defaults(kind):
         required = {f: SAMPLE[kind][f] for f in SAMPLE.get(kind, {})}
         normalised = model.model_validate({**required, name: keras_default})
         assert getattr(normalised, name) == field.default, (
-            f"{kind}.{name}: ours {field.default!r}, Keras {param.default!r}")
+            f"{kind}.{name}: ours {field.default!r}, Keras {param.default!r}"
+        )
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY))
@@ -70,8 +79,10 @@ def test_every_layer_builds_and_matches_the_static_engine(kind):
 
     args = SAMPLE.get(kind)
     if REGISTRY[kind].merge:
-        layers = [{"Conv2D": {"filters": 4, "kernel_size": 1, "name": "a"}},
-                  {kind: {"inputs": ["input", "a"]}}]
+        layers = [
+            {"Conv2D": {"filters": 4, "kernel_size": 1, "name": "a"}},
+            {kind: {"inputs": ["input", "a"]}},
+        ]
     else:
         layers = [{kind: args} if args else kind]
     text = yaml.safe_dump({"name": "one", "input": [12, 12, 4], "layers": layers})
@@ -89,16 +100,21 @@ def test_activation_names_resolve_in_keras():
         assert keras.activations.get(name) is not None, name
 
 
-@pytest.mark.parametrize(("names", "arg"), [
-    (INITIALIZERS, "kernel_initializer"), (REGULARIZERS, "kernel_regularizer"),
-    (CONSTRAINTS, "kernel_constraint"),
-])
+@pytest.mark.parametrize(
+    ("names", "arg"),
+    [
+        (INITIALIZERS, "kernel_initializer"),
+        (REGULARIZERS, "kernel_regularizer"),
+        (CONSTRAINTS, "kernel_constraint"),
+    ],
+)
 def test_every_listed_name_builds_through_the_builder(names, arg):
     from cnnbuild.builder import make_layer
 
     for name in names:
-        text = yaml.safe_dump({"name": "n", "input": [2, 2, 4], "layers": [
-            {"Dense": {"units": 2, arg: name}}]})
+        text = yaml.safe_dump(
+            {"name": "n", "input": [2, 2, 4], "layers": [{"Dense": {"units": 2, arg: name}}]}
+        )
         cfg = from_document(parse_text(text, "n.yaml"))
         assert cfg is not None and cfg.ok, name
         layer = make_layer(cfg.nodes[0])

@@ -19,13 +19,20 @@ CASES = {
     "collapse-1x1": (5, 5, "warning", [("kernel_size: 3, strides: 2", "kernel_size: 3")]),
     "window-exceeds-input": (4, 20, "warning", [("pool_size: 8", "pool_size: 2")]),
     "stride-exceeds-kernel": (4, 42, "warning", [("strides: 3", "strides: 2")]),
-    "linear-stack": (4, 5, "warning", [("kernel_size: 3}", "kernel_size: 3, "
-                                                          "activation: relu}")]),
-    "huge-dense": (6, 5, "warning", [("max_dense_params_million: 1",
-                                      "max_dense_params_million: 40")]),
+    "linear-stack": (4, 5, "warning", [("kernel_size: 3}", "kernel_size: 3, activation: relu}")]),
+    "huge-dense": (
+        6,
+        5,
+        "warning",
+        [("max_dense_params_million: 1", "max_dense_params_million: 40")],
+    ),
     "bias-before-bn": (4, 5, "info", [("kernel_size: 3}", "kernel_size: 3, use_bias: false}")]),
-    "duplicate-name": (5, 66, "error", [("relu, name: c}\n  - GlobalAverage",
-                                         "relu, name: d}\n  - GlobalAverage")]),
+    "duplicate-name": (
+        5,
+        66,
+        "error",
+        [("relu, name: c}\n  - GlobalAverage", "relu, name: d}\n  - GlobalAverage")],
+    ),
     "duplicate-key": (7, 1, "error", [("name: dup_keys_again\n", "")]),
 }
 
@@ -62,10 +69,13 @@ def test_every_lint_rule_has_a_case():
     assert {r.id for r in RULES.values() if r.check is not None} <= set(CASES)
 
 
-@pytest.mark.parametrize(("loss", "units", "activation", "message"), [
-    ("binary_crossentropy", 10, None, "binary_crossentropy"),
-    ("categorical_crossentropy", 10, None, "one-hot"),
-])
+@pytest.mark.parametrize(
+    ("loss", "units", "activation", "message"),
+    [
+        ("binary_crossentropy", 10, None, "binary_crossentropy"),
+        ("categorical_crossentropy", 10, None, "one-hot"),
+    ],
+)
 def test_loss_that_does_not_fit_the_labels(write, loss, units, activation, message):
     path = write(f"""
         name: loss_check
@@ -98,8 +108,11 @@ def test_ignore_in_config_and_on_the_command_line(cli, write):
 def test_unknown_rule_in_config_is_reported(write):
     path = write((LINT / "linear-stack.yaml").read_text() + "lint: {ignore: [linear-stak]}\n")
     _, _, findings = check_file(path)
-    assert [(f.line, f.column, f.severity) for f in findings
-            if "did you mean 'linear-stack'" in f.message] == [(9, 17, "warning")]
+    assert [
+        (f.line, f.column, f.severity)
+        for f in findings
+        if "did you mean 'linear-stack'" in f.message
+    ] == [(9, 17, "warning")]
 
 
 def test_core_rules_cannot_be_ignored(cli):

@@ -16,30 +16,47 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnbuild", *args], capture_output=True,
-                          text=True, env=ENV, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "cnnbuild", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        **kw,
+    )
 
 
 def test_validate_never_imports_tensorflow():
-    code = ("import sys; from cnnbuild.cli import app\n"
-            "try:\n    app(['validate', 'configs/', 'tests/data/errors/', '--format', 'json'])\n"
-            "except SystemExit as e:\n    code = e.code\n"
-            "print(json.dumps({'code': code, 'tf': 'tensorflow' in sys.modules,"
-            " 'keras': 'keras' in sys.modules}))")
-    out = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True,
-                         text=True, env=ENV, cwd=ROOT, timeout=120)
+    code = (
+        "import sys; from cnnbuild.cli import app\n"
+        "try:\n    app(['validate', 'configs/', 'tests/data/errors/', '--format', 'json'])\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print(json.dumps({'code': code, 'tf': 'tensorflow' in sys.modules,"
+        " 'keras': 'keras' in sys.modules}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import json\n" + code],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=120,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"code": 1, "tf": False, "keras": False}
 
 
 def test_summary_static_and_trace_never_import_tensorflow():
-    code = ("import sys\nfrom cnnbuild.cli import app\n"
-            "for args in (['summary', '--static', 'configs/cifar10_tutorial.yaml'],"
-            " ['trace', '--json', 'configs/cifar10_tutorial.yaml']):\n"
-            "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
-            "print('TF' if 'tensorflow' in sys.modules else 'NO-TF')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=ENV, cwd=ROOT, timeout=120)
+    code = (
+        "import sys\nfrom cnnbuild.cli import app\n"
+        "for args in (['summary', '--static', 'configs/cifar10_tutorial.yaml'],"
+        " ['trace', '--json', 'configs/cifar10_tutorial.yaml']):\n"
+        "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
+        "print('TF' if 'tensorflow' in sys.modules else 'NO-TF')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120
+    )
     assert out.stdout.strip().splitlines()[-1] == "NO-TF"
 
 
@@ -85,8 +102,9 @@ def test_github_format(cli):
 
 def test_sarif_format_is_valid_sarif(cli):
     jsonschema = pytest.importorskip("jsonschema")
-    result = cli("validate", LINT / "bias-before-bn.yaml", LINT / "huge-dense.yaml",
-                 "--format", "sarif")
+    result = cli(
+        "validate", LINT / "bias-before-bn.yaml", LINT / "huge-dense.yaml", "--format", "sarif"
+    )
     log = json.loads(result.output)
     assert log["version"] == "2.1.0"
     results = log["runs"][0]["results"]
@@ -97,16 +115,27 @@ def test_sarif_format_is_valid_sarif(cli):
     ids = [r["id"] for r in log["runs"][0]["tool"]["driver"]["rules"]]
     for r in results:
         assert ids[r["ruleIndex"]] == r["ruleId"]
-    minimal = {"type": "object", "required": ["version", "runs"], "properties": {
-        "runs": {"type": "array", "items": {"required": ["tool", "results"]}}}}
+    minimal = {
+        "type": "object",
+        "required": ["version", "runs"],
+        "properties": {"runs": {"type": "array", "items": {"required": ["tool", "results"]}}},
+    }
     jsonschema.validate(log, minimal)
 
 
 def test_summary_static_json(cli):
     result = cli("summary", CONFIGS / "cifar10_tutorial.yaml", "--static", "--json")
     data = json.loads(result.output)
-    assert set(data) == {"name", "input_shape", "output_shape", "total_params",
-                         "trainable_params", "non_trainable_params", "macs", "layers"}
+    assert set(data) == {
+        "name",
+        "input_shape",
+        "output_shape",
+        "total_params",
+        "trainable_params",
+        "non_trainable_params",
+        "macs",
+        "layers",
+    }
     assert data["input_shape"] == [32, 32, 3] and data["output_shape"] == [10]
     assert set(data["layers"][0]) == {"name", "type", "output_shape", "params", "macs"}
     # conv2d: 3x3x3x32 + 32 params; MACs = 30*30 positions * 32 filters * 27
@@ -154,8 +183,9 @@ def test_build_saves_a_model_that_loads_back_the_same(cli, tmp_path):
     model = keras.saving.load_model(out, safe_mode=True)
     keras_json = json.loads(cli("summary", CONFIGS / "cifar10_bn_gap.yaml", "--json").output)
     assert model.count_params() == keras_json["total_params"]
-    assert [layer.name for layer in model.layers[1:]] == \
-        [entry["name"] for entry in keras_json["layers"]]
+    assert [layer.name for layer in model.layers[1:]] == [
+        entry["name"] for entry in keras_json["layers"]
+    ]
     assert model.optimizer.__class__.__name__ == "AdamW"
     bad = cli("build", CONFIGS / "cifar10_bn_gap.yaml", "-o", tmp_path / "m.h5")
     assert bad.exit_code == 2
@@ -202,11 +232,14 @@ def test_pre_commit_hook_runs_the_way_pre_commit_calls_it():
 
 def test_validate_needs_neither_numpy_nor_matplotlib():
     """The README's CI snippet installs only typer, PyYAML, rich and pydantic."""
-    code = ("import sys\nfor m in ('numpy', 'matplotlib', 'tensorflow', 'keras'):\n"
-            "    sys.modules[m] = None\n"
-            "from cnnbuild.cli import app\n"
-            "app(['validate', 'configs/', '--format', 'sarif'])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=ENV, cwd=ROOT, timeout=120)
+    code = (
+        "import sys\nfor m in ('numpy', 'matplotlib', 'tensorflow', 'keras'):\n"
+        "    sys.modules[m] = None\n"
+        "from cnnbuild.cli import app\n"
+        "app(['validate', 'configs/', '--format', 'sarif'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["version"] == "2.1.0"

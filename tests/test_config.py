@@ -28,8 +28,16 @@ def test_golden_error_files(cli, path, monkeypatch):
 def test_canonical_example_from_the_issue():
     cfg, tr, findings = check_file(ROOT / "tests" / "data" / "canonical.yaml")
     assert findings == []
-    assert [n.kind for n in cfg.nodes] == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D",
-                                           "Flatten", "Dense", "Dropout", "Dense"]
+    assert [n.kind for n in cfg.nodes] == [
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dropout",
+        "Dense",
+    ]
     assert tr.output_shape == (10,)
     assert cfg.compile.optimizer == {"adam": {"learning_rate": 0.001}}
     assert cfg.train.epochs == 10 and cfg.train.validation_split == 0.1
@@ -92,8 +100,13 @@ def test_bare_names_and_auto_names_follow_keras(write):
           - Dense: {units: 3, activation: softmax}
     """)
     cfg, _, findings = check_file(path)
-    assert [n.name for n in cfg.nodes] == ["conv2d", "second", "conv2d_1",
-                                           "global_average_pooling2d", "dense"]
+    assert [n.name for n in cfg.nodes] == [
+        "conv2d",
+        "second",
+        "conv2d_1",
+        "global_average_pooling2d",
+        "dense",
+    ]
     assert not [f for f in findings if f.severity == "error"]
 
 

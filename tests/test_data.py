@@ -57,8 +57,10 @@ def test_tampered_archive_is_refused_without_running_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("global_name", ["builtins\neval", "subprocess\nPopen",
-                                         "numpy\nload", "collections\nOrderedDict"])
+@pytest.mark.parametrize(
+    "global_name",
+    ["builtins\neval", "subprocess\nPopen", "numpy\nload", "collections\nOrderedDict"],
+)
 def test_safe_unpickler_refuses_every_other_global(global_name):
     blob = b"\x80\x02c" + global_name.encode() + b"\n)R."
     with pytest.raises(pickle.UnpicklingError, match="refused"):
@@ -100,6 +102,7 @@ def test_bad_batch_contents_are_rejected(tmp_path):
 
 # -- download against a loopback server ------------------------------------------------
 
+
 def test_download_verifies_and_writes_atomically(http_server, tmp_path, cifar_tar):
     blob = cifar_tar.read_bytes()
     url = http_server("/cifar-10-python.tar.gz", blob)
@@ -126,8 +129,7 @@ def test_download_truncated_is_an_error(http_server, tmp_path, cifar_tar):
     assert not target.exists() and not list(tmp_path.glob("*.part"))
 
 
-def test_load_cifar_downloads_into_keras_cache_once(http_server, tmp_path, monkeypatch,
-                                                    cifar_tar):
+def test_load_cifar_downloads_into_keras_cache_once(http_server, tmp_path, monkeypatch, cifar_tar):
     """The official SHA-256 is checked, so the tiny archive is refused and nothing stays
     in the cache; an archive already in Keras' cache is used without any download."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
@@ -159,11 +161,16 @@ def test_offline_message_names_the_file_and_where_to_put_it(tmp_path, monkeypatc
 def test_cifar100_fine_labels(tmp_path):
     rng = np.random.default_rng(1)
     batches = {
-        "train": {b"data": rng.integers(0, 256, (30, 3072), dtype=np.uint8),
-                  b"fine_labels": [int(v) for v in rng.integers(0, 100, 30)],
-                  b"coarse_labels": [0] * 30},
-        "test": {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
-                 b"fine_labels": list(range(90, 100)), b"coarse_labels": [0] * 10},
+        "train": {
+            b"data": rng.integers(0, 256, (30, 3072), dtype=np.uint8),
+            b"fine_labels": [int(v) for v in rng.integers(0, 100, 30)],
+            b"coarse_labels": [0] * 30,
+        },
+        "test": {
+            b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
+            b"fine_labels": list(range(90, 100)),
+            b"coarse_labels": [0] * 10,
+        },
         "meta": {b"fine_label_names": [f"f{i}".encode() for i in range(100)]},
     }
     tar = write_cifar_tar(tmp_path / "c100.tar.gz", batches, folder="cifar-100-python")
@@ -173,13 +180,17 @@ def test_cifar100_fine_labels(tmp_path):
 
 # -- npz, folder, shapes ---------------------------------------------------------------
 
+
 def test_npz_grayscale_gets_a_channel_axis(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "mnistish.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
-             y_train=rng.integers(0, 10, 40), x_test=rng.integers(0, 256, (8, 28, 28),
-                                                                  dtype=np.uint8),
-             y_test=np.arange(8))
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 40),
+        x_test=rng.integers(0, 256, (8, 28, 28), dtype=np.uint8),
+        y_test=np.arange(8),
+    )
     data = load_dataset({"npz": str(path)})
     assert data.image_shape == (28, 28, 1) and data.num_classes == 10
 
@@ -190,8 +201,13 @@ def test_npz_missing_keys_and_pickles_are_refused(tmp_path):
     with pytest.raises(DataError, match="missing arrays y_train, x_test, y_test"):
         load_dataset({"npz": str(path)})
     evil = tmp_path / "evil.npz"
-    np.savez(evil, x_train=np.array([Evil("true")], dtype=object), y_train=np.zeros(1),
-             x_test=np.zeros(1), y_test=np.zeros(1))
+    np.savez(
+        evil,
+        x_train=np.array([Evil("true")], dtype=object),
+        y_train=np.zeros(1),
+        x_test=np.zeros(1),
+        y_test=np.zeros(1),
+    )
     with pytest.raises(DataError, match="not a readable .npz"):
         load_dataset({"npz": str(evil)})
 
@@ -205,10 +221,12 @@ def test_folder_dataset_splits_reproducibly(tmp_path):
         for i in range(10):
             pixels = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
-    first = load_dataset({"folder": str(tmp_path / "imgs")}, image_size=(12, 10),
-                         test_split=0.2, seed=3)
-    again = load_dataset({"folder": str(tmp_path / "imgs")}, image_size=(12, 10),
-                         test_split=0.2, seed=3)
+    first = load_dataset(
+        {"folder": str(tmp_path / "imgs")}, image_size=(12, 10), test_split=0.2, seed=3
+    )
+    again = load_dataset(
+        {"folder": str(tmp_path / "imgs")}, image_size=(12, 10), test_split=0.2, seed=3
+    )
     assert first.class_names == ["cats", "dogs", "owls"]
     assert first.image_shape == (12, 10, 3) and len(first.x_test) == 6
     assert np.array_equal(first.x_test, again.x_test)
@@ -224,7 +242,12 @@ def test_shapes_is_deterministic_balanced_and_varied():
     data = load_shapes(train=200, test=50)
     assert data.image_shape == (32, 32, 3) and data.class_names == CLASSES
     # shapes sit at many positions: the per-image brightest-pixel location varies widely
-    centres = np.array([np.unravel_index(np.argmax(np.abs(x.astype(int) - np.median(x, (0, 1))
-                                                              ).sum(-1)), (32, 32))
-                        for x in x1[:100]])
+    centres = np.array(
+        [
+            np.unravel_index(
+                np.argmax(np.abs(x.astype(int) - np.median(x, (0, 1))).sum(-1)), (32, 32)
+            )
+            for x in x1[:100]
+        ]
+    )
     assert centres[:, 0].std() > 4 and centres[:, 1].std() > 4

@@ -18,9 +18,31 @@ from cnnbuild.validate import check_file
 from tests.conftest import CONFIGS, ROOT
 
 BASES = sorted(CONFIGS.rglob("*.yaml")) + [ROOT / "tests" / "data" / "canonical.yaml"]
-WEIRD = ["", "x" * 500, "Conv2D", "same", "$filters", -1, 0, 10**30, -(10**30), 1e308,
-         float("inf"), float("nan"), None, True, [], {}, [[[[[]]]]], {"a": {"b": {"c": 1}}},
-         "\x00\x01", "ünïcödé ☃", 3.5, [1, 2, 3, 4, 5], {"Conv2D": None}]
+WEIRD = [
+    "",
+    "x" * 500,
+    "Conv2D",
+    "same",
+    "$filters",
+    -1,
+    0,
+    10**30,
+    -(10**30),
+    1e308,
+    float("inf"),
+    float("nan"),
+    None,
+    True,
+    [],
+    {},
+    [[[[[]]]]],
+    {"a": {"b": {"c": 1}}},
+    "\x00\x01",
+    "ünïcödé ☃",
+    3.5,
+    [1, 2, 3, 4, 5],
+    {"Conv2D": None},
+]
 
 
 def _paths(node, prefix=()):
@@ -62,8 +84,25 @@ def mutants(seed: int = 0) -> list[tuple[str, bytes]]:
             out.append((f"{base.stem}-tree{i}", yaml.safe_dump(mutated).encode()))
         for i in range(8):
             pos = rng.randrange(len(text))
-            junk = rng.choice([":", "[", "]", "{", "- ", "\t", "&a ", "*a", "!!binary ", "\n  ",
-                               "'", '"', "#", "%YAML 9.9\n", "? "])
+            junk = rng.choice(
+                [
+                    ":",
+                    "[",
+                    "]",
+                    "{",
+                    "- ",
+                    "\t",
+                    "&a ",
+                    "*a",
+                    "!!binary ",
+                    "\n  ",
+                    "'",
+                    '"',
+                    "#",
+                    "%YAML 9.9\n",
+                    "? ",
+                ]
+            )
             out.append((f"{base.stem}-text{i}", (text[:pos] + junk + text[pos:]).encode()))
         out.append((f"{base.stem}-cut", text[: rng.randrange(len(text))].encode()))
         out.append((f"{base.stem}-bytes", bytes(rng.randrange(256) for _ in range(300))))
@@ -85,14 +124,22 @@ def mutants(seed: int = 0) -> list[tuple[str, bytes]]:
         ("huge", b"name: x\n" + b"# padding\n" * 400_000),
         ("list-top", b"- Conv2D\n- Dense\n"),
         ("scalar-top", b"42\n"),
-        ("huge-numbers", b"name: n\ninput: [99999999999, 99999999999, 3]\nlayers:\n"
-                         b"  - Conv2D: {filters: 99999999999, kernel_size: 3}\n"
-                         b"  - Flatten\n  - Dense: {units: 10}\n"),
-        ("repeat-bomb", b"name: r\ninput: [8, 8, 1]\nblocks:\n  b:\n    layers:\n"
-                        b"      - Conv2D: {filters: 1, kernel_size: 1, repeat: 1000}\n"
-                        b"layers:\n  - b: {repeat: 1000}\n"),
-        ("self-template", b"name: s\ninput: [8, 8, 1]\nblocks:\n  b:\n    layers: [b]\n"
-                          b"layers: [b]\n"),
+        (
+            "huge-numbers",
+            b"name: n\ninput: [99999999999, 99999999999, 3]\nlayers:\n"
+            b"  - Conv2D: {filters: 99999999999, kernel_size: 3}\n"
+            b"  - Flatten\n  - Dense: {units: 10}\n",
+        ),
+        (
+            "repeat-bomb",
+            b"name: r\ninput: [8, 8, 1]\nblocks:\n  b:\n    layers:\n"
+            b"      - Conv2D: {filters: 1, kernel_size: 1, repeat: 1000}\n"
+            b"layers:\n  - b: {repeat: 1000}\n",
+        ),
+        (
+            "self-template",
+            b"name: s\ninput: [8, 8, 1]\nblocks:\n  b:\n    layers: [b]\nlayers: [b]\n",
+        ),
     ]
     return out
 
@@ -118,23 +165,33 @@ def test_every_mutant_gives_findings_or_a_clean_config(tmp_path):
 def test_validate_cli_over_the_whole_corpus(tmp_path):
     for name, blob in CORPUS:
         (tmp_path / f"{name}.yaml").write_bytes(blob)
-    proc = subprocess.run([sys.executable, "-m", "cnnbuild", "validate", str(tmp_path),
-                           "--format", "json"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnbuild", "validate", str(tmp_path), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and proc.stderr == ""
     import json
 
     findings = json.loads(proc.stdout)
     assert {os.path.basename(f["file"]) for f in findings if f["severity"] == "error"} >= {
-        "alias-bomb.yaml", "deep-list.yaml", "binary.yaml", "python-tag.yaml", "huge.yaml",
-        "self-template.yaml", "repeat-bomb.yaml"}
+        "alias-bomb.yaml",
+        "deep-list.yaml",
+        "binary.yaml",
+        "python-tag.yaml",
+        "huge.yaml",
+        "self-template.yaml",
+        "repeat-bomb.yaml",
+    }
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(max_size=400) | st.binary(max_size=400).map(
-    lambda b: b.decode("latin-1")))
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(st.text(max_size=400) | st.binary(max_size=400).map(lambda b: b.decode("latin-1")))
 def test_random_text_never_crashes(text):
     from cnnbuild.config import from_document
     from cnnbuild.source import parse_text

@@ -18,8 +18,9 @@ def test_first_two_commands_are_demo_and_test():
 
 def test_every_rule_is_in_the_rules_table_with_its_severity():
     for rule in RULES.values():
-        assert re.search(rf"^\| `{re.escape(rule.id)}` \| {rule.severity} \|", README, re.M), \
+        assert re.search(rf"^\| `{re.escape(rule.id)}` \| {rule.severity} \|", README, re.M), (
             rule.id
+        )
 
 
 def test_every_layer_and_zoo_config_is_documented():

@@ -19,8 +19,9 @@ from cnnbuild.shapes import conv_dim
 from cnnbuild.source import parse_text
 from cnnbuild.trace import trace
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def static(input_shape: list, layers: list) -> tuple:
@@ -58,7 +59,8 @@ def agree(input_shape: list, layers: list) -> None:
     real = keras_result(input_shape, layers)
     if errors:
         assert isinstance(real, Exception) or any(d is not None and d <= 0 for d in real[0]), (
-            f"static engine rejected {layers} ({errors[0].message}) but Keras built {real}")
+            f"static engine rejected {layers} ({errors[0].message}) but Keras built {real}"
+        )
         return
     assert not isinstance(real, Exception), f"Keras refused {layers}: {real}"
     assert (shape, trainable, frozen) == real, layers
@@ -76,11 +78,15 @@ def conv_cases(draw):
     channels = groups * draw(st.integers(1, 3))
     dilate = draw(st.booleans())
     strides = [1, 1] if dilate else [draw(stride), draw(stride)]
-    args = {"filters": groups * draw(st.integers(1, 4)),
-            "kernel_size": [draw(kernels), draw(kernels)], "strides": strides,
-            "padding": draw(padding), "groups": groups, "use_bias": draw(st.booleans()),
-            "dilation_rate": [draw(st.integers(1, 3)), draw(st.integers(1, 3))] if dilate
-            else 1}
+    args = {
+        "filters": groups * draw(st.integers(1, 4)),
+        "kernel_size": [draw(kernels), draw(kernels)],
+        "strides": strides,
+        "padding": draw(padding),
+        "groups": groups,
+        "use_bias": draw(st.booleans()),
+        "dilation_rate": [draw(st.integers(1, 3)), draw(st.integers(1, 3))] if dilate else 1,
+    }
     return [draw(sizes), draw(sizes), channels], [{"Conv2D": args}]
 
 
@@ -88,10 +94,13 @@ def conv_cases(draw):
 def depthwise_cases(draw):
     kind = draw(st.sampled_from(["DepthwiseConv2D", "SeparableConv2D"]))
     dilate = draw(st.booleans())
-    args = {"kernel_size": [draw(kernels), draw(kernels)],
-            "strides": 1 if dilate else [draw(stride), draw(stride)],
-            "padding": draw(padding), "depth_multiplier": draw(st.integers(1, 3)),
-            "use_bias": draw(st.booleans())}
+    args = {
+        "kernel_size": [draw(kernels), draw(kernels)],
+        "strides": 1 if dilate else [draw(stride), draw(stride)],
+        "padding": draw(padding),
+        "depth_multiplier": draw(st.integers(1, 3)),
+        "use_bias": draw(st.booleans()),
+    }
     if dilate:
         args["dilation_rate"] = draw(st.integers(1, 3))
     if kind == "SeparableConv2D":
@@ -111,14 +120,30 @@ def pool_cases(draw):
 @st.composite
 def other_cases(draw):
     shape = [draw(sizes), draw(sizes), draw(st.integers(1, 6))]
-    kind = draw(st.sampled_from(["BatchNormalization", "LayerNormalization", "ZeroPadding2D",
-                                 "Cropping2D", "Dense", "Flatten", "GlobalAveragePooling2D",
-                                 "GlobalMaxPooling2D", "SpatialDropout2D", "Resizing"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "BatchNormalization",
+                "LayerNormalization",
+                "ZeroPadding2D",
+                "Cropping2D",
+                "Dense",
+                "Flatten",
+                "GlobalAveragePooling2D",
+                "GlobalMaxPooling2D",
+                "SpatialDropout2D",
+                "Resizing",
+            ]
+        )
+    )
     if kind == "BatchNormalization":
         args = {"center": draw(st.booleans()), "scale": draw(st.booleans())}
     elif kind == "LayerNormalization":
-        args = {"axis": draw(st.sampled_from([-1, [1, 2], [1, 2, 3]])),
-                "center": draw(st.booleans()), "scale": draw(st.booleans())}
+        args = {
+            "axis": draw(st.sampled_from([-1, [1, 2], [1, 2, 3]])),
+            "center": draw(st.booleans()),
+            "scale": draw(st.booleans()),
+        }
     elif kind == "ZeroPadding2D":
         args = {"padding": draw(st.sampled_from([1, [2, 3], [[0, 1], [2, 0]]]))}
     elif kind == "Cropping2D":
@@ -134,9 +159,11 @@ def other_cases(draw):
     return shape, [{kind: args} if args else kind]
 
 
-@pytest.mark.parametrize("strategy", [conv_cases(), depthwise_cases(), pool_cases(),
-                                      other_cases()],
-                         ids=["conv", "depthwise-separable", "pooling", "other"])
+@pytest.mark.parametrize(
+    "strategy",
+    [conv_cases(), depthwise_cases(), pool_cases(), other_cases()],
+    ids=["conv", "depthwise-separable", "pooling", "other"],
+)
 def test_static_engine_agrees_with_keras(strategy):
     @SETTINGS
     @given(strategy)
@@ -146,40 +173,75 @@ def test_static_engine_agrees_with_keras(strategy):
     check()
 
 
-@pytest.mark.parametrize(("input_shape", "layer"), [
-    ([32, 32, 3], {"Conv2D": {"filters": 8, "kernel_size": 3, "strides": 5}}),  # stride > kernel
-    ([7, 9, 2], {"Conv2D": {"filters": 4, "kernel_size": [3, 5], "strides": 2,
-                            "padding": "same"}}),
-    ([15, 15, 4], {"Conv2D": {"filters": 6, "kernel_size": 3, "groups": 2,
-                              "dilation_rate": 2, "use_bias": False}}),
-    ([5, 5, 3], {"MaxPooling2D": {"pool_size": 3, "strides": 2, "padding": "same"}}),
-    ([6, 6, 3], {"AveragePooling2D": {"pool_size": 7, "padding": "same"}}),
-    ([9, 4, 3], {"DepthwiseConv2D": {"kernel_size": 3, "depth_multiplier": 3,
-                                     "use_bias": False}}),
-    ([8, 8, 3], {"SeparableConv2D": {"filters": 5, "kernel_size": 3, "depth_multiplier": 2,
-                                     "strides": 3, "padding": "same"}}),
-    ([8, 8, 3], {"BatchNormalization": {"center": False}}),
-    ([8, 8, 3], {"BatchNormalization": {"renorm": True}}),
-    ([8, 8, 3], {"Dense": {"units": 4}}),
-])
+@pytest.mark.parametrize(
+    ("input_shape", "layer"),
+    [
+        (
+            [32, 32, 3],
+            {"Conv2D": {"filters": 8, "kernel_size": 3, "strides": 5}},
+        ),  # stride > kernel
+        (
+            [7, 9, 2],
+            {"Conv2D": {"filters": 4, "kernel_size": [3, 5], "strides": 2, "padding": "same"}},
+        ),
+        (
+            [15, 15, 4],
+            {
+                "Conv2D": {
+                    "filters": 6,
+                    "kernel_size": 3,
+                    "groups": 2,
+                    "dilation_rate": 2,
+                    "use_bias": False,
+                }
+            },
+        ),
+        ([5, 5, 3], {"MaxPooling2D": {"pool_size": 3, "strides": 2, "padding": "same"}}),
+        ([6, 6, 3], {"AveragePooling2D": {"pool_size": 7, "padding": "same"}}),
+        (
+            [9, 4, 3],
+            {"DepthwiseConv2D": {"kernel_size": 3, "depth_multiplier": 3, "use_bias": False}},
+        ),
+        (
+            [8, 8, 3],
+            {
+                "SeparableConv2D": {
+                    "filters": 5,
+                    "kernel_size": 3,
+                    "depth_multiplier": 2,
+                    "strides": 3,
+                    "padding": "same",
+                }
+            },
+        ),
+        ([8, 8, 3], {"BatchNormalization": {"center": False}}),
+        ([8, 8, 3], {"BatchNormalization": {"renorm": True}}),
+        ([8, 8, 3], {"Dense": {"units": 4}}),
+    ],
+)
 def test_table_of_edge_cases(input_shape, layer):
     agree(input_shape, [layer])
 
 
 def test_invalid_shapes_are_rejected_by_both():
-    for layers in ([{"Conv2D": {"filters": 1, "kernel_size": 5}}],
-                   [{"MaxPooling2D": {"pool_size": 4}}],
-                   [{"Cropping2D": {"cropping": 2}}]):
+    for layers in (
+        [{"Conv2D": {"filters": 1, "kernel_size": 5}}],
+        [{"MaxPooling2D": {"pool_size": 4}}],
+        [{"Cropping2D": {"cropping": 2}}],
+    ):
         shape, _, _, errors = static([3, 3, 1], layers)
         assert errors and errors[0].rule == "shape"
         agree([3, 3, 1], layers)
 
 
-@pytest.mark.parametrize(("args", "text"), [
-    ((32, 3, 1, "valid"), "(32 - 3) // 1 + 1 = 30"),
-    ((32, 3, 2, "same"), "ceil(32 / 2) = 16"),
-    ((10, 3, 1, "valid", 2), "(10 - 5) // 1 + 1 = 6"),
-])
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        ((32, 3, 1, "valid"), "(32 - 3) // 1 + 1 = 30"),
+        ((32, 3, 2, "same"), "ceil(32 / 2) = 16"),
+        ((10, 3, 1, "valid", 2), "(10 - 5) // 1 + 1 = 6"),
+    ],
+)
 def test_dimension_arithmetic_is_shown(args, text):
     calc = conv_dim(*args)
     assert text in calc.text
@@ -188,13 +250,26 @@ def test_dimension_arithmetic_is_shown(args, text):
 def test_receptive_field_and_jump_of_a_known_stack():
     from cnnbuild.config import from_document
 
-    cfg = from_document(parse_text(yaml.safe_dump({"name": "rf", "input": [32, 32, 3],
-                                                   "layers": [
-        {"Conv2D": {"filters": 4, "kernel_size": 3}},
-        {"MaxPooling2D": {"pool_size": 2}},
-        {"Conv2D": {"filters": 4, "kernel_size": 3}},
-    ]}), "rf.yaml"))
+    cfg = from_document(
+        parse_text(
+            yaml.safe_dump(
+                {
+                    "name": "rf",
+                    "input": [32, 32, 3],
+                    "layers": [
+                        {"Conv2D": {"filters": 4, "kernel_size": 3}},
+                        {"MaxPooling2D": {"pool_size": 2}},
+                        {"Conv2D": {"filters": 4, "kernel_size": 3}},
+                    ],
+                }
+            ),
+            "rf.yaml",
+        )
+    )
     rows = trace(cfg).rows
     # 3 -> 3 + (2-1)*1 = 4 -> 4 + (3-1)*2 = 8; jumps 1, 2, 2
-    assert [(r.field.size, r.field.jump) for r in rows] == [((3, 3), (1, 1)), ((4, 4), (2, 2)),
-                                                          ((8, 8), (2, 2))]
+    assert [(r.field.size, r.field.jump) for r in rows] == [
+        ((3, 3), (1, 1)),
+        ((4, 4), (2, 2)),
+        ((8, 8), (2, 2)),
+    ]

@@ -34,8 +34,17 @@ train:
   limit: 256
 """
 
-RUN_FILES = ("config.yaml", "model.keras", "last.keras", "history.csv", "history.json",
-             "metrics.json", "curves.png", "confusion.png", "state.json")
+RUN_FILES = (
+    "config.yaml",
+    "model.keras",
+    "last.keras",
+    "history.csv",
+    "history.json",
+    "metrics.json",
+    "curves.png",
+    "confusion.png",
+    "state.json",
+)
 
 
 def _metrics(run_dir):
@@ -45,15 +54,22 @@ def _metrics(run_dir):
 def test_train_fills_the_run_directory(cli, write, tmp_path):
     config = write(TINY)
     run_dir = tmp_path / "run"
-    result = cli("train", config, "--out", run_dir, "--seed", 3, "--epochs", 2,
-                 "--tensorboard")
+    result = cli("train", config, "--out", run_dir, "--seed", 3, "--epochs", 2, "--tensorboard")
     assert result.exit_code == 0, result.output
     for name in RUN_FILES:
         assert (run_dir / name).stat().st_size > 0, name
     assert any((run_dir / "tb").rglob("*tfevents*"))
     metrics = _metrics(run_dir)
-    for key in ("test_accuracy", "test_loss", "epochs", "wall_seconds", "images_per_second",
-                "device", "tensorflow_version", "seed"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "epochs",
+        "wall_seconds",
+        "images_per_second",
+        "device",
+        "tensorflow_version",
+        "seed",
+    ):
         assert key in metrics, key
     assert metrics["epochs"] == 2 and metrics["seed"] == 3 and metrics["device"] == "cpu"
     assert metrics["train_images"] + metrics["validation_images"] == 256
@@ -92,8 +108,7 @@ def test_resume_continues_with_optimizer_state(cli, write, tmp_path):
     assert "epoch 1/" not in result.output and "epoch 2/3" in result.output
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert int(keras.saving.load_model(run_dir / "last.keras").optimizer.iterations) \
-        == 3 * steps
+    assert int(keras.saving.load_model(run_dir / "last.keras").optimizer.iterations) == 3 * steps
     assert _metrics(run_dir)["epochs"] == 3
     assert load_config(run_dir / "config.yaml").train.epochs == 3
 
@@ -102,9 +117,14 @@ def test_ctrl_c_saves_and_prints_the_resume_command(write, tmp_path):
     config = write(TINY.replace("epochs: 2", "epochs: 200"))
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cnnbuild", "train", str(config), "--out",
-                             str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnbuild", "train", str(config), "--out", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     deadline = time.time() + 240
     for line in proc.stdout:
         if line.startswith("epoch 2/200") or time.time() > deadline:
@@ -120,8 +140,9 @@ def test_ctrl_c_saves_and_prints_the_resume_command(write, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cli, write, tmp_path):
-    config = write(TINY.replace("{adam: {learning_rate: 0.003}}",
-                                "{sgd: {learning_rate: 1.0e+30}}"))
+    config = write(
+        TINY.replace("{adam: {learning_rate: 0.003}}", "{sgd: {learning_rate: 1.0e+30}}")
+    )
     result = cli("train", config, "--out", tmp_path / "run", "--epochs", 3)
     assert result.exit_code == 1
     assert "the loss became nan" in result.output or "the loss became inf" in result.output
@@ -135,18 +156,25 @@ def test_data_that_does_not_fit_the_model_is_refused(cli, write, tmp_path):
     wrong_input = write(TINY.replace("[32, 32, 3]", "[28, 28, 3]"), "a.yaml")
     result = cli("train", wrong_input, "--out", tmp_path / "a")
     assert result.exit_code == 1
-    assert ("dataset shapes has images of shape (32, 32, 3) but the config's input is "
-            "(28, 28, 3)") in result.output
-    wrong_units = write(TINY.replace("units: 10", "units: 7").replace("dataset: shapes",
-                                                                    "dataset: npz:d.npz"),
-                        "b.yaml")
+    assert (
+        "dataset shapes has images of shape (32, 32, 3) but the config's input is (28, 28, 3)"
+    ) in result.output
+    wrong_units = write(
+        TINY.replace("units: 10", "units: 7").replace("dataset: shapes", "dataset: npz:d.npz"),
+        "b.yaml",
+    )
     import numpy as np
 
-    np.savez(tmp_path / "d.npz", x_train=np.zeros((20, 32, 32, 3), np.uint8),
-             y_train=np.arange(20) % 10, x_test=np.zeros((5, 32, 32, 3), np.uint8),
-             y_test=np.arange(5))
-    result = cli("train", wrong_units, "--out", tmp_path / "b", "--dataset",
-                 f"npz:{tmp_path / 'd.npz'}")
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=np.zeros((20, 32, 32, 3), np.uint8),
+        y_train=np.arange(20) % 10,
+        x_test=np.zeros((5, 32, 32, 3), np.uint8),
+        y_test=np.arange(5),
+    )
+    result = cli(
+        "train", wrong_units, "--out", tmp_path / "b", "--dataset", f"npz:{tmp_path / 'd.npz'}"
+    )
     assert result.exit_code == 1
     assert "has 10 classes but the last layer dense has 7 units" in result.output
 
@@ -156,12 +184,16 @@ def test_cifar_from_data_dir_trains_and_tampered_is_refused(cli, write, tmp_path
     tar = write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", cifar_batches())
     result = cli("train", config, "--data-dir", tar, "--out", tmp_path / "ok", "--epochs", 1)
     assert result.exit_code == 0, result.output
-    assert _metrics(tmp_path / "ok")["train_images"] + \
-        _metrics(tmp_path / "ok")["validation_images"] == 100
+    assert (
+        _metrics(tmp_path / "ok")["train_images"] + _metrics(tmp_path / "ok")["validation_images"]
+        == 100
+    )
     marker = tmp_path / "pwned"
-    evil = write_cifar_tar(tmp_path / "evil.tar.gz", cifar_batches(),
-                           raw={"test_batch": pickle.dumps(Evil(f"touch {marker}"),
-                                                           protocol=2)})
+    evil = write_cifar_tar(
+        tmp_path / "evil.tar.gz",
+        cifar_batches(),
+        raw={"test_batch": pickle.dumps(Evil(f"touch {marker}"), protocol=2)},
+    )
     result = cli("train", config, "--data-dir", evil, "--out", tmp_path / "bad")
     assert result.exit_code == 1
     assert "refused to load" in result.output and "tampered" in result.output
@@ -183,8 +215,9 @@ def test_evaluate_run_dir_and_safe_mode(cli, write, tmp_path):
     assert (run_dir / "evaluate" / "confusion.png").stat().st_size > 0
     # a model with a Lambda layer would run arbitrary code on load: safe_mode refuses it
     inputs = keras.Input((32, 32, 3))
-    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(
-        keras.layers.Lambda(lambda x: x * 2)(inputs)))
+    outputs = keras.layers.Dense(10)(
+        keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2)(inputs))
+    )
     lam = tmp_path / "lambda.keras"
     keras.Model(inputs, outputs).save(lam)
     result = cli("evaluate", lam, "--dataset", "shapes", "--limit", 20)
@@ -192,11 +225,14 @@ def test_evaluate_run_dir_and_safe_mode(cli, write, tmp_path):
     assert "cannot load the model" in result.output
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--epochs", "0"], "--epochs: expected an integer >= 1"),
-    (["--dataset", "imagenet"], "--dataset:"),
-    (["--validation-split", "1.5"], "--validation-split:"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "--epochs: expected an integer >= 1"),
+        (["--dataset", "imagenet"], "--dataset:"),
+        (["--validation-split", "1.5"], "--validation-split:"),
+    ],
+)
 def test_bad_flags_are_usage_errors(cli, args, message):
     result = cli("train", CONFIGS / "shapes_demo.yaml", *args)
     assert result.exit_code == 2
@@ -227,14 +263,19 @@ def _history(run_dir):
 
 
 def test_cosine_and_step_schedules_follow_keras(cli, write, tmp_path):
-    cosine = write(TINY.replace("limit: 256", "limit: 256\n  lr_schedule: {cosine: "
-                                              "{alpha: 0.1}}"), "cos.yaml")
+    cosine = write(
+        TINY.replace("limit: 256", "limit: 256\n  lr_schedule: {cosine: {alpha: 0.1}}"), "cos.yaml"
+    )
     assert cli("train", cosine, "--out", tmp_path / "cos", "--epochs", 3).exit_code == 0
     rates = [h["learning_rate"] for h in _history(tmp_path / "cos")]
     assert rates[0] < 0.003 and rates == sorted(rates, reverse=True)
     assert rates[-1] == pytest.approx(0.003 * 0.1, rel=1e-3)  # alpha * base at the end
-    step = write(TINY.replace("limit: 256", "limit: 256\n  lr_schedule: {step: "
-                                            "{every_epochs: 1, factor: 0.5}}"), "step.yaml")
+    step = write(
+        TINY.replace(
+            "limit: 256", "limit: 256\n  lr_schedule: {step: {every_epochs: 1, factor: 0.5}}"
+        ),
+        "step.yaml",
+    )
     assert cli("train", step, "--out", tmp_path / "step", "--epochs", 3).exit_code == 0
     rates = [h["learning_rate"] for h in _history(tmp_path / "step")]
     # PiecewiseConstantDecay at each epoch's last step: halved once per epoch after the first
@@ -242,9 +283,12 @@ def test_cosine_and_step_schedules_follow_keras(cli, write, tmp_path):
 
 
 def test_early_stopping_from_the_config(cli, write, tmp_path):
-    config = write(TINY.replace("limit: 256", "limit: 256\n  early_stopping: "
-                                              "{monitor: val_loss, min_delta: 100.0, "
-                                              "patience: 1}"))
+    config = write(
+        TINY.replace(
+            "limit: 256",
+            "limit: 256\n  early_stopping: {monitor: val_loss, min_delta: 100.0, patience: 1}",
+        )
+    )
     result = cli("train", config, "--out", tmp_path / "run", "--epochs", 10)
     assert result.exit_code == 0, result.output
     metrics = _metrics(tmp_path / "run")
@@ -257,8 +301,18 @@ def test_mixed_precision_and_xla_paths_run_on_cpu(cli, write, tmp_path):
     import keras
 
     config = write(TINY)
-    result = cli("train", config, "--out", tmp_path / "run", "--epochs", 1,
-                 "--mixed-precision", "--xla", "--steps-per-execution", "4")
+    result = cli(
+        "train",
+        config,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        1,
+        "--mixed-precision",
+        "--xla",
+        "--steps-per-execution",
+        "4",
+    )
     assert result.exit_code == 0, result.output
     metrics = _metrics(tmp_path / "run")
     assert metrics["mixed_precision"] is True and metrics["jit_compile"] is True

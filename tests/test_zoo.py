@@ -20,7 +20,8 @@ keras = pytest.importorskip("keras")
 ALL = sorted(CONFIGS.rglob("*.yaml"))
 ZOO = {"vgg16": "VGG16", "resnet50": "ResNet50", "mobilenet_v2": "MobileNetV2"}
 EXPECTED = {  # what Keras reports for keras.applications.X(weights=None)
-    "vgg16": (138_357_544, 0), "resnet50": (25_636_712, 53_120),
+    "vgg16": (138_357_544, 0),
+    "resnet50": (25_636_712, 53_120),
     "mobilenet_v2": (3_538_984, 34_112),
 }
 
@@ -59,8 +60,11 @@ def test_zoo_matches_keras_applications(name):
     assert summary["trainable_params"] == _count(ref.trainable_weights)
 
     def layers_with_weights(m):
-        return Counter((type(layer).__name__, tuple(layer.output.shape[1:]),
-                        _count(layer.weights)) for layer in m.layers if layer.weights)
+        return Counter(
+            (type(layer).__name__, tuple(layer.output.shape[1:]), _count(layer.weights))
+            for layer in m.layers
+            if layer.weights
+        )
 
     assert layers_with_weights(model) == layers_with_weights(ref)
 
@@ -74,14 +78,15 @@ def test_zoo_matches_keras_applications(name):
         return out
 
     assert stages(model) == stages(ref)
-    merges = [tuple(layer.output.shape[1:]) for layer in model.layers
-              if type(layer).__name__ == "Add"]
-    assert merges == [tuple(layer.output.shape[1:]) for layer in ref.layers
-                      if type(layer).__name__ == "Add"]
+    merges = [
+        tuple(layer.output.shape[1:]) for layer in model.layers if type(layer).__name__ == "Add"
+    ]
+    assert merges == [
+        tuple(layer.output.shape[1:]) for layer in ref.layers if type(layer).__name__ == "Add"
+    ]
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "zoo").glob("*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((CONFIGS / "zoo").glob("*.yaml")), ids=lambda p: p.stem)
 def test_zoo_validates_statically_fast_and_clean(path):
     start = time.perf_counter()
     _, _, findings = check_file(path)
@@ -93,8 +98,7 @@ def test_zoo_validates_statically_fast_and_clean(path):
 def test_cifar_zoo_sizes():
     _, resnet20, _ = ours(CONFIGS / "zoo" / "resnet20.yaml")
     assert 0.26e6 < resnet20["total_params"] < 0.28e6
-    stage_shapes = [layer["output_shape"] for layer in resnet20["layers"]
-                    if layer["type"] == "Add"]
+    stage_shapes = [layer["output_shape"] for layer in resnet20["layers"] if layer["type"] == "Add"]
     assert stage_shapes[0] == [32, 32, 16] and stage_shapes[3] == [16, 16, 32]
     assert stage_shapes[-1] == [8, 8, 64]
     _, resnet9, _ = ours(CONFIGS / "zoo" / "resnet9.yaml")

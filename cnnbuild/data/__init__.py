@@ -46,13 +46,28 @@ class Data:
         """At most ``limit`` training and ``limit`` test images (the first ones)."""
         if limit is None:
             return self
-        return Data(self.name, self.x_train[:limit], self.y_train[:limit], self.x_test[:limit],
-                    self.y_test[:limit], self.class_names, self.source, self.scale,
-                    list(self.notes))
+        return Data(
+            self.name,
+            self.x_train[:limit],
+            self.y_train[:limit],
+            self.x_test[:limit],
+            self.y_test[:limit],
+            self.class_names,
+            self.source,
+            self.scale,
+            list(self.notes),
+        )
 
 
-def tidy(name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any,
-         class_names: list[str] | None, source: str) -> Data:
+def tidy(
+    name: str,
+    x_train: Any,
+    y_train: Any,
+    x_test: Any,
+    y_test: Any,
+    class_names: list[str] | None,
+    source: str,
+) -> Data:
     """Check and normalise arrays: NHWC images, flat int labels, class names.
 
     Raises:
@@ -61,35 +76,46 @@ def tidy(name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any,
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for key, value in arrays.items():
         if not isinstance(value, np.ndarray) or value.dtype == object:
-            raise DataError(f"{source}: {key} must be a numeric array; "
-                            f"received {type(value).__name__}")
+            raise DataError(
+                f"{source}: {key} must be a numeric array; received {type(value).__name__}"
+            )
     xs = []
     for key in ("x_train", "x_test"):
         x = arrays[key]
         if x.ndim == 3:
             x = x[..., None]
         if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
-            raise DataError(f"{source}: {key} must have shape (N, H, W), (N, H, W, 1), "
-                            f"(N, H, W, 3) or (N, H, W, 4); received {tuple(x.shape)}")
+            raise DataError(
+                f"{source}: {key} must have shape (N, H, W), (N, H, W, 1), "
+                f"(N, H, W, 3) or (N, H, W, 4); received {tuple(x.shape)}"
+            )
         xs.append(x)
     if xs[0].shape[1:] != xs[1].shape[1:]:
-        raise DataError(f"{source}: x_train images are {tuple(xs[0].shape[1:])} but x_test "
-                        f"images are {tuple(xs[1].shape[1:])}")
+        raise DataError(
+            f"{source}: x_train images are {tuple(xs[0].shape[1:])} but x_test "
+            f"images are {tuple(xs[1].shape[1:])}"
+        )
     ys = []
     for key, x in (("y_train", xs[0]), ("y_test", xs[1])):
-        y = arrays[key].reshape(-1) if arrays[key].ndim == 2 and arrays[key].shape[1] == 1 \
+        y = (
+            arrays[key].reshape(-1)
+            if arrays[key].ndim == 2 and arrays[key].shape[1] == 1
             else arrays[key]
+        )
         if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{source}: {key} must hold one integer label per image "
-                            f"({len(x)}); received shape {tuple(arrays[key].shape)}")
+            raise DataError(
+                f"{source}: {key} must hold one integer label per image "
+                f"({len(x)}); received shape {tuple(arrays[key].shape)}"
+            )
         if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
             raise DataError(f"{source}: {key} must hold integer class ids >= 0")
         ys.append(y.astype(np.int32))
     top = max(int(ys[0].max(initial=0)), int(ys[1].max(initial=0))) + 1
     names = list(class_names) if class_names else [str(i) for i in range(top)]
     if top > len(names):
-        raise DataError(f"{source}: labels go up to {top - 1} but there are only "
-                        f"{len(names)} class names")
+        raise DataError(
+            f"{source}: labels go up to {top - 1} but there are only {len(names)} class names"
+        )
     if xs[0].dtype == np.uint8:
         scale = 1 / 255
     else:
@@ -101,14 +127,21 @@ def tidy(name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any,
 def describe(spec: Any) -> str:
     """``cifar10`` / ``npz:PATH`` / ``folder:PATH`` for a dataset value of the config."""
     if isinstance(spec, dict):
-        (kind, path), = spec.items()
+        ((kind, path),) = spec.items()
         return f"{kind}:{path}"
     return str(spec)
 
 
-def load_dataset(spec: Any, *, data_dir: str | Path | None = None,
-                 image_size: tuple[int, int] | None = None, channels: int = 3,
-                 test_split: float = 0.2, seed: int = 1337, quiet: bool = False) -> Data:
+def load_dataset(
+    spec: Any,
+    *,
+    data_dir: str | Path | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: int = 3,
+    test_split: float = 0.2,
+    seed: int = 1337,
+    quiet: bool = False,
+) -> Data:
     """Load the dataset a config's ``train.dataset`` names.
 
     Args:
@@ -124,7 +157,7 @@ def load_dataset(spec: Any, *, data_dir: str | Path | None = None,
         DataError: the data cannot be fetched, read or trusted.
     """
     if isinstance(spec, dict):
-        (kind, path), = spec.items()
+        ((kind, path),) = spec.items()
         if kind == "npz":
             from cnnbuild.data.files import load_npz
 

@@ -55,16 +55,29 @@ class Archive:
 
 ARCHIVES = {
     "cifar10": Archive(
-        "cifar10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "cifar10",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
-        "cifar-10-batches-py-target", "cifar-10-batches-py",
-        tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
-        "labels", "label_names"),
+        "cifar-10-batches-py-target",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+        "labels",
+        "label_names",
+    ),
     "cifar100": Archive(
-        "cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "cifar100",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
-        "cifar-100-python-target", "cifar-100-python", ("train",), "test", "meta",
-        "fine_labels", "fine_label_names"),
+        "cifar-100-python-target",
+        "cifar-100-python",
+        ("train",),
+        "test",
+        "meta",
+        "fine_labels",
+        "fine_label_names",
+    ),
 }
 
 
@@ -75,6 +88,7 @@ def keras_datasets_dir() -> Path:
 
 
 # -- safe unpickling -------------------------------------------------------------------
+
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     core = getattr(np, "_core", None) or np.core
@@ -107,9 +121,11 @@ class SafeUnpickler(pickle.Unpickler):
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy "
-                                         "arrays, dicts, lists, bytes and numbers are "
-                                         "allowed") from None
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name}: only numpy "
+                "arrays, dicts, lists, bytes and numbers are "
+                "allowed"
+            ) from None
 
 
 def safe_loads(blob: bytes) -> Any:
@@ -122,6 +138,7 @@ def safe_loads(blob: bytes) -> Any:
 
 # -- download ---------------------------------------------------------------------------
 
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -130,8 +147,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, target: Path, sha256: str, *, quiet: bool = False,
-             timeout: float = 30.0) -> Path:
+def download(
+    url: str, target: Path, sha256: str, *, quiet: bool = False, timeout: float = 30.0
+) -> Path:
     """Download ``url`` to ``target`` with a progress bar, verifying its SHA-256.
 
     The bytes go to ``target.part`` first; ``target`` appears only once complete and
@@ -157,9 +175,15 @@ def download(url: str, target: Path, sha256: str, *, quiet: bool = False,
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
             total = response.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
-            progress = Progress(TextColumn("[bold]downloading[/bold] {task.description}"),
-                                BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                TimeRemainingColumn(), disable=quiet, transient=False)
+            progress = Progress(
+                TextColumn("[bold]downloading[/bold] {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                disable=quiet,
+                transient=False,
+            )
             with progress:
                 task = progress.add_task(target.name, total=total)
                 while True:
@@ -171,8 +195,10 @@ def download(url: str, target: Path, sha256: str, *, quiet: bool = False,
                     received += len(chunk)
                     progress.update(task, advance=len(chunk))
         if total is not None and received != total:
-            raise DataError(f"download of {url} was cut short: received {received:,} of "
-                            f"{total:,} bytes; run the command again to retry")
+            raise DataError(
+                f"download of {url} was cut short: received {received:,} of "
+                f"{total:,} bytes; run the command again to retry"
+            )
     except DataError:
         part.unlink(missing_ok=True)
         raise
@@ -180,28 +206,35 @@ def download(url: str, target: Path, sha256: str, *, quiet: bool = False,
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
         if "IncompleteRead" in type(exc).__name__ or "IncompleteRead" in str(reason):
-            raise DataError(f"download of {url} was cut short after {received:,} bytes; "
-                            "run the command again to retry") from None
+            raise DataError(
+                f"download of {url} was cut short after {received:,} bytes; "
+                "run the command again to retry"
+            ) from None
         raise DataError(f"could not download {url}: {reason}") from None
     got = digest.hexdigest()
     if got != sha256:
         part.unlink(missing_ok=True)
-        raise DataError(f"checksum mismatch for {url}: expected SHA-256 {sha256}, received "
-                        f"{got}; the file was deleted. A proxy or mirror may have served "
-                        "a different file")
+        raise DataError(
+            f"checksum mismatch for {url}: expected SHA-256 {sha256}, received "
+            f"{got}; the file was deleted. A proxy or mirror may have served "
+            "a different file"
+        )
     os.replace(part, target)
     return target
 
 
 def offline_help(archive: Archive, target: Path, reason: str) -> str:
-    return (f"{reason}\nThis machine cannot fetch {archive.name}. Download it elsewhere:\n"
-            f"  {archive.origin}\n  (SHA-256 {archive.sha256})\n"
-            f"and either save it as\n  {target}\n"
-            f"or pass its location with --data-dir PATH (the .tar.gz or the extracted "
-            f"{archive.folder} folder).")
+    return (
+        f"{reason}\nThis machine cannot fetch {archive.name}. Download it elsewhere:\n"
+        f"  {archive.origin}\n  (SHA-256 {archive.sha256})\n"
+        f"and either save it as\n  {target}\n"
+        f"or pass its location with --data-dir PATH (the .tar.gz or the extracted "
+        f"{archive.folder} folder)."
+    )
 
 
 # -- reading ----------------------------------------------------------------------------
+
 
 class _Members:
     """Read named CIFAR files from a tar.gz or a folder."""
@@ -216,9 +249,11 @@ class _Members:
                 if (candidate / archive.test_member).is_file():
                     self.folder = candidate
                     return
-            raise DataError(f"{path}: no {archive.folder}/{archive.test_member} inside; "
-                            f"expected the extracted {archive.folder} folder or the folder "
-                            "holding it")
+            raise DataError(
+                f"{path}: no {archive.folder}/{archive.test_member} inside; "
+                f"expected the extracted {archive.folder} folder or the folder "
+                "holding it"
+            )
         try:
             self.tar = tarfile.open(path, "r:gz")  # noqa: SIM115 (closed by close())
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
@@ -235,8 +270,10 @@ class _Members:
                 raise KeyError(name)
             return fh.read()
         except KeyError:
-            raise DataError(f"{self.path}: the archive has no {name}; is it the "
-                            f"{self.archive.name} python version?") from None
+            raise DataError(
+                f"{self.path}: the archive has no {name}; is it the "
+                f"{self.archive.name} python version?"
+            ) from None
 
     def load(self, member: str) -> Any:
         try:
@@ -245,15 +282,31 @@ class _Members:
         except DataError:
             raise
         except pickle.UnpicklingError as exc:
-            raise DataError(f"{self.path}: {member}: {exc}; the file may have been tampered "
-                            "with, so it was not loaded") from None
-        except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError, TypeError,
-                AttributeError, IndexError, KeyError, MemoryError) as exc:
-            raise DataError(f"{self.path}: {member} is corrupted or truncated "
-                            f"({type(exc).__name__}: {exc}); fetch the archive again") from None
+            raise DataError(
+                f"{self.path}: {member}: {exc}; the file may have been tampered "
+                "with, so it was not loaded"
+            ) from None
+        except (
+            tarfile.TarError,
+            OSError,
+            EOFError,
+            zlib.error,
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            KeyError,
+            MemoryError,
+        ) as exc:
+            raise DataError(
+                f"{self.path}: {member} is corrupted or truncated "
+                f"({type(exc).__name__}: {exc}); fetch the archive again"
+            ) from None
         if not isinstance(obj, dict):
-            raise DataError(f"{self.path}: {member} holds {type(obj).__name__}, not the "
-                            "dict a CIFAR batch holds")
+            raise DataError(
+                f"{self.path}: {member} holds {type(obj).__name__}, not the "
+                "dict a CIFAR batch holds"
+            )
         return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
     def close(self) -> None:
@@ -264,10 +317,18 @@ class _Members:
 def _batch(members: _Members, member: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     d = members.load(member)
     data, labels = d.get("data"), d.get(label_key)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072 or labels is None or len(labels) != len(data):
-        raise DataError(f"{members.path}: {member} is not a CIFAR batch (expected uint8 "
-                        f"data of shape (N, 3072) and {label_key} of length N)")
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+        or labels is None
+        or len(labels) != len(data)
+    ):
+        raise DataError(
+            f"{members.path}: {member} is not a CIFAR batch (expected uint8 "
+            f"data of shape (N, 3072) and {label_key} of length N)"
+        )
     x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(x), np.asarray(labels, dtype=np.int64)
 
@@ -296,8 +357,11 @@ def locate(archive: Archive, data_dir: str | Path | None) -> Path | None:
         path = Path(data_dir).expanduser()
         if not path.exists():
             raise DataError(f"--data-dir {path}: no such file or folder")
-        if path.is_dir() and not (path / archive.folder).is_dir() \
-                and not (path / archive.test_member).is_file():
+        if (
+            path.is_dir()
+            and not (path / archive.folder).is_dir()
+            and not (path / archive.test_member).is_file()
+        ):
             for name in (archive.filename, archive.cache_name + "_archive"):
                 if (path / name).is_file():
                     return path / name

@@ -25,21 +25,31 @@ def load_npz(path: Path) -> Data:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in NPZ_KEYS if k not in npz.files]
             if missing:
-                raise DataError(f"{path}: missing arrays {', '.join(missing)}; an npz dataset "
-                                f"holds {', '.join(NPZ_KEYS)} (found: "
-                                f"{', '.join(npz.files) or 'nothing'})")
+                raise DataError(
+                    f"{path}: missing arrays {', '.join(missing)}; an npz dataset "
+                    f"holds {', '.join(NPZ_KEYS)} (found: "
+                    f"{', '.join(npz.files) or 'nothing'})"
+                )
             arrays = {k: npz[k] for k in NPZ_KEYS}
             names = [str(n) for n in npz["class_names"]] if "class_names" in npz.files else None
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    return tidy(path.stem, arrays["x_train"], arrays["y_train"], arrays["x_test"],
-                arrays["y_test"], names, str(path))
+    return tidy(
+        path.stem,
+        arrays["x_train"],
+        arrays["y_train"],
+        arrays["x_test"],
+        arrays["y_test"],
+        names,
+        str(path),
+    )
 
 
-def load_folder(path: Path, image_size: tuple[int, int] | None, channels: int,
-                test_split: float, seed: int) -> Data:
+def load_folder(
+    path: Path, image_size: tuple[int, int] | None, channels: int, test_split: float, seed: int
+) -> Data:
     """Images in ``path/<class>/*.png|jpg|...``, read with Keras' image_dataset_from_directory.
 
     A fraction ``test_split`` is held out as the test set, chosen by ``seed`` (the same
@@ -54,9 +64,18 @@ def load_folder(path: Path, image_size: tuple[int, int] | None, channels: int,
     mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(channels, "rgb")
     try:
         train, test = keras.utils.image_dataset_from_directory(
-            str(path), labels="inferred", label_mode="int", color_mode=mode, batch_size=None,
-            image_size=size, shuffle=True, seed=seed, validation_split=test_split,
-            subset="both", verbose=False)
+            str(path),
+            labels="inferred",
+            label_mode="int",
+            color_mode=mode,
+            batch_size=None,
+            image_size=size,
+            shuffle=True,
+            seed=seed,
+            validation_split=test_split,
+            subset="both",
+            verbose=False,
+        )
     except ValueError as exc:
         raise DataError(f"folder:{path}: {exc}") from None
     names = list(train.class_names)
@@ -67,8 +86,10 @@ def load_folder(path: Path, image_size: tuple[int, int] | None, channels: int,
             xs.append(np.clip(np.rint(x), 0, 255).astype(np.uint8))
             ys.append(int(y))
         if not xs:
-            raise DataError(f"folder:{path}: the split holds no images; add more images or "
-                            "change train.test_split")
+            raise DataError(
+                f"folder:{path}: the split holds no images; add more images or "
+                "change train.test_split"
+            )
         return np.stack(xs), np.asarray(ys)
 
     x_train, y_train = arrays(train)

@@ -14,9 +14,17 @@ from typing import Any
 import numpy as np
 
 
-def make_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, scale: float,
-                  training: bool, seed: int | None = None, one_hot: int | None = None,
-                  shuffle_buffer: int | None = None) -> Any:
+def make_pipeline(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    scale: float,
+    training: bool,
+    seed: int | None = None,
+    one_hot: int | None = None,
+    shuffle_buffer: int | None = None,
+) -> Any:
     """A ``tf.data.Dataset`` of ``(float32 images * scale, labels)`` batches.
 
     Args:

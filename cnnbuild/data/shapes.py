@@ -12,8 +12,18 @@ import numpy as np
 
 from cnnbuild.data import Data, tidy
 
-CLASSES = ["circle", "ring", "square", "frame", "diamond", "triangle", "plus", "cross",
-           "hbar", "vbar"]
+CLASSES = [
+    "circle",
+    "ring",
+    "square",
+    "frame",
+    "diamond",
+    "triangle",
+    "plus",
+    "cross",
+    "hbar",
+    "vbar",
+]
 SIZE = 32
 TRAIN, TEST = 12_000, 2_000
 SEED = 2026
@@ -41,8 +51,11 @@ def _masks(label: int, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndar
     if name == "plus":
         return ((ax <= t) & (ay <= r)) | ((ay <= t) & (ax <= r))
     if name == "cross":
-        return ((np.abs(dx - dy) <= 1.4 * t) | (np.abs(dx + dy) <= 1.4 * t)) \
-            & (ax <= r * 0.8) & (ay <= r * 0.8)
+        return (
+            ((np.abs(dx - dy) <= 1.4 * t) | (np.abs(dx + dy) <= 1.4 * t))
+            & (ax <= r * 0.8)
+            & (ay <= r * 0.8)
+        )
     if name == "hbar":
         return (ax <= r) & (ay <= t)
     return (ay <= r) & (ax <= t)  # vbar
@@ -65,12 +78,13 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         mask[idx] = _masks(label, dx, dy, r[idx].astype(np.float32))
     background = rng.uniform(0, 255, (n, 1, 1, 3))
     shift = rng.uniform(90, 160, (n, 1, 1, 3)) * rng.choice([-1, 1], (n, 1, 1, 3))
-    foreground = np.where(background + shift > 255, background - shift,
-                          np.where(background + shift < 0, background - shift,
-                                   background + shift))
+    foreground = np.where(
+        background + shift > 255,
+        background - shift,
+        np.where(background + shift < 0, background - shift, background + shift),
+    )
     noise = rng.standard_normal((n, SIZE, SIZE, 3), dtype=np.float32) * 18
-    images = np.where(mask[..., None], foreground.astype(np.float32),
-                      background.astype(np.float32))
+    images = np.where(mask[..., None], foreground.astype(np.float32), background.astype(np.float32))
     images += noise
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
@@ -78,5 +92,12 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def load_shapes(train: int = TRAIN, test: int = TEST, seed: int = SEED) -> Data:
     """The ``shapes`` dataset: ``train`` + ``test`` images generated from ``seed``."""
     x, y = generate(train + test, seed)
-    return tidy("shapes", x[:train], y[:train], x[train:], y[train:], CLASSES,
-                f"built-in shapes (seed {seed})")
+    return tidy(
+        "shapes",
+        x[:train],
+        y[:train],
+        x[train:],
+        y[train:],
+        CLASSES,
+        f"built-in shapes (seed {seed})",
+    )

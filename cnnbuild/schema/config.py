@@ -8,9 +8,18 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, mod
 
 from cnnbuild.schema.types import Bool, Choice, Float, Int, Seed, choice, is_number
 
-_COMMON_OPT = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm",
-               "use_ema", "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
-               "gradient_accumulation_steps")
+_COMMON_OPT = (
+    "learning_rate",
+    "weight_decay",
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+)
 OPTIMIZERS: dict[str, tuple[str, ...]] = {
     "sgd": ("momentum", "nesterov"),
     "adam": ("beta_1", "beta_2", "epsilon", "amsgrad"),
@@ -20,24 +29,55 @@ OPTIMIZERS: dict[str, tuple[str, ...]] = {
     "adadelta": ("rho", "epsilon"),
     "adamax": ("beta_1", "beta_2", "epsilon"),
     "nadam": ("beta_1", "beta_2", "epsilon"),
-    "ftrl": ("learning_rate_power", "initial_accumulator_value", "l1_regularization_strength",
-             "l2_regularization_strength", "l2_shrinkage_regularization_strength", "beta"),
+    "ftrl": (
+        "learning_rate_power",
+        "initial_accumulator_value",
+        "l1_regularization_strength",
+        "l2_regularization_strength",
+        "l2_shrinkage_regularization_strength",
+        "beta",
+    ),
     "lion": ("beta_1", "beta_2"),
 }
 LOSSES = (
-    "sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
-    "binary_focal_crossentropy", "categorical_focal_crossentropy", "categorical_hinge",
-    "hinge", "squared_hinge", "kl_divergence", "poisson", "mean_squared_error",
-    "mean_absolute_error", "huber", "log_cosh",
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
+    "binary_crossentropy",
+    "binary_focal_crossentropy",
+    "categorical_focal_crossentropy",
+    "categorical_hinge",
+    "hinge",
+    "squared_hinge",
+    "kl_divergence",
+    "poisson",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "huber",
+    "log_cosh",
 )
-LOGIT_LOSSES = frozenset({
-    "sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
-    "binary_focal_crossentropy", "categorical_focal_crossentropy",
-})
+LOGIT_LOSSES = frozenset(
+    {
+        "sparse_categorical_crossentropy",
+        "categorical_crossentropy",
+        "binary_crossentropy",
+        "binary_focal_crossentropy",
+        "categorical_focal_crossentropy",
+    }
+)
 METRICS = (
-    "accuracy", "sparse_categorical_accuracy", "categorical_accuracy", "binary_accuracy",
-    "sparse_top_k_categorical_accuracy", "top_k_categorical_accuracy", "auc", "precision",
-    "recall", "mae", "mse", "sparse_categorical_crossentropy", "categorical_crossentropy",
+    "accuracy",
+    "sparse_categorical_accuracy",
+    "categorical_accuracy",
+    "binary_accuracy",
+    "sparse_top_k_categorical_accuracy",
+    "top_k_categorical_accuracy",
+    "auc",
+    "precision",
+    "recall",
+    "mae",
+    "mse",
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
 )
 DATASETS = {"cifar10": 10, "cifar100": 100, "shapes": 10}
 
@@ -47,7 +87,7 @@ def _optimizer(value: Any) -> dict[str, dict[str, Any]]:
         choice(tuple(OPTIMIZERS), "optimizer")(value)
         return {value: {}}
     if isinstance(value, dict) and len(value) == 1:
-        (name, args), = value.items()
+        ((name, args),) = value.items()
         choice(tuple(OPTIMIZERS), "optimizer")(name)
         args = {} if args is None else args
         if not isinstance(args, dict):
@@ -56,25 +96,44 @@ def _optimizer(value: Any) -> dict[str, dict[str, Any]]:
         for key, arg in args.items():
             choice(allowed, f"{name} argument")(key)
             if not (is_number(arg) or isinstance(arg, bool) or arg is None):
-                raise ValueError(f"{name}.{key} must be a number or true/false; "
-                                 f"received {arg!r}")
+                raise ValueError(f"{name}.{key} must be a number or true/false; received {arg!r}")
             if key == "learning_rate" and not (is_number(arg) and arg > 0):
                 raise ValueError(f"{name}.learning_rate must be a number > 0; received {arg!r}")
         return {name: args}
-    raise ValueError("expected an optimizer name (adam) or a mapping "
-                     f"{{adam: {{learning_rate: 0.001}}}}; received {value!r}")
+    raise ValueError(
+        "expected an optimizer name (adam) or a mapping "
+        f"{{adam: {{learning_rate: 0.001}}}}; received {value!r}"
+    )
 
 
-Optimizer = Annotated[dict, BeforeValidator(_optimizer), WithJsonSchema({"oneOf": [
-    {"enum": list(OPTIMIZERS)},
-    {"type": "object", "minProperties": 1, "maxProperties": 1,
-     "properties": {name: {"type": ["object", "null"],
-                           "properties": {k: {"type": ["number", "boolean", "null"]}
-                                          for k in _COMMON_OPT + extra},
-                           "additionalProperties": False}
-                    for name, extra in OPTIMIZERS.items()},
-     "additionalProperties": False},
-]})]
+Optimizer = Annotated[
+    dict,
+    BeforeValidator(_optimizer),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"enum": list(OPTIMIZERS)},
+                {
+                    "type": "object",
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "properties": {
+                        name: {
+                            "type": ["object", "null"],
+                            "properties": {
+                                k: {"type": ["number", "boolean", "null"]}
+                                for k in _COMMON_OPT + extra
+                            },
+                            "additionalProperties": False,
+                        }
+                        for name, extra in OPTIMIZERS.items()
+                    },
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+]
 
 
 class Strict(BaseModel):
@@ -143,20 +202,35 @@ def _dataset(value: Any) -> Any:
                 return {kind: path}
         return choice(tuple(DATASETS), "dataset")(value)
     if isinstance(value, dict) and len(value) == 1:
-        (kind, path), = value.items()
+        ((kind, path),) = value.items()
         choice(("npz", "folder"), "dataset kind")(kind)
         if not isinstance(path, str) or not path:
             raise ValueError(f"{kind}: expected a path; received {path!r}")
         return {kind: path}
-    raise ValueError("expected a dataset name (cifar10, cifar100, shapes) or {npz: PATH} or "
-                     f"{{folder: PATH}}; received {value!r}")
+    raise ValueError(
+        "expected a dataset name (cifar10, cifar100, shapes) or {npz: PATH} or "
+        f"{{folder: PATH}}; received {value!r}"
+    )
 
 
-Dataset = Annotated[Any, BeforeValidator(_dataset), WithJsonSchema({"oneOf": [
-    {"enum": list(DATASETS)},
-    {"type": "object", "properties": {"npz": {"type": "string"}, "folder": {"type": "string"}},
-     "minProperties": 1, "maxProperties": 1, "additionalProperties": False},
-]})]
+Dataset = Annotated[
+    Any,
+    BeforeValidator(_dataset),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"enum": list(DATASETS)},
+                {
+                    "type": "object",
+                    "properties": {"npz": {"type": "string"}, "folder": {"type": "string"}},
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+]
 
 
 class TrainConfig(Strict):
@@ -184,8 +258,10 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _one_lr_controller(self) -> TrainConfig:
         if self.lr_schedule is not None and self.reduce_lr_on_plateau is not None:
-            raise ValueError("give lr_schedule or reduce_lr_on_plateau, not both: Keras cannot "
-                             "lower a learning rate that a schedule sets")
+            raise ValueError(
+                "give lr_schedule or reduce_lr_on_plateau, not both: Keras cannot "
+                "lower a learning rate that a schedule sets"
+            )
         return self
 
 

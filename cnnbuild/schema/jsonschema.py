@@ -45,8 +45,11 @@ def _model(model: type, defs: dict, extra: dict | None = None) -> dict:
     return schema
 
 
-PARAM = {"type": "string", "pattern": r"^\$[A-Za-z_][A-Za-z0-9_]*$",
-         "description": "a parameter of the block ($name)"}
+PARAM = {
+    "type": "string",
+    "pattern": r"^\$[A-Za-z_][A-Za-z0-9_]*$",
+    "description": "a parameter of the block ($name)",
+}
 
 
 def _in_template(node: Any, templated: set[str], wrap: bool) -> Any:
@@ -60,8 +63,9 @@ def _in_template(node: Any, templated: set[str], wrap: bool) -> Any:
         if key == "$ref" and value.rsplit("/", 1)[-1] in templated:
             out[key] = "#/definitions/template_" + value.rsplit("/", 1)[-1]
         elif key == "properties" and wrap:
-            out[key] = {k: {"anyOf": [_in_template(v, templated, False), PARAM]}
-                        for k, v in value.items()}
+            out[key] = {
+                k: {"anyOf": [_in_template(v, templated, False), PARAM]} for k, v in value.items()
+            }
         else:
             out[key] = _in_template(value, templated, False)
     return out
@@ -71,9 +75,13 @@ def json_schema() -> dict:
     """The whole schema, as a dict."""
     defs: dict[str, Any] = {}
     structural = {
-        "inputs": {"description": "names of earlier layers to read (default: the previous one)",
-                   "oneOf": [{"type": "string"},
-                             {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
+        "inputs": {
+            "description": "names of earlier layers to read (default: the previous one)",
+            "oneOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ],
+        },
         "repeat": {"type": "integer", "minimum": 1, "description": "stack this layer N times"},
     }
     layer_props = {}
@@ -81,34 +89,58 @@ def json_schema() -> dict:
         schema = _model(kind.args, defs, structural)
         schema["description"] = f"keras.layers.{kind.name}: {kind.doc}"
         defs[kind.name] = schema
-        layer_props[kind.name] = {"oneOf": [{"$ref": f"#/definitions/{kind.name}"},
-                                            {"type": "null"}]}
+        layer_props[kind.name] = {
+            "oneOf": [{"$ref": f"#/definitions/{kind.name}"}, {"type": "null"}]
+        }
     layer_list = {"type": "array", "items": {"$ref": "#/definitions/layer"}}
     merge = {"enum": list(MERGES)}
     defs["Residual"] = {
-        "type": "object", "required": ["main"], "additionalProperties": False,
+        "type": "object",
+        "required": ["main"],
+        "additionalProperties": False,
         "description": "main path and shortcut (identity when omitted), merged (Add)",
-        "properties": {"main": layer_list, "shortcut": {"oneOf": [layer_list, {"type": "null"}]},
-                       "merge": merge, "name": {"type": "string"}, "axis": {"type": "integer"},
-                       **structural},
+        "properties": {
+            "main": layer_list,
+            "shortcut": {"oneOf": [layer_list, {"type": "null"}]},
+            "merge": merge,
+            "name": {"type": "string"},
+            "axis": {"type": "integer"},
+            **structural,
+        },
     }
     defs["Parallel"] = {
-        "type": "object", "required": ["branches"], "additionalProperties": False,
+        "type": "object",
+        "required": ["branches"],
+        "additionalProperties": False,
         "description": "branches from the same input, merged (Concatenate)",
-        "properties": {"branches": {"type": "array", "items": layer_list, "minItems": 2},
-                       "merge": merge, "name": {"type": "string"}, "axis": {"type": "integer"},
-                       **structural},
+        "properties": {
+            "branches": {"type": "array", "items": layer_list, "minItems": 2},
+            "merge": merge,
+            "name": {"type": "string"},
+            "axis": {"type": "integer"},
+            **structural,
+        },
     }
     for kind in BLOCK_KINDS:
         layer_props[kind] = {"$ref": f"#/definitions/{kind}"}
-    defs["layer"] = {"oneOf": [
-        {"type": "string", "anyOf": [{"enum": list(REGISTRY)}, {"pattern": TEMPLATE_NAME}]},
-        {"type": "object", "minProperties": 1, "maxProperties": 1,
-         "properties": layer_props,
-         "patternProperties": {TEMPLATE_NAME: {"type": ["object", "null"],
-                                               "description": "a block from `blocks:`"}},
-         "additionalProperties": False},
-    ]}
+    defs["layer"] = {
+        "oneOf": [
+            {"type": "string", "anyOf": [{"enum": list(REGISTRY)}, {"pattern": TEMPLATE_NAME}]},
+            {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "properties": layer_props,
+                "patternProperties": {
+                    TEMPLATE_NAME: {
+                        "type": ["object", "null"],
+                        "description": "a block from `blocks:`",
+                    }
+                },
+                "additionalProperties": False,
+            },
+        ]
+    }
     templated = {*REGISTRY, *BLOCK_KINDS, "layer"}
     for name in sorted(templated):
         defs[f"template_{name}"] = _in_template(defs[name], templated, name in REGISTRY)
@@ -116,26 +148,47 @@ def json_schema() -> dict:
     props = {
         "name": {"type": "string"},
         "description": {"type": "string"},
-        "input": {"type": "array", "minItems": 3, "maxItems": 3,
-                  "description": "[height, width, channels]; height/width may be null",
-                  "items": [{"type": ["integer", "null"], "minimum": 1},
-                            {"type": ["integer", "null"], "minimum": 1},
-                            {"type": "integer", "minimum": 1}]},
+        "input": {
+            "type": "array",
+            "minItems": 3,
+            "maxItems": 3,
+            "description": "[height, width, channels]; height/width may be null",
+            "items": [
+                {"type": ["integer", "null"], "minimum": 1},
+                {"type": ["integer", "null"], "minimum": 1},
+                {"type": "integer", "minimum": 1},
+            ],
+        },
         "layers": layer_list,
-        "blocks": {"type": "object", "propertyNames": {"pattern": TEMPLATE_NAME},
-                   "additionalProperties": {
-                       "type": "object", "required": ["layers"], "additionalProperties": False,
-                       "properties": {"params": {"type": ["array", "object"]},
-                                      "layers": template_list,
-                                      "description": {"type": "string"}}}},
+        "blocks": {
+            "type": "object",
+            "propertyNames": {"pattern": TEMPLATE_NAME},
+            "additionalProperties": {
+                "type": "object",
+                "required": ["layers"],
+                "additionalProperties": False,
+                "properties": {
+                    "params": {"type": ["array", "object"]},
+                    "layers": template_list,
+                    "description": {"type": "string"},
+                },
+            },
+        },
         "compile": _model(CompileConfig, defs),
         "train": _model(TrainConfig, defs),
         "lint": _model(LintConfig, defs),
     }
     assert set(props) == set(TOP_KEYS)
-    return {"$schema": DRAFT, "$id": "https://cnnbuild.dev/schema/cnnbuild.schema.json",
-            "title": "cnnbuild model config", "type": "object", "required": ["input", "layers"],
-            "additionalProperties": False, "properties": props, "definitions": defs}
+    return {
+        "$schema": DRAFT,
+        "$id": "https://cnnbuild.dev/schema/cnnbuild.schema.json",
+        "title": "cnnbuild model config",
+        "type": "object",
+        "required": ["input", "layers"],
+        "additionalProperties": False,
+        "properties": props,
+        "definitions": defs,
+    }
 
 
 def json_schema_text() -> str:

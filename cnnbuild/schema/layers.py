@@ -48,9 +48,11 @@ class LayerArgs(BaseModel):
 def _strides_or_dilation(args: Any) -> None:
     """Keras' own rule for convolutions: not both strides > 1 and dilation > 1."""
     if max(args.strides) > 1 and max(args.dilation_rate) > 1:
-        raise ValueError("`strides > 1` not supported in conjunction with "
-                         f"`dilation_rate > 1`; received strides={list(args.strides)} and "
-                         f"dilation_rate={list(args.dilation_rate)}")
+        raise ValueError(
+            "`strides > 1` not supported in conjunction with "
+            f"`dilation_rate > 1`; received strides={list(args.strides)} and "
+            f"dilation_rate={list(args.dilation_rate)}"
+        )
 
 
 class Conv2D(LayerArgs):
@@ -75,8 +77,10 @@ class Conv2D(LayerArgs):
     def _keras_rules(self) -> Conv2D:
         _strides_or_dilation(self)
         if self.filters % self.groups:
-            raise ValueError("the number of filters must be evenly divisible by the number "
-                             f"of groups; received groups={self.groups}, filters={self.filters}")
+            raise ValueError(
+                "the number of filters must be evenly divisible by the number "
+                f"of groups; received groups={self.groups}, filters={self.filters}"
+            )
         return self
 
 
@@ -197,8 +201,9 @@ class BatchNormalization(LayerArgs):
     beta_constraint: Constraint = None
     gamma_constraint: Constraint = None
     renorm: Bool = False
-    renorm_clipping: dict[Choice(("rmax", "rmin", "dmax"), "renorm_clipping key"),
-                          Float(0.0)] | None = None
+    renorm_clipping: (
+        dict[Choice(("rmax", "rmin", "dmax"), "renorm_clipping key"), Float(0.0)] | None
+    ) = None
     renorm_momentum: Float(0.0, 1.0) = 0.99
     synchronized: Bool = False
 
@@ -255,7 +260,8 @@ class Resizing(LayerArgs):
 
 class RandomFlip(LayerArgs):
     mode: Choice(("horizontal", "vertical", "horizontal_and_vertical"), "mode") = (
-        "horizontal_and_vertical")
+        "horizontal_and_vertical"
+    )
     seed: Seed = None
     data_format: DataFormat = None
 

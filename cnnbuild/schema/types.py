@@ -16,16 +16,55 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, WithJsonSchema
 
 ACTIVATIONS = (
-    "celu", "elu", "exponential", "gelu", "glu", "hard_shrink", "hard_sigmoid", "hard_silu",
-    "hard_swish", "hard_tanh", "leaky_relu", "linear", "log_sigmoid", "log_softmax", "mish",
-    "relu", "relu6", "selu", "sigmoid", "silu", "soft_shrink", "softmax", "softplus",
-    "softsign", "sparse_plus", "sparse_sigmoid", "sparsemax", "squareplus", "swish", "tanh",
-    "tanh_shrink", "threshold",
+    "celu",
+    "elu",
+    "exponential",
+    "gelu",
+    "glu",
+    "hard_shrink",
+    "hard_sigmoid",
+    "hard_silu",
+    "hard_swish",
+    "hard_tanh",
+    "leaky_relu",
+    "linear",
+    "log_sigmoid",
+    "log_softmax",
+    "mish",
+    "relu",
+    "relu6",
+    "selu",
+    "sigmoid",
+    "silu",
+    "soft_shrink",
+    "softmax",
+    "softplus",
+    "softsign",
+    "sparse_plus",
+    "sparse_sigmoid",
+    "sparsemax",
+    "squareplus",
+    "swish",
+    "tanh",
+    "tanh_shrink",
+    "threshold",
 )
 INITIALIZERS = (
-    "constant", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "identity",
-    "lecun_normal", "lecun_uniform", "ones", "orthogonal", "random_normal", "random_uniform",
-    "truncated_normal", "variance_scaling", "zeros",
+    "constant",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "identity",
+    "lecun_normal",
+    "lecun_uniform",
+    "ones",
+    "orthogonal",
+    "random_normal",
+    "random_uniform",
+    "truncated_normal",
+    "variance_scaling",
+    "zeros",
 )
 REGULARIZERS = ("l1", "l2", "l1_l2", "orthogonal_regularizer")
 CONSTRAINTS = ("max_norm", "min_max_norm", "non_neg", "unit_norm")
@@ -35,14 +74,29 @@ FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 
 # Keras' serialized class names for the mapping form `{l2: {l2: 0.001}}`.
 KERAS_CLASS = {
-    "l1": "L1", "l2": "L2", "l1_l2": "L1L2", "orthogonal_regularizer": "OrthogonalRegularizer",
-    "max_norm": "MaxNorm", "min_max_norm": "MinMaxNorm", "non_neg": "NonNeg",
-    "unit_norm": "UnitNorm", "constant": "Constant", "glorot_normal": "GlorotNormal",
-    "glorot_uniform": "GlorotUniform", "he_normal": "HeNormal", "he_uniform": "HeUniform",
-    "identity": "Identity", "lecun_normal": "LecunNormal", "lecun_uniform": "LecunUniform",
-    "ones": "Ones", "orthogonal": "Orthogonal", "random_normal": "RandomNormal",
-    "random_uniform": "RandomUniform", "truncated_normal": "TruncatedNormal",
-    "variance_scaling": "VarianceScaling", "zeros": "Zeros",
+    "l1": "L1",
+    "l2": "L2",
+    "l1_l2": "L1L2",
+    "orthogonal_regularizer": "OrthogonalRegularizer",
+    "max_norm": "MaxNorm",
+    "min_max_norm": "MinMaxNorm",
+    "non_neg": "NonNeg",
+    "unit_norm": "UnitNorm",
+    "constant": "Constant",
+    "glorot_normal": "GlorotNormal",
+    "glorot_uniform": "GlorotUniform",
+    "he_normal": "HeNormal",
+    "he_uniform": "HeUniform",
+    "identity": "Identity",
+    "lecun_normal": "LecunNormal",
+    "lecun_uniform": "LecunUniform",
+    "ones": "Ones",
+    "orthogonal": "Orthogonal",
+    "random_normal": "RandomNormal",
+    "random_uniform": "RandomUniform",
+    "truncated_normal": "TruncatedNormal",
+    "variance_scaling": "VarianceScaling",
+    "zeros": "Zeros",
 }
 
 
@@ -72,17 +126,20 @@ def int_check(lo: int | None = None, hi: int | None = None):
     return check
 
 
-def float_check(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                hi_open: bool = False):
+def float_check(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+):
     def check(value: Any) -> float:
         if not is_number(value) or not math.isfinite(value):
             raise ValueError(f"expected a finite number; received {_received(value)}")
         if lo is not None and (value <= lo if lo_open else value < lo):
-            raise ValueError(f"expected a number {'>' if lo_open else '>='} {lo}; "
-                             f"received {value}")
+            raise ValueError(f"expected a number {'>' if lo_open else '>='} {lo}; received {value}")
         if hi is not None and (value >= hi if hi_open else value > hi):
-            raise ValueError(f"expected a number {'<' if hi_open else '<='} {hi}; "
-                             f"received {value}")
+            raise ValueError(f"expected a number {'<' if hi_open else '<='} {hi}; received {value}")
         return float(value)
 
     return check
@@ -99,16 +156,23 @@ def Int(lo: int | None = None, hi: int | None = None) -> Any:  # noqa: N802 - a 
     return Annotated[int, BeforeValidator(int_check(lo, hi)), WithJsonSchema(schema)]
 
 
-def Float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,  # noqa: N802
-          hi_open: bool = False) -> Any:
+def Float(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,  # noqa: N802
+    hi_open: bool = False,
+) -> Any:
     schema: dict = {"type": "number"}
     if lo is not None:
         schema["exclusiveMinimum" if lo_open else "minimum"] = lo
     if hi is not None:
         schema["exclusiveMaximum" if hi_open else "maximum"] = hi
-    return Annotated[float, BeforeValidator(float_check(lo, hi, lo_open=lo_open,
-                                                        hi_open=hi_open)),
-                     WithJsonSchema(schema)]
+    return Annotated[
+        float,
+        BeforeValidator(float_check(lo, hi, lo_open=lo_open, hi_open=hi_open)),
+        WithJsonSchema(schema),
+    ]
 
 
 def _bool(value: Any) -> bool:
@@ -129,8 +193,9 @@ def Pair(lo: int = 1) -> Any:  # noqa: N802
         elif isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_int, value)):
             items = tuple(value)
         else:
-            raise ValueError(f"expected an integer or a list of 2 integers; "
-                             f"received {_received(value)}")
+            raise ValueError(
+                f"expected an integer or a list of 2 integers; received {_received(value)}"
+            )
         if min(items) < lo:
             raise ValueError(f"expected values >= {lo}; received {_received(value)}")
         return items  # type: ignore[return-value]
@@ -142,15 +207,18 @@ def Pair(lo: int = 1) -> Any:  # noqa: N802
 
 def _padding_2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     """Keras' ZeroPadding2D / Cropping2D forms: n, [h, w] or [[top, bottom], [left, right]]."""
-    bad = ValueError("expected an integer, a list [height, width], or [[top, bottom], "
-                     f"[left, right]] of integers >= 0; received {_received(value)}")
+    bad = ValueError(
+        "expected an integer, a list [height, width], or [[top, bottom], "
+        f"[left, right]] of integers >= 0; received {_received(value)}"
+    )
     if is_int(value):
         out = ((value, value), (value, value))
     elif isinstance(value, (list, tuple)) and len(value) == 2:
         if all(map(is_int, value)):
             out = ((value[0], value[0]), (value[1], value[1]))
-        elif all(isinstance(v, (list, tuple)) and len(v) == 2 and all(map(is_int, v))
-                 for v in value):
+        elif all(
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(map(is_int, v)) for v in value
+        ):
             out = (tuple(value[0]), tuple(value[1]))
         else:
             raise bad
@@ -163,13 +231,23 @@ def _padding_2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
 
 _nonneg = {"type": "integer", "minimum": 0}
 Padding2D = Annotated[
-    tuple[tuple[int, int], tuple[int, int]], BeforeValidator(_padding_2d),
-    WithJsonSchema({"oneOf": [
-        _nonneg,
-        {"type": "array", "items": _nonneg, "minItems": 2, "maxItems": 2},
-        {"type": "array", "minItems": 2, "maxItems": 2,
-         "items": {"type": "array", "items": _nonneg, "minItems": 2, "maxItems": 2}},
-    ]})]
+    tuple[tuple[int, int], tuple[int, int]],
+    BeforeValidator(_padding_2d),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                _nonneg,
+                {"type": "array", "items": _nonneg, "minItems": 2, "maxItems": 2},
+                {
+                    "type": "array",
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "items": {"type": "array", "items": _nonneg, "minItems": 2, "maxItems": 2},
+                },
+            ]
+        }
+    ),
+]
 
 
 def choice(options: tuple[str, ...], what: str, *, nullable: bool = False):
@@ -180,8 +258,11 @@ def choice(options: tuple[str, ...], what: str, *, nullable: bool = False):
             return None
         if not isinstance(value, str) or value not in options:
             msg = f"unknown {what} {_received(value)}"
-            close = get_close_matches(str(value).lower(), options, n=1) if isinstance(
-                value, str) else []
+            close = (
+                get_close_matches(str(value).lower(), options, n=1)
+                if isinstance(value, str)
+                else []
+            )
             if close:
                 msg += f"; did you mean {close[0]!r}?"
             elif len(options) <= 8:
@@ -194,9 +275,11 @@ def choice(options: tuple[str, ...], what: str, *, nullable: bool = False):
 
 def Choice(options: tuple[str, ...], what: str = "value", *, nullable: bool = False) -> Any:  # noqa: N802
     schema: dict = {"enum": list(options) + ([None] if nullable else [])}
-    return Annotated[str | None if nullable else str,
-                     BeforeValidator(choice(options, what, nullable=nullable)),
-                     WithJsonSchema(schema)]
+    return Annotated[
+        str | None if nullable else str,
+        BeforeValidator(choice(options, what, nullable=nullable)),
+        WithJsonSchema(schema),
+    ]
 
 
 def named_object(options: tuple[str, ...], what: str):
@@ -208,20 +291,29 @@ def named_object(options: tuple[str, ...], what: str):
             return None
         if isinstance(value, dict):
             if len(value) != 1:
-                raise ValueError(f"expected a {what} name or a mapping with one {what} name; "
-                                 f"received {_received(value)}")
-            (key, args), = value.items()
+                raise ValueError(
+                    f"expected a {what} name or a mapping with one {what} name; "
+                    f"received {_received(value)}"
+                )
+            ((key, args),) = value.items()
             by_name(key)
             if args is None:
                 args = {}
             if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
-                raise ValueError(f"the arguments of {key} must be a mapping; "
-                                 f"received {_received(args)}")
+                raise ValueError(
+                    f"the arguments of {key} must be a mapping; received {_received(args)}"
+                )
             for k, v in args.items():
-                if not (is_number(v) or isinstance(v, (str, bool)) or v is None or (
-                        isinstance(v, list) and all(is_number(i) for i in v))):
-                    raise ValueError(f"{key}.{k} must be a number, string or list of numbers; "
-                                     f"received {_received(v)}")
+                if not (
+                    is_number(v)
+                    or isinstance(v, (str, bool))
+                    or v is None
+                    or (isinstance(v, list) and all(is_number(i) for i in v))
+                ):
+                    raise ValueError(
+                        f"{key}.{k} must be a number, string or list of numbers; "
+                        f"received {_received(v)}"
+                    )
             return {key: args}
         return by_name(value)
 
@@ -229,12 +321,19 @@ def named_object(options: tuple[str, ...], what: str):
 
 
 def Named(options: tuple[str, ...], what: str) -> Any:  # noqa: N802
-    schema = {"oneOf": [
-        {"enum": list(options)}, {"type": "null"},
-        {"type": "object", "minProperties": 1, "maxProperties": 1,
-         "propertyNames": {"enum": list(options)},
-         "additionalProperties": {"type": ["object", "null"]}},
-    ]}
+    schema = {
+        "oneOf": [
+            {"enum": list(options)},
+            {"type": "null"},
+            {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "propertyNames": {"enum": list(options)},
+                "additionalProperties": {"type": ["object", "null"]},
+            },
+        ]
+    }
     return Annotated[Any, BeforeValidator(named_object(options, what)), WithJsonSchema(schema)]
 
 
@@ -242,8 +341,11 @@ Activation = Choice(ACTIVATIONS, "activation", nullable=True)
 Initializer = Named(INITIALIZERS, "initializer")
 Regularizer = Named(REGULARIZERS, "regularizer")
 Constraint = Named(CONSTRAINTS, "constraint")
-Seed = Annotated[int | None, BeforeValidator(lambda v: None if v is None else int_check(0)(v)),
-                 WithJsonSchema({"type": ["integer", "null"], "minimum": 0})]
+Seed = Annotated[
+    int | None,
+    BeforeValidator(lambda v: None if v is None else int_check(0)(v)),
+    WithJsonSchema({"type": ["integer", "null"], "minimum": 0}),
+]
 Padding = Choice(("valid", "same"), "padding")
 
 
@@ -251,13 +353,16 @@ def _data_format(value: Any) -> str | None:
     if value in (None, "channels_last"):
         return value
     if value == "channels_first":
-        raise ValueError("cnnbuild models are channels_last (input is [height, width, "
-                         "channels]); received 'channels_first'")
+        raise ValueError(
+            "cnnbuild models are channels_last (input is [height, width, "
+            "channels]); received 'channels_first'"
+        )
     raise ValueError(f"expected 'channels_last'; received {_received(value)}")
 
 
-DataFormat = Annotated[str | None, BeforeValidator(_data_format),
-                       WithJsonSchema({"enum": ["channels_last", None]})]
+DataFormat = Annotated[
+    str | None, BeforeValidator(_data_format), WithJsonSchema({"enum": ["channels_last", None]})
+]
 
 
 def _factor(value: Any) -> Any:
@@ -271,19 +376,33 @@ def _factor(value: Any) -> Any:
     raise ValueError(f"expected a number or a list [lower, upper]; received {_received(value)}")
 
 
-Factor = Annotated[Any, BeforeValidator(_factor), WithJsonSchema({"oneOf": [
-    {"type": "number"}, {"type": "array", "items": {"type": "number"}, "minItems": 2,
-                         "maxItems": 2}]})]
+Factor = Annotated[
+    Any,
+    BeforeValidator(_factor),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "number"},
+                {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+            ]
+        }
+    ),
+]
 
 
 def _name(value: Any) -> str:
     import re
 
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,99}", value):
-        raise ValueError("a layer name is letters, digits, '_', '.', '-', starting with a "
-                         f"letter or '_'; received {_received(value)}")
+        raise ValueError(
+            "a layer name is letters, digits, '_', '.', '-', starting with a "
+            f"letter or '_'; received {_received(value)}"
+        )
     return value
 
 
-LayerName = Annotated[str, BeforeValidator(_name),
-                      WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.\-]*$"})]
+LayerName = Annotated[
+    str,
+    BeforeValidator(_name),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.\-]*$"}),
+]
