@@ -183,6 +183,12 @@ class _Walker:
         return out
 
 
+def _line_col(text: str | bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character (or byte) offset."""
+    newline = "\n" if isinstance(text, str) else b"\n"
+    return text.count(newline, 0, offset) + 1, offset - (text.rfind(newline, 0, offset) + 1) + 1
+
+
 def parse_text(text: str, file: str = "<string>") -> Document:
     """Parse YAML text into a :class:`Document`; problems become findings.
 
@@ -197,8 +203,7 @@ def parse_text(text: str, file: str = "<string>") -> Document:
     try:
         loader = yaml.SafeLoader(text)
     except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        line, col = _line_col(text, exc.position)
         doc.findings.append(
             Finding(
                 file,
@@ -285,8 +290,7 @@ def read_document(path: str | Path) -> Document:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         doc = Document(file=file)
-        line = raw[: exc.start].count(b"\n") + 1
-        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        line, col = _line_col(raw, exc.start)
         doc.findings.append(
             Finding(
                 file,
