@@ -826,7 +826,10 @@ def evaluate(
     loss_name = cfg.compile.loss if cfg else ""
     one_hot = data.num_classes if loss_name in ONE_HOT_LOSSES else None
     if cfg is None:
-        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        # a bare .keras file: raw scores unless its last layer applies softmax
+        activation = getattr(getattr(model.layers[-1], "activation", None), "__name__", "")
+        logits = activation != "softmax"
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=logits))
     else:
         from cnnbuild.builder import make_loss
 
