@@ -347,8 +347,10 @@ def evaluate(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Test loss, accuracy and per-class accuracy of a trained model; writes the confusion
-    matrix. Models load with Keras' safe_mode on."""
+    """Test loss, accuracy and per-class accuracy of a trained model, and its confusion matrix.
+
+    Models load with Keras' safe_mode on.
+    """
     from cnnbuild.train import evaluate as run_evaluation
     from cnnbuild.train import print_evaluation, stdout_console
 
