@@ -45,13 +45,14 @@ STATE = "state.json"
 # -- settings ---------------------------------------------------------------------------
 
 
-def resolve_train(cfg: ModelConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """The config's ``train:`` section with CLI overrides applied and checked.
+def resolve_train(cfg: ModelConfig | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The config's ``train:`` section (defaults without a config) with CLI overrides
+    applied and checked.
 
     Raises:
         UsageError: an override is out of range or of the wrong type.
     """
-    base = cfg.doc.data.get("train") if isinstance(cfg.doc.data, dict) else None
+    base = cfg.doc.data.get("train") if cfg and isinstance(cfg.doc.data, dict) else None
     merged = {**(base or {}), **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return TrainConfig.model_validate(merged)
@@ -197,13 +198,13 @@ def split_validation(
     return x[tr], y[tr], x[val], y[val]
 
 
-def load_data(cfg: ModelConfig, settings: TrainConfig, quiet: bool = False) -> Data:
-    shape = cfg.input_shape
+def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:
+    """The dataset ``settings`` name, read for a model whose input is ``shape``."""
     data = load_dataset(
         settings.dataset,
         data_dir=settings.data_dir,
-        image_size=(shape[0], shape[1]) if len(shape) == 3 else None,
-        channels=shape[-1] if shape else 3,
+        image_size=shape[:2] if len(shape) == 3 else None,
+        channels=shape[-1] or 3,
         test_split=settings.test_split,
         seed=settings.seed if settings.seed is not None else 1337,
         quiet=quiet,
@@ -516,7 +517,7 @@ def train(
         if settings.seed is not None
         else (state["seed"] if state else random.SystemRandom().randrange(2**31))
     )
-    data = load_data(cfg, settings, quiet=not live)
+    data = load_data(cfg.input_shape, settings, quiet=not live)
     check_data(cfg, data)
     x_tr, y_tr, x_val, y_val = split_validation(
         data.x_train, data.y_train, settings.validation_split, seed
@@ -804,23 +805,8 @@ def evaluate(
     keras = keras_module(verbose)
     model = _load(keras, model_path)
     overrides = {"dataset": dataset, "data_dir": data_dir, "limit": limit, "batch_size": batch_size}
-    if cfg is not None:
-        settings = resolve_train(cfg, overrides)
-    else:
-        try:
-            settings = TrainConfig.model_validate({k: v for k, v in overrides.items() if v})
-        except ValidationError as exc:
-            raise UsageError(str(exc.errors()[0]["msg"])) from None
-    shape = tuple(model.input.shape[1:])
-    data = load_dataset(
-        settings.dataset,
-        data_dir=settings.data_dir,
-        image_size=shape[:2] if len(shape) == 3 else None,
-        channels=shape[-1] or 3,
-        test_split=settings.test_split,
-        seed=settings.seed if settings.seed is not None else 1337,
-        quiet=not console.is_terminal,
-    ).limited(settings.limit)
+    settings = resolve_train(cfg, overrides)
+    data = load_data(tuple(model.input.shape[1:]), settings, quiet=not console.is_terminal)
     if cfg is not None:
         check_data(cfg, data)
     loss_name = cfg.compile.loss if cfg else ""
