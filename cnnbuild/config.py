@@ -34,6 +34,10 @@ MAX_NODES = 5_000
 MAX_REPEAT = 1_000
 INPUT = "input"
 CODE_LAYERS = ("Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
+SCALING_KINDS = ("Rescaling", "Normalization")
+LEADING_GROUPS = ("preprocess", "augment")
+INPUT_SCALING = "input_scaling"
+PIXEL_SCALE = 1 / 255
 
 
 @dataclass
@@ -708,6 +712,8 @@ def from_document(doc: Document) -> ModelConfig | None:
                 doc.finding(("layers",), "layers is empty; a model needs at least one layer")
             )
         output = expander.seq(layers, ("layers",), INPUT, _Scope("", {INPUT: INPUT}))
+    if input_shape is not None and len(input_shape) == 3 and expander.nodes:
+        output = _add_input_scaling(expander.nodes, output, expander.taken)
     return ModelConfig(
         doc.file,
         doc,
@@ -720,3 +726,34 @@ def from_document(doc: Document) -> ModelConfig | None:
         lint_cfg,
         findings,
     )
+
+
+def _add_input_scaling(nodes: list[Node], output: str, taken: dict) -> str:
+    """Give an image model its one pixel scaling, inside the model, unless it has one.
+
+    A model takes raw pixel values (0..255, as a decoded image file holds). When none of
+    the config's leading preprocessing and augmentation layers is a ``Rescaling`` or a
+    ``Normalization``, a ``Rescaling(1/255)`` named ``input_scaling`` goes in after them
+    (augmentation such as RandomContrast keeps seeing 0..255 pixels, as in Keras' own
+    tutorials). ``nodes`` is changed in place.
+
+    Returns:
+        The model's output node (the new layer when nothing follows it).
+    """
+    prev, at = INPUT, len(nodes)
+    for i, node in enumerate(nodes):
+        spec = REGISTRY.get(node.kind)
+        if node.inputs != [prev] or spec is None or spec.group not in LEADING_GROUPS:
+            at = i
+            break
+        if node.kind in SCALING_KINDS:
+            return output
+        prev = node.name
+    name, k = INPUT_SCALING, 1
+    while name in taken:
+        name, k = f"{INPUT_SCALING}_{k}", k + 1
+    args = REGISTRY["Rescaling"].args(scale=PIXEL_SCALE)
+    for node in nodes[at:]:
+        node.inputs = [name if src == prev else src for src in node.inputs]
+    nodes.insert(at, Node(name, "Rescaling", args, [prev], ("input",)))
+    return name if output == prev else output

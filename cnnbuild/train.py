@@ -518,6 +518,8 @@ def train(
         else (state["seed"] if state else random.SystemRandom().randrange(2**31))
     )
     data = load_data(cfg.input_shape, settings, quiet=not live)
+    for note in data.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     check_data(cfg, data)
     x_tr, y_tr, x_val, y_val = split_validation(
         data.x_train, data.y_train, settings.validation_split, seed
@@ -703,7 +705,6 @@ def _pipeline(
         x,
         y,
         batch_size=settings.batch_size,
-        scale=data.scale,
         training=training,
         seed=seed,
         one_hot=one_hot,
@@ -743,7 +744,6 @@ def evaluate_model(
         data.x_test,
         data.y_test,
         batch_size=batch_size,
-        scale=data.scale,
         training=False,
         one_hot=one_hot,
     )

@@ -117,7 +117,7 @@ def test_every_listed_name_builds_through_the_builder(names, arg):
         )
         cfg = from_document(parse_text(text, "n.yaml"))
         assert cfg is not None and cfg.ok, name
-        layer = make_layer(cfg.nodes[0])
+        layer = make_layer(cfg.nodes[-1])
         layer.build((None, 2, 2, 4))
         assert getattr(layer, arg) is not None, name
 

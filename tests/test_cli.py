@@ -138,9 +138,17 @@ def test_summary_static_json(cli):
     }
     assert data["input_shape"] == [32, 32, 3] and data["output_shape"] == [10]
     assert set(data["layers"][0]) == {"name", "type", "output_shape", "params", "macs"}
+    # the default pixel scaling is a layer of the model, with no parameters
+    assert data["layers"][0] == {
+        "name": "input_scaling",
+        "type": "Rescaling",
+        "output_shape": [32, 32, 3],
+        "params": 0,
+        "macs": 0,
+    }
     # conv2d: 3x3x3x32 + 32 params; MACs = 30*30 positions * 32 filters * 27
-    assert data["layers"][0]["params"] == 3 * 3 * 3 * 32 + 32
-    assert data["layers"][0]["macs"] == 30 * 30 * 32 * 27
+    assert data["layers"][1]["params"] == 3 * 3 * 3 * 32 + 32
+    assert data["layers"][1]["macs"] == 30 * 30 * 32 * 27
 
 
 def test_summary_table_shows_totals(cli):
@@ -155,7 +163,8 @@ def test_trace_shows_the_arithmetic(cli):
     assert result.exit_code == 0
     assert "H: (32 - 3) // 1 + 1 = 30" in result.output
     data = json.loads(cli("trace", CONFIGS / "cifar10_tutorial.yaml", "--json").output)
-    first = data["layers"][0]
+    assert data["layers"][0]["name"] == "input_scaling"
+    first = data["layers"][1]
     assert first["input_shapes"] == [[32, 32, 3]] and first["output_shape"] == [30, 30, 32]
     assert first["arithmetic"][0] == {"axis": "H", "text": "(32 - 3) // 1 + 1 = 30"}
 

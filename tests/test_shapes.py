@@ -266,7 +266,7 @@ def test_receptive_field_and_jump_of_a_known_stack():
             "rf.yaml",
         )
     )
-    rows = trace(cfg).rows
+    rows = trace(cfg).rows[1:]  # after input_scaling
     # 3 -> 3 + (2-1)*1 = 4 -> 4 + (3-1)*2 = 8; jumps 1, 2, 2
     assert [(r.field.size, r.field.jump) for r in rows] == [
         ((3, 3), (1, 1)),

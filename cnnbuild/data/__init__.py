@@ -20,8 +20,9 @@ from cnnbuild.errors import DataError
 class Data:
     """A labelled image set split into train and test.
 
-    Images are (N, H, W, C); ``scale`` is what the pipeline multiplies them by
-    (1/255 for uint8 pixels, 1 for float images that are already scaled).
+    Images are (N, H, W, C) pixel values, uint8 or float32 on the same 0..255 scale: the
+    pipeline feeds them to the model unscaled, because the model owns its scaling (a
+    ``Rescaling`` layer of the config, or the ``input_scaling`` layer added by default).
     """
 
     name: str
@@ -31,7 +32,6 @@ class Data:
     y_test: np.ndarray
     class_names: list[str]
     source: str = ""
-    scale: float = 1 / 255
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -54,7 +54,6 @@ class Data:
             self.y_test[:limit],
             self.class_names,
             self.source,
-            self.scale,
             list(self.notes),
         )
 
@@ -116,12 +115,17 @@ def tidy(
         raise DataError(
             f"{source}: labels go up to {top - 1} but there are only {len(names)} class names"
         )
-    if xs[0].dtype == np.uint8:
-        scale = 1 / 255
-    else:
+    notes = []
+    if xs[0].dtype != np.uint8:
         xs = [x.astype(np.float32) for x in xs]
-        scale = 1.0
-    return Data(name, xs[0], ys[0], xs[1], ys[1], names, source, scale)
+        if xs[0].size and float(np.nanmax(xs[0])) <= 1.0:
+            notes.append(
+                f"{source}: the float images are all within [0, 1]; cnnbuild feeds pixel values "
+                "to the model unscaled and the model scales them (by 1/255 unless its first "
+                "layers scale); if these images are already scaled, start the layers with "
+                "`Rescaling: {scale: 1}`"
+            )
+    return Data(name, xs[0], ys[0], xs[1], ys[1], names, source, notes)
 
 
 def describe(spec: Any) -> str:

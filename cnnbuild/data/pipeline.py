@@ -2,7 +2,8 @@
 
 The images stay uint8 in memory (a quarter of float32's size). Each epoch shuffles an
 index vector (cheap, a full shuffle), batches the indices, gathers the batch and only then
-casts and scales it, in parallel, and prefetches the next batches while the model trains.
+casts it to float32 (no scaling: the model owns it), in parallel, and prefetches the next
+batches while the model trains.
 Augmentation layers are part of the model, so they run in the training step, on the GPU
 when there is one.
 """
@@ -19,19 +20,17 @@ def make_pipeline(
     y: np.ndarray,
     *,
     batch_size: int,
-    scale: float,
     training: bool,
     seed: int | None = None,
     one_hot: int | None = None,
     shuffle_buffer: int | None = None,
 ) -> Any:
-    """A ``tf.data.Dataset`` of ``(float32 images * scale, labels)`` batches.
+    """A ``tf.data.Dataset`` of ``(float32 images, labels)`` batches.
 
     Args:
         x: images (N, H, W, C), uint8 or float32.
         y: integer labels (N,).
         batch_size: images per batch (the last batch may be smaller).
-        scale: factor applied after casting to float32 (1/255 for uint8 pixels).
         training: shuffle every epoch.
         seed: shuffle seed (the same seed gives the same order every run).
         one_hot: number of classes, to give one-hot labels (categorical losses).
@@ -47,7 +46,7 @@ def make_pipeline(
     ds = ds.batch(batch_size)
 
     def fetch(idx):
-        xb = tf.cast(tf.gather(images, idx), tf.float32) * scale
+        xb = tf.cast(tf.gather(images, idx), tf.float32)
         yb = tf.gather(labels, idx)
         if one_hot is not None:
             yb = tf.one_hot(yb, one_hot)
