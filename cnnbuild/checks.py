@@ -88,8 +88,11 @@ def _consumers(trace: Trace) -> dict[str, list[Row]]:
     return out
 
 
-def _descendants(trace: Trace, name: str) -> set[str]:
-    """Names of every node that reads ``name``'s output, directly or not."""
+def _descendants(
+    trace: Trace, name: str, through: Callable[[Row], bool] = lambda row: True
+) -> set[str]:
+    """Names of every node that reads ``name``'s output, directly or through nodes
+    for which ``through`` holds."""
     consumers = _consumers(trace)
     seen: set[str] = set()
     todo = [name]
@@ -97,8 +100,13 @@ def _descendants(trace: Trace, name: str) -> set[str]:
         for row in consumers.get(todo.pop(), []):
             if row.node.name not in seen:
                 seen.add(row.node.name)
-                todo.append(row.node.name)
+                if through(row):
+                    todo.append(row.node.name)
     return seen
+
+
+def _is_1x1(row: Row) -> bool:
+    return row.shape is not None and len(row.shape) == 3 and tuple(row.shape[:2]) == (1, 1)
 
 
 def _activation(node: Node) -> str | None:
@@ -216,7 +224,9 @@ def _collapse(trace: Trace):
             continue
         if row.inputs and row.inputs[0] is not None and tuple(row.inputs[0][:2]) == (1, 1):
             continue
-        below = _descendants(trace, row.node.name)
+        if REGISTRY[row.node.kind].group not in _SPATIAL or row.out.global_pool:
+            continue  # a squeeze on purpose (global pooling, Reshape: squeeze-and-excitation)
+        below = _descendants(trace, row.node.name, _is_1x1)
         later = [
             r
             for r in rows[i + 1 :]
