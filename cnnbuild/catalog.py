@@ -10,7 +10,7 @@ layer is covered everywhere the moment it is added. Losses are described here on
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,6 +198,27 @@ register("Concatenate", shapes.concatenate, "merge", "join its inputs along `axi
 LINEAR_GROUPS = frozenset({"conv", "dense"})
 PREPROCESS_GROUPS = frozenset({"preprocess", "augment"})
 """Groups of the layers that may come before the model proper (input handling)."""
+
+
+def scales_input(kinds: Iterable[str]) -> bool:
+    """Whether layers of these kinds, in order from the input, scale the pixels before
+    the model proper: a scaling layer (Rescaling, Normalization) among the leading
+    preprocessing and augmentation layers. When not, the model gets ``input_scaling``.
+
+    >>> scales_input(["RandomFlip", "Rescaling", "Conv2D"])
+    True
+    >>> scales_input(["Conv2D", "Rescaling"])
+    False
+    """
+    for kind in kinds:
+        entry = REGISTRY.get(kind)
+        if entry is None:
+            return False
+        if entry.scaling:
+            return True
+        if entry.group not in PREPROCESS_GROUPS:
+            return False
+    return False
 
 
 # -- losses ------------------------------------------------------------------------------

@@ -150,3 +150,20 @@ def test_snake_names_are_keras_automatic_names():
     for kind, entry in REGISTRY.items():
         layer = getattr(keras.layers, kind)(**SAMPLE.get(kind, {}))
         assert layer.name.rstrip("_0123456789") == entry.snake, kind
+
+
+@pytest.mark.parametrize(
+    ("kinds", "scaled"),
+    [
+        (["Rescaling", "Conv2D"], True),
+        (["Normalization", "Conv2D"], True),
+        (["RandomFlip", "Resizing", "Rescaling", "Conv2D"], True),
+        (["Conv2D", "Rescaling"], False),
+        (["RandomFlip", "Conv2D"], False),
+        ([], False),
+    ],
+)
+def test_scales_input_looks_only_at_the_leading_preprocessing(kinds, scaled):
+    from cnnbuild.catalog import scales_input
+
+    assert scales_input(kinds) is scaled
