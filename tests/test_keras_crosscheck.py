@@ -15,6 +15,8 @@ import itertools
 import numpy as np
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cnnbuild.catalog import REGISTRY
 from cnnbuild.config import from_document
@@ -378,3 +380,45 @@ def test_adapt_normalization_adapts_what_each_layer_receives():
     out = model.predict(images, verbose=0).reshape(-1, 2)
     expected = ((seen - seen.mean(axis=(0, 1, 2))) / seen.std(axis=(0, 1, 2)) - 1.0) / 2.0
     np.testing.assert_allclose(out, expected.reshape(-1, 2), atol=1e-3)
+
+
+@st.composite
+def _upsampling_case(draw):
+    """A transposed convolution, an UpSampling2D or a Reshape on a small image."""
+    h, w, c = (draw(st.integers(1, 9)), draw(st.integers(1, 9)), draw(st.integers(1, 4)))
+    kind = draw(st.sampled_from(["Conv2DTranspose", "UpSampling2D", "Reshape"]))
+    if kind == "UpSampling2D":
+        size = [draw(st.integers(1, 4)), draw(st.integers(1, 4))]
+        return kind, {"size": size}, (h, w, c)
+    if kind == "Reshape":
+        dims = [h * w, c] if draw(st.booleans()) else [h, w * c]
+        if draw(st.booleans()):
+            dims[draw(st.integers(0, 1))] = -1
+        return kind, {"target_shape": dims}, (h, w, c)
+    strides = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    args = {
+        "filters": draw(st.integers(1, 4)),
+        "kernel_size": [draw(st.integers(1, 5)), draw(st.integers(1, 5))],
+        "strides": strides,
+        "padding": draw(st.sampled_from(["valid", "same"])),
+        "use_bias": draw(st.booleans()),
+    }
+    if draw(st.booleans()):
+        args["output_padding"] = [draw(st.integers(0, s - 1)) for s in strides]
+    if strides == [1, 1] and draw(st.booleans()):
+        args["dilation_rate"] = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    return kind, args, (h, w, c)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_upsampling_case())
+def test_generated_cases_equal_keras(case):
+    kind, kwargs, input_shape = case
+    _, tr = _config(kind, kwargs, input_shape)
+    assert tr is not None
+    if tr.findings:  # the static engine refuses: Keras must refuse too
+        with pytest.raises(Exception):  # noqa: B017 - ValueError or a TF error
+            _keras_layer_figures(kind, kwargs, input_shape)
+        return
+    ours = (tr.output_shape, tr.trainable, tr.non_trainable, tr.macs)
+    assert ours == _keras_layer_figures(kind, kwargs, input_shape)
