@@ -109,9 +109,9 @@ def make_layer(node: Node, dtype: str | None = None) -> Any:
 
 
 @contextmanager
-def _recursion_room(depth: int):
-    """Keras walks a functional graph recursively (a few frames per layer): give a deep
-    stack room, and restore the limit after."""
+def recursion_room(depth: int):
+    """Keras builds, saves and loads a functional graph recursively (a few frames per
+    layer): give a ``depth``-layer model room, and restore the limit after."""
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old, 50 * depth + 1000))
     try:
@@ -146,7 +146,7 @@ def build_model(
     keras = keras_module()
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     tensors = {INPUT: keras.Input(shape=cfg.input_shape, name=INPUT)}
-    with _recursion_room(len(cfg.nodes)):
+    with recursion_room(len(cfg.nodes)):
         for node in cfg.nodes:
             dtype = "float32" if mixed_precision and node.name == cfg.output else None
             layer = make_layer(node, dtype)
@@ -158,6 +158,30 @@ def build_model(
             model, cfg, lr=lr, steps_per_execution=steps_per_execution, jit_compile=jit_compile
         )
     return model
+
+
+def load_model(path: str | os.PathLike, *, compile: bool = False, safe_mode: bool = True) -> Any:
+    """``keras.saving.load_model`` with room for deep models (a 2,000-layer model
+    otherwise fails with RecursionError while Keras rebuilds its graph).
+
+    Args:
+        path: a ``.keras`` file.
+        compile: restore the optimizer and its state.
+        safe_mode: Keras' safe_mode (no Lambda or arbitrary code).
+
+    Returns:
+        The loaded model.
+    """
+    import zipfile
+
+    keras = keras_module()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            depth = archive.read("config.json").count(b'"class_name"')
+    except (OSError, KeyError, zipfile.BadZipFile):
+        depth = 0  # not a readable archive: Keras says what is wrong with it
+    with recursion_room(depth):
+        return keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
 
 
 def make_loss(cfg: ModelConfig) -> Any:

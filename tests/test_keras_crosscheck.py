@@ -330,8 +330,9 @@ def test_an_integer_learning_rate_beyond_int64_builds(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_2000_layer_stack_builds_without_recursion_error():
-    from cnnbuild.builder import build_model, keras_summary
+def test_a_2000_layer_stack_builds_saves_and_loads_without_recursion_error(tmp_path):
+    from cnnbuild.builder import build_model, keras_summary, load_model
+    from cnnbuild.io import save_model
 
     text = yaml.safe_dump(
         {
@@ -347,6 +348,10 @@ def test_a_2000_layer_stack_builds_without_recursion_error():
     model = build_model(cfg, compile=False)
     assert len(model.layers) == 2001
     assert keras_summary(cfg, model) == tr.to_dict()
+    save_model(model, tmp_path / "deep.keras")
+    loaded = load_model(tmp_path / "deep.keras")
+    x = np.random.default_rng(0).random((3, 2, 2, 1), dtype="float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 def test_adapt_normalization_adapts_what_each_layer_receives():
