@@ -427,3 +427,33 @@ def test_generated_cases_equal_keras(case):
         return
     ours = (tr.output_shape, tr.trainable, tr.non_trainable, tr.macs)
     assert ours == _keras_layer_figures(kind, kwargs, input_shape)
+
+
+def test_per_channel_preprocessing_survives_save_and_plain_keras_load(tmp_path):
+    from cnnbuild.builder import adapt_normalization, build_model
+    from cnnbuild.io import save_model
+
+    text = yaml.safe_dump(
+        {
+            "name": "pre",
+            "input": [3, 3, 3],
+            "layers": [
+                {"Rescaling": {"scale": [0.5, 0.25, 2.0], "offset": [1, 0, -1]}},
+                "Normalization",
+                {"Normalization": {"mean": [1, 2, 3], "variance": [1, 4, 9]}},
+            ],
+        }
+    )
+    cfg = from_document(parse_text(text, "pre.yaml"))
+    model = build_model(cfg, compile=False)
+    images = np.random.default_rng(1).integers(0, 256, (32, 3, 3, 3)).astype("float32")
+    adapt_normalization(model, images)
+    save_model(model, tmp_path / "pre.keras")
+    loaded = keras.saving.load_model(tmp_path / "pre.keras")
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5
+    )
+    scaled = images * np.array([0.5, 0.25, 2.0]) + np.array([1, 0, -1])
+    standard = (scaled - scaled.mean(axis=(0, 1, 2))) / scaled.std(axis=(0, 1, 2))
+    expected = (standard - np.array([1, 2, 3])) / np.array([1, 2, 3])
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-3)
