@@ -249,7 +249,7 @@ def _collapse(trace: Trace):
 
 def _window(node: Node) -> tuple[tuple[int, int], tuple[int, int], str] | None:
     a = node.args
-    if a is None:
+    if a is None or node.kind == "Conv2DTranspose":  # upsamples: a wide kernel is normal
         return None
     if hasattr(a, "kernel_size"):
         eff = tuple(d * (k - 1) + 1 for k, d in zip(a.kernel_size, a.dilation_rate, strict=True))
@@ -312,6 +312,8 @@ _PASS_LINEAR = {
     "ZeroPadding2D",
     "AveragePooling2D",
     "Cropping2D",
+    "UpSampling2D",
+    "Reshape",
 }
 
 
@@ -391,7 +393,8 @@ def _bias_bn(trace: Trace):
     for row in trace.rows:
         node = row.node
         if (
-            node.kind not in ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D")
+            node.kind
+            not in ("Conv2D", "Conv2DTranspose", "Dense", "DepthwiseConv2D", "SeparableConv2D")
             or node.args is None
             or not node.args.use_bias
         ):

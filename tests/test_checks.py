@@ -212,3 +212,21 @@ def test_unknown_rule_in_config_is_reported(write):
 def test_core_rules_cannot_be_ignored(cli):
     result = cli("validate", LINT / "duplicate-key.yaml", "--ignore", "duplicate-key")
     assert result.exit_code == 2
+
+
+def test_a_decoder_lints_like_keras_models_are_written(write):
+    """A transposed convolution wider than its 1x1 input is how decoders start (no
+    window warning); a convolution feeding another through UpSampling2D with no
+    activation is still one linear map."""
+    path = write("""
+        name: decoder
+        input: [1, 1, 8]
+        layers:
+          - Conv2DTranspose: {filters: 8, kernel_size: 4, activation: relu}
+          - Conv2D: {filters: 4, kernel_size: 1}
+          - UpSampling2D
+          - Conv2D: {filters: 2, kernel_size: 3, padding: same, activation: relu}
+    """)
+    _, tr, findings = check_file(path)
+    assert tr.output_shape == (8, 8, 2)
+    assert [(f.rule, f.line) for f in findings] == [("linear-stack", 5)]
