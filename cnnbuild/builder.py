@@ -254,8 +254,8 @@ def adapt_normalization(model: Any, images: Any, batch_size: int = 256) -> list[
 
     Args:
         model: a model from :func:`build_model`.
-        images: the training images, raw pixel values (an array or a ``tf.data``
-            dataset of image batches).
+        images: the training images, raw pixel values: an array, or a ``tf.data``
+            dataset of image batches or of (images, labels) batches.
         batch_size: batch size for feeding an array.
 
     Returns:
@@ -264,11 +264,14 @@ def adapt_normalization(model: Any, images: Any, batch_size: int = 256) -> list[
     keras = keras_module()
     import tensorflow as tf
 
-    data = (
-        images
-        if isinstance(images, tf.data.Dataset)
-        else tf.data.Dataset.from_tensor_slices(tf.cast(images, "float32")).batch(batch_size)
-    )
+    if isinstance(images, tf.data.Dataset):
+        data = images
+        if isinstance(data.element_spec, tuple):  # (images, labels) batches
+            data = data.map(lambda x, *_: x)
+        data = data.map(lambda x: tf.cast(x, "float32"))
+    else:
+        data = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+        data = data.map(lambda x: tf.cast(x, "float32"))
     adapted = []
     for layer in model.layers:
         if type(layer).__name__ != "Normalization" or layer.input_mean is not None:

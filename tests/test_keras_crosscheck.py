@@ -355,6 +355,8 @@ def test_a_2000_layer_stack_builds_saves_and_loads_without_recursion_error(tmp_p
 
 
 def test_adapt_normalization_adapts_what_each_layer_receives():
+    import tensorflow as tf
+
     from cnnbuild.builder import adapt_normalization, build_model
 
     text = yaml.safe_dump(
@@ -373,7 +375,8 @@ def test_adapt_normalization_adapts_what_each_layer_receives():
     model = build_model(cfg, compile=False)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 4, 4, 2)).astype("uint8")
-    assert adapt_normalization(model, images, batch_size=16) == ["adapted"]
+    labelled = tf.data.Dataset.from_tensor_slices((images, np.zeros(64))).batch(16)
+    assert adapt_normalization(model, labelled) == ["adapted"]
     seen = images.astype("float64") * 0.5  # what the layer receives: after Rescaling
     layer = model.get_layer("adapted")
     np.testing.assert_allclose(
