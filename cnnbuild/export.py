@@ -48,12 +48,14 @@ def require(fmt: str) -> None:
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; received {fmt!r}")
-    missing = [pip for module, pip in PACKAGES[fmt] if importlib.util.find_spec(module) is None]
+    needed = [("tensorflow", "tensorflow"), *PACKAGES[fmt]]
+    missing = [pip for module, pip in needed if importlib.util.find_spec(module) is None]
     if missing:
+        extras = "train,export" if "tensorflow" in missing else "export"
         raise UsageError(
             f"export --format {fmt} needs {', '.join(missing)}, which "
-            f"{'is' if len(missing) == 1 else 'are'} not installed; install the export "
-            "extra with: pip install 'cnnbuild[export]'"
+            f"{'is' if len(missing) == 1 else 'are'} not installed; install them with: "
+            f"pip install 'cnnbuild[{extras}]'"
         )
 
 
