@@ -22,12 +22,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from cnnbuild.errors import CnnbuildError, UsageError
 from cnnbuild.predict import Target, load_keras_model, open_target
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMATS = ("saved_model", "litert", "onnx")
 FLOAT_TOLERANCE = 1e-4
@@ -76,6 +77,8 @@ def default_output(opened: Target, fmt: str, int8: bool) -> Path:
 def float32_model(keras: Any, model: Any) -> Any:
     """The model itself when every layer computes in float32; else a float32 rebuild
     carrying the same weights."""
+    import numpy as np
+
     policies = {layer.dtype_policy.name for layer in model.layers}
     if policies <= {"float32"}:
         return model
@@ -171,6 +174,8 @@ def run_artifact(path: Path, fmt: str, images: np.ndarray) -> tuple[np.ndarray, 
         The float32 outputs (int8 outputs dequantized) and the seconds of one timed call
         on the whole batch, after a warm-up call.
     """
+    import numpy as np
+
     x = np.ascontiguousarray(images, dtype=np.float32)
     if fmt == "saved_model":
         import tensorflow as tf
@@ -244,6 +249,8 @@ class Verification:
 
 def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool):
     """``n`` test images and some training images (int8 calibration) as float32."""
+    import numpy as np
+
     from cnnbuild.train import load_data, resolve_train
 
     if opened.config is None and data is None:
@@ -290,6 +297,8 @@ def export(
         UsageError: bad flags, missing packages, no dataset.
     """
     require(fmt)
+    import numpy as np
+
     if int8 and fmt != "litert":
         raise UsageError(f"--int8 is for --format litert; received --format {fmt}")
     if images < 1:

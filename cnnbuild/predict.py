@@ -18,11 +18,12 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from cnnbuild.errors import CnnbuildError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -105,6 +106,8 @@ def probabilities(outputs: np.ndarray, already: bool) -> np.ndarray:
 
     One output unit is a binary classifier: its sigmoid is the probability of class 1.
     """
+    import numpy as np
+
     out = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
     if out.shape[1] == 1:
         p1 = out[:, 0] if already else 1.0 / (1.0 + np.exp(-out[:, 0]))
@@ -156,6 +159,7 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     Raises:
         ImageError: too large, not an image Pillow can decode, or an unusable mode.
     """
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -199,6 +203,7 @@ def resize(images: list[np.ndarray], height: int | None, width: int | None) -> n
 
     ``None`` in the model's input keeps each image's own size (they must then agree).
     """
+    import numpy as np
     import tensorflow as tf
 
     out = []
@@ -272,15 +277,17 @@ def predict(
     """
     if top_k < 1 or batch_size < 1:
         raise UsageError(f"-k and --batch-size must be at least 1; received {top_k}, {batch_size}")
+    opened = open_target(target)
+    model = load_keras_model(opened.model_path, verbose)
+    import numpy as np
+
     try:
         import PIL  # noqa: F401
     except ImportError:
         raise UsageError(
             "predict needs Pillow to decode images; install it with: pip install pillow"
         ) from None
-    opened = open_target(target)
     files, failed = collect_images(paths)
-    model = load_keras_model(opened.model_path, verbose)
     shape = tuple(model.input.shape[1:])
     if len(shape) != 3:
         raise UsageError(f"{opened.model_path}: takes inputs of shape {shape}, not images")
