@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -319,10 +320,15 @@ def export(
     reference = np.asarray(model.predict(test, batch_size=len(test), verbose=0), dtype=np.float32)
     keras_seconds = time.perf_counter() - start
     write_artifact(keras, model, fmt, out, int8, calibration)
+    from cnnbuild.builder import captured_fds
+
     try:
-        got, seconds = run_artifact(out, fmt, test)
+        with captured_fds((2,)) as log:  # runtimes' C++ notes (XNNPACK delegate...)
+            got, seconds = run_artifact(out, fmt, test)
     except Exception as exc:  # a runtime that refuses the file is a failed export
         raise CnnbuildError(f"{out}: the {fmt} runtime cannot run it: {exc}") from None
+    if verbose and log:
+        sys.stderr.write(log[0])
     got = got.reshape(reference.shape)
     diff = float(np.max(np.abs(got - reference)))
     flat_ref, flat_got = reference.reshape(len(test), -1), got.reshape(len(test), -1)
