@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnbuild.errors import CnnbuildError, UsageError
+from cnnbuild.errors import CnnbuildError, DataError, UsageError, shape_str
 from cnnbuild.predict import Target, load_keras_model, open_target
 
 if TYPE_CHECKING:
@@ -263,6 +263,13 @@ def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool)
     dataset = load_data(shape, settings, quiet=quiet)
     if not len(dataset.x_test):
         raise UsageError(f"dataset {dataset.name} has no test images to verify with")
+    want = tuple(shape)
+    have = tuple(int(d) for d in dataset.x_test.shape[1:])
+    if len(want) != len(have) or any(w not in (None, h) for w, h in zip(want, have, strict=False)):
+        raise DataError(
+            f"dataset {dataset.name} has images of shape {shape_str(have)} but the model "
+            f"takes {shape_str(want)}; give --data with images of the model's size"
+        )
     test = np.asarray(dataset.x_test[:n], dtype=np.float32)
     calibration = np.asarray(dataset.x_train[:CALIBRATION_IMAGES], dtype=np.float32)
     return dataset.name, test, calibration

@@ -201,7 +201,7 @@ def read_image(path: Path, channels: int) -> np.ndarray:
 def resize(images: list[np.ndarray], height: int | None, width: int | None) -> np.ndarray:
     """Stack images, resizing those of another size bilinearly to ``height x width``.
 
-    ``None`` in the model's input keeps each image's own size (they must then agree).
+    ``None`` in the model's input keeps each image's own size.
     """
     import numpy as np
     import tensorflow as tf
@@ -308,8 +308,13 @@ def predict(
         result.resized += sum(
             1 for img in images if img.shape[:2] != (height or img.shape[0], width or img.shape[1])
         )
-        batch = resize(images, height, width)
-        probs = probabilities(model.predict(batch, batch_size=batch_size, verbose=0), already)
+        if height is None or width is None:  # free input size: one image at a time
+            outputs = np.concatenate(
+                [model.predict(resize([img], height, width), verbose=0) for img in images]
+            )
+        else:
+            outputs = model.predict(resize(images, height, width), batch_size=batch_size, verbose=0)
+        probs = probabilities(outputs, already)
         if names is None:
             names = class_names(opened, probs.shape[1])
         k = min(top_k, probs.shape[1])

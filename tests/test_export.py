@@ -177,3 +177,9 @@ def test_usage_errors(run_dir, cli, tmp_path):
     result = cli("export", bare, "--format", "onnx")
     assert result.exit_code == 2
     assert "give --data" in result.stderr
+    rng = np.random.default_rng(0)
+    small = {k: rng.integers(0, 256, (8, 28, 28, 3), dtype=np.uint8) for k in ("x_train", "x_test")}
+    np.savez(tmp_path / "small.npz", **small, y_train=np.arange(8) % 10, y_test=np.arange(8) % 10)
+    result = cli("export", bare, "--format", "onnx", "--data", f"npz:{tmp_path / 'small.npz'}")
+    assert result.exit_code == 1
+    assert "has images of shape (28, 28, 3) but the model takes (32, 32, 3)" in result.stderr

@@ -163,3 +163,37 @@ def test_bad_targets_and_flags(run_dir, tmp_path):
     result = _cli("predict", run_dir, tmp_path, "-k", 0)
     assert result.exit_code == 2
     assert "-k and --batch-size must be at least 1" in result.stderr
+
+
+def test_free_input_size_keeps_each_image_size(write, tmp_path):
+    from cnnbuild.builder import build_model
+    from cnnbuild.validate import load_config
+
+    config = write(
+        """
+        name: free
+        input: [null, null, 1]
+        layers:
+          - Conv2D: {filters: 4, kernel_size: 3}
+          - GlobalAveragePooling2D
+          - Dense: {units: 2, activation: softmax}
+        compile: {optimizer: adam, loss: sparse_categorical_crossentropy, from_logits: false}
+        """
+    )
+    model = build_model(load_config(config), compile=False)
+    model.save(tmp_path / "free.keras")
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((20, 30), (41, 17))]
+    for i, array in enumerate(arrays):
+        Image.fromarray(array).save(tmp_path / f"{i}.png")
+    result = _cli("predict", tmp_path / "free.keras", tmp_path / "0.png", tmp_path / "1.png",
+                  "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got, data = _by_file(result.stdout)
+    assert data["resized"] == 0
+    for i, array in enumerate(arrays):
+        want = model.predict(array[None, ..., None].astype(np.float32), verbose=0)[0]
+        top = got[str(tmp_path / f"{i}.png")]
+        assert [t["class"] for t in top] == [f"class{j}" for j in np.argsort(-want)]
+        for t in top:
+            assert t["probability"] == pytest.approx(float(want[t["index"]]), abs=2e-6)
