@@ -175,7 +175,7 @@ def read_image(path: Path, channels: int) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.format not in ("PNG", "JPEG", "BMP", "GIF"):
+                if img.format not in ("PNG", "JPEG", "MPO", "BMP", "GIF"):  # MPO: camera JPEG
                     raise ImageError(f"a {img.format} image; expected PNG, JPEG, BMP or GIF")
                 width, height = img.size
                 if width * height > MAX_PIXELS:
