@@ -17,6 +17,7 @@ policy and the weights copied (onnxruntime rejects half-precision convolutions).
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 import tempfile
@@ -86,10 +87,7 @@ def float32_model(keras: Any, model: Any) -> Any:
 
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
-            if (
-                node.get("class_name") == "DTypePolicy"
-                or node.get("class_name") == "FloatDTypePolicy"
-            ):
+            if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
                 return "float32"
             return {k: strip(v) for k, v in node.items()}
         if isinstance(node, list):
@@ -110,8 +108,11 @@ def float32_model(keras: Any, model: Any) -> Any:
 
 
 def _place(tmp: Path, out: Path) -> None:
-    """Move a finished artefact into place; an older one is replaced only then."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Flush a finished artefact to disk and move it into place; an older one is
+    replaced only then."""
+    for path in [tmp] if tmp.is_file() else [p for p in tmp.rglob("*") if p.is_file()]:
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
     if tmp.is_dir() and out.exists():
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -122,7 +123,7 @@ def _place(tmp: Path, out: Path) -> None:
         tmp.replace(out)
 
 
-def _int8_tflite(keras: Any, model: Any, calibration: np.ndarray, workdir: Path) -> bytes:
+def _int8_tflite(model: Any, calibration: np.ndarray, workdir: Path) -> bytes:
     """Full-integer LiteRT: int8 weights, activations, input and output."""
     import tensorflow as tf
 
@@ -140,7 +141,7 @@ def _int8_tflite(keras: Any, model: Any, calibration: np.ndarray, workdir: Path)
 
 
 def write_artifact(
-    keras: Any, model: Any, fmt: str, out: Path, int8: bool, calibration: np.ndarray | None
+    model: Any, fmt: str, out: Path, int8: bool, calibration: np.ndarray | None
 ) -> None:
     """Write the artefact to a temporary name beside ``out``, then move it into place."""
     from cnnbuild.builder import captured_fds
@@ -152,7 +153,7 @@ def write_artifact(
         try:
             with captured_fds() as log:
                 if fmt == "litert" and int8:
-                    tmp.write_bytes(_int8_tflite(keras, model, calibration, workdir))
+                    tmp.write_bytes(_int8_tflite(model, calibration, workdir))
                 else:
                     kind = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}
                     model.export(str(tmp), format=kind[fmt], verbose=False)
@@ -326,7 +327,7 @@ def export(
     start = time.perf_counter()
     reference = np.asarray(model.predict(test, batch_size=len(test), verbose=0), dtype=np.float32)
     keras_seconds = time.perf_counter() - start
-    write_artifact(keras, model, fmt, out, int8, calibration)
+    write_artifact(model, fmt, out, int8, calibration)
     from cnnbuild.builder import captured_fds
 
     try:
