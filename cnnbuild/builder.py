@@ -15,6 +15,7 @@ from typing import Any
 
 from cnnbuild.catalog import REGISTRY, loss_spec, resolved_compile
 from cnnbuild.config import INPUT, ModelConfig, Node
+from cnnbuild.errors import UsageError
 from cnnbuild.schema.layers import keras_kwargs
 from cnnbuild.schema.types import KERAS_CLASS
 
@@ -55,6 +56,10 @@ def keras_module(verbose: bool = False) -> Any:
 
     Returns:
         The ``keras`` module (Keras 3 on the TensorFlow backend).
+
+    Raises:
+        UsageError: when TensorFlow or Keras is not installed (the light install), with
+            the command that installs them.
     """
     if "keras" in sys.modules and "tensorflow" in sys.modules:
         if verbose and _STARTUP_LOG:
@@ -63,8 +68,14 @@ def keras_module(verbose: bool = False) -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     with captured_fds() as log:
-        import keras
-        import tensorflow as tf
+        try:
+            import keras
+            import tensorflow as tf
+        except ImportError as exc:
+            raise UsageError(
+                f"this command needs TensorFlow and Keras ({exc.name or exc} is not "
+                "installed); install them with: pip install 'cnnbuild[train]'"
+            ) from None
 
         tf.config.list_physical_devices("GPU")  # probes CUDA now, while captured
     _STARTUP_LOG[:] = log
