@@ -131,7 +131,7 @@ def test_ctrl_c_saves_and_prints_the_resume_command(write, tmp_path):
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, (proc.returncode, out, err)
+    assert proc.returncode == 130, (proc.returncode, out, err)
     assert "Traceback" not in err
     assert f"cnnbuild train --resume {run_dir}" in err
     state = json.loads((run_dir / "state.json").read_text())

@@ -343,8 +343,8 @@ Regularizer = Named(REGULARIZERS, "regularizer")
 Constraint = Named(CONSTRAINTS, "constraint")
 Seed = Annotated[
     int | None,
-    BeforeValidator(lambda v: None if v is None else int_check(0)(v)),
-    WithJsonSchema({"type": ["integer", "null"], "minimum": 0}),
+    BeforeValidator(lambda v: None if v is None else int_check(0, 2**32 - 1)(v)),
+    WithJsonSchema({"type": ["integer", "null"], "minimum": 0, "maximum": 2**32 - 1}),
 ]
 Padding = Choice(("valid", "same"), "padding")
 
