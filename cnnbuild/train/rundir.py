@@ -239,6 +239,7 @@ class RunDir:
         except UsageError:
             run.lock.release()
             raise
+        run.sweep()  # what a run killed before it wrote anything left
         return run
 
     @classmethod
@@ -251,6 +252,11 @@ class RunDir:
         if not path.is_dir():
             raise UsageError(f"--resume {path}: no such folder")
         if not (path / STATE).is_file() and not (path / "config.yaml").is_file():
+            if (path / LOCK).exists():
+                raise UsageError(
+                    f"--resume {path}: the run stopped before it wrote its config.yaml and "
+                    f"{STATE}, so there is nothing to resume; start it again with --out {path}"
+                )
             raise UsageError(f"--resume {path}: not a run directory (no {STATE})")
         run = cls(path, signals)
         run.lock.acquire("--resume")
