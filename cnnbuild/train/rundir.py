@@ -353,8 +353,10 @@ class RunDir:
             The state, and the names of the temp files removed.
         """
         state = self.read_state()
-        if state is not None and state.pending:
-            self._finish_pending(state)
+        if state is not None:
+            if state.pending:
+                self._finish_pending(state)
+            self.write_history(state.history)  # a kill may have come before it was written
         return state, self.sweep()
 
     def sweep(self) -> list[str]:
