@@ -58,6 +58,11 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = ""
         suffix: a suffix the temp file needs (Keras wants ``.keras``).
     """
     path = Path(path)
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(path)
     if suffix:
@@ -100,7 +105,7 @@ _ADVICE = {
     errno.EROFS: "the file system is read-only; choose a writable folder",
     errno.EACCES: "permission denied; choose a folder you can write to",
     errno.EPERM: "operation not permitted; choose a folder you can write to",
-    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.ENOTDIR: "it is a file, not a folder; choose another path",
     errno.EISDIR: "it is a folder; give a file path",
     errno.EEXIST: "it already exists; choose another path",
     errno.ENAMETOOLONG: "the name is too long; choose a shorter path",

@@ -331,6 +331,7 @@ def _train(
     elif config is None:
         raise UsageError("give a CONFIG to train, or --resume RUN_DIR")
     else:
+        RunDir.check_out(out)
         cfg = load_config(config)
         settings = resolve_train(cfg, overrides)
 

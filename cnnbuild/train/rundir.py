@@ -228,8 +228,7 @@ class RunDir:
                 path = base.with_name(f"{base.name}-{n}")
         else:
             path = out
-            if path.exists() and not path.is_dir():
-                raise UsageError(f"--out {path}: is a file; give a new or empty folder")
+            cls.check_out(path)
             _mkdir(path, parents=True)
             _refuse_used(path)
         run = cls(path, signals)
@@ -241,6 +240,19 @@ class RunDir:
             raise
         run.sweep()  # what a run killed before it wrote anything left
         return run
+
+    @staticmethod
+    def check_out(out: Path | None) -> None:
+        """Refuse an ``--out`` that cannot become this run's folder, before any work.
+
+        Raises:
+            UsageError: ``out`` is a file, or a folder holding files.
+        """
+        if out is None or not out.exists():
+            return
+        if not out.is_dir():
+            raise UsageError(f"--out {out}: is a file; give a new or empty folder")
+        _refuse_used(out)
 
     @classmethod
     def open(cls, path: Path, signals: Signals | None = None) -> RunDir:
@@ -321,11 +333,16 @@ class RunDir:
             saves: checkpoint name -> a function that saves the model to the path given.
         """
         with self.signals.deferred():
-            for name, save in saves.items():
-                tmp = self.pending_file(name)
-                tmp.unlink(missing_ok=True)
-                save(str(tmp))
-                fsync_path(tmp)
+            try:
+                for name, save in saves.items():
+                    tmp = self.pending_file(name)
+                    tmp.unlink(missing_ok=True)
+                    save(str(tmp))
+                    fsync_path(tmp)
+            except BaseException:
+                for name in saves:
+                    self.pending_file(name).unlink(missing_ok=True)
+                raise
             state.pending = list(saves)
             self.write_state(state)  # the commit point
             self._finish_pending(state)
