@@ -4,6 +4,7 @@ shapes. The download code is the real one; only the host differs."""
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 
 import numpy as np
@@ -71,7 +72,15 @@ def test_safe_unpickler_builds_arrays_and_containers():
     value = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [1, 2]}
     back = safe_loads(pickle.dumps(value, protocol=2))
     assert np.array_equal(back[b"data"], value[b"data"]) and back[b"labels"] == [1, 2]
-    assert issubclass(SafeUnpickler, pickle.Unpickler)
+
+
+
+def test_safe_unpickler_refuses_a_pickle_that_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps({b"data": Evil(f"touch {marker}")}, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refused to load"):
+        SafeUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    assert not marker.exists()
 
 
 def test_truncated_and_corrupted_archives_give_clear_errors(tmp_path, cifar_tar):
@@ -208,8 +217,55 @@ def test_npz_missing_keys_and_pickles_are_refused(tmp_path):
         x_test=np.zeros(1),
         y_test=np.zeros(1),
     )
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match="x_train holds object values"):
         load_dataset({"npz": str(evil)})
+
+
+def _npz(path, **arrays):
+    base = {
+        "x_train": np.zeros((4, 8, 8, 3), np.uint8),
+        "y_train": np.arange(4),
+        "x_test": np.zeros((2, 8, 8, 3), np.uint8),
+        "y_test": np.arange(2),
+    }
+    np.savez(path, **{**base, **arrays})
+    return {"npz": str(path)}
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x_train": np.array(["a", "b"])}, "x_train holds <U1 values; expected numbers"),
+        ({"y_test": np.array(3)}, r"y_test has shape \(\); expected an array of shape \(N,\)"),
+        ({"y_train": np.full(4, 2**64 - 1, np.uint64)}, "class id 18446744073709551615"),
+        ({"y_train": np.array([0, 1, 2, 2**40])}, "class id 1099511627776"),
+        ({"y_test": np.array([0, -1])}, "class id -1"),
+        ({"y_train": np.zeros(4, np.float32)}, "y_train holds float32 values"),
+    ],
+)
+def test_hostile_npz_arrays_are_refused(tmp_path, arrays, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(_npz(tmp_path / "d.npz", **arrays))
+
+
+def test_npz_header_is_checked_before_loading(tmp_path):
+    """A small file declaring 1e8 images is refused from its header, not by MemoryError."""
+    import zipfile
+
+    path = tmp_path / "forged.npz"
+    _npz(path)
+    forged = tmp_path / "forged2.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(forged, "w") as dst:
+        for name in src.namelist():
+            if name == "x_train.npy":
+                buf = io.BytesIO()
+                header = {"descr": "|u1", "fortran_order": False, "shape": (10**8, 32, 32, 3)}
+                np.lib.format.write_array_header_2_0(buf, header)
+                dst.writestr(name, buf.getvalue() + bytes(150_000))
+            else:
+                dst.writestr(name, src.read(name))
+    with pytest.raises(DataError, match=r"declares shape \(100000000, 32, 32, 3\)"):
+        load_dataset({"npz": str(forged)})
 
 
 def test_folder_dataset_splits_reproducibly(tmp_path):

@@ -15,6 +15,8 @@ import numpy as np
 
 from cnnbuild.errors import DataError
 
+MAX_CLASSES = 100_000
+
 
 @dataclass
 class Data:
@@ -74,10 +76,13 @@ def tidy(
     """
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for key, value in arrays.items():
-        if not isinstance(value, np.ndarray) or value.dtype == object:
-            raise DataError(
-                f"{source}: {key} must be a numeric array; received {type(value).__name__}"
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "uif" or not value.ndim:
+            received = (
+                f"{value.dtype} array of shape {tuple(value.shape)}"
+                if isinstance(value, np.ndarray)
+                else type(value).__name__
             )
+            raise DataError(f"{source}: {key} must be a numeric array; received {received}")
     xs = []
     for key in ("x_train", "x_test"):
         x = arrays[key]
@@ -106,8 +111,16 @@ def tidy(
                 f"{source}: {key} must hold one integer label per image "
                 f"({len(x)}); received shape {tuple(arrays[key].shape)}"
             )
-        if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-            raise DataError(f"{source}: {key} must hold integer class ids >= 0")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{source}: {key} must hold integer class ids; received {y.dtype}")
+        # range-checked in the labels' own type, before any cast can wrap them
+        cap = len(class_names) if class_names else MAX_CLASSES
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= cap):
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise DataError(
+                f"{source}: {key} holds class id {bad}; class ids must be 0 to {cap - 1}"
+                + (f" ({len(class_names)} class names)" if class_names else "")
+            )
         ys.append(y.astype(np.int32))
     top = max(int(ys[0].max(initial=0)), int(ys[1].max(initial=0))) + 1
     names = list(class_names) if class_names else [str(i) for i in range(top)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -11,30 +13,92 @@ from cnnbuild.data import Data, tidy
 from cnnbuild.errors import DataError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# an npz may hold at most this share of the machine's memory (its arrays are loaded whole)
+MEMORY_SHARE = 0.5
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def _header(zf: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and declared size of an ``.npy`` member, read from its header only."""
+    info = zf.getinfo(member)
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    return tuple(shape), dtype, info.file_size
+
+
+def check_npz_headers(path: Path, zf: zipfile.ZipFile) -> None:
+    """Refuse an npz whose arrays cannot be an image set, before loading any of them.
+
+    Checks each array's dtype (numbers only), rank, and declared size against the bytes
+    its member holds and against the machine's memory.
+
+    Raises:
+        DataError: naming the array, what it declares and what is expected.
+    """
+    total = 0
+    for key in NPZ_KEYS:
+        shape, dtype, stored = _header(zf, f"{key}.npy")
+        want_ranks = (3, 4) if key.startswith("x") else (1, 2)
+        kinds = "uif" if key.startswith("x") else "ui"
+        if dtype.kind not in kinds or dtype.hasobject:
+            what = "numbers (uint8 or float)" if key.startswith("x") else "integer class ids"
+            raise DataError(f"{path}: {key} holds {dtype} values; expected {what}")
+        if len(shape) not in want_ranks:
+            expected = "(N, H, W) or (N, H, W, C)" if key.startswith("x") else "(N,)"
+            raise DataError(
+                f"{path}: {key} has shape {shape}; expected an array of shape {expected}"
+            )
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > stored:
+            raise DataError(
+                f"{path}: {key} declares shape {shape} ({nbytes:,} bytes) but its file "
+                f"holds {stored:,} bytes; the file is damaged or forged"
+            )
+        total += nbytes
+    limit = int(_memory_bytes() * MEMORY_SHARE)
+    if total > limit:
+        raise DataError(
+            f"{path}: the arrays take {total:,} bytes, more than half of this machine's "
+            f"memory ({limit:,} bytes); use a smaller dataset"
+        )
 
 
 def load_npz(path: Path) -> Data:
     """An npz with ``x_train, y_train, x_test, y_test`` (Keras' mnist.npz layout).
 
-    Read with ``allow_pickle=False``: an npz cannot run code. Grayscale (N, H, W) images
-    get a channel axis.
+    The ``.npy`` headers are checked first (dtype, rank, declared size, memory), then the
+    arrays are read with ``allow_pickle=False``: an npz cannot run code. Grayscale
+    (N, H, W) images get a channel axis.
     """
     if not path.is_file():
         raise DataError(f"npz:{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in NPZ_KEYS if k not in npz.files]
+        with zipfile.ZipFile(path) as zf:
+            files = [n.removesuffix(".npy") for n in zf.namelist()]
+            missing = [k for k in NPZ_KEYS if k not in files]
             if missing:
                 raise DataError(
                     f"{path}: missing arrays {', '.join(missing)}; an npz dataset "
                     f"holds {', '.join(NPZ_KEYS)} (found: "
-                    f"{', '.join(npz.files) or 'nothing'})"
+                    f"{', '.join(files) or 'nothing'})"
                 )
+            check_npz_headers(path, zf)
+        with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in NPZ_KEYS}
             names = [str(n) for n in npz["class_names"]] if "class_names" in npz.files else None
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     return tidy(
         path.stem,
