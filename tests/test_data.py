@@ -74,7 +74,6 @@ def test_safe_unpickler_builds_arrays_and_containers():
     assert np.array_equal(back[b"data"], value[b"data"]) and back[b"labels"] == [1, 2]
 
 
-
 def test_safe_unpickler_refuses_a_pickle_that_runs_code(tmp_path):
     marker = tmp_path / "pwned"
     blob = pickle.dumps({b"data": Evil(f"touch {marker}")}, protocol=2)
@@ -307,3 +306,49 @@ def test_shapes_is_deterministic_balanced_and_varied():
         ]
     )
     assert centres[:, 0].std() > 4 and centres[:, 1].std() > 4
+
+
+def _image_folder(root, counts: dict[str, int], size=(12, 10)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_folder_split_is_stratified_and_the_resize_recorded(tmp_path):
+    root = _image_folder(tmp_path / "imgs", {"a": 30, "b": 30, "c": 30})
+    (root / "a" / "README.txt").write_text("notes")
+    data = load_dataset({"folder": str(root)}, image_size=(8, 8), test_split=0.2, seed=1)
+    assert np.bincount(data.y_test).tolist() == [6, 6, 6]
+    assert np.bincount(data.y_train).tolist() == [24, 24, 24]
+    assert data.image_shape == (8, 8, 3) and "resized to 8x8" in data.resize
+    assert any("ignored 1 file(s)" in n and "README.txt" in n for n in data.notes)
+
+
+def test_folder_refuses_non_regular_and_undecodable_files_naming_them(tmp_path):
+    import os
+
+    root = _image_folder(tmp_path / "imgs", {"a": 3, "b": 3})
+    (root / "a" / "fake.png").write_bytes(b"not a png at all")
+    os.symlink("/dev/zero", root / "b" / "zero.png")
+    os.mkfifo(root / "b" / "pipe.png")  # opening it would block forever
+    with pytest.raises(DataError) as err:
+        load_dataset({"folder": str(root)}, image_size=(12, 10), test_split=0.3, seed=1)
+    message = err.value.message
+    assert "3 file(s) are not regular, readable images" in message
+    assert f"{root / 'a' / 'fake.png'} (not a readable image)" in message
+    assert f"{root / 'b' / 'zero.png'} (not a regular file)" in message
+    assert f"{root / 'b' / 'pipe.png'} (not a regular file)" in message
+
+
+def test_folder_with_free_input_size_needs_one_image_size(tmp_path):
+    root = _image_folder(tmp_path / "imgs", {"a": 3})
+    _image_folder(tmp_path / "imgs2", {"b": 3}, size=(9, 9))
+    (tmp_path / "imgs2" / "b").rename(root / "b")
+    with pytest.raises(DataError, match="different sizes .* give the config a fixed input size"):
+        load_dataset({"folder": str(root)}, image_size=None, test_split=0.3, seed=1)

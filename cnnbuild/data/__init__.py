@@ -1,8 +1,8 @@
 """Datasets as uint8 numpy arrays in memory: CIFAR-10/100, npz files, image folders and
 the built-in procedural ``shapes`` set.
 
-Nothing here imports TensorFlow except the ``folder`` loader (Keras'
-``image_dataset_from_directory``) and :mod:`cnnbuild.data.pipeline`.
+Nothing here imports TensorFlow except :mod:`cnnbuild.data.pipeline`; image folders are
+decoded with Pillow.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Data:
     class_names: list[str]
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    resize: str = "not resized"
 
     @property
     def num_classes(self) -> int:
@@ -57,6 +58,7 @@ class Data:
             self.class_names,
             self.source,
             list(self.notes),
+            self.resize,
         )
 
 

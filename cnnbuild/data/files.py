@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import numpy as np
 from cnnbuild.data import Data, tidy
 from cnnbuild.errors import DataError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+MAX_IMAGE_BYTES = 64 << 20
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 # an npz may hold at most this share of the machine's memory (its arrays are loaded whole)
 MEMORY_SHARE = 0.5
@@ -111,51 +114,123 @@ def load_npz(path: Path) -> Data:
     )
 
 
+def _image_files(path: Path) -> tuple[list[str], dict[str, list[Path]], list[str], list[Path]]:
+    """Class names, their image files, refused entries (with reasons), ignored files."""
+    classes = sorted(
+        e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and e.name[0] != "."
+    )
+    files: dict[str, list[Path]] = {}
+    refused: list[str] = []
+    ignored: list[Path] = []
+    for name in classes:
+        files[name] = []
+        for entry in sorted(os.scandir(path / name), key=lambda e: e.name):
+            item = Path(entry.path)
+            if entry.name.startswith("."):
+                continue
+            if item.suffix.lower() not in IMAGE_SUFFIXES:
+                ignored.append(item)
+                continue
+            try:
+                info = os.stat(item)  # follows a symlink: its target must be a regular file
+            except OSError as exc:
+                refused.append(f"{item} ({exc.strerror})")
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                refused.append(f"{item} (not a regular file)")
+            elif info.st_size > MAX_IMAGE_BYTES:
+                refused.append(f"{item} ({info.st_size:,} bytes; at most {MAX_IMAGE_BYTES:,})")
+            else:
+                files[name].append(item)
+    return classes, files, refused, ignored
+
+
+def _decode(item: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as uint8 (H, W, C), converted to ``mode``, resized to ``size`` (h, w)."""
+    from PIL import Image
+
+    with Image.open(item) as image:
+        image.load()
+        image = image.convert(mode)
+        if size is not None and image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
 def load_folder(
     path: Path, image_size: tuple[int, int] | None, channels: int, test_split: float, seed: int
 ) -> Data:
-    """Images in ``path/<class>/*.png|jpg|...``, read with Keras' image_dataset_from_directory.
+    """Images in ``path/<class>/*.png|jpg|jpeg|bmp|gif``, one sub-folder per class.
 
-    A fraction ``test_split`` is held out as the test set, chosen by ``seed`` (the same
-    split every time).
+    Only regular image files are read (a symlink must point to one); a device, a FIFO, an
+    oversized or undecodable file is refused, with every such file named, before training.
+    Files with other extensions (a README, labels.csv) are ignored, with a note. The test
+    set is ``test_split`` of each class (a stratified split chosen by ``seed``). Images
+    are resized (bilinear) to the model's input size; a model with a free input size
+    needs images of one size, which are then used as they are.
     """
     if not path.is_dir():
         raise DataError(f"folder:{path}: no such folder")
-    from cnnbuild.builder import keras_module
+    classes, files, refused, ignored = _image_files(path)
+    if not classes:
+        raise DataError(f"folder:{path}: no class sub-folders; expected {path}/<class>/<image>")
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels, "RGB")
+    size = tuple(image_size) if image_size and None not in image_size else None
+    images: dict[str, list[np.ndarray]] = {}
+    from PIL import Image, UnidentifiedImageError
 
-    keras = keras_module()
-    size = tuple(image_size) if image_size and None not in image_size else (256, 256)
-    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(channels, "rgb")
-    try:
-        train, test = keras.utils.image_dataset_from_directory(
-            str(path),
-            labels="inferred",
-            label_mode="int",
-            color_mode=mode,
-            batch_size=None,
-            image_size=size,
-            shuffle=True,
-            seed=seed,
-            validation_split=test_split,
-            subset="both",
-            verbose=False,
+    for name in classes:
+        images[name] = []
+        for item in files[name]:
+            try:
+                images[name].append(_decode(item, mode, size))
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+                refused.append(f"{item} (not a readable image)")
+    if refused:
+        shown = "\n  ".join(refused[:20]) + ("\n  ..." if len(refused) > 20 else "")
+        raise DataError(
+            f"folder:{path}: {len(refused)} file(s) are not regular, readable images; "
+            f"remove or fix them:\n  {shown}"
         )
-    except ValueError as exc:
-        raise DataError(f"folder:{path}: {exc}") from None
-    names = list(train.class_names)
-
-    def arrays(ds) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
-        for x, y in ds.as_numpy_iterator():
-            xs.append(np.clip(np.rint(x), 0, 255).astype(np.uint8))
-            ys.append(int(y))
-        if not xs:
+    shapes = {x.shape for xs in images.values() for x in xs}
+    if len(shapes) > 1:
+        raise DataError(
+            f"folder:{path}: images have {len(shapes)} different sizes (e.g. "
+            f"{', '.join(str(s) for s in sorted(shapes)[:3])}) and the model's input size is "
+            "free; give the config a fixed input size (images are resized to it)"
+        )
+    rng = np.random.default_rng(seed)
+    split: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "test": []}
+    for label, name in enumerate(classes):
+        order = rng.permutation(len(images[name]))
+        n_test = int(round(len(order) * test_split))
+        for rank, i in enumerate(order):
+            split["test" if rank < n_test else "train"].append((images[name][i], label))
+    for part, items in split.items():
+        if not items:
             raise DataError(
-                f"folder:{path}: the split holds no images; add more images or "
+                f"folder:{path}: the {part} split holds no images; add more images or "
                 "change train.test_split"
             )
-        return np.stack(xs), np.asarray(ys)
-
-    x_train, y_train = arrays(train)
-    x_test, y_test = arrays(test)
-    return tidy(path.name, x_train, y_train, x_test, y_test, names, str(path))
+    data = tidy(
+        path.name,
+        np.stack([x for x, _ in split["train"]]),
+        np.asarray([y for _, y in split["train"]]),
+        np.stack([x for x, _ in split["test"]]),
+        np.asarray([y for _, y in split["test"]]),
+        classes,
+        str(path),
+    )
+    data.resize = (
+        f"resized to {size[0]}x{size[1]} (bilinear), the model's input size"
+        if size
+        else "not resized (the model's input size is free)"
+    )
+    if ignored:
+        data.notes.append(
+            f"folder:{path}: ignored {len(ignored)} file(s) that are not images: "
+            + ", ".join(str(p.relative_to(path)) for p in ignored[:10])
+            + (", ..." if len(ignored) > 10 else "")
+        )
+    return data

@@ -558,6 +558,7 @@ def _results(
         "seed": run.state.seed,
         "dataset": describe(settings.dataset),
         "data_source": data.source,
+        "data_resize": data.resize,
         "train_images": len(x_tr),
         "validation_images": len(x_val),
         "test_images": len(data.x_test),
