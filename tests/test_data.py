@@ -3,6 +3,7 @@ shapes. The download code is the real one; only the host differs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pickle
@@ -352,3 +353,138 @@ def test_folder_with_free_input_size_needs_one_image_size(tmp_path):
     (tmp_path / "imgs2" / "b").rename(root / "b")
     with pytest.raises(DataError, match="different sizes .* give the config a fixed input size"):
         load_dataset({"folder": str(root)}, image_size=None, test_split=0.3, seed=1)
+
+
+# -- hostile servers and copies ---------------------------------------------------------
+
+
+@pytest.fixture
+def raw_server():
+    """A TCP server on 127.0.0.1 that answers every connection with ``behave(conn)``."""
+    import socket
+    import threading
+
+    servers = []
+
+    def start(behave) -> str:
+        sock = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def loop():
+            sock.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.recv(65536)
+                    with contextlib.suppress(OSError):
+                        behave(conn, stop)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        servers.append((sock, stop, thread))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/c.tar.gz"
+
+    yield start
+    for sock, stop, thread in servers:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+def _trickle(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    while not stop.is_set():
+        conn.sendall(b"x")
+        stop.wait(0.2)
+
+
+def _chunked_cut(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n" + b"x" * 100)
+
+
+def _garbage_status(conn, stop):
+    conn.sendall(b"SPDY/9 what\r\n\r\n")
+
+
+def _huge_headers(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("behave", "message"),
+    [
+        (_trickle, "stalled: less than 65,536 bytes in 1s"),
+        (_chunked_cut, "cut short"),
+        (_garbage_status, "could not download"),
+        (_huge_headers, "could not download"),
+    ],
+)
+def test_hostile_servers_are_messages_and_leave_no_part_file(raw_server, tmp_path, behave, message):
+    url = raw_server(behave)
+    target = tmp_path / "c_archive"
+    with pytest.raises(DataError, match=message):
+        download(url, target, "0" * 64, quiet=True, stall=1.0, deadline=30.0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_trickling_server_hits_the_overall_deadline(raw_server, tmp_path):
+    def fast_trickle(conn, stop):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+        while not stop.is_set():
+            conn.sendall(b"x" * 70_000)
+            stop.wait(0.3)
+
+    url = raw_server(fast_trickle)
+    with pytest.raises(DataError, match="took more than 2s"):
+        download(url, tmp_path / "c_archive", "0" * 64, quiet=True, stall=5.0, deadline=2.0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_protocol_errors_become_the_offline_message(raw_server, tmp_path, monkeypatch):
+    url = raw_server(_garbage_status)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv(MIRROR_ENV, url.rsplit("/", 1)[0])
+    with pytest.raises(DataError, match="This machine cannot fetch cifar10"):
+        load_cifar("cifar10", quiet=True)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([0.5] * 20, "labels must be 20 integer class ids from 0 to 9"),
+        ([10] * 20, "labels must be 20 integer class ids from 0 to 9"),
+        (7, "labels must be 20 integer class ids"),
+        (["a"] * 20, "labels must be 20 integer class ids"),
+    ],
+)
+def test_cifar_labels_are_validated(tmp_path, labels, message):
+    batches = cifar_batches()
+    batches["test_batch"][b"labels"] = labels
+    tar = write_cifar_tar(tmp_path / "bad.tar.gz", batches)
+    with pytest.raises(DataError, match=message):
+        read_cifar(tar, C10)
+
+
+def test_oversized_member_is_refused_before_reading(tmp_path):
+    import tarfile
+
+    path = tmp_path / "big.tar.gz"
+    batches = cifar_batches()
+    write_cifar_tar(path, batches)
+    big = tmp_path / "big2.tar"
+    with tarfile.open(path) as src, tarfile.open(big, "w") as dst:
+        for info in src.getmembers():
+            if info.name.endswith("data_batch_1"):
+                info.size = 3 << 30  # declared 3 GB; the data is never read
+                dst.addfile(info)
+                break
+            dst.addfile(info, src.extractfile(info))
+    import gzip
+
+    gz = tmp_path / "big3.tar.gz"
+    gz.write_bytes(gzip.compress(big.read_bytes()))
+    with pytest.raises(DataError, match=r"data_batch_1 is 3,221,225,472 bytes"):
+        read_cifar(gz, C10)
