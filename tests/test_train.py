@@ -417,3 +417,24 @@ def test_zero_test_images_trains_and_says_so(cli, write, tmp_path):
     assert "no test images, so no test accuracy" in result.output
     metrics = _metrics(tmp_path / "run")
     assert metrics["test_images"] == 0 and metrics["test_accuracy"] is None
+
+
+def test_resume_is_faithful_with_dropout_and_augmentation(cli, write, tmp_path):
+    """Interrupted after epoch 1 and resumed equals uninterrupted (4 decimals): the shuffle
+    order and every layer's RNG are derived from (seed, epoch), not from how far the
+    process got."""
+    config = write(
+        TINY.replace(
+            "  - Flatten\n",
+            "  - Flatten\n  - Dropout: {rate: 0.5}\n",
+        ).replace("layers:\n", "layers:\n  - RandomFlip: {mode: horizontal}\n")
+    )
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli("train", config, "--out", whole, "--seed", 5, "--epochs", 3).exit_code == 0
+    assert cli("train", config, "--out", parts, "--seed", 5, "--epochs", 1).exit_code == 0
+    assert cli("train", "--resume", parts, "--epochs", 3).exit_code == 0
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    first, second = (json.loads((d / "history.json").read_text()) for d in (whole, parts))
+    assert [[round(h[k], 4) for k in keys] for h in first] == [
+        [round(h[k], 4) for k in keys] for h in second
+    ]
