@@ -488,3 +488,22 @@ def test_oversized_member_is_refused_before_reading(tmp_path):
     gz.write_bytes(gzip.compress(big.read_bytes()))
     with pytest.raises(DataError, match=r"data_batch_1 is 3,221,225,472 bytes"):
         read_cifar(gz, C10)
+
+
+@pytest.mark.parametrize("shuffle_buffer", [None, 4])
+def test_training_order_depends_on_seed_and_epoch_only(shuffle_buffer):
+    import tensorflow as tf
+
+    from cnnbuild.data.pipeline import make_pipeline
+
+    epoch = tf.Variable(0, dtype=tf.int64)
+    x, y = np.zeros((10, 1, 1, 1), np.uint8), np.arange(10)
+    ds = make_pipeline(
+        x, y, batch_size=4, training=True, seed=3, shuffle_buffer=shuffle_buffer, epoch=epoch
+    )
+    orders = []
+    for e in (0, 1, 0):
+        epoch.assign(e)
+        orders.append([int(v) for _, labels in ds for v in labels.numpy()])
+    assert orders[0] == orders[2] != orders[1]
+    assert sorted(orders[1]) == list(range(10))

@@ -38,8 +38,7 @@ def make_pipeline(
         one_hot: number of classes, to give one-hot labels (categorical losses).
         shuffle_buffer: shuffle window in images; default the whole set.
         epoch: a ``tf.Variable`` (int64) holding the current epoch; with ``training``, each
-            pass over the dataset is ordered by ``(seed, epoch)`` (a full shuffle), and
-            ``shuffle_buffer`` is not used.
+            pass over the dataset is ordered by ``(seed, epoch)`` alone.
     """
     import tensorflow as tf
 
@@ -51,6 +50,10 @@ def make_pipeline(
         key = tf.constant(seed or 0, tf.int64)
 
         def epoch_order(_):
+            if shuffle_buffer and shuffle_buffer < n:  # a window, seeded by (seed, epoch)
+                return tf.data.Dataset.range(n).shuffle(
+                    shuffle_buffer, seed=key * 1_000_003 + epoch.read_value()
+                )
             seeds = tf.stack([key, epoch.read_value()])
             order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seeds)
             return tf.data.Dataset.from_tensor_slices(order)

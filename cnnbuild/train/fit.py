@@ -425,7 +425,7 @@ def _fit(
     epoch_var = tf.Variable(run.initial_epoch, dtype=tf.int64, trainable=False)
     train_ds = make_pipeline(
         x_tr, y_tr, batch_size=settings.batch_size, training=True, seed=seed,
-        one_hot=one_hot, epoch=epoch_var,
+        one_hot=one_hot, shuffle_buffer=settings.shuffle_buffer, epoch=epoch_var,
     )  # fmt: skip
     val_ds = (
         make_pipeline(x_val, y_val, batch_size=settings.batch_size, training=False, one_hot=one_hot)
