@@ -438,3 +438,19 @@ def test_resume_is_faithful_with_dropout_and_augmentation(cli, write, tmp_path):
     assert [[round(h[k], 4) for k in keys] for h in first] == [
         [round(h[k], 4) for k in keys] for h in second
     ]
+
+
+def test_resume_refuses_an_uncompiled_or_foreign_last_keras(cli, write, tmp_path):
+    import keras
+
+    run_dir = tmp_path / "run"
+    assert cli("train", write(TINY), "--out", run_dir, "--epochs", 1).exit_code == 0
+    keras.saving.load_model(run_dir / "last.keras", compile=False).save(run_dir / "last.keras")
+    result = cli("train", "--resume", run_dir, "--epochs", 2)
+    assert result.exit_code == 1
+    assert "holds no optimizer state (it was saved uncompiled" in result.output
+    (run_dir / "last.keras").unlink()
+    result = cli("train", "--resume", run_dir, "--epochs", 2)
+    assert result.exit_code == 1
+    assert "last.keras is missing but state.json records 1 finished epoch(s)" in result.output
+    assert "Traceback" not in result.output
