@@ -297,7 +297,8 @@ def _restore(keras: Any, run_dir: RunDir, state: State, device: Device) -> Any:
         "mixed_float16" if device.mixed_precision else "float32"
     )
     model = load_model(keras, path, compile=True)
-    if model.optimizer is None or not model.optimizer.built:
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not optimizer.built:
         raise RunError(
             f"--resume {run_dir.path}: {path} holds no optimizer state (it was saved "
             "uncompiled, not by cnnbuild train); a resume needs it, so start the run again"
