@@ -21,7 +21,8 @@ from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError
 app = typer.Typer(
     name="cnnbuild",
     help="Describe a CNN in YAML; validate it in CI, trace every shape, build and train it.\n\n"
-    "Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error.",
+    "Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error, 130 a run stopped by "
+    "SIGINT or SIGTERM (saved; resume it with --resume).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -206,17 +207,18 @@ def build(
 ) -> None:
     """Build and compile the Keras model and save it in the native .keras format."""
     from cnnbuild.builder import build_model, keras_module
-    from cnnbuild.io import save_model
+    from cnnbuild.io import os_errors, save_model
     from cnnbuild.validate import load_config
 
     cfg = load_config(config)
     target = output or Path(f"{cfg.name}.keras")
-    if target.suffix != ".keras":
-        raise UsageError(f"--output must end in .keras; received {str(target)!r}")
+    if target.suffix != ".keras" or target.is_dir():
+        raise UsageError(f"--output must be a file ending in .keras; received {str(target)!r}")
     keras_module(verbose)
     model = build_model(cfg)
     model.optimizer.build(model.trainable_variables)  # saved with its (zero) state
-    save_model(model, target)
+    with os_errors(target):
+        save_model(model, target)
     _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {target}")
 
 
@@ -253,7 +255,13 @@ def train(
         DeviceChoice | None, typer.Option(help="auto, cpu or gpu.", show_default=False)
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Seed for repeatable runs.", show_default=False)
+        int | None,
+        typer.Option(
+            help="Seed for repeatable runs, 0 to 4294967295.",
+            min=0,
+            max=2**32 - 1,
+            show_default=False,
+        ),
     ] = None,
     validation_split: Annotated[
         float | None, typer.Option(help="Fraction held out for validation.", show_default=False)
@@ -375,13 +383,16 @@ def schema(
     ] = None,
 ) -> None:
     """Print the JSON Schema (draft-07) of the config format, for editors."""
-    from cnnbuild.io import write_text
+    from cnnbuild.io import os_errors, write_text
     from cnnbuild.schema.jsonschema import json_schema_text
 
     text = json_schema_text()
     if output is None:
         sys.stdout.write(text)
-    else:
+        return
+    if output.is_dir():
+        raise UsageError(f"--output {output}: is a folder; give a file path")
+    with os_errors(output):
         write_text(output, text)
 
 

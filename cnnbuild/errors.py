@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -94,6 +95,16 @@ class DataError(CnnbuildError):
 
 class RunError(CnnbuildError):
     """A training or evaluation run that failed."""
+
+
+class WriteError(CnnbuildError):
+    """A file could not be written or a folder made (disk full, read-only, not a folder)."""
+
+
+class Interrupted(RunError):
+    """A run stopped by SIGINT or SIGTERM after saving what it had (exit 130)."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 def shape_str(shape: tuple | list | None) -> str:

@@ -1,8 +1,8 @@
 """Datasets as uint8 numpy arrays in memory: CIFAR-10/100, npz files, image folders and
 the built-in procedural ``shapes`` set.
 
-Nothing here imports TensorFlow except the ``folder`` loader (Keras'
-``image_dataset_from_directory``) and :mod:`cnnbuild.data.pipeline`.
+Nothing here imports TensorFlow except :mod:`cnnbuild.data.pipeline`; image folders are
+decoded with Pillow.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from cnnbuild.errors import DataError
+
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Data:
     class_names: list[str]
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    resize: str = "not resized"
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +58,7 @@ class Data:
             self.class_names,
             self.source,
             list(self.notes),
+            self.resize,
         )
 
 
@@ -74,10 +78,13 @@ def tidy(
     """
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for key, value in arrays.items():
-        if not isinstance(value, np.ndarray) or value.dtype == object:
-            raise DataError(
-                f"{source}: {key} must be a numeric array; received {type(value).__name__}"
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "uif" or not value.ndim:
+            received = (
+                f"{value.dtype} array of shape {tuple(value.shape)}"
+                if isinstance(value, np.ndarray)
+                else type(value).__name__
             )
+            raise DataError(f"{source}: {key} must be a numeric array; received {received}")
     xs = []
     for key in ("x_train", "x_test"):
         x = arrays[key]
@@ -106,8 +113,16 @@ def tidy(
                 f"{source}: {key} must hold one integer label per image "
                 f"({len(x)}); received shape {tuple(arrays[key].shape)}"
             )
-        if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-            raise DataError(f"{source}: {key} must hold integer class ids >= 0")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{source}: {key} must hold integer class ids; received {y.dtype}")
+        # range-checked in the labels' own type, before any cast can wrap them
+        cap = len(class_names) if class_names else MAX_CLASSES
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= cap):
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise DataError(
+                f"{source}: {key} holds class id {bad}; class ids must be 0 to {cap - 1}"
+                + (f" ({len(class_names)} class names)" if class_names else "")
+            )
         ys.append(y.astype(np.int32))
     top = max(int(ys[0].max(initial=0)), int(ys[1].max(initial=0))) + 1
     names = list(class_names) if class_names else [str(i) for i in range(top)]
