@@ -160,12 +160,27 @@ def trace(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random batch for --run.")] = 0,
     verbose: Verbose = False,
+    grads: Annotated[
+        bool,
+        typer.Option("--grads", help="Run a forward and a backward pass; per-layer gradients."),
+    ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --grads: weights of a run directory or .keras file.", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        bool, typer.Option("--data", help="With --grads: a batch of the config's dataset.")
+    ] = False,
 ) -> None:
     """The shape trace, layer by layer, with the arithmetic of every spatial size."""
     from cnnbuild import render
     from cnnbuild.validate import load_traced
 
     cfg, tr = load_traced(config)
+    if grads or weights is not None or data:
+        return _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose)
     real = None
     if run:
         from cnnbuild.builder import keras_module
@@ -383,6 +398,25 @@ def schema(
         sys.stdout.write(text)
     else:
         write_text(output, text)
+
+
+def _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose) -> None:
+    """``trace --grads``: gradients per layer (see cnnbuild.insight.grads)."""
+    from cnnbuild import render
+    from cnnbuild.insight.grads import grads_table, trace_grads
+
+    if not grads:
+        raise UsageError("--weights and --data go with --grads")
+    result = trace_grads(cfg, seed=seed, weights=weights, data=data, verbose=verbose)
+    if as_json:
+        out = render.trace_dict(tr)
+        out["grads"] = {k: v for k, v in result.items() if k != "layers"}
+        for layer in out["layers"]:
+            row = result["layers"].get(layer["name"])
+            layer.update(row.to_dict() if row else {})
+        print(json.dumps(out, indent=2))
+        return
+    _console().print(grads_table(result, {r.node.name: r.shape for r in tr.rows}))
 
 
 def main() -> None:
