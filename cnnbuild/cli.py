@@ -400,6 +400,82 @@ def schema(
         write_text(output, text)
 
 
+@app.command()
+@handled
+def show(
+    target: Annotated[
+        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+    ],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (PNG, JPEG...).", show_default=False)
+    ],
+    layer: Annotated[
+        str | None,
+        typer.Option(help="One convolution layer (default: all of them).", show_default=False),
+    ] = None,
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="Grad-CAM for this class (default: the predicted one)."),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Predictions to list per image.")] = 3,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the PNGs (default RUN_DIR/show/).", show_default=False
+        ),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """What a trained model sees: feature maps, first-layer filters, Grad-CAM, top-k."""
+    from cnnbuild.insight.show import show as run_show
+
+    result = run_show(
+        target, images, layer=layer, class_name=class_name, top=top, out_dir=out, verbose=verbose
+    )
+    console = _console()
+    for item in result["images"]:
+        ranked = "  ".join(f"{name} {p:.1%}" for name, p in item["top"])
+        console.print(f"{item['image']}: {ranked}", highlight=False)
+    console.print(f"filters, feature maps and Grad-CAM in {result['out_dir']}/", highlight=False)
+
+
+@app.command()
+@handled
+def plot(
+    config: ConfigArg,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="model.svg, model.png or model.dot."),
+    ] = Path("model.svg"),
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="auto (Keras plot_model when Graphviz is installed), keras, matplotlib or dot."
+        ),
+    ] = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """Draw the architecture: blocks, branches, each layer with its output shape."""
+    from cnnbuild.insight.plot import plot as draw
+    from cnnbuild.validate import load_config
+
+    message = draw(load_config(config), output, engine=engine, verbose=verbose)
+    _console().print(message, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handled
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
+    verbose: Verbose = False,
+) -> None:
+    """Rebuild a run's report.html (config, curves, gradient flow, Grad-CAM, mistakes)."""
+    from cnnbuild.insight.report import write_report
+
+    path = write_report(run_dir, verbose=verbose)
+    _console().print(f"wrote {path}", highlight=False)
+
+
 def _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose) -> None:
     """``trace --grads``: gradients per layer (see cnnbuild.insight.grads)."""
     from cnnbuild import render

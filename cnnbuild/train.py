@@ -595,6 +595,12 @@ def train(
     if run.initial_epoch >= settings.epochs:
         console.print(f"already trained {run.initial_epoch} epochs", highlight=False)
     callbacks = make_callbacks(keras, run, console, live) + keras_callbacks(keras, run)
+    # issue 10: per-layer gradient flow on one fixed batch -> gradients.json
+    from cnnbuild.insight.flow import gradient_flow
+
+    callbacks.append(
+        gradient_flow(keras, cfg, x_tr, y_tr, data.num_classes, run_dir, console, run.initial_epoch)
+    )
     status = "completed"
     try:
         with tf.device("/GPU:0" if device.kind == "gpu" else "/CPU:0"):
@@ -685,6 +691,10 @@ def train(
     from cnnbuild.plots import curves
 
     curves(run.history, run.path("curves.png"), cfg.name)
+    # issue 10: the self-contained run report
+    from cnnbuild.insight.report import write_report
+
+    write_report(run_dir, model=model, cfg=cfg, data=data)
     console.print(
         f"test accuracy {metrics['test_accuracy']:.4f}  test loss "
         f"{metrics['test_loss']:.4f}  ({metrics['epochs']} epochs, "
