@@ -418,6 +418,9 @@ def show(
         typer.Option("--class", help="Grad-CAM for this class (default: the predicted one)."),
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="Predictions to list per image.")] = 3,
+    cam: Annotated[
+        str, typer.Option(help="hires (gradient x activation) or grad (classic Grad-CAM).")
+    ] = "hires",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -430,7 +433,14 @@ def show(
     from cnnbuild.insight.show import show as run_show
 
     result = run_show(
-        target, images, layer=layer, class_name=class_name, top=top, out_dir=out, verbose=verbose
+        target,
+        images,
+        layer=layer,
+        class_name=class_name,
+        top=top,
+        out_dir=out,
+        cam=cam,
+        verbose=verbose,
     )
     console = _console()
     for item in result["images"]:

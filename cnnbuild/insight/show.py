@@ -115,21 +115,37 @@ def probabilities(target: Target, outputs: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def gradcam(model: Any, x: np.ndarray, layer: Any, classes: np.ndarray | None = None):
-    """Grad-CAM (Selvaraju et al., 2017) for a batch: where ``layer`` saw the class.
+CAM_METHODS = ("hires", "grad")
 
-    Each feature map of ``layer`` is weighted by the mean gradient of the class score with
-    respect to it; the ReLU of the weighted sum, upsampled bilinearly to the input size
-    and scaled to 0..1, is the heat map.
+
+def gradcam(
+    model: Any,
+    x: np.ndarray,
+    layer: Any,
+    classes: np.ndarray | None = None,
+    method: str = "hires",
+):
+    """Class activation maps from gradients: where ``layer`` saw the class.
+
+    ``grad`` is Grad-CAM (Selvaraju et al., 2017): each feature map of ``layer`` is
+    weighted by the mean over positions of the gradient of the class score, and the ReLU
+    of the weighted sum is the map. ``hires`` (the default) is its element-wise form,
+    HiResCAM (Draelos and Carin, 2020): gradient times activation at every position,
+    summed over channels. The two agree for a GlobalAveragePooling head; with a
+    GlobalMaxPooling head (as in ``shapes_demo``) the gradient reaches only each
+    channel's winning position, and averaging it spreads credit over positions that did
+    not decide the output, so ``hires`` follows what the model computed.
 
     Args:
         model: a functional Keras model.
         x: raw pixels (N, H, W, C).
         layer: a layer of ``model`` with a 4-D output (the last convolution, usually).
         classes: the class of each image (default: the predicted one).
+        method: ``hires`` or ``grad``.
 
     Returns:
-        Heat maps (N, H, W) in 0..1, the classes used, and the model's outputs.
+        Maps (N, H, W) in 0..1, upsampled bilinearly to the input size; the classes used;
+        and the model's outputs.
     """
     import tensorflow as tf
 
@@ -152,9 +168,10 @@ def gradcam(model: Any, x: np.ndarray, layer: Any, classes: np.ndarray | None = 
             score = tf.gather(out, classes, axis=1, batch_dims=1)
         else:
             score = out[:, 0] * (2.0 * np.asarray(classes, dtype="float32") - 1.0)
-    grads = tape.gradient(score, maps)
-    weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(maps, tf.float32), axis=-1))
+    grads = tf.cast(tape.gradient(score, maps), tf.float32)
+    if method == "grad":
+        grads = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(grads * tf.cast(maps, tf.float32), axis=-1))
     cam = tf.image.resize(cam[..., None], x.shape[1:3], method="bilinear")[..., 0]
     cam = np.asarray(cam)
     top = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
@@ -237,6 +254,7 @@ def show(
     class_name: str | None = None,
     top: int = 3,
     out_dir: Path | None = None,
+    cam: str = "hires",
     verbose: bool = False,
 ) -> dict:
     """Write feature maps, filters, Grad-CAM and top-k predictions for image files.
@@ -248,6 +266,8 @@ def show(
         UsageError: an unknown layer or class, or a model without convolutions.
         DataError: an image cannot be read.
     """
+    if cam not in CAM_METHODS:
+        raise UsageError(f"--cam {cam}: choose one of {', '.join(CAM_METHODS)}")
     t = load_target(target, verbose)
     convs = conv_layers(t.model)
     if not convs:
@@ -291,7 +311,7 @@ def show(
             save_png(feature_grid(np.asarray(m, dtype="float32")[0]), file)
             written.append(str(file))
         cams, used, outputs = gradcam(
-            t.model, batch, cam_layer, None if wanted is None else np.array([wanted])
+            t.model, batch, cam_layer, None if wanted is None else np.array([wanted]), cam
         )
         cam_file = out / f"{path.stem}-gradcam.png"
         save_png(overlay(x.astype(np.uint8), cams[0]), cam_file)
@@ -304,6 +324,7 @@ def show(
                 "gradcam": str(cam_file),
                 "gradcam_layer": cam_layer.name,
                 "gradcam_class": t.class_names[int(used[0])],
+                "gradcam_method": cam,
                 "top": [[t.class_names[i], round(float(probs[i]), 4)] for i in order],
             }
         )
