@@ -89,7 +89,7 @@ def gradient_flow(
         console: where warnings go.
         initial_epoch: epochs already done (a resumed run keeps their records).
     """
-    from cnnbuild.insight.grads import labels_for, layer_grads, objective_fn
+    from cnnbuild.insight.grads import compiled_norms, labels_for, objective_fn
 
     xb, yb = fixed_batch(x, y)
     labels = labels_for(cfg, yb, num_classes)
@@ -111,6 +111,7 @@ def gradient_flow(
         except (OSError, ValueError, KeyError, TypeError):
             pass
     warned = {w["kind"] for w in record["warnings"]}
+    measure: list[Any] = []  # traced on first use, once the model exists
 
     class GradientFlow(keras.callbacks.Callback):
         """Per-layer gradient norms on one fixed batch at the end of each epoch."""
@@ -120,7 +121,9 @@ def gradient_flow(
             if loss is not None and not math.isfinite(float(loss)):
                 return
             start = time.perf_counter()
-            value, rows = layer_grads(self.model, cfg, xb, labels, objective, inputs=False)
+            if not measure:
+                measure.append(compiled_norms(self.model, cfg, objective))
+            value, rows = measure[0](xb, labels)
             layers = {
                 r.name: {
                     "output_grad_norm": r.output_grad_norm,

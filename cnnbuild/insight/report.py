@@ -160,7 +160,10 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
     activation = getattr(getattr(model.layers[-1], "activation", None), "__name__", "")
     target = Target(model, cfg, names, run_dir, activation in ("softmax", "sigmoid"))
     x_test = np.asarray(data.x_test, dtype="float32")
-    probs = probabilities(target, model.predict(x_test, batch_size=batch_size, verbose=0))
+    if len(x_test):
+        probs = probabilities(target, model.predict(x_test, batch_size=batch_size, verbose=0))
+    else:
+        probs = np.zeros((0, len(names)))
     predicted = probs.argmax(axis=1)
     parts = [
         f"<h1>{html.escape(name)}</h1>",
@@ -190,7 +193,7 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
         ]
         parts.append(_flow_table(grads))
     convs = conv_layers(model)
-    if convs:
+    if convs and len(x_test):
         from cnnbuild.builder import keras_module
 
         keras = keras_module()
