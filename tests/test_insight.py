@@ -112,7 +112,7 @@ name: dying
 input: [32, 32, 3]
 layers:
   - Conv2D:
-      {filters: 8, kernel_size: 3, activation: relu, bias_initializer: {constant: {value: -1e3}}}
+      {filters: 8, kernel_size: 3, activation: relu, bias_initializer: {constant: {value: -999.0}}}
   - MaxPooling2D: {pool_size: 2}
   - Flatten
   - Dense: {units: 10}
