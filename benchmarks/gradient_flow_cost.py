@@ -4,9 +4,9 @@
 epoch (``gradients.json``). This trains ``configs/shapes_demo.yaml`` on its own dataset
 and settings (batch 64, the steps_per_execution ``train`` picks for the device) twice per
 round, alternately with and without the callback, each time a new model with the same
-initial weights. An epoch
-is timed from its start until every callback's ``on_epoch_end`` has run (the timer is the
-last callback); the first epoch of each fit (tracing) is reported apart.
+initial weights. An epoch is timed from its start until every callback's ``on_epoch_end``
+has run (the timer is the last callback); the first epoch of each fit (tracing) is
+reported apart.
 
     python benchmarks/gradient_flow_cost.py                    # the demo's 10,800 images
     python benchmarks/gradient_flow_cost.py --images 4000 --epochs 3 --rounds 2
