@@ -98,7 +98,7 @@ def objective_fn(cfg: ModelConfig, classifier: bool, seed: int) -> tuple[Any, st
         r = np.random.default_rng(seed + 1).standard_normal(tuple(out.shape)).astype("float32")
         return tf.reduce_sum(tf.cast(out, tf.float32) * r) / out.shape[0]
 
-    return directed, "sum(output * r) / batch with r a seeded N(0, 1) tensor (no classifier head)"
+    return directed, "sum(output * r) / batch, r seeded N(0, 1) (no classifier head)"
 
 
 def random_batch(cfg: ModelConfig, units: int | None, seed: int, batch: int = GRAD_BATCH):
@@ -357,9 +357,9 @@ def grads_table(result: dict, shapes: dict[str, Any]) -> Any:
 
     table = Table(
         title=f"backward pass: {result['objective']} = {result['value']:.4g}",
-        caption=f"batch of {result['batch']} from {result['data']}; weights: "
-        f"{result['weights']}; seed {result['seed']}. zero in: exact zeros in the "
-        "gradient the layer sends to its input. dead: units zero for every image.",
+        caption=f"batch of {result['batch']}: {result['data']}; weights: {result['weights']}; "
+        f"seed {result['seed']}\nzero in: exact zeros in the gradient a layer sends to its "
+        "input; dead: units that are zero for every image",
         title_justify="left",
     )
     for column, justify in (
