@@ -202,8 +202,9 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
         maps = np.asarray(first(x_test[:n], training=False), dtype="float32")
         cams, _, _ = gradcam(model, x_test[:n], convs[-1])
         parts.append(
-            f"<h2>Feature maps and Grad-CAM</h2><p>Feature maps of {convs[0].name}; Grad-CAM "
-            f"of {convs[-1].name} for the predicted class.</p>"
+            f"<h2>Feature maps and Grad-CAM</h2><p>Feature maps of {convs[0].name}; heat map "
+            f"of {convs[-1].name} for the predicted class (HiResCAM: gradient times "
+            "activation at each position, the element-wise form of Grad-CAM).</p>"
         )
         for i in range(n):
             caption = (
@@ -216,7 +217,7 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
                 + f"<p>{html.escape(caption)}</p></div>"
                 + '<div class="card">'
                 + _img(png_uri(overlay(x_test[i].astype(np.uint8), cams[i])), "Grad-CAM")
-                + "<p>Grad-CAM</p></div>"
+                + "<p>heat map (HiResCAM)</p></div>"
                 + '<div class="card">'
                 + _img(png_uri(feature_grid(maps[i])), "feature maps")
                 + f"<p>{convs[0].name}</p></div></div>"
