@@ -193,7 +193,7 @@ def test_show_writes_feature_maps_filters_and_gradcam(demo_run, tmp_path):
     bad.write_bytes(b"not an image")
     result = _run("show", demo_run, bad, "--out", out)
     assert result.exit_code == 1
-    assert "not a readable" in result.stderr
+    assert "bad.png: not an image file" in result.stderr
 
 
 def test_gradcam_peaks_inside_the_drawn_shape(demo_run, tmp_path):

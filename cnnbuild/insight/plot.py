@@ -96,12 +96,19 @@ def dot_text(cfg: ModelConfig) -> str:
 
 def draw_matplotlib(cfg: ModelConfig, output: Path) -> None:
     """Draw the graph with matplotlib (no system binary, no TensorFlow)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError(
+            "drawing without Graphviz needs matplotlib, which is not installed; install it "
+            "with: pip install 'cnnbuild[train]', or write DOT text with -o model.dot"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 
     from cnnbuild.io import save_figure
-    from cnnbuild.plots import _pyplot
 
-    plt = _pyplot()
     items = boxes(cfg)
     at = {b.name: b for b in items}
     levels = max(b.level for b in items) + 1

@@ -144,7 +144,7 @@ def _upscale(image: np.ndarray, size: int = 96) -> np.ndarray:
 def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int = 256) -> str:
     """The page's HTML text (see the module docstring)."""
     from cnnbuild.insight.show import (
-        Target,
+        Loaded,
         conv_layers,
         feature_grid,
         gradcam,
@@ -157,8 +157,9 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
     grads = _read_json(run_dir / "gradients.json")
     config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
     names = list(data.class_names)
-    activation = getattr(getattr(model.layers[-1], "activation", None), "__name__", "")
-    target = Target(model, cfg, names, run_dir, activation in ("softmax", "sigmoid"))
+    from cnnbuild.predict import outputs_are_probabilities
+
+    target = Loaded(model, cfg, names, run_dir, outputs_are_probabilities(model, cfg))
     x_test = np.asarray(data.x_test, dtype="float32")
     if len(x_test):
         probs = probabilities(target, model.predict(x_test, batch_size=batch_size, verbose=0))

@@ -7,7 +7,6 @@ per channel, upscaled by a whole factor), so the files are the same on every mac
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,81 +20,56 @@ CONV_KINDS = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Conv2DTranspose")
 GAP = 2  # pixels between tiles
 TILE = 64  # a feature-map tile is upscaled to at least this many pixels
 OVERLAY = 256  # the Grad-CAM overlay's shorter side, at least
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 @dataclass
-class Target:
+class Loaded:
     """A loaded model and what is known about it."""
 
     model: Any
-    cfg: Any  # ModelConfig or None for a bare .keras file
+    cfg: Any  # the run's ModelConfig, or None for a bare .keras file
     class_names: list[str]
     out_dir: Path
     probabilities: bool  # the model's output is already softmax/sigmoid
 
 
-def load_target(target: Path, verbose: bool = False) -> Target:
-    """A run directory (its best ``model.keras``) or a ``.keras`` file, loaded safely.
+def load_target(target: Path, verbose: bool = False) -> Loaded:
+    """A run directory (its best ``model.keras``) or a ``.keras`` file, loaded safely,
+    as ``predict`` loads it (class names from the run's ``metrics.json``).
 
     Raises:
         UsageError: ``target`` is neither.
     """
-    from cnnbuild.builder import keras_module
-    from cnnbuild.validate import load_config
+    from cnnbuild.predict import class_names, load_keras_model, open_target
+    from cnnbuild.predict import outputs_are_probabilities as already
 
-    cfg = None
-    names: list[str] = []
-    if target.is_dir():
-        path = target / "model.keras"
-        if not path.is_file():
-            raise UsageError(f"{target}: no model.keras in this folder; is it a run directory?")
-        cfg = load_config(target / "config.yaml")
-        metrics = target / "metrics.json"
-        if metrics.is_file():
-            names = list(
-                json.loads(metrics.read_text(encoding="utf-8")).get("per_class_accuracy", {})
-            )
-        out_dir = target / "show"
-    elif target.suffix == ".keras" and target.is_file():
-        path = target
-        out_dir = target.with_name(target.stem + "-show")
-    else:
-        raise UsageError(f"{target}: expected a run directory or a .keras file")
-    keras = keras_module(verbose)
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # Keras raises many types for a bad file
-        raise UsageError(f"{path}: cannot load the model: {exc}") from None
+    found = open_target(target)
+    model = load_keras_model(found.model_path, verbose)
     units = int(model.output.shape[-1])
-    if len(names) != max(units, 2 if units == 1 else units):
-        names = [str(i) for i in range(max(units, 2))]
-    activation = getattr(getattr(model.layers[-1], "activation", None), "__name__", "")
-    return Target(model, cfg, names, out_dir, activation in ("softmax", "sigmoid"))
+    out_dir = (
+        found.run_dir / "show"
+        if found.run_dir is not None
+        else target.with_name(target.stem + "-show")
+    )
+    names = class_names(found, max(units, 2))
+    return Loaded(model, found.config, names, out_dir, already(model, found.config))
 
 
 def read_image(path: Path, shape: tuple) -> np.ndarray:
-    """A PNG/JPEG/BMP/GIF file as raw float32 pixels (0..255) of the model's input shape.
-
-    Decoded and resized as training reads an image folder: ``tf.io.decode_image`` with
-    the model's channels, bilinear ``tf.image.resize`` to its height and width, rounded to
-    whole pixel values.
+    """An image file as raw float32 pixels (0..255) of the model's input shape, decoded
+    and resized exactly as ``cnnbuild predict`` does it.
 
     Raises:
-        DataError: the file is missing or not a readable image.
+        DataError: the file is missing, too large or not a readable image.
     """
-    import tensorflow as tf
+    from cnnbuild.predict import ImageError, resize
+    from cnnbuild.predict import read_image as decode
 
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
     try:
-        image = tf.io.decode_image(path.read_bytes(), channels=shape[-1], expand_animations=False)
-    except (tf.errors.InvalidArgumentError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable PNG/JPEG/BMP/GIF image ({exc})") from None
-    h, w = shape[0], shape[1]
-    if h is not None and w is not None and tuple(image.shape[:2]) != (h, w):
-        image = tf.image.resize(image, (h, w), method="bilinear")
-    return np.clip(np.rint(np.asarray(image, dtype="float32")), 0, 255).astype("float32")
+        image = decode(path, shape[-1])
+    except ImageError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    return resize([image], shape[0], shape[1])[0]
 
 
 def conv_layers(model: Any) -> list[Any]:
@@ -103,16 +77,11 @@ def conv_layers(model: Any) -> list[Any]:
     return [layer for layer in model.layers if type(layer).__name__ in CONV_KINDS]
 
 
-def probabilities(target: Target, outputs: np.ndarray) -> np.ndarray:
+def probabilities(target: Loaded, outputs: np.ndarray) -> np.ndarray:
     """Class probabilities (N, classes) from the model's outputs."""
-    out = np.asarray(outputs, dtype="float64")
-    if out.shape[-1] == 1:
-        p = out[:, 0] if target.probabilities else 1 / (1 + np.exp(-out[:, 0]))
-        return np.stack([1 - p, p], axis=1)
-    if target.probabilities:
-        return out
-    e = np.exp(out - out.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    from cnnbuild.predict import probabilities as to_probabilities
+
+    return to_probabilities(outputs, target.probabilities)
 
 
 CAM_METHODS = ("hires", "grad")
