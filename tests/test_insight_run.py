@@ -212,3 +212,17 @@ def test_gradcam_peaks_inside_the_drawn_shape(demo_run, tmp_path):
     chance = np.mean([(b[2] - b[0] + 1) * (b[3] - b[1] + 1) / 32**2 for b in boxes])
     assert np.mean(inside) >= 0.70, (np.mean(inside), chance)
     assert np.mean(inside) > 2 * chance
+
+
+def test_trace_grads_with_trained_weights_and_dataset_batch(demo_run):
+    config = CONFIGS / "shapes_demo.yaml"
+    fresh = json.loads(_run("trace", config, "--grads", "--data", "--json").stdout)
+    trained = _run("trace", config, "--grads", "--data", "--weights", demo_run, "--json")
+    assert trained.exit_code == 0, trained.output
+    trained = json.loads(trained.stdout)
+    assert trained["grads"]["weights"] == str(demo_run / "model.keras")
+    assert trained["grads"]["data"] == "the config's dataset"
+    assert trained["grads"]["value"] < fresh["grads"]["value"] / 10  # it learned the batch
+    wrong = _run("trace", CONFIGS / "seed_shape_watch.yaml", "--grads", "--weights", demo_run)
+    assert wrong.exit_code == 2
+    assert "its weights do not fit" in wrong.stderr

@@ -313,12 +313,7 @@ def trace_grads(
         path = path / "model.keras" if path.is_dir() else path
         if path.suffix != ".keras" or not path.is_file():
             raise UsageError(f"--weights {weights}: expected a run directory or a .keras file")
-        try:
-            model.load_weights(path)
-        except Exception as exc:  # Keras raises many types for a mismatched file
-            raise UsageError(
-                f"--weights {weights}: its weights do not fit {cfg.file} ({exc})"
-            ) from None
+        copy_weights(model, path, f"--weights {weights}", cfg.file)
         source = str(path)
     out = trace(cfg).output_shape
     units = out[-1] if out and len(out) == 1 else None
@@ -337,6 +332,36 @@ def trace_grads(
         "data": "the config's dataset" if data else "random pixels (uniform 0..255)",
         "layers": {r.name: r for r in rows},
     }
+
+
+def copy_weights(model: Any, path: Any, what: str, config: Any) -> None:
+    """Give ``model`` the weights of the saved model at ``path``, layer by layer by name.
+
+    Raises:
+        UsageError: the file does not load, or its weighted layers are not the model's
+            (names and weight shapes).
+    """
+    from cnnbuild.errors import UsageError
+    from cnnbuild.predict import load_keras_model
+
+    try:
+        saved = load_keras_model(path)
+    except Exception as exc:  # a CnnbuildError with Keras' reason
+        raise UsageError(f"{what}: {getattr(exc, 'message', exc)}") from None
+    ours = {layer.name: layer for layer in model.layers if layer.weights}
+    theirs = {layer.name: layer for layer in saved.layers if layer.weights}
+    problems = sorted(set(ours) ^ set(theirs))
+    for name in sorted(set(ours) & set(theirs)):
+        mine = [tuple(w.shape) for w in ours[name].weights]
+        if mine != [tuple(w.shape) for w in theirs[name].weights]:
+            problems.append(name)
+    if problems:
+        raise UsageError(
+            f"{what}: its weights do not fit {config} (layers that differ: "
+            f"{', '.join(problems[:8])}{', ...' if len(problems) > 8 else ''})"
+        )
+    for name, layer in ours.items():
+        layer.set_weights(theirs[name].get_weights())
 
 
 def dataset_batch(cfg: ModelConfig, units: int | None, seed: int, batch: int):
