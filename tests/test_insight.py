@@ -144,3 +144,38 @@ def test_training_warns_once_about_dead_relus_and_vanishing_gradients(cli, write
         assert len(lines) == 1, result.stdout  # once, not every epoch
         assert "conv2d" in lines[0] and "dense" not in lines[0]
     assert (run_dir / "report.html").is_file()
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_compiled_flow_measurement_equals_the_eager_pass(mixed):
+    """The callback's traced function gives the norms of the layer-by-layer eager pass
+    (under mixed_float16 too, where it scales the loss so small gradients survive)."""
+    from cnnbuild.builder import build_model, keras_module
+    from cnnbuild.insight.grads import compiled_norms, labels_for
+
+    keras = keras_module()
+    cfg = load_config("configs/shapes_demo.yaml")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = labels_for(cfg, rng.integers(0, 10, 16), 10)
+    objective, _ = objective_fn(cfg, classifier=True, seed=0)
+    keras.utils.set_random_seed(1)
+    reference = build_model(cfg, compile=False)
+    _, eager = layer_grads(reference, cfg, x, y, objective, inputs=False)
+    keras.utils.set_random_seed(1)
+    model = build_model(cfg, compile=False, mixed_precision=mixed)
+    try:
+        _, traced = compiled_norms(model, cfg, objective)(x, y)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    tolerance = 0.05 if mixed else 1e-4
+    for a, b in zip(eager, traced, strict=True):
+        assert b.output_grad_norm == pytest.approx(a.output_grad_norm, rel=tolerance)
+        assert b.weight_grad_norms.keys() == a.weight_grad_norms.keys()
+        for key, value in a.weight_grad_norms.items():
+            assert value > 0
+            assert b.weight_grad_norms[key] == pytest.approx(value, rel=tolerance)
+        if a.dead_fraction is None:
+            assert b.dead_fraction is None
+        else:
+            assert b.dead_fraction == pytest.approx(a.dead_fraction, abs=0.02)

@@ -212,9 +212,12 @@ def compiled_norms(model: Any, cfg: ModelConfig, objective: Any) -> Any:
     layers = [model.get_layer(node.name) for node in nodes]
     weights = [(i, w) for i, layer in enumerate(layers) for w in layer.trainable_weights]
     relu = [i for i, layer in enumerate(layers) if relu_like(layer)]
+    # under mixed_float16, scale the loss as training does, so small gradients do not
+    # underflow to zero in float16 and read as vanishing
+    scale = 1024.0 if any(layer.compute_dtype == "float16" for layer in layers) else 1.0
 
     def norm(g: Any) -> Any:
-        return tf.constant(0.0) if g is None else tf.norm(tf.cast(g, tf.float32))
+        return tf.constant(0.0) if g is None else tf.norm(tf.cast(g, tf.float32)) / scale
 
     @tf.function(reduce_retracing=True)
     def step(x, y):
@@ -227,8 +230,9 @@ def compiled_norms(model: Any, cfg: ModelConfig, objective: Any) -> Any:
                 )
                 tape.watch(tensors[node.name])
             value = objective(tensors[cfg.output], y)
+            scaled = value * scale
         outs = [tensors[node.name] for node in nodes]
-        grads = tape.gradient(value, outs + [w for _, w in weights])
+        grads = tape.gradient(scaled, outs + [w for _, w in weights])
         dead = [
             1.0 - tf.reduce_mean(tf.cast(tf.reduce_any(outs[i] != 0, axis=0), tf.float32))
             for i in relu
