@@ -161,12 +161,27 @@ def trace(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random batch for --run.")] = 0,
     verbose: Verbose = False,
+    grads: Annotated[
+        bool,
+        typer.Option("--grads", help="Run a forward and a backward pass; per-layer gradients."),
+    ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --grads: weights of a run directory or .keras file.", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        bool, typer.Option("--data", help="With --grads: a batch of the config's dataset.")
+    ] = False,
 ) -> None:
     """The shape trace, layer by layer, with the arithmetic of every spatial size."""
     from cnnbuild import render
     from cnnbuild.validate import load_traced
 
     cfg, tr = load_traced(config)
+    if grads or weights is not None or data:
+        return _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose)
     real = None
     if run:
         from cnnbuild.builder import keras_module
@@ -394,6 +409,120 @@ def schema(
         raise UsageError(f"--output {output}: is a folder; give a file path")
     with os_errors(output):
         write_text(output, text)
+
+
+@app.command()
+@handled
+def show(
+    target: Annotated[
+        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+    ],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (PNG, JPEG...).", show_default=False)
+    ],
+    layer: Annotated[
+        str | None,
+        typer.Option(help="One convolution layer (default: all of them).", show_default=False),
+    ] = None,
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="Grad-CAM for this class (default: the predicted one)."),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Predictions to list per image.")] = 3,
+    cam: Annotated[
+        str, typer.Option(help="hires (gradient x activation) or grad (classic Grad-CAM).")
+    ] = "hires",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the PNGs (default RUN_DIR/show/).", show_default=False
+        ),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """What a trained model sees: feature maps, first-layer filters, Grad-CAM, top-k."""
+    from cnnbuild.builder import keras_module
+
+    keras_module(verbose)  # first: the light install is told how to get TensorFlow
+    from cnnbuild.insight.show import show as run_show
+
+    result = run_show(
+        target,
+        images,
+        layer=layer,
+        class_name=class_name,
+        top=top,
+        out_dir=out,
+        cam=cam,
+        verbose=verbose,
+    )
+    console = _console()
+    for item in result["images"]:
+        ranked = "  ".join(f"{name} {p:.1%}" for name, p in item["top"])
+        console.print(f"{item['image']}: {ranked}", highlight=False)
+    console.print(f"filters, feature maps and Grad-CAM in {result['out_dir']}/", highlight=False)
+
+
+@app.command()
+@handled
+def plot(
+    config: ConfigArg,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="model.svg, model.png or model.dot."),
+    ] = Path("model.svg"),
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="auto (Keras plot_model when Graphviz is installed), keras, matplotlib or dot."
+        ),
+    ] = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """Draw the architecture: blocks, branches, each layer with its output shape."""
+    from cnnbuild.insight.plot import plot as draw
+    from cnnbuild.validate import load_config
+
+    message = draw(load_config(config), output, engine=engine, verbose=verbose)
+    _console().print(message, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handled
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
+    verbose: Verbose = False,
+) -> None:
+    """Rebuild a run's report.html (config, curves, gradient flow, Grad-CAM, mistakes)."""
+    from cnnbuild.builder import keras_module
+
+    keras_module(verbose)  # first: the light install is told how to get TensorFlow
+    from cnnbuild.insight.report import write_report
+
+    path = write_report(run_dir, verbose=verbose)
+    _console().print(f"wrote {path}", highlight=False)
+
+
+def _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose) -> None:
+    """``trace --grads``: gradients per layer (see cnnbuild.insight.grads)."""
+    from cnnbuild import render
+    from cnnbuild.builder import keras_module
+
+    if not grads:
+        raise UsageError("--weights and --data go with --grads")
+    keras_module(verbose)  # first: the light install is told how to get TensorFlow
+    from cnnbuild.insight.grads import grads_table, trace_grads
+
+    result = trace_grads(cfg, seed=seed, weights=weights, data=data, verbose=verbose)
+    if as_json:
+        out = render.trace_dict(tr)
+        out["grads"] = {k: v for k, v in result.items() if k != "layers"}
+        for layer in out["layers"]:
+            row = result["layers"].get(layer["name"])
+            layer.update(row.to_dict() if row else {})
+        print(json.dumps(out, indent=2))
+        return
+    _console().print(grads_table(result, {r.node.name: r.shape for r in tr.rows}))
 
 
 # -- predict, export, layers, --version (issue 11) --------------------------------------

@@ -94,9 +94,10 @@ def save_model(model: Any, path: str | Path) -> None:
 
 
 def save_figure(fig: Any, path: str | Path) -> None:
-    atomic_write(
-        Path(path), lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    )
+    """Save a matplotlib figure atomically, in the format its suffix names (PNG by default)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format=fmt))
 
 
 _ADVICE = {

@@ -78,6 +78,10 @@ def test_static_commands_work_without_tensorflow(light, args):
         (["summary", CONFIGS / "shapes_demo.yaml"], "pip install 'cnnbuild[train]'"),
         (["build", CONFIGS / "shapes_demo.yaml", "-o", "/nonexistent/x.keras"], "cnnbuild[train]"),
         (["trace", "--run", CONFIGS / "shapes_demo.yaml"], "cnnbuild[train]"),
+        (["trace", "--grads", CONFIGS / "shapes_demo.yaml"], "cnnbuild[train]"),
+        (["show", "nowhere", "image.png"], "cnnbuild[train]"),
+        (["report", "nowhere"], "cnnbuild[train]"),
+        (["plot", CONFIGS / "shapes_demo.yaml", "-o", "/nonexistent/m.png"], "cnnbuild[train]"),
         (
             ["export", "nowhere.keras", "--format", "onnx"],
             "needs tensorflow, tf2onnx, onnx, onnxruntime, which are not installed; "

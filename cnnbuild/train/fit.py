@@ -459,9 +459,15 @@ def _fit(
     console.print(f"run directory: {run_dir.path}", highlight=False)
     if run.initial_epoch >= settings.epochs:
         console.print(f"already trained {run.initial_epoch} epochs", highlight=False)
+    from cnnbuild.insight.flow import gradient_flow
+
     callbacks = [
         *make_callbacks(keras, run, live, epoch_var),
         *keras_callbacks(keras, run),
+        # per-layer gradient flow on one fixed batch -> gradients.json
+        gradient_flow(
+            keras, cfg, x_tr, y_tr, data.num_classes, run_dir.path, console, run.initial_epoch
+        ),
         *extra_callbacks,
     ]
     with tf.device("/GPU:0" if device.kind == "gpu" else "/CPU:0"):
@@ -496,6 +502,9 @@ def _fit(
     from cnnbuild.plots import curves
 
     curves(run.history, run_dir.file("curves.png"), cfg.name)
+    from cnnbuild.insight.report import write_report
+
+    write_report(run_dir.path, model=model, cfg=cfg, data=data)
     if after_train is not None:
         after_train(run_dir.path, metrics)
     accuracy = metrics["test_accuracy"]
