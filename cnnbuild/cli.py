@@ -44,6 +44,17 @@ def _fail(exc: CnnbuildError) -> None:
         err.print(Text.assemble(("error:", "bold red"), " ", exc.message), soft_wrap=True)
 
 
+def _notes(findings: list) -> None:
+    """Lint findings of a model that builds: notes on stderr, never a failure."""
+    from cnnbuild.report import text_lines
+
+    if not findings:
+        return
+    err = _console(stderr=True)
+    for line in text_lines(findings, color=err.is_terminal):
+        err.print(line, highlight=False, markup=err.is_terminal, soft_wrap=True)
+
+
 def handled(fn):
     """Turn :class:`CnnbuildError` into a message and its exit code (never a traceback)."""
 
@@ -130,6 +141,7 @@ def summary(
     from cnnbuild.validate import load_traced
 
     cfg, tr = load_traced(config)
+    _notes(cfg.findings)
     if static:
         data = tr.to_dict()
     else:
@@ -166,6 +178,7 @@ def trace(
     from cnnbuild.validate import load_traced
 
     cfg, tr = load_traced(config)
+    _notes(cfg.findings)
     real = None
     if run:
         from cnnbuild.builder import keras_module
@@ -182,8 +195,6 @@ def trace(
     else:
         out = _console()
         out.print(render.trace_table(tr, real))
-        for f in cfg.findings:
-            out.print(f.format(), highlight=False, markup=False)
     if real is not None:
         bad = [
             r.node.name
@@ -207,9 +218,10 @@ def build(
     """Build and compile the Keras model and save it in the native .keras format."""
     from cnnbuild.builder import build_model, keras_module
     from cnnbuild.io import save_model
-    from cnnbuild.validate import load_config
+    from cnnbuild.validate import load_traced
 
-    cfg = load_config(config)
+    cfg, _ = load_traced(config)
+    _notes(cfg.findings)
     target = output or Path(f"{cfg.name}.keras")
     if target.suffix != ".keras":
         raise UsageError(f"--output must end in .keras; received {str(target)!r}")

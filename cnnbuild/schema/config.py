@@ -145,7 +145,7 @@ class CompileConfig(Strict):
 
     optimizer: Optimizer = {"adam": {}}
     loss: Choice(LOSSES, "loss") = "sparse_categorical_crossentropy"
-    from_logits: Bool = False
+    from_logits: Bool | None = None
     metrics: list[Choice(METRICS, "metric")] = ["accuracy"]
 
 
