@@ -110,6 +110,7 @@ class _Graph:
     taken: dict[str, PathKey] = field(default_factory=lambda: {INPUT: ()})
     uses: dict[str, int] = field(default_factory=dict)
     seen: set[tuple] = field(default_factory=set)
+    broken: bool = False  # a layer was left out for an unresolved input: connectivity is off
 
 
 # -- the entry point ----------------------------------------------------------------------
@@ -408,6 +409,7 @@ def _resolve(g: _Graph, inputs: Any, path: PathKey, prev: str, scope: _Scope) ->
                 f"unknown input {n!r}: no earlier layer has that name{suggest(n, scope.names)}",
                 scope,
             )
+            g.broken = True
             return None
         out.append(scope.names[n])
     return out
@@ -591,8 +593,8 @@ def _template(
             f"({', '.join(names)}); received {len(sources)}: "
             + ", ".join(repr(s) for s in sources),
             scope,
-            rule="schema",
         )
+        g.broken = True
         return x
     user_name = args.pop("name", None)
     params = {k: v for k, v in spec.params.items() if v is not REQUIRED}
@@ -641,8 +643,11 @@ def _live(g: _Graph, output: str) -> list[Node]:
     """The nodes the output depends on; each layer nothing reads becomes a warning.
 
     Keras builds a functional model from its inputs to its outputs and leaves out every
-    layer off that path, so the static counts must leave them out too.
+    layer off that path, so the static counts must leave them out too. When an unresolved
+    ``inputs:`` already broke the graph (an error), every layer is kept and checked.
     """
+    if g.broken:
+        return g.nodes
     by_name = {n.name: n for n in g.nodes}
     live: set[str] = set()
     todo = [output]

@@ -21,7 +21,10 @@ STRUCTURAL = ("inputs", "repeat")
 MAX_REPEAT = 1_000
 TEMPLATE_NAME = r"[a-z_][A-Za-z0-9_]*"
 PARAM_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-LAYER_LIST_SCHEMA = {"type": "array", "items": {"$ref": "#/definitions/layer"}}
+# pydantic resolves every "$ref" it generates, so the JSON Schema writer puts the real
+# reference to its `layer` definition in place of this marker.
+LAYER_REF = {"x-cnnbuild-ref": "layer"}
+LAYER_LIST_SCHEMA = {"type": ["array", "null"], "items": LAYER_REF}
 
 
 def _layer_list(value: Any) -> list:

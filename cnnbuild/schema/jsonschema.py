@@ -8,7 +8,7 @@ from typing import Any
 
 from cnnbuild.catalog import REGISTRY
 from cnnbuild.config import TOP_KEYS
-from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, Template
+from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
 from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
 
@@ -18,6 +18,8 @@ TEMPLATE_NAME = f"^{_TEMPLATE_NAME}$"
 
 def _draft07(node: Any) -> Any:
     """Rewrite pydantic's 2020-12 output (``$defs``, ``prefixItems``) as draft-07."""
+    if node == LAYER_REF:
+        return {"$ref": "#/definitions/layer"}
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
@@ -124,7 +126,7 @@ def json_schema() -> dict:
     template_list = {"type": "array", "items": {"$ref": "#/definitions/template_layer"}}
     template = _model(Template, defs)
     template["properties"]["layers"] = template_list
-    template["description"] = (Template.__doc__ or "").strip().split("\n")[0]
+    template["description"] = "a reusable block, used like a layer: `- NAME: {param: value}`"
     props = {
         "name": {"type": "string"},
         "description": {"type": "string"},
