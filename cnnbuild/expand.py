@@ -110,6 +110,7 @@ class _Graph:
     taken: dict[str, PathKey] = field(default_factory=lambda: {INPUT: ()})
     uses: dict[str, int] = field(default_factory=dict)
     seen: set[tuple] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)  # values whose template expression failed
     broken: bool = False  # a layer was left out for an unresolved input: connectivity is off
 
 
@@ -371,6 +372,7 @@ def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
             return evaluate(value, scope.params)
         except ExpressionError as exc:
             _error(g, path, exc.message, scope, column=_column(g.doc, path, exc.offset))
+            g.failed.add(format_path(path))
             return value
     if isinstance(value, dict):
         return {k: _subst(g, v, (*path, k), scope) for k, v in value.items()}
@@ -516,7 +518,7 @@ def _layer_args(
         return None
     except ValidationError as exc:
         for f in from_pydantic(g.doc, exc, path, args, kind, model.model_fields, _note(g, scope)):
-            if (f.path, f.message) not in g.seen:
+            if f.path not in g.failed and (f.path, f.message) not in g.seen:
                 g.seen.add((f.path, f.message))
                 g.findings.append(f)
     fields = model.model_fields
@@ -595,6 +597,8 @@ def _template(
             scope,
         )
         g.broken = True
+        if isinstance(args.get("name"), str):
+            scope.names[args["name"]] = x  # one error, not one more per later reference
         return x
     user_name = args.pop("name", None)
     params = {k: v for k, v in spec.params.items() if v is not REQUIRED}
