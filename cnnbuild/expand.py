@@ -112,6 +112,7 @@ class _Graph:
     seen: set[tuple] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)  # values whose template expression failed
     broken: bool = False  # a layer was left out for an unresolved input: connectivity is off
+    work: int = 0  # layers and block uses expanded so far: a second bound after budget()
 
 
 # -- the entry point ----------------------------------------------------------------------
@@ -352,7 +353,7 @@ def _item(g: _Graph, item: Any, path: PathKey, prev: str, scope: _Scope) -> str:
         return prev
     name = args.get("name")
     for r in range(repeat):
-        if len(g.nodes) > MAX_NODES:
+        if g.work > MAX_NODES:
             _error(g, path, f"the model expands to more than {MAX_NODES:,} layers", scope)
             return prev
         if repeat > 1 and isinstance(name, str):
@@ -457,6 +458,7 @@ def _one(
     sources: list[str],
     scope: _Scope,
 ) -> str:
+    g.work += 1
     if kind in BLOCK_KINDS:
         return _block(g, kind, args, args_path, sources, scope)
     if kind in g.templates:

@@ -51,8 +51,8 @@ def _model(model: type, defs: dict, extra: dict | None = None) -> dict:
 
 PARAM = {
     "type": "string",
-    "pattern": r"^\$[A-Za-z_][A-Za-z0-9_]*$",
-    "description": "a parameter of the block ($name)",
+    "pattern": r"\$[A-Za-z_][A-Za-z0-9_]*",
+    "description": "a parameter of the block ($name) or integer arithmetic ($filters * 4)",
 }
 
 
