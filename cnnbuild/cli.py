@@ -34,18 +34,8 @@ def _console(stderr: bool = False) -> Console:
     return Console(file=stream, highlight=False, width=None if stream.isatty() else 160)
 
 
-def _fail(exc: CnnbuildError) -> None:
-    from cnnbuild.report import text_lines
-
-    err = _console(stderr=True)
-    for line in text_lines(exc.findings, color=err.is_terminal):
-        err.print(line, highlight=False, markup=err.is_terminal, soft_wrap=True)
-    if not exc.findings or not isinstance(exc, ConfigError):
-        err.print(Text.assemble(("error:", "bold red"), " ", exc.message), soft_wrap=True)
-
-
 def _notes(findings: list) -> None:
-    """Lint findings of a model that builds: notes on stderr, never a failure."""
+    """Findings on stderr; for a view, the lint findings of a model that builds."""
     from cnnbuild.report import text_lines
 
     if not findings:
@@ -53,6 +43,13 @@ def _notes(findings: list) -> None:
     err = _console(stderr=True)
     for line in text_lines(findings, color=err.is_terminal):
         err.print(line, highlight=False, markup=err.is_terminal, soft_wrap=True)
+
+
+def _fail(exc: CnnbuildError) -> None:
+    _notes(exc.findings)
+    if not exc.findings or not isinstance(exc, ConfigError):
+        err = _console(stderr=True)
+        err.print(Text.assemble(("error:", "bold red"), " ", exc.message), soft_wrap=True)
 
 
 def handled(fn):
