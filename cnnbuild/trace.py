@@ -132,16 +132,6 @@ def trace(cfg: ModelConfig) -> Trace:
     return result
 
 
-def _free_size(node: Node, ins: list[Shape]) -> Shape | None:
-    """What a layer that failed on its input sizes gives with height and width left free,
-    so the layers after it are still checked (one run reports every problem)."""
-    free = [(None, None, *s[2:]) if len(s) == 3 else s for s in ins]
-    try:
-        return REGISTRY[node.kind].rule(free, node.args).shape
-    except ShapeError:
-        return None
-
-
 def _shape_finding(cfg: ModelConfig, node: Node, ins: list[Shape], exc: ShapeError) -> Finding:
     path = node.path
     prefix = path if len(path) and path[-1] == node.kind else (*path, node.kind)
@@ -166,3 +156,13 @@ def _shape_finding(cfg: ModelConfig, node: Node, ins: list[Shape], exc: ShapeErr
     if node.use is not None:
         msg += f" (in a block used at line {cfg.doc.locate(node.use, 'key').line})"
     return cfg.doc.finding(path, msg, rule="shape", hint=exc.hint, prefer="key")
+
+
+def _free_size(node: Node, ins: list[Shape]) -> Shape | None:
+    """What a layer that failed on its input sizes gives with height and width left free,
+    so the layers after it are still checked (one run reports every problem)."""
+    free = [(None, None, *s[2:]) if len(s) == 3 else s for s in ins]
+    try:
+        return REGISTRY[node.kind].rule(free, node.args).shape
+    except ShapeError:
+        return None
