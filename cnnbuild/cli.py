@@ -394,6 +394,167 @@ def schema(
         write_text(output, text)
 
 
+# -- predict, export, layers, --version (issue 11) --------------------------------------
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cnnbuild import __version__
+
+        print(f"cnnbuild {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Describe a CNN in YAML; validate it in CI, trace every shape, build and train it."""
+
+
+class PredictFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+@handled
+def predict(
+    target: Annotated[
+        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+    ],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders or globs (PNG, JPEG, BMP, GIF).", show_default=False
+        ),
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image.")] = 3,
+    fmt: Annotated[
+        PredictFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = PredictFormat.table,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    verbose: Verbose = False,
+) -> None:
+    """Top-k classes of image files, with the run's class names and probabilities.
+
+    Images are resized (bilinear) to the model's input size. Exit 1 if any file failed.
+    """
+    from cnnbuild.predict import csv_lines, predict, table
+
+    result = predict(target, paths, top_k=top_k, batch_size=batch_size, verbose=verbose)
+    if fmt is PredictFormat.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif fmt is PredictFormat.csv:
+        print("\n".join(csv_lines(result)))
+    else:
+        _console().print(table(result))
+        if result.resized:
+            _console().print(f"{result.resized} image(s) resized to {result.input_shape[:2]}")
+    if result.failed:
+        err = _console(stderr=True)
+        for file, reason in result.failed:
+            err.print(f"error: {file}: {reason}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"{len(result.failed)} file(s) failed", highlight=False)
+        raise typer.Exit(EXIT_INVALID)
+
+
+class ExportFormat(str, Enum):
+    saved_model = "saved_model"
+    litert = "litert"
+    onnx = "onnx"
+
+
+@app.command()
+@handled
+def export(
+    target: Annotated[
+        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+    ],
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="The artefact's format.")],
+    int8: Annotated[
+        bool, typer.Option("--int8", help="LiteRT with int8 weights, activations, input, output.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write (default RUN/export/).", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset of the test images (default: the run's): cifar10, shapes, npz:PATH...",
+            show_default=False,
+        ),
+    ] = None,
+    images: Annotated[int, typer.Option(help="Test images to verify with.")] = 128,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the verification as JSON.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Export to SavedModel, LiteRT or ONNX, then verify the file with its own runtime.
+
+    Exit 1 when the outputs differ from Keras beyond the tolerance (float: 1e-4 x the
+    largest output, at least 1e-4) or int8 top-1 agreement is below 98%.
+    """
+    from cnnbuild.export import export as run_export
+    from cnnbuild.export import report_lines
+
+    result = run_export(
+        target,
+        fmt.value,
+        output=output,
+        int8=int8,
+        data=data,
+        images=images,
+        verbose=verbose,
+        quiet=as_json or not sys.stderr.isatty(),
+    )
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        render_lines = report_lines(result)
+        out = _console()
+        for line in render_lines:
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if not result.passed:
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+@handled
+def layers(
+    name: Annotated[
+        str | None, typer.Argument(help="One layer: show its arguments.", show_default=False)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The supported layers (name, group, description), or one layer's arguments with
+    types, defaults and allowed ranges."""
+    from cnnbuild.layers_doc import arg_table, layer_detail, layer_list, layer_table, lookup
+
+    if name is None:
+        rows = layer_list()
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _console().print(layer_table(rows))
+        return
+    detail = layer_detail(lookup(name))
+    if as_json:
+        print(json.dumps(detail, indent=2))
+    else:
+        _console().print(arg_table(detail))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

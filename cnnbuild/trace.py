@@ -11,6 +11,9 @@ from cnnbuild.errors import Finding, shape_str
 from cnnbuild.shapes import Field, LayerOut, Shape, ShapeError, numel
 
 BYTES_PER_VALUE = 4  # float32
+MAX_LAYER_WEIGHTS = 2**31 - 1
+"""The most weights one layer may hold (8 GiB of float32): beyond it Keras cannot
+allocate the layer, so the static engine refuses it instead of letting ``build`` crash."""
 
 
 @dataclass
@@ -119,7 +122,7 @@ def trace(cfg: ModelConfig) -> Trace:
         out = guess = None
         if node.args is not None and all(s is not None for s in ins):
             try:
-                out = REGISTRY[node.kind].rule(ins, node.args)
+                out = _checked(REGISTRY[node.kind].rule(ins, node.args))
             except ShapeError as exc:
                 if guessed.isdisjoint(node.inputs):  # else a consequence of the first error
                     result.findings.append(_shape_finding(cfg, node, ins, exc))
@@ -130,6 +133,21 @@ def trace(cfg: ModelConfig) -> Trace:
         fields[node.name] = rf if out is None else rf.after(out)
         result.rows.append(Row(node, ins, out, fields[node.name]))
     return result
+
+
+def _checked(out: LayerOut) -> LayerOut:
+    if out.params > MAX_LAYER_WEIGHTS:
+        raise ShapeError(
+            f"the layer would hold {out.params:,} weights, more than the "
+            f"{MAX_LAYER_WEIGHTS:,} one layer can hold",
+            hint="use fewer filters or units, a smaller kernel, or downsample before it",
+        )
+    if any(d is not None and d > MAX_LAYER_WEIGHTS for d in out.shape):
+        raise ShapeError(
+            f"the output {shape_str(out.shape)} has a size beyond what TensorFlow holds",
+            hint="use smaller sizes",
+        )
+    return out
 
 
 def _shape_finding(cfg: ModelConfig, node: Node, ins: list[Shape], exc: ShapeError) -> Finding:
