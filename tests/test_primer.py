@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from cnnbuild import catalog
 from tests.conftest import ROOT
 
 PRIMER = sorted((ROOT / "tests" / "data" / "primer").glob("*.yaml"))
@@ -18,20 +17,7 @@ def test_the_primer_models_are_all_here():
     assert IDS == ["cifar_cnn", "shape_watch", "small_cnn"]
 
 
-# A head of raw scores (Dense(10), no compile section) validates once `from_logits` follows
-# the output layer (the catalog's resolved_compile); until then softmax-logits refuses it.
-NEEDS_INFERENCE = pytest.mark.xfail(
-    not hasattr(catalog, "resolved_compile"),
-    reason="from_logits follows the output layer only with the catalog's resolved_compile",
-    strict=True,
-)
-
-
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=NEEDS_INFERENCE if "Dense" in p.read_text() else ()) for p in PRIMER],
-    ids=IDS,
-)
+@pytest.mark.parametrize("path", PRIMER, ids=IDS)
 def test_validate_passes(cli, path):
     result = cli("validate", path)
     assert result.exit_code == 0, result.output
