@@ -298,7 +298,7 @@ def _split(item: Any) -> tuple[str | None, dict]:
         return item, {}
     if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item)), str):
         kind, args = next(iter(item.items()))
-        return kind, ({} if args is None else args) if isinstance(args, dict | None) else {}
+        return kind, args if isinstance(args, dict) else {}
     return None, {}
 
 
