@@ -70,6 +70,15 @@ _core(
 )
 
 
+RULES["dead-layer"] = Rule(
+    "dead-layer",
+    "warning",
+    "a layer nothing reads: Keras leaves it out of the model, so it is not counted",
+    "read it with `inputs:`, or remove it",
+    ignorable=False,
+)
+
+
 def rule(id: str, severity: str, summary: str, hint: str):
     """Register a lint rule: ``check(trace)`` yields ``(node, message, arg)``."""
 

@@ -35,13 +35,21 @@ def _console(stderr: bool = False) -> Console:
     return Console(file=stream, highlight=False, width=None if stream.isatty() else 160)
 
 
-def _fail(exc: CnnbuildError) -> None:
+def _notes(findings: list) -> None:
+    """Findings on stderr; for a view, the lint findings of a model that builds."""
     from cnnbuild.report import text_lines
 
+    if not findings:
+        return
     err = _console(stderr=True)
-    for line in text_lines(exc.findings, color=err.is_terminal):
+    for line in text_lines(findings, color=err.is_terminal):
         err.print(line, highlight=False, markup=err.is_terminal, soft_wrap=True)
+
+
+def _fail(exc: CnnbuildError) -> None:
+    _notes(exc.findings)
     if not exc.findings or not isinstance(exc, ConfigError):
+        err = _console(stderr=True)
         err.print(Text.assemble(("error:", "bold red"), " ", exc.message), soft_wrap=True)
 
 
@@ -131,6 +139,7 @@ def summary(
     from cnnbuild.validate import load_traced
 
     cfg, tr = load_traced(config)
+    _notes(cfg.findings)
     if static:
         data = tr.to_dict()
     else:
@@ -180,6 +189,7 @@ def trace(
     from cnnbuild.validate import load_traced
 
     cfg, tr = load_traced(config)
+    _notes(cfg.findings)
     if grads or weights is not None or data:
         return _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose)
     real = None
@@ -198,8 +208,6 @@ def trace(
     else:
         out = _console()
         out.print(render.trace_table(tr, real))
-        for f in cfg.findings:
-            out.print(f.format(), highlight=False, markup=False)
     if real is not None:
         bad = [
             r.node.name
@@ -223,9 +231,10 @@ def build(
     """Build and compile the Keras model and save it in the native .keras format."""
     from cnnbuild.builder import build_model, keras_module
     from cnnbuild.io import os_errors, save_model
-    from cnnbuild.validate import load_config
+    from cnnbuild.validate import load_traced
 
-    cfg = load_config(config)
+    cfg, _ = load_traced(config)
+    _notes(cfg.findings)
     target = output or Path(f"{cfg.name}.keras")
     if target.suffix != ".keras" or target.is_dir():
         raise UsageError(f"--output must be a file ending in .keras; received {str(target)!r}")

@@ -91,7 +91,7 @@ def _keras_layer_figures(kind: str, kwargs: dict, input_shape: tuple) -> tuple:
     from cnnbuild.builder import keras_macs, layer_kwargs
 
     cfg, _ = _config(kind, kwargs, input_shape)
-    layer = REGISTRY[kind].make(keras, layer_kwargs(cfg.nodes[0]))
+    layer = REGISTRY[kind].make(keras, layer_kwargs(cfg.nodes[-1]))  # after input_scaling
     inp = keras.Input(shape=input_shape)
     keras.Model(inp, layer(inp))
 
@@ -142,7 +142,7 @@ def test_shapes_keras_cannot_take_are_findings(kind, kwargs, input_shape):
 
     cfg, tr = _config(kind, kwargs, input_shape)
     assert [f.rule for f in tr.findings] == ["shape"]
-    layer = REGISTRY[kind].make(keras, layer_kwargs(cfg.nodes[0]))
+    layer = REGISTRY[kind].make(keras, layer_kwargs(cfg.nodes[-1]))  # after input_scaling
     with pytest.raises(Exception):  # noqa: B017 - Keras raises ValueError or a TF error
         layer(np.zeros((1, *input_shape), "float32"))
 
@@ -344,9 +344,9 @@ def test_a_2000_layer_stack_builds_saves_and_loads_without_recursion_error(tmp_p
     )
     cfg = from_document(parse_text(text, "deep.yaml"))
     tr = trace(cfg)
-    assert len(cfg.nodes) == 2000 and not tr.findings
+    assert len(cfg.nodes) == 1 + 2000 and not tr.findings  # input_scaling, then the stack
     model = build_model(cfg, compile=False)
-    assert len(model.layers) == 2001
+    assert len(model.layers) == 1 + 1 + 2000  # the InputLayer, input_scaling, the stack
     assert keras_summary(cfg, model) == tr.to_dict()
     save_model(model, tmp_path / "deep.keras")
     loaded = load_model(tmp_path / "deep.keras")
