@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cnnbuild.catalog import REGISTRY
+from cnnbuild.catalog import PREPROCESS_GROUPS, REGISTRY, scales_input
 from cnnbuild.errors import Finding, closest, from_pydantic, suggest
 from cnnbuild.expression import MAX_NESTING, ExpressionError, evaluate
 from cnnbuild.schema.blocks import (
@@ -41,8 +41,6 @@ from cnnbuild.source import Document, PathKey, format_path
 INPUT = "input"
 MAX_NODES = 5_000
 CODE_LAYERS = ("Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
-SCALING_KINDS = ("Rescaling", "Normalization")
-LEADING_GROUPS = ("preprocess", "augment")
 INPUT_SCALING = "input_scaling"
 PIXEL_SCALE = 1 / 255
 
@@ -718,15 +716,16 @@ def _add_input_scaling(nodes: list[Node], output: str, taken: dict) -> str:
     Returns:
         The model's output node (the new layer when nothing follows it).
     """
-    prev, at = INPUT, len(nodes)
+    prev, at, leading = INPUT, len(nodes), []
     for i, node in enumerate(nodes):
         spec = REGISTRY.get(node.kind)
-        if node.inputs != [prev] or spec is None or spec.group not in LEADING_GROUPS:
+        if node.inputs != [prev] or spec is None or spec.group not in PREPROCESS_GROUPS:
             at = i
             break
-        if node.kind in SCALING_KINDS:
-            return output
+        leading.append(node.kind)
         prev = node.name
+    if scales_input(leading):
+        return output
     name, k = INPUT_SCALING, 1
     while name in taken:
         name, k = f"{INPUT_SCALING}_{k}", k + 1
