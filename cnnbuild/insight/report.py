@@ -170,8 +170,13 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
         f"<h1>{html.escape(name)}</h1>",
         '<p class="muted">'
         + html.escape(
-            f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f} · test loss "
-            f"{metrics.get('test_loss', float('nan')):.4f} · {metrics.get('epochs', '?')} epochs"
+            (
+                f"test accuracy {metrics['test_accuracy']:.4f} · test loss "
+                f"{metrics['test_loss']:.4f}"
+                if metrics.get("test_accuracy") is not None
+                else "no test images"
+            )
+            + f" · {metrics.get('epochs', '?')} epochs"
             f" · dataset {metrics.get('dataset', data.name)} · {len(x_test):,} test images · "
             f"device {metrics.get('device_name', '?')} · status {metrics.get('status', '?')}"
         )
