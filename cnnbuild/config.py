@@ -23,10 +23,21 @@ from cnnbuild.catalog import REGISTRY
 from cnnbuild.errors import Finding
 from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
 from cnnbuild.schema.layers import LayerArgs
+from cnnbuild.schema.tune import SpaceEntry, TuneSection
 from cnnbuild.schema.types import is_int
 from cnnbuild.source import Document, PathKey, format_path
 
-TOP_KEYS = ("name", "description", "input", "layers", "blocks", "compile", "train", "lint")
+TOP_KEYS = (
+    "name",
+    "description",
+    "input",
+    "layers",
+    "blocks",
+    "compile",
+    "train",
+    "lint",
+    "tune",
+)
 BLOCK_KINDS = ("Residual", "Parallel")
 MERGES = ("Add", "Concatenate", "Multiply")
 STRUCTURAL = ("inputs", "repeat")
@@ -77,6 +88,7 @@ class ModelConfig:
     train: TrainConfig
     lint: LintConfig
     findings: list[Finding] = field(default_factory=list)
+    tune: TuneSection | None = None  # the search space of `cnnbuild tune` (cnnbuild.tune)
 
     @property
     def ok(self) -> bool:
@@ -163,7 +175,9 @@ def _fields_of(exc: ValidationError) -> list[str]:
 
 
 _MODELS: dict[str, type[BaseModel]] = {k.args.__name__: k.args for k in REGISTRY.values()}
-_MODELS.update({m.__name__: m for m in (CompileConfig, TrainConfig, LintConfig)})
+_MODELS.update(
+    {m.__name__: m for m in (CompileConfig, TrainConfig, LintConfig, TuneSection, SpaceEntry)}
+)
 
 
 class _Expander:
@@ -698,6 +712,7 @@ def from_document(doc: Document) -> ModelConfig | None:
     compile_cfg = _section(doc, data, "compile", CompileConfig, findings)
     train_cfg = _section(doc, data, "train", TrainConfig, findings)
     lint_cfg = _section(doc, data, "lint", LintConfig, findings)
+    tune_cfg = _section(doc, data, "tune", TuneSection, findings) if "tune" in data else None
     blocks = _parse_blocks(doc, data.get("blocks"), findings)
     expander = _Expander(doc, blocks, findings)
     output = INPUT
@@ -719,4 +734,5 @@ def from_document(doc: Document) -> ModelConfig | None:
         train_cfg,
         lint_cfg,
         findings,
+        tune=tune_cfg,
     )

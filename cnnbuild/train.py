@@ -464,6 +464,7 @@ def train(
     console: Console | None = None,
     live: bool | None = None,
     verbose: bool = False,
+    extra_callbacks: list[Any] | None = None,
 ) -> dict:
     """Train a config (or resume a run) and evaluate it on the test set.
 
@@ -475,6 +476,8 @@ def train(
         console: where progress and results go.
         live: show progress bars (default: when the console is a terminal).
         verbose: show TensorFlow's start-up messages.
+        extra_callbacks: Keras callbacks to add after the run's own (``cnnbuild tune``
+            reports each epoch's metric to Optuna with one).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -593,6 +596,7 @@ def train(
     if run.initial_epoch >= settings.epochs:
         console.print(f"already trained {run.initial_epoch} epochs", highlight=False)
     callbacks = make_callbacks(keras, run, console, live) + keras_callbacks(keras, run)
+    callbacks += extra_callbacks or []
     status = "completed"
     try:
         with tf.device("/GPU:0" if device.kind == "gpu" else "/CPU:0"):

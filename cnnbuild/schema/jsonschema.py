@@ -9,6 +9,7 @@ from typing import Any
 from cnnbuild.catalog import REGISTRY
 from cnnbuild.config import BLOCK_KINDS, MERGES, TOP_KEYS
 from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.tune import TuneSection
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 TEMPLATE_NAME = r"^[a-z_][A-Za-z0-9_]*$"
@@ -177,6 +178,7 @@ def json_schema() -> dict:
         "compile": _model(CompileConfig, defs),
         "train": _model(TrainConfig, defs),
         "lint": _model(LintConfig, defs),
+        "tune": _model(TuneSection, defs),
     }
     assert set(props) == set(TOP_KEYS)
     return {
