@@ -447,6 +447,8 @@ def _optuna() -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # our own thread records heartbeats (see _Heartbeat), which Optuna cannot tell
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     return optuna
 
 
@@ -806,9 +808,13 @@ def _tf_error(exc: Exception) -> bool:
 
 
 def _clear_session() -> None:
+    """Free the last trial's graph; TensorFlow's retracing notes across trials are noise."""
     from cnnbuild.builder import keras_module
 
     keras_module().backend.clear_session()
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
 
 
 class _Watch:
@@ -838,7 +844,7 @@ class _Watch:
                 if not math.isfinite(value):
                     self.model.stop_training = True
                     return
-                watch.trial.report(value, epoch + 1)
+                watch.trial.report(value, epoch)  # step 0 is the first epoch
                 if watch.trial.should_prune():
                     watch.pruned_at = epoch + 1
                     self.model.stop_training = True
