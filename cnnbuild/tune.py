@@ -50,6 +50,7 @@ MAX_CORNER_FINDINGS = 3
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 60
 POLL_SECONDS = 2.0
+STORAGE_ATTEMPTS = 5
 SPACE = ("tune", "space")
 SECTIONS = ("compile", "train", "lint")
 UNKNOWN = ("unknown argument", "unknown parameter", "unknown key")
@@ -460,21 +461,30 @@ def _storage(optuna: Any, url: str) -> Any:
         db = url.removeprefix("sqlite:///")
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=_retry,
-        )
-    except ImportError as exc:
-        raise UsageError(
-            f"--storage {url}: the database driver is not installed ({exc}); "
-            "for PostgreSQL: pip install psycopg2-binary, for MySQL: pip install pymysql"
-        ) from None
-    except Exception as exc:  # SQLAlchemy raises many types for a bad URL or server
-        raise UsageError(f"--storage {url}: cannot open the study storage: {exc}") from None
+    attempt = 1
+    while True:
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=_retry,
+            )
+        except ImportError as exc:
+            raise UsageError(
+                f"--storage {url}: the database driver is not installed ({exc}); "
+                "for PostgreSQL: pip install psycopg2-binary, for MySQL: pip install pymysql"
+            ) from None
+        except Exception as exc:  # SQLAlchemy raises many types for a bad URL or server
+            # workers starting together race to create the tables: the loser tries again
+            if attempt == STORAGE_ATTEMPTS or "already exists" not in str(exc):
+                first = str(exc).strip().splitlines()[0]
+                raise UsageError(
+                    f"--storage {url}: cannot open the study storage: {first}"
+                ) from None
+        attempt += 1
+        time.sleep(0.5 + random.random())
 
 
 def _retry(study: Any, trial: Any) -> None:
@@ -648,7 +658,8 @@ def _loop(optuna: Any, study: Any, s: Study) -> None:
     while True:
         _reap(optuna, study)
         counted = _counted(optuna, study)
-        if len(counted) >= s.trials:
+        queued = any(t.state == _states(optuna)[4] for t in counted)
+        if len(counted) >= s.trials and not queued:
             others = [t for t in counted if t.state == _states(optuna)[3]]
             if not others:
                 return
@@ -1093,7 +1104,8 @@ def plot_history(rows: list[dict], metric: str, maximize: bool, path: Path, titl
     ax.set_ylabel(metric)
     ax.set_title(f"{title}: {metric} per trial")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     save_figure(fig, path)
     plt.close(fig)
 
