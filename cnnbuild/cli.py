@@ -415,7 +415,6 @@ def tune(
 
     Resumable (run it again) and parallel: processes on one --storage share the study.
     """
-    from cnnbuild.train import stdout_console
     from cnnbuild.tune import open_study, run_study
 
     s = open_study(
@@ -424,7 +423,7 @@ def tune(
         storage=storage,
         out=out,
         trials=trials,
-        console=stdout_console(),
+        console=_console(),
         verbose=verbose,
     )
     run_study(s)

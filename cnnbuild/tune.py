@@ -87,6 +87,13 @@ def _close(word: str, options: list) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _section_keys(section: Any) -> list[str]:
+    from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
+
+    models = {"compile": CompileConfig, "train": TrainConfig, "lint": LintConfig}
+    return list(models[section].model_fields) if section in models else []
+
+
 def _shown(steps: PathKey) -> str:
     return format_path(steps) or "the config"
 
@@ -117,8 +124,13 @@ def assign(data: Any, path: PathKey, value: Any) -> Any:
             if step not in node and depth == 0 and step in SECTIONS and not last:
                 node[step] = {}  # an absent section: its defaults apply, now written out
             if step not in node:
+                known = _section_keys(path[0]) if depth == 1 else []
+                if not last and step in known:
+                    raise PathError(
+                        f"{here}.{step} is not written; write it first to search inside it"
+                    )
                 if not last:
-                    close = _close(str(step), list(node))
+                    close = _close(str(step), list(node) + known)
                     raise PathError(
                         f"{here} has no key {step!r}"
                         + (close or (f"; its keys are {', '.join(map(str, node))}" if node else ""))
