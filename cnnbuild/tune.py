@@ -396,7 +396,7 @@ class Study:
     def resume_command(self) -> str:
         return (
             f"cnnbuild tune {shlex.quote(str(self.config))} --study {shlex.quote(self.name)} "
-            f"--storage {shlex.quote(self.storage)}"
+            f"--storage {shlex.quote(self.storage)} --out {shlex.quote(str(self.folder))}"
         )
 
 
@@ -665,7 +665,6 @@ def _check_space(study: Any, s: Study) -> None:
 
 
 def _loop(optuna: Any, study: Any, s: Study) -> None:
-    started = time.perf_counter()
     waiting_said = False
     while True:
         _reap(optuna, study)
@@ -691,7 +690,7 @@ def _loop(optuna: Any, study: Any, s: Study) -> None:
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=_states(optuna)[2])
             continue
-        _run_trial(optuna, study, trial, s, started)
+        _run_trial(optuna, study, trial, s)
         if s.stopping:
             done = len([t for t in _counted(optuna, study) if t.state.is_finished()])
             raise RunError(
@@ -748,7 +747,7 @@ def _params_text(s: Study, params: dict[str, Any]) -> str:
     return " ".join(f"{short[k]}={_show(v)}" for k, v in params.items() if k in short)
 
 
-def _run_trial(optuna: Any, study: Any, trial: Any, s: Study, started: float) -> None:
+def _run_trial(optuna: Any, study: Any, trial: Any, s: Study) -> None:
     from cnnbuild.train import train
 
     study.sampler = _sampler(optuna, s, trial.number)
@@ -768,7 +767,7 @@ def _run_trial(optuna: Any, study: Any, trial: Any, s: Study, started: float) ->
             config = run_dir / "trial.yaml"
             write_text(config, _yaml(trial_data(s, params)))
             seed = s.cfg.train.seed if s.cfg.train.seed is not None else (s.tune.seed or 0)
-            overrides = {"epochs": s.tune.epochs, "seed": seed}
+            overrides = {"epochs": s.tune.epochs, "limit": s.tune.limit, "seed": seed}
             with (run_dir / "train.log").open("w", encoding="utf-8") as log:
                 metrics = train(
                     config,

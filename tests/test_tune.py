@@ -407,3 +407,15 @@ def test_a_killed_study_resumes_and_completes_the_remaining_trials(write, tmp_pa
     rows = _trials_csv(folder)
     assert sorted(r["state"] for r in rows).count("lost") == 1
     assert (folder / "best.yaml").is_file()
+
+
+def test_tune_needs_a_tune_section_and_a_sound_space(cli, write):
+    plain = write(TINY.split("tune:")[0], "plain.yaml")
+    result = cli("tune", plain)
+    assert result.exit_code == 2 and "no tune: section; add one" in result.output
+    bad = write(TINY.replace("choice: [4, 8]", "choice: [4, 8.5]"), "bad.yaml")
+    result = cli("tune", bad)
+    assert result.exit_code == 1
+    assert "tune.space.layers[2].Conv2D.filters: choice 8.5 makes the model invalid" in (
+        result.output
+    )

@@ -171,6 +171,7 @@ class TuneSection(Strict):
     )
     trials: Int(1, 100_000) = Field(20, description="trials in the whole study")
     epochs: Int(1, 100_000) | None = Field(None, description="epochs per trial (train.epochs)")
+    limit: Int(1) | None = Field(None, description="train and test images per trial (train.limit)")
     seed: Seed = Field(None, description="sampler seed (train.seed, else 0)")
     pruning: Pruning = Pruning()
     space: dict[
