@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import itertools
 import math
@@ -646,9 +647,9 @@ def _sampler(optuna: Any, s: Study, number: int) -> Any:
     """TPE, seeded by the study seed and the trial number: a study is repeatable, and
     workers sharing it never draw the same starting points."""
     seed = s.tune.seed if s.tune.seed is not None else (s.cfg.train.seed or 0)
-    return optuna.samplers.TPESampler(
-        seed=seed * 100_003 + number, n_startup_trials=max(2, min(10, s.trials // 3))
-    )
+    # hashed: Mersenne Twister seeded with neighbouring integers starts with similar draws
+    mixed = int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "big")
+    return optuna.samplers.TPESampler(seed=mixed, n_startup_trials=max(2, min(10, s.trials // 3)))
 
 
 def _check_space(study: Any, s: Study) -> None:
