@@ -536,6 +536,8 @@ def _reap(optuna: Any, study: Any) -> None:
         if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
             continue
         try:
+            gone = f"its process (pid {pid} on {host}) is gone"
+            study._storage.set_trial_user_attr(t._trial_id, "lost", gone)
             if study._storage.set_trial_state_values(t._trial_id, state=fail):
                 _retry(study, t)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -795,7 +797,7 @@ def _run_trial(optuna: Any, study: Any, trial: Any, s: Study) -> None:
     seconds = time.perf_counter() - t0
     trial.set_user_attr("seconds", round(seconds, 2))
     if s.stopping:
-        trial.set_user_attr("lost", s.stopping)
+        trial.set_user_attr("lost", f"interrupted by {s.stopping}")
         study.tell(trial, state=_states(optuna)[2])
         _retry(study, trial)
         s.console.print(f"{head} interrupted ({s.stopping}); it runs again on resume")
@@ -938,10 +940,8 @@ def _rows(optuna: Any, study: Any, s: Study) -> list[dict]:
         state = {complete: "complete", pruned: "pruned", running: "running"}.get(t.state, "failed")
         reason = t.user_attrs.get("reason", "")
         if t.state == fail and not reason:
-            state, reason = (
-                "lost",
-                str(t.user_attrs.get("lost", "its process stopped")) + ("; run again"),
-            )
+            lost = t.user_attrs.get("lost", "its process stopped answering")
+            state, reason = "lost", f"{lost}; queued to run again"
         value = t.value if t.state == complete else _last(t)
         row = {
             "trial": t.number,
