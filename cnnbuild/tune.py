@@ -52,6 +52,8 @@ HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 60
 POLL_SECONDS = 2.0
 STORAGE_ATTEMPTS = 5
+# what workers opening a new database together see when another one created it first
+CREATION_RACE = ("already exists", "UNIQUE constraint failed", "Duplicate entry", "locked")
 SPACE = ("tune", "space")
 SECTIONS = ("compile", "train", "lint")
 UNKNOWN = ("unknown argument", "unknown parameter", "unknown key")
@@ -491,7 +493,7 @@ def _storage(optuna: Any, url: str) -> Any:
             ) from None
         except Exception as exc:  # SQLAlchemy raises many types for a bad URL or server
             # workers starting together race to create the tables: the loser tries again
-            if attempt == STORAGE_ATTEMPTS or "already exists" not in str(exc):
+            if attempt == STORAGE_ATTEMPTS or not any(m in str(exc) for m in CREATION_RACE):
                 first = str(exc).strip().splitlines()[0]
                 raise UsageError(
                     f"--storage {url}: cannot open the study storage: {first}"
