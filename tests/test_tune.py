@@ -419,3 +419,20 @@ def test_tune_needs_a_tune_section_and_a_sound_space(cli, write):
     assert "tune.space.layers[2].Conv2D.filters: choice 8.5 makes the model invalid" in (
         result.output
     )
+
+
+def test_the_json_schema_knows_the_tune_section():
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    schema = json.loads((ROOT / "schema" / "cnnbuild.schema.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    good = yaml.safe_load((CONFIGS / "shapes_tune.yaml").read_text())
+    assert not list(validator.iter_errors(good))
+    for space in (
+        {"layers[0]..filters": {"choice": [8, 16]}},  # not a path
+        {"train.batch_size": {"choice": [32, 64], "int": [1, 2]}},  # two kinds
+        {"train.batch_size": {"range": [32, 64]}},  # an unknown kind
+    ):
+        bad = {**good, "tune": {**good["tune"], "space": space}}
+        assert list(validator.iter_errors(bad)), space

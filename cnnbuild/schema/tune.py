@@ -179,6 +179,7 @@ class TuneSection(Strict):
     ] = Field(
         {},
         description="config path -> values, e.g. layers[0].Conv2D.filters: {choice: [16, 32]}",
+        json_schema_extra={"additionalProperties": False},
     )
 
     @property
