@@ -177,10 +177,6 @@ class Entry:
     path: PathKey
     space: SpaceEntry
 
-    @property
-    def label(self) -> str:
-        return self.text
-
 
 def _entries(cfg: ModelConfig, findings: list[Finding]) -> list[Entry]:
     doc = cfg.doc
@@ -273,11 +269,8 @@ def space_findings(cfg: ModelConfig) -> list[Finding]:
     options = [
         [(i, v) for i, v in enumerate(e.space.corners()) if i not in bad[e.text]] for e in entries
     ]
-    combos = list(itertools.product(*options)) if math.prod(map(len, options)) else []
-    if len(combos) > MAX_CORNERS:
-        combos = random.Random(0).sample(combos, MAX_CORNERS)
     reported = 0
-    for combo in combos:
+    for combo in _combinations(options):
         data = base
         for e, (_, value) in zip(entries, combo, strict=True):
             data = assign(data, e.path, value)
@@ -299,6 +292,17 @@ def space_findings(cfg: ModelConfig) -> list[Finding]:
             if reported >= MAX_CORNER_FINDINGS:
                 break
     return findings
+
+
+def _combinations(options: list[list]) -> list[tuple]:
+    """Every combination of the entries' corners, or MAX_CORNERS of them drawn at random
+    (seeded) when there are more."""
+    total = math.prod(map(len, options))
+    if total <= MAX_CORNERS:
+        return list(itertools.product(*options))
+    rng = random.Random(0)
+    drawn = {tuple(rng.choice(o) for o in options) for _ in range(MAX_CORNERS)}
+    return sorted(drawn, key=repr)
 
 
 def _entry_findings(doc: Document, base: dict, e: Entry, findings: list[Finding]) -> set[int]:

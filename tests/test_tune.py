@@ -436,3 +436,21 @@ def test_the_json_schema_knows_the_tune_section():
     ):
         bad = {**good, "tune": {**good["tune"], "space": space}}
         assert list(validator.iter_errors(bad)), space
+
+
+def test_a_large_space_checks_a_seeded_sample_of_its_corners(write):
+    from cnnbuild.tune import MAX_CORNERS, _combinations
+
+    options = [[(i, v) for i, v in enumerate(range(5))] for _ in range(4)]  # 625 corners
+    drawn = _combinations(options)
+    assert 0 < len(drawn) <= MAX_CORNERS and drawn == _combinations(options)
+    path = write(
+        BAD_SPACE.split("tune:")[0]
+        + "tune:\n  space:\n"
+        + "".join(
+            f"    layers[{i}].Conv2D.filters: {{choice: [4, 8, 12, 16, 20]}}\n" for i in (0, 2)
+        )
+        + "    layers[4].Dense.use_bias: {choice: [true, false]}\n"
+        + "    train.batch_size: {choice: [8, 16, 32, 64, 128]}\n"
+    )
+    assert [f for f in check_file(path)[2] if f.severity == "error"] == []
