@@ -401,7 +401,7 @@ def tune(
         str | None,
         typer.Option(
             help="Optuna storage URL, shared by every process of the study "
-            "(default: sqlite:///runs/tune/STUDY/study.db).",
+            "(default: study.db, SQLite, in the study folder).",
             show_default=False,
         ),
     ] = None,
