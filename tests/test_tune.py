@@ -379,33 +379,49 @@ def test_two_processes_on_one_storage_share_the_trials(write, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_study_resumes_and_completes_the_remaining_trials(write, tmp_path):
+def test_a_stopped_or_killed_study_resumes_and_completes_the_remaining_trials(write, tmp_path):
     import optuna
 
-    config = write(TINY.replace("epochs: 2", "epochs: 1").replace("trials: 3", "trials: 3"))
+    config = write(TINY.replace("epochs: 2", "epochs: 1"))
     folder = tmp_path / "runs" / "tune" / "tiny"
-    proc = _tune_process(config, cwd=tmp_path)
-    deadline = time.time() + 300
-    for line in proc.stdout:
-        if line.startswith("trial 1 start") or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
     storage = f"sqlite:///{folder / 'study.db'}"
-    before = _study(storage, "tiny").get_trials()
-    assert [t.state for t in before][-1] == optuna.trial.TrialState.RUNNING
+
+    def start_then(signum: int, line: str) -> tuple[int, str]:
+        proc = _tune_process(config, cwd=tmp_path)
+        deadline = time.time() + 300
+        for text in proc.stdout:
+            if text.startswith(line) or time.time() > deadline:
+                break
+        time.sleep(1)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+
+    # SIGTERM: the trial is recorded as lost and queued again, the resume command printed
+    code, err = start_then(signal.SIGTERM, "trial 1 start")
+    assert code == 1 and "Traceback" not in err, err
+    assert "interrupted (SIGTERM); 1 of 3 trials are done" in err
+    assert f"Resume with:\n  cnnbuild tune {config} --study tiny --storage {storage}" in err
+    # SIGKILL (a crash) while the queued trial runs again: nothing is recorded
+    code, _ = start_then(signal.SIGKILL, "trial 2 start")
+    assert code == -signal.SIGKILL
+    assert _study(storage, "tiny").get_trials()[2].state == optuna.trial.TrialState.RUNNING
     resumed = _tune_process(config, cwd=tmp_path)
     out, err = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, (out, err)
     trials = _study(storage, "tiny").get_trials()
-    lost = trials[len(before) - 1]
-    assert lost.state == optuna.trial.TrialState.FAIL and "reason" not in lost.user_attrs
-    retry = next(t for t in trials if t.user_attrs.get("retry_of") == lost.number)
-    assert retry.params == lost.params and retry.state.is_finished()
-    done = [t for t in trials if t.state != optuna.trial.TrialState.FAIL]
-    assert len(done) == 3
+    lost = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in lost] == [1, 2]
+    assert lost[0].user_attrs["lost"] == "interrupted by SIGTERM"
+    assert lost[1].user_attrs["lost"].startswith("its process (pid ")
+    for t in lost:  # each ran again with the same params
+        retry = next(r for r in trials if r.user_attrs.get("retry_of") == t.number)
+        assert retry.params == t.params
+    done = [t for t in trials if t.state.is_finished() and t not in lost]
+    assert len(done) == 3 and len(trials) == 5
     rows = _trials_csv(folder)
-    assert sorted(r["state"] for r in rows).count("lost") == 1
+    assert [r["state"] for r in rows].count("lost") == 2
+    assert "queued to run again" in rows[1]["reason"]
     assert (folder / "best.yaml").is_file()
 
 
