@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import importlib.util
 import io
 import itertools
 import math
@@ -41,7 +42,7 @@ import yaml
 from rich.console import Console
 
 from cnnbuild.config import ModelConfig, from_document
-from cnnbuild.errors import CnnbuildError, Finding, RunError, UsageError
+from cnnbuild.errors import CnnbuildError, Finding, Interrupted, RunError, UsageError
 from cnnbuild.io import write_text
 from cnnbuild.schema.tune import PATH_RE, SpaceEntry, TuneSection
 from cnnbuild.source import Document, PathKey, format_path
@@ -57,6 +58,8 @@ CREATION_RACE = ("already exists", "UNIQUE constraint failed", "Duplicate entry"
 SPACE = ("tune", "space")
 SECTIONS = ("compile", "train", "lint")
 UNKNOWN = ("unknown argument", "unknown parameter", "unknown key")
+# what a study imports (module, pip name): all in the `train` extra
+PACKAGES = (("tensorflow", "tensorflow"), ("keras", "keras"), ("optuna", "optuna"))
 
 # -- paths ------------------------------------------------------------------------------
 
@@ -460,9 +463,25 @@ def open_study(
     )
 
 
+def require() -> None:
+    """Refuse early, naming the packages, when TensorFlow, Keras or Optuna is missing.
+
+    Raises:
+        UsageError: with the ``pip install`` line that provides them (the light install).
+    """
+    missing = [pip for module, pip in PACKAGES if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UsageError(
+            f"tune needs {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed; install "
+            f"{'it' if len(missing) == 1 else 'them'} with: pip install 'cnnbuild[train]'"
+        )
+
+
 def _optuna() -> Any:
     import warnings
 
+    require()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -512,6 +531,8 @@ def _retry(study: Any, trial: Any) -> None:
 
 
 def _trial_dir(s: Study, number: int) -> Path:
+    """The trial's run directory; the run fills it alone (a run refuses a used folder), so
+    the trial's config and log lie beside it: ``trial-0003.yaml``, ``trial-0003.log``."""
     return s.folder / f"trial-{number:04d}"
 
 
@@ -772,12 +793,12 @@ def _run_trial(optuna: Any, study: Any, trial: Any, s: Study) -> None:
     state, reason, metrics = None, "", {}
     with _Heartbeat(study._storage, trial._trial_id):
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config = run_dir / "trial.yaml"
+            s.folder.mkdir(parents=True, exist_ok=True)
+            config = run_dir.with_suffix(".yaml")
             write_text(config, _yaml(trial_data(s, params)))
             seed = s.cfg.train.seed if s.cfg.train.seed is not None else (s.tune.seed or 0)
             overrides = {"epochs": s.tune.epochs, "limit": s.tune.limit, "seed": seed}
-            with (run_dir / "train.log").open("w", encoding="utf-8") as log:
+            with run_dir.with_suffix(".log").open("w", encoding="utf-8") as log:
                 metrics = train(
                     config,
                     overrides,
@@ -789,6 +810,9 @@ def _run_trial(optuna: Any, study: Any, trial: Any, s: Study) -> None:
                 )
         except KeyboardInterrupt:
             s.stopping = s.stopping or "Ctrl-C"
+        except Interrupted as exc:  # the trainer's own handler took the signal, saved, stopped
+            signame = "SIGTERM" if exc.message.startswith("SIGTERM") else "Ctrl-C"
+            s.stopping = s.stopping or signame
         except CnnbuildError as exc:
             if s.stopping is None:
                 state, reason = "fail", _reason(exc)

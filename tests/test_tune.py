@@ -285,6 +285,12 @@ def test_a_study_writes_best_yaml_that_validates_and_trains(cli, write, tmp_path
     for r in rows:
         run = Path(r["run_dir"])
         assert run.name == f"trial-{int(r['trial']):04d}" and (run / "history.json").is_file()
+        # the run fills its folder alone; the trial's config and epoch lines lie beside it
+        trial_cfg = load_config(run.with_suffix(".yaml"))
+        assert trial_cfg.compile.optimizer["adam"]["learning_rate"] == float(
+            r["compile.optimizer.adam.learning_rate"]
+        )
+        assert "val_accuracy" in run.with_suffix(".log").read_text()
     for png in ("history.png", "importance.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
     best = folder / "best.yaml"
@@ -372,7 +378,9 @@ def test_two_processes_on_one_storage_share_the_trials(write, tmp_path):
     assert len(trials) == 4 and all(t.state in finished for t in trials)
     params = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(params)) == 4
-    ran = [int(d.name.split("-")[1]) for w in (0, 1) for d in (tmp_path / f"w{w}").glob("trial-*")]
+    ran = [
+        int(d.name[6:]) for w in (0, 1) for d in (tmp_path / f"w{w}").glob("trial-*") if d.is_dir()
+    ]
     assert sorted(ran) == sorted(t.number for t in trials)  # each trial ran once, somewhere
     for w in (0, 1):  # both processes end with the whole study's outputs
         assert len(_trials_csv(tmp_path / f"w{w}")) == 4
