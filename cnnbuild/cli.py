@@ -695,6 +695,51 @@ def layers(
         _console().print(arg_table(detail))
 
 
+@app.command()
+@handled
+def tune(
+    config: ConfigArg,
+    trials: Annotated[
+        int | None,
+        typer.Option(help="Trials in the whole study (default: tune.trials).", show_default=False),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(help="Study name (default: the config's name).", show_default=False),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL, shared by every process of the study "
+            "(default: study.db, SQLite, in the study folder).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Study folder (default runs/tune/STUDY).", show_default=False),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Search the config's tune: space with Optuna; write best.yaml, trials.csv and plots.
+
+    Resumable (run it again) and parallel: processes on one --storage share the study.
+    """
+    from cnnbuild.tune import open_study, require, run_study
+
+    require()  # first: the light install is told how to get TensorFlow and Optuna
+    s = open_study(
+        config,
+        study=study,
+        storage=storage,
+        out=out,
+        trials=trials,
+        console=_console(),
+        verbose=verbose,
+    )
+    run_study(s)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,6 +1,6 @@
 """Located YAML -> a typed model config: its sections and its flat graph of nodes.
 
-The sections (``compile``, ``train``, ``lint``) are pydantic models; the layers expand
+The sections (``compile``, ``train``, ``lint``, ``tune``) are pydantic models; the layers expand
 in :mod:`cnnbuild.expand` into a flat list of :class:`Node`. Every problem becomes a
 :class:`~cnnbuild.errors.Finding` pointing at the YAML; nothing here raises on bad input.
 """
@@ -16,12 +16,23 @@ from pydantic import BaseModel, ValidationError
 from cnnbuild.errors import Finding, from_pydantic, suggest
 from cnnbuild.expand import INPUT, Node, expand
 from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.tune import TuneSection
 from cnnbuild.schema.types import is_int
 from cnnbuild.source import Document
 
 __all__ = ["INPUT", "TOP_KEYS", "ModelConfig", "Node", "from_document"]
 
-TOP_KEYS = ("name", "description", "input", "layers", "blocks", "compile", "train", "lint")
+TOP_KEYS = (
+    "name",
+    "description",
+    "input",
+    "layers",
+    "blocks",
+    "compile",
+    "train",
+    "lint",
+    "tune",
+)
 
 
 @dataclass
@@ -38,6 +49,7 @@ class ModelConfig:
     train: TrainConfig
     lint: LintConfig
     findings: list[Finding] = field(default_factory=list)
+    tune: TuneSection | None = None  # the search space of `cnnbuild tune` (cnnbuild.tune)
 
     @property
     def ok(self) -> bool:
@@ -134,6 +146,7 @@ def from_document(doc: Document) -> ModelConfig | None:
     compile_cfg = _section(doc, data, "compile", CompileConfig, findings)
     train_cfg = _section(doc, data, "train", TrainConfig, findings)
     lint_cfg = _section(doc, data, "lint", LintConfig, findings)
+    tune_cfg = _section(doc, data, "tune", TuneSection, findings) if "tune" in data else None
     nodes: list[Node] = []
     output = INPUT
     if "layers" in data:
@@ -155,4 +168,5 @@ def from_document(doc: Document) -> ModelConfig | None:
         train_cfg,
         lint_cfg,
         findings,
+        tune=tune_cfg,
     )

@@ -73,6 +73,10 @@ def check_file(
         tr = trace(cfg)
         cfg.findings.extend(tr.findings)
         cfg.findings.extend(_fold(lint(tr, ignore)))
+    if cfg.tune is not None:  # the search space of `cnnbuild tune`: paths and corners
+        from cnnbuild.tune import space_findings
+
+        cfg.findings.extend(space_findings(cfg))
     cfg.findings = _sorted(cfg.findings)
     return cfg, tr, cfg.findings
 

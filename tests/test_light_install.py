@@ -83,6 +83,11 @@ def test_static_commands_work_without_tensorflow(light, args):
         (["report", "nowhere"], "cnnbuild[train]"),
         (["plot", CONFIGS / "shapes_demo.yaml", "-o", "/nonexistent/m.png"], "cnnbuild[train]"),
         (
+            ["tune", CONFIGS / "shapes_tune.yaml"],
+            "tune needs tensorflow, keras, optuna, which are not installed; "
+            "install them with: pip install 'cnnbuild[train]'",
+        ),
+        (
             ["export", "nowhere.keras", "--format", "onnx"],
             "needs tensorflow, tf2onnx, onnx, onnxruntime, which are not installed; "
             "install them with: pip install 'cnnbuild[train,export]'",

@@ -11,6 +11,7 @@ from cnnbuild.config import TOP_KEYS
 from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
 from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.tune import TuneSection
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 TEMPLATE_NAME = f"^{_TEMPLATE_NAME}$"
@@ -150,6 +151,7 @@ def json_schema() -> dict:
         "compile": _model(CompileConfig, defs),
         "train": _model(TrainConfig, defs),
         "lint": _model(LintConfig, defs),
+        "tune": _model(TuneSection, defs),
     }
     assert set(props) == set(TOP_KEYS)
     return {
