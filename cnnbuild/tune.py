@@ -723,7 +723,7 @@ def _loop(optuna: Any, study: Any, s: Study) -> None:
         _run_trial(optuna, study, trial, s)
         if s.stopping:
             done = len([t for t in _counted(optuna, study) if t.state.is_finished()])
-            raise RunError(
+            raise Interrupted(
                 f"interrupted ({s.stopping}); {done} of {s.trials} trials are done and "
                 f"stored in {s.storage}. Resume with:\n  {s.resume_command()}"
             )
@@ -734,7 +734,7 @@ def _sleep(s: Study) -> None:
         time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         s.stopping = s.stopping or "Ctrl-C"
-        raise RunError(
+        raise Interrupted(
             f"interrupted ({s.stopping}). Resume with:\n  {s.resume_command()}"
         ) from None
 

@@ -407,7 +407,7 @@ def test_a_stopped_or_killed_study_resumes_and_completes_the_remaining_trials(wr
 
     # SIGTERM: the trial is recorded as lost and queued again, the resume command printed
     code, err = start_then(signal.SIGTERM, "trial 1 start")
-    assert code == 1 and "Traceback" not in err, err
+    assert code == 130 and "Traceback" not in err, err
     assert "interrupted (SIGTERM); 1 of 3 trials are done" in err
     assert f"Resume with:\n  cnnbuild tune {config} --study tiny --storage {storage}" in err
     # SIGKILL (a crash) while the queued trial runs again: nothing is recorded
