@@ -93,6 +93,7 @@ class Device:
     mixed_precision: bool
     jit_compile: bool
     steps_per_execution: int
+    policy: str = "float32"
 
 
 def _cpu_name() -> str:
@@ -131,15 +132,17 @@ def select_device(settings: TrainConfig) -> Device:
         details = tf.config.experimental.get_device_details(gpus[0])
         name = details.get("device_name", gpus[0].name)
     on_gpu = kind == "gpu"
+    from cnnbuild.precision import FLOAT32, policy_name
+
+    policy = policy_name(kind, settings.mixed_precision)
     return Device(
         kind=kind,
         name=name,
-        mixed_precision=settings.mixed_precision
-        if settings.mixed_precision is not None
-        else on_gpu,
+        mixed_precision=policy != FLOAT32,
         jit_compile=settings.jit_compile if settings.jit_compile is not None else on_gpu,
         steps_per_execution=settings.steps_per_execution
         or (GPU_STEPS_PER_EXECUTION if on_gpu else CPU_STEPS_PER_EXECUTION),
+        policy=policy,
     )
 
 
@@ -253,7 +256,8 @@ def make_callbacks(keras: Any, run: Run, console: Console, live: bool) -> list[A
             if live:
                 done = min(batch + 1, run.steps)
                 seconds = max(run.train_end - run.epoch_start, 1e-9)
-                speed = min(done * run.settings.batch_size, run.n_train) / seconds
+                speed = min(done * (run.global_batch or run.settings.batch_size), run.n_train)
+                speed /= seconds
                 self.progress.update(
                     self.task,
                     completed=done,
@@ -301,6 +305,15 @@ class Run:
     seed: int = 0
     wall_start: float = field(default_factory=time.perf_counter)
     prior_wall: float = 0.0
+    global_batch: int = 0
+
+    def restored(self, epoch: int) -> None:
+        """BackupAndRestore resumed at ``epoch``: forget any later record."""
+        self.history = self.history[:epoch]
+        self.initial_epoch = epoch
+        scores = [(h[self.monitor], h["epoch"]) for h in self.history if self.monitor in h]
+        pick = max if self.mode_max else min
+        self.best, self.best_epoch = pick(scores) if scores else (None, None)
 
     @property
     def wall_seconds(self) -> float:
@@ -512,10 +525,34 @@ def train(
     import tensorflow as tf
 
     device = select_device(settings)
+    from cnnbuild import distribute
+
+    plan = distribute.make_plan(settings.strategy, device.kind)
+    relaunch = None
+    if plan.multi_worker:
+        if resume is not None or out is None:
+            raise UsageError(
+                "--strategy multi-worker: give every worker the same --out RUN_DIR (no "
+                "--resume); to continue after a failure, run the same command again"
+            )
+        if (settings.steps_per_execution or 1) > 1:
+            raise UsageError(
+                f"--steps-per-execution {settings.steps_per_execution}: Keras' multi-step "
+                "loop fails under the multi-worker strategy; use 1 (the default there)"
+            )
+        device.steps_per_execution = 1
+        out = distribute.worker_dir(out, plan.cluster)
+        if distribute.can_relaunch(out) and (out / STATE).is_file():
+            relaunch = json.loads((out / STATE).read_text())
+        if settings.seed is None and relaunch is None:
+            raise UsageError(
+                "--strategy multi-worker: every worker must shuffle alike; set train.seed "
+                "or --seed (cnnbuild train --workers N sets one for you)"
+            )
     seed = (
         settings.seed
         if settings.seed is not None
-        else (state["seed"] if state else random.SystemRandom().randrange(2**31))
+        else (state or relaunch or {}).get("seed", random.SystemRandom().randrange(2**31))
     )
     data = load_data(cfg.input_shape, settings, quiet=not live)
     check_data(cfg, data)
@@ -527,15 +564,20 @@ def train(
             f"dataset {data.name}: no training images left after "
             f"validation_split {settings.validation_split}"
         )
-    run_dir = resume if resume is not None else new_run_dir(cfg, out)
+    if relaunch is not None and out is not None:
+        run_dir = out
+    else:
+        run_dir = resume if resume is not None else new_run_dir(cfg, out)
     settings = settings.model_copy(
         update={
             "seed": seed,
             "mixed_precision": device.mixed_precision,
             "jit_compile": device.jit_compile,
             "steps_per_execution": device.steps_per_execution,
+            "strategy": plan.name,
         }
     )
+    global_batch = plan.global_batch(settings.batch_size)
     run = Run(
         cfg,
         settings,
@@ -544,7 +586,8 @@ def train(
         device,
         n_train=len(x_tr),
         seed=seed,
-        steps=math.ceil(len(x_tr) / settings.batch_size),
+        steps=math.ceil(len(x_tr) / global_batch),
+        global_batch=global_batch,
     )
     run.monitor = (
         settings.monitor
@@ -556,6 +599,10 @@ def train(
         run.best, run.best_epoch = state["best"], state["best_epoch"]
         run.initial_epoch = len(run.history)
         run.prior_wall = float(state.get("wall_seconds", 0.0))
+    if relaunch is not None:
+        run.history = relaunch["history"]
+        run.restored(len(run.history))
+        run.prior_wall = float(relaunch.get("wall_seconds", 0.0))
     # the resolved config (rewritten on resume, where --epochs may have changed)
     write_text(
         run.path("config.yaml"), yaml.safe_dump(resolved_config(cfg, settings), sort_keys=False)
@@ -563,29 +610,36 @@ def train(
 
     keras.utils.set_random_seed(seed)
     one_hot = data.num_classes if cfg.compile.loss in ONE_HOT_LOSSES else None
-    train_ds = _pipeline(x_tr, y_tr, settings, data, True, seed, one_hot)
-    val_ds = _pipeline(x_val, y_val, settings, data, False, seed, one_hot) if len(x_val) else None
-    if state is not None:
-        keras.mixed_precision.set_global_policy(
-            "mixed_float16" if device.mixed_precision else "float32"
-        )
-        model = _load(keras, run.path("last.keras"), compile=True)
-    else:
-        lr = make_schedule(keras, cfg, settings, run.steps)
-        model = build_model(
-            cfg,
-            mixed_precision=device.mixed_precision,
-            lr=lr,
-            steps_per_execution=device.steps_per_execution,
-            jit_compile=device.jit_compile,
-        )
+    train_ds = _pipeline(x_tr, y_tr, settings, data, True, seed, one_hot, global_batch)
+    val_ds = (
+        _pipeline(x_val, y_val, settings, data, False, seed, one_hot, global_batch)
+        if len(x_val)
+        else None
+    )
+    if plan.strategy is not None:
+        train_ds = distribute.shard(train_ds)
+        val_ds = distribute.shard(val_ds) if val_ds is not None else None
+    with plan.scope():
+        if state is not None:
+            keras.mixed_precision.set_global_policy(device.policy)
+            model = _load(keras, run.path("last.keras"), compile=True)
+        else:
+            lr = make_schedule(keras, cfg, settings, run.steps)
+            model = build_model(
+                cfg,
+                mixed_precision=device.policy,
+                lr=lr,
+                steps_per_execution=device.steps_per_execution,
+                jit_compile=device.jit_compile,
+            )
     where = f"{device.kind} ({device.name})"
     console.print(
         f"[bold]{cfg.name}[/bold]: {model.count_params():,} parameters; "
         f"{describe(settings.dataset)}"
         f" {len(x_tr):,} train / {len(x_val):,} validation / {len(data.x_test):,} test images;"
-        f" {where}; batch {settings.batch_size}; mixed precision "
-        f"{'on' if device.mixed_precision else 'off'}; XLA {'on' if device.jit_compile else 'off'}"
+        f" {where}; {plan.describe()}; batch {settings.batch_size}"
+        + (f" per replica x {plan.replicas} = {global_batch}" if plan.replicas > 1 else "")
+        + f"; precision {device.policy}; XLA {'on' if device.jit_compile else 'off'}"
         f"; steps/execution {device.steps_per_execution}; seed {seed}",
         highlight=False,
     )
@@ -593,9 +647,22 @@ def train(
     if run.initial_epoch >= settings.epochs:
         console.print(f"already trained {run.initial_epoch} epochs", highlight=False)
     callbacks = make_callbacks(keras, run, console, live) + keras_callbacks(keras, run)
+    if plan.multi_worker:
+
+        def restored(epoch: int) -> None:
+            run.restored(epoch)
+            if epoch:
+                console.print(f"restored from the backup: continuing after epoch {epoch}")
+
+        callbacks += distribute.backup_callbacks(keras, run_dir, plan.strategy, restored)
     status = "completed"
+    where_ops = (
+        tf.device("/GPU:0" if device.kind == "gpu" else "/CPU:0")
+        if plan.strategy is None
+        else plan.scope()
+    )
     try:
-        with tf.device("/GPU:0" if device.kind == "gpu" else "/CPU:0"):
+        with where_ops:
             model.fit(
                 train_ds,
                 validation_data=val_ds,
@@ -633,6 +700,7 @@ def train(
     if len(run.history) < settings.epochs:
         status = "early_stopped"
     train_seconds = sum(h["train_seconds"] for h in run.history)
+    digest = distribute.weights_digest(model)
     if run.best_epoch is not None and run.path("model.keras").exists():
         model.load_weights(run.path("model.keras"))
     result = evaluate_model(
@@ -664,9 +732,15 @@ def train(
         "device": device.kind,
         "device_name": device.name,
         "mixed_precision": device.mixed_precision,
+        "precision_policy": device.policy,
         "jit_compile": device.jit_compile,
         "steps_per_execution": device.steps_per_execution,
         "batch_size": settings.batch_size,
+        "strategy": plan.name,
+        "replicas": plan.replicas,
+        "workers": plan.cluster.num_workers if plan.cluster else 1,
+        "global_batch_size": global_batch,
+        "weights_sha256": digest,
         "seed": seed,
         "dataset": describe(settings.dataset),
         "train_images": len(x_tr),
@@ -690,19 +764,30 @@ def train(
         f"on {device.kind})",
         highlight=False,
     )
-    console.print(f"saved to {run_dir}/", highlight=False)
+    if plan.multi_worker:
+        console.print(f"final weights sha256 {digest}", highlight=False)
+    distribute.finish(run_dir, plan.cluster)
+    if plan.is_chief:
+        console.print(f"saved to {run_dir}/", highlight=False)
     return metrics
 
 
 def _pipeline(
-    x, y, settings: TrainConfig, data: Data, training: bool, seed: int, one_hot: int | None
+    x,
+    y,
+    settings: TrainConfig,
+    data: Data,
+    training: bool,
+    seed: int,
+    one_hot: int | None,
+    batch_size: int | None = None,
 ) -> Any:
     from cnnbuild.data.pipeline import make_pipeline
 
     return make_pipeline(
         x,
         y,
-        batch_size=settings.batch_size,
+        batch_size=batch_size or settings.batch_size,
         scale=data.scale,
         training=training,
         seed=seed,
