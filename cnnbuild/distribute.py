@@ -189,15 +189,15 @@ def make_plan(strategy: str, device: str) -> Plan:
     name = choose(strategy, device, gpus, cluster)
     if name == "one":
         return Plan("one")
+    from cnnbuild.keras_patches import apply
+
+    apply()
     if name == "mirrored":
         # listing logical devices starts the runtime: fine here, never for multi-worker
         kind = "GPU" if device == "gpu" else "CPU"
         devices = [d.name for d in tf.config.list_logical_devices(kind)]
         made = tf.distribute.MirroredStrategy(devices=devices)
         return Plan("mirrored", made, made.num_replicas_in_sync, devices)
-    from cnnbuild.keras_patches import apply
-
-    apply()
     implementation = (
         tf.distribute.experimental.CommunicationImplementation.NCCL
         if device == "gpu"

@@ -46,35 +46,25 @@ def _patch_symbolic_build() -> None:
     https://github.com/keras-team/keras/issues/20585
     https://github.com/tensorflow/tensorflow/issues/72388
 
-    ``TensorFlowTrainer._maybe_symbolic_build`` takes the first distributed batch and
-    averages it over replicas with ``strategy.reduce("MEAN", batch, axis=None)``, only to
-    read its shapes and dtypes. Under a multi-worker strategy that reduce is a
-    cross-worker collective that cannot take a ``PerReplica`` in eager mode. The patch
-    uses this worker's first local replica value instead: the same shapes and dtypes,
-    no communication. Introduced in Keras 3.5.0 (commit f0e79cf, "Reland tf distribute
+    Under any tf.distribute strategy, ``TensorFlowTrainer._maybe_symbolic_build`` pulls
+    the first batch out of the training data and averages it over replicas with
+    ``strategy.reduce("MEAN", batch, axis=None)``, only to read its shapes and dtypes.
+    Under a multi-worker strategy that reduce is a cross-worker collective that cannot
+    take a ``PerReplica`` in eager mode. Pulling the batch also opens an extra pass over
+    the dataset, so a seeded, reshuffled dataset starts training on its second order,
+    not the one a single-device run sees. The patch builds from the dataset's
+    ``element_spec`` instead: the same shapes and dtypes, no data read, no
+    communication. Introduced in Keras 3.5.0 (commit f0e79cf, "Reland tf distribute
     fix"); still present in 3.15 and in 3.16's source.
     """
-    import tensorflow as tf
-    from keras.src import tree
     from keras.src.backend.tensorflow import trainer
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if self._distribute_strategy is None:
             return
-        strategy = self.distribute_strategy
         if iterator is not None:
-            for _, _, it in iterator:
-                batch = next(it)
-                data_batch = tree.map_structure(
-                    lambda v: (
-                        strategy.experimental_local_results(v)[0]
-                        if isinstance(v, tf.distribute.DistributedValues)
-                        else v
-                    ),
-                    batch,
-                )
-                break
-        with strategy.scope():
+            data_batch = iterator.data_adapter.get_tf_dataset().element_spec
+        with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 
     trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
@@ -111,7 +101,7 @@ def _patch_reduce_mean() -> None:
 
 
 PATCHES = (
-    Patch("symbolic-build-local-replica", (3, 5, 0), (3, 17, 0), _patch_symbolic_build),
+    Patch("symbolic-build-from-spec", (3, 5, 0), (3, 17, 0), _patch_symbolic_build),
     Patch("multi-worker-mean-axis-none", (3, 0, 0), (3, 17, 0), _patch_reduce_mean),
 )
 

@@ -529,18 +529,19 @@ def train(
 
     plan = distribute.make_plan(settings.strategy, device.kind)
     relaunch = None
+    if plan.strategy is not None:
+        if (settings.steps_per_execution or 1) > 1:
+            raise UsageError(
+                f"--steps-per-execution {settings.steps_per_execution}: Keras' multi-step "
+                f"loop fails under tf.distribute ({plan.name}); use 1, the default there"
+            )
+        device.steps_per_execution = 1
     if plan.multi_worker:
         if resume is not None or out is None:
             raise UsageError(
                 "--strategy multi-worker: give every worker the same --out RUN_DIR (no "
                 "--resume); to continue after a failure, run the same command again"
             )
-        if (settings.steps_per_execution or 1) > 1:
-            raise UsageError(
-                f"--steps-per-execution {settings.steps_per_execution}: Keras' multi-step "
-                "loop fails under the multi-worker strategy; use 1 (the default there)"
-            )
-        device.steps_per_execution = 1
         out = distribute.worker_dir(out, plan.cluster)
         if distribute.can_relaunch(out) and (out / STATE).is_file():
             relaunch = json.loads((out / STATE).read_text())

@@ -179,8 +179,8 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(write, tmp_path):
     script = write(MIRRORED, "mirrored.py")
     common = ["--seed", 7, "--epochs", 2, "--no-mixed-precision"]
     two = subprocess.Popen(
-        [sys.executable, script, config, "--strategy", "mirrored", "--batch-size", 16]
-        + ["--out", tmp_path / "two", *common],
+        [sys.executable, script, config, "--strategy", "mirrored", "--batch-size", "16"]
+        + [str(a) for a in ("--out", tmp_path / "two", *common)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -245,8 +245,8 @@ print("fit finished", flush=True)
     ("patches", "error"),
     [
         ((), "Attempt to convert a value (PerReplica"),
-        (("symbolic-build-local-replica",), "Invalid reduction dimension 0"),
-        (("symbolic-build-local-replica", "multi-worker-mean-axis-none"), None),
+        (("symbolic-build-from-spec",), "Invalid reduction dimension 0"),
+        (("symbolic-build-from-spec", "multi-worker-mean-axis-none"), None),
     ],
 )
 def test_keras_needs_each_patch_for_multi_worker_fit(write, patches, error):
@@ -303,7 +303,7 @@ def test_two_local_workers_agree_and_only_the_chief_writes(write, tmp_path):
 def test_killed_worker_relaunched_continues_to_the_planned_epochs(write, tmp_path):
     config = write(TINY)
     run_dir = tmp_path / "run"
-    epochs = 15
+    epochs = 8
     args = ["train", config, "--strategy", "multi-worker", "--out", run_dir, "--seed", 11]
     args += ["--epochs", epochs]
 
