@@ -382,3 +382,21 @@ model = keras.saving.load_model(sys.argv[1])
 out = model.predict(np.zeros((4, 32, 32, 3), "float32") + 128, verbose=0)
 print(keras.mixed_precision.global_policy().name, out.dtype, bool(np.isfinite(out).all()))
 """
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "multi-worker", "--out", "{tmp}/run"], "TF_CONFIG is not set"),
+        (["--strategy", "mirrored", "--steps-per-execution", "4"], "use 1, the default there"),
+        (["--workers", "2", "--strategy", "mirrored"], "drop --strategy"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
+def test_strategy_flags_are_checked(cli, write, tmp_path, monkeypatch, args, message):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = write(TINY)
+    result = cli("train", config, *[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "run").exists()
