@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+EXPORT := $(VENV)/.installed-export
 
 .PHONY: install demo test lint format schema bench clean
 
@@ -11,14 +12,19 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	touch $(STAMP)
+
+# the tests also export and verify models: tf2onnx, onnx, onnxruntime, ai-edge-litert
+$(EXPORT): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[train,dev,export]'
+	touch $(EXPORT)
 
 demo: install
 	$(BIN)/cnnbuild validate configs/
 	$(BIN)/cnnbuild train configs/shapes_demo.yaml
 
-test: install
+test: $(EXPORT)
 	$(BIN)/ruff check cnnbuild tests benchmarks
 	$(BIN)/ruff format --check cnnbuild tests benchmarks
 	$(BIN)/python -m pytest -q

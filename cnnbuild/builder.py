@@ -13,9 +13,9 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any
 
-from cnnbuild.catalog import REGISTRY
+from cnnbuild.catalog import REGISTRY, loss_spec, resolved_compile
 from cnnbuild.config import INPUT, ModelConfig, Node
-from cnnbuild.schema.config import LOGIT_LOSSES
+from cnnbuild.errors import UsageError
 from cnnbuild.schema.layers import keras_kwargs
 from cnnbuild.schema.types import KERAS_CLASS
 
@@ -56,6 +56,10 @@ def keras_module(verbose: bool = False) -> Any:
 
     Returns:
         The ``keras`` module (Keras 3 on the TensorFlow backend).
+
+    Raises:
+        UsageError: when TensorFlow or Keras is not installed (the light install), with
+            the command that installs them.
     """
     if "keras" in sys.modules and "tensorflow" in sys.modules:
         if verbose and _STARTUP_LOG:
@@ -64,8 +68,14 @@ def keras_module(verbose: bool = False) -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     with captured_fds() as log:
-        import keras
-        import tensorflow as tf
+        try:
+            import keras
+            import tensorflow as tf
+        except ImportError as exc:
+            raise UsageError(
+                f"this command needs TensorFlow and Keras ({exc.name or exc} is not "
+                "installed); install them with: pip install 'cnnbuild[train]'"
+            ) from None
 
         tf.config.list_physical_devices("GPU")  # probes CUDA now, while captured
     _STARTUP_LOG[:] = log
@@ -101,12 +111,24 @@ def layer_kwargs(node: Node) -> dict[str, Any]:
 
 
 def make_layer(node: Node, dtype: str | None = None) -> Any:
-    """Instantiate the Keras layer of one node."""
+    """Instantiate the Keras layer of one node, through its registry entry's factory."""
     keras = keras_module()
     kwargs = layer_kwargs(node)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return getattr(keras.layers, REGISTRY[node.kind].name)(**kwargs)
+    return REGISTRY[node.kind].make(keras, kwargs)
+
+
+@contextmanager
+def recursion_room(depth: int):
+    """Keras builds, saves and loads a functional graph recursively (a few frames per
+    layer): give a ``depth``-layer model room, and restore the limit after."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 50 * depth + 1000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def build_model(
@@ -140,12 +162,13 @@ def build_model(
         policy = "mixed_float16" if mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
     tensors = {INPUT: keras.Input(shape=cfg.input_shape, name=INPUT)}
-    for node in cfg.nodes:
-        dtype = "float32" if policy != "float32" and node.name == cfg.output else None
-        layer = make_layer(node, dtype)
-        ins = [tensors[n] for n in node.inputs]
-        tensors[node.name] = layer(ins if REGISTRY[node.kind].merge else ins[0])
-    model = keras.Model(tensors[INPUT], tensors[cfg.output], name=cfg.name)
+    with recursion_room(len(cfg.nodes)):
+        for node in cfg.nodes:
+            dtype = "float32" if policy != "float32" and node.name == cfg.output else None
+            layer = make_layer(node, dtype)
+            ins = [tensors[n] for n in node.inputs]
+            tensors[node.name] = layer(ins if REGISTRY[node.kind].merge else ins[0])
+        model = keras.Model(tensors[INPUT], tensors[cfg.output], name=cfg.name)
     if compile:
         compile_model(
             model, cfg, lr=lr, steps_per_execution=steps_per_execution, jit_compile=jit_compile
@@ -153,19 +176,52 @@ def build_model(
     return model
 
 
-def make_loss(cfg: ModelConfig) -> Any:
+def load_model(path: str | os.PathLike, *, compile: bool = False, safe_mode: bool = True) -> Any:
+    """``keras.saving.load_model`` with room for deep models (a 2,000-layer model
+    otherwise fails with RecursionError while Keras rebuilds its graph).
+
+    Args:
+        path: a ``.keras`` file.
+        compile: restore the optimizer and its state.
+        safe_mode: Keras' safe_mode (no Lambda or arbitrary code).
+
+    Returns:
+        The loaded model.
+    """
+    import zipfile
+
     keras = keras_module()
-    name = cfg.compile.loss
-    if name in LOGIT_LOSSES:
-        cls = getattr(keras.losses, "".join(w.capitalize() for w in name.split("_")))
-        return cls(from_logits=cfg.compile.from_logits)
-    return keras.losses.get(name)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            depth = archive.read("config.json").count(b'"class_name"')
+    except (OSError, KeyError, zipfile.BadZipFile):
+        depth = 0  # not a readable archive: Keras says what is wrong with it
+    with recursion_room(depth):
+        return keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
+
+
+def make_loss(cfg: ModelConfig) -> Any:
+    """The Keras loss of a config, with ``from_logits`` resolved (see
+    :func:`cnnbuild.catalog.resolved_compile`)."""
+    keras = keras_module()
+    settings = resolved_compile(cfg)
+    spec = loss_spec(settings["loss"])
+    cls = getattr(keras.losses, spec.keras_class)
+    return cls(from_logits=settings["from_logits"]) if spec.logits else cls()
+
+
+_INT_OPT = frozenset({"gradient_accumulation_steps", "ema_overwrite_frequency"})
 
 
 def make_optimizer(cfg: ModelConfig, lr: Any = None) -> Any:
+    """The Keras optimizer of a config; numbers are passed as floats (an integer
+    learning_rate of 10**300 is a float to Keras, not an int64 overflow)."""
     keras = keras_module()
     ((name, args),) = cfg.compile.optimizer.items()
-    args = dict(args)
+    args = {
+        k: float(v) if isinstance(v, int) and not isinstance(v, bool) and k not in _INT_OPT else v
+        for k, v in args.items()
+    }
     if lr is not None:
         args["learning_rate"] = lr
     return type(keras.optimizers.get(name))(**args)
@@ -182,23 +238,74 @@ def compile_model(
     model.compile(
         optimizer=make_optimizer(cfg, lr),
         loss=make_loss(cfg),
-        metrics=list(cfg.compile.metrics),
+        metrics=list(resolved_compile(cfg)["metrics"]),
         steps_per_execution=steps_per_execution,
         jit_compile=jit_compile,
     )
 
 
+def keras_macs(layer: Any) -> int:
+    """Multiply-accumulates of one built Keras layer per image, from its own kernels and
+    tensor shapes (independent of the static engine): every output position of a
+    convolution or Dense layer multiplies its whole kernel once; a transposed
+    convolution spreads every input position over its kernel."""
+    import math
+
+    kernels = [w for w in layer.weights if "kernel" in w.name]
+    if not kernels:
+        return 0
+    kind = type(layer).__name__
+    if kind == "Conv2DTranspose":
+        positions = math.prod(layer.input.shape[1:-1])
+    else:
+        positions = math.prod(layer.output.shape[1:-1])
+    return positions * sum(math.prod(k.shape) for k in kernels)
+
+
+def adapt_normalization(model: Any, images: Any, batch_size: int = 256) -> list[str]:
+    """Adapt every Normalization layer of ``model`` that has no given mean/variance.
+
+    Each layer adapts on what it receives in the model: the training images passed
+    through the layers before it (in inference mode, so augmentations do nothing).
+
+    Args:
+        model: a model from :func:`build_model`.
+        images: the training images, raw pixel values: an array, or a ``tf.data``
+            dataset of image batches or of (images, labels) batches.
+        batch_size: batch size for feeding an array.
+
+    Returns:
+        The names of the layers adapted, in model order.
+    """
+    keras = keras_module()
+    import tensorflow as tf
+
+    if isinstance(images, tf.data.Dataset):
+        data = images
+        if isinstance(data.element_spec, tuple):  # (images, labels) batches
+            data = data.map(lambda x, *_: x)
+        data = data.map(lambda x: tf.cast(x, "float32"))
+    else:
+        data = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+        data = data.map(lambda x: tf.cast(x, "float32"))
+    adapted = []
+    for layer in model.layers:
+        if type(layer).__name__ != "Normalization" or layer.input_mean is not None:
+            continue
+        before = keras.Model(model.inputs, layer.input)
+        layer.adapt(data.map(lambda x, f=before: f(x, training=False)))
+        adapted.append(layer.name)
+    return adapted
+
+
 def keras_summary(cfg: ModelConfig, model: Any) -> dict:
     """What Keras reports for a built model, in the ``summary --json`` form.
 
-    Shapes and parameter counts come from Keras; MACs from the static engine, whose
-    shapes were just checked equal to Keras' (Keras does not count MACs).
+    Shapes, parameter counts and MACs all come from the Keras model (MACs from each
+    layer's kernels and output shape, see :func:`keras_macs`), so comparing this with
+    the static trace checks the static engine.
     """
     import numpy as np
-
-    from cnnbuild.trace import trace
-
-    static = {r.node.name: r for r in trace(cfg).rows}
 
     def count(weights: list) -> int:
         return int(sum(np.prod(w.shape) for w in weights))
@@ -215,7 +322,7 @@ def keras_summary(cfg: ModelConfig, model: Any) -> dict:
                 "type": type(layer).__name__,
                 "output_shape": list(layer.output.shape[1:]),
                 "params": count(layer.weights),
-                "macs": static[layer.name].out.macs if static[layer.name].out else 0,
+                "macs": keras_macs(layer),
             }
         )
     return {

@@ -1,16 +1,24 @@
-"""The layer registry: one entry per layer kind, with its schema, shape rule and role.
+"""The registry: every layer kind and every loss, each described once.
 
-A layer kind is registered once here; validation, the static engine, the JSON Schema,
-the builder and the tests all read this table, so a new layer is covered everywhere the
-moment it is added.
+A layer kind registers here with its schema (the pydantic model of its arguments), its
+static shape rule, its Keras factory and its traits; validation, the static engine, the
+JSON Schema, the builder, the lint rules and the tests all read this table, so a new
+layer is covered everywhere the moment it is added. Losses are described here once
+(from_logits capable, the label form the trainer feeds) for lint and trainer alike.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cnnbuild import shapes
 from cnnbuild.schema import layers as L
+
+Factory = Callable[[Any, dict[str, Any]], Any]
+"""``factory(keras, kwargs)`` returns the Keras layer; kwargs already hold Keras values."""
 
 
 @dataclass(frozen=True)
@@ -21,11 +29,13 @@ class LayerKind:
         name: the Keras class name, also the YAML key.
         args: the pydantic model of its arguments.
         rule: the static shape rule.
-        group: for the README and the rules: conv, pool, dense, norm, ...
-        merge: takes a list of inputs (Add, Concatenate, Multiply).
-        linear: computes an affine map of its input (for the no-nonlinearity rule).
-        augment: a random augmentation layer (active only in training).
+        group: for the README and the rules: conv, pool, dense, norm, preprocess, ...
         doc: one line for the README's table.
+        factory: how the builder makes the Keras layer (default: ``keras.layers.<name>``).
+        merge: takes a list of inputs (Add, Concatenate, Multiply).
+        augment: a random augmentation layer (active only in training).
+        scaling: rescales pixel values (Rescaling, Normalization): a config whose first
+            layers include one gets no automatic ``input_scaling``.
     """
 
     name: str
@@ -33,28 +43,86 @@ class LayerKind:
     rule: shapes.Rule
     group: str
     doc: str
+    factory: Factory | None = None
     merge: bool = False
     augment: bool = False
+    scaling: bool = False
 
     @property
     def snake(self) -> str:
         """Keras' automatic layer-name stem (``to_snake_case``): ``Conv2D`` -> ``conv2d``."""
-        import re
-
         name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", self.name)
         return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+    def make(self, keras: Any, kwargs: dict[str, Any]) -> Any:
+        """The Keras layer for ``kwargs`` (what :func:`cnnbuild.builder.make_layer` calls)."""
+        if self.factory is not None:
+            return self.factory(keras, kwargs)
+        return getattr(keras.layers, self.name)(**kwargs)
 
 
 REGISTRY: dict[str, LayerKind] = {}
 
 
-def register(name: str, rule: shapes.Rule, group: str, doc: str, **kw: bool) -> LayerKind:
-    kind = LayerKind(name, L.args_model(name), rule, group, doc, **kw)
+def register(
+    name: str,
+    rule: shapes.Rule,
+    group: str,
+    doc: str,
+    *,
+    args: type[L.LayerArgs] | None = None,
+    factory: Factory | None = None,
+    **traits: bool,
+) -> LayerKind:
+    """Register a layer kind once.
+
+    Args:
+        name: the Keras class name.
+        rule: its static shape rule (see :mod:`cnnbuild.shapes`).
+        group: its group.
+        doc: one line for the README.
+        args: its argument model; default: the model of the same name in
+            :mod:`cnnbuild.schema.layers`.
+        factory: how to build it, when not ``keras.layers.<name>(**kwargs)``.
+        **traits: ``merge``, ``augment``, ``scaling``.
+
+    Returns:
+        The registered entry.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    if name in REGISTRY:
+        raise ValueError(f"layer kind {name!r} is already registered")
+    kind = LayerKind(name, args or L.args_model(name), rule, group, doc, factory, **traits)
     REGISTRY[name] = kind
     return kind
 
 
+def _list_or_number(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _rescaling(keras: Any, kwargs: dict[str, Any]) -> Any:
+    """Per-channel values travel as lists (serialisable in model.keras)."""
+    kwargs = {k: _list_or_number(v) if k in ("scale", "offset") else v for k, v in kwargs.items()}
+    return keras.layers.Rescaling(**kwargs)
+
+
+def _normalization(keras: Any, kwargs: dict[str, Any]) -> Any:
+    kwargs = {
+        k: _list_or_number(v) if k in ("mean", "variance", "axis") else v for k, v in kwargs.items()
+    }
+    return keras.layers.Normalization(**kwargs)
+
+
 register("Conv2D", shapes.conv2d, "conv", "2-D convolution (groups, dilation)")
+register(
+    "Conv2DTranspose",
+    shapes.conv2d_transpose,
+    "conv",
+    "transposed convolution: upsamples by strides (output_padding)",
+)
 register(
     "DepthwiseConv2D",
     shapes.depthwise_conv2d,
@@ -66,7 +134,9 @@ register("MaxPooling2D", shapes.pooling2d, "pool", "max over each window")
 register("AveragePooling2D", shapes.pooling2d, "pool", "mean over each window")
 register("GlobalAveragePooling2D", shapes.global_pooling2d, "pool", "mean over height and width")
 register("GlobalMaxPooling2D", shapes.global_pooling2d, "pool", "max over height and width")
+register("UpSampling2D", shapes.up_sampling2d, "reshape", "repeat rows and columns (or resize)")
 register("Flatten", shapes.flatten, "reshape", "to one axis")
+register("Reshape", shapes.reshape, "reshape", "to target_shape (one -1 is inferred)")
 register("ZeroPadding2D", shapes.zero_padding2d, "reshape", "pad height and width with zeros")
 register("Cropping2D", shapes.cropping2d, "reshape", "crop height and width")
 register("Dense", shapes.dense, "dense", "fully connected, on the last axis")
@@ -86,7 +156,22 @@ register(
 register("LayerNormalization", shapes.layer_norm, "norm", "normalise over the given axes")
 register("Activation", shapes.identity, "activation", "any Keras activation by name")
 register("ReLU", shapes.identity, "activation", "ReLU with max_value, negative_slope, threshold")
-register("Rescaling", shapes.identity, "preprocess", "x * scale + offset")
+register(
+    "Rescaling",
+    shapes.rescaling,
+    "preprocess",
+    "x * scale + offset (a list: one value per channel)",
+    factory=_rescaling,
+    scaling=True,
+)
+register(
+    "Normalization",
+    shapes.normalization,
+    "preprocess",
+    "(x - mean) / sqrt(variance) per channel; adapted on the training images when not given",
+    factory=_normalization,
+    scaling=True,
+)
 register("Resizing", shapes.resize_to, "preprocess", "resize images to height x width")
 register("RandomFlip", shapes.image_identity, "augment", "random flips", augment=True)
 register("RandomTranslation", shapes.image_identity, "augment", "random shifts", augment=True)
@@ -111,3 +196,166 @@ register(
 register("Concatenate", shapes.concatenate, "merge", "join its inputs along `axis`", merge=True)
 
 LINEAR_GROUPS = frozenset({"conv", "dense"})
+PREPROCESS_GROUPS = frozenset({"preprocess", "augment"})
+"""Groups of the layers that may come before the model proper (input handling)."""
+
+
+def scales_input(kinds: Iterable[str]) -> bool:
+    """Whether layers of these kinds, in order from the input, scale the pixels before
+    the model proper: a scaling layer (Rescaling, Normalization) among the leading
+    preprocessing and augmentation layers. When not, the model gets ``input_scaling``.
+
+    >>> scales_input(["RandomFlip", "Rescaling", "Conv2D"])
+    True
+    >>> scales_input(["Conv2D", "Rescaling"])
+    False
+    """
+    for kind in kinds:
+        entry = REGISTRY.get(kind)
+        if entry is None:
+            return False
+        if entry.scaling:
+            return True
+        if entry.group not in PREPROCESS_GROUPS:
+            return False
+    return False
+
+
+# -- losses ------------------------------------------------------------------------------
+
+LABEL_FORMS = ("sparse", "one_hot", "binary")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One Keras loss, as lint and trainer need it.
+
+    Attributes:
+        name: the YAML name (Keras' function name).
+        keras_class: the ``keras.losses`` class.
+        logits: takes ``from_logits`` (cross-entropies).
+        labels: the label form it compares outputs with: ``sparse`` (integer class
+            ids, one output per class), ``one_hot`` (the trainer one-hot encodes the
+            class ids, one output per class) or ``binary`` (0/1 labels, one output).
+    """
+
+    name: str
+    keras_class: str
+    logits: bool
+    labels: str
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, keras_class: str, *, logits: bool, labels: str) -> LossSpec:
+    """Describe a loss once.
+
+    Raises:
+        ValueError: ``name`` is already described, or ``labels`` is not a label form.
+    """
+    if name in LOSSES:
+        raise ValueError(f"loss {name!r} is already registered")
+    if labels not in LABEL_FORMS:
+        raise ValueError(f"labels must be one of {LABEL_FORMS}; received {labels!r}")
+    spec = LossSpec(name, keras_class, logits, labels)
+    LOSSES[name] = spec
+    return spec
+
+
+register_loss(
+    "sparse_categorical_crossentropy", "SparseCategoricalCrossentropy", logits=True, labels="sparse"
+)
+register_loss("categorical_crossentropy", "CategoricalCrossentropy", logits=True, labels="one_hot")
+register_loss("binary_crossentropy", "BinaryCrossentropy", logits=True, labels="binary")
+register_loss("binary_focal_crossentropy", "BinaryFocalCrossentropy", logits=True, labels="binary")
+register_loss(
+    "categorical_focal_crossentropy",
+    "CategoricalFocalCrossentropy",
+    logits=True,
+    labels="one_hot",
+)
+register_loss("categorical_hinge", "CategoricalHinge", logits=False, labels="one_hot")
+register_loss("hinge", "Hinge", logits=False, labels="binary")
+register_loss("squared_hinge", "SquaredHinge", logits=False, labels="binary")
+# the rest compare one output per class with the one-hot encoded class id
+register_loss("kl_divergence", "KLDivergence", logits=False, labels="one_hot")
+register_loss("poisson", "Poisson", logits=False, labels="one_hot")
+register_loss("mean_squared_error", "MeanSquaredError", logits=False, labels="one_hot")
+register_loss("mean_absolute_error", "MeanAbsoluteError", logits=False, labels="one_hot")
+register_loss("huber", "Huber", logits=False, labels="one_hot")
+register_loss("log_cosh", "LogCosh", logits=False, labels="one_hot")
+
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+LOGIT_LOSSES: frozenset[str] = frozenset(n for n, s in LOSSES.items() if s.logits)
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The description of the loss called ``name`` (a name the schema accepted)."""
+    return LOSSES[name]
+
+
+def one_hot_classes(loss: str, num_classes: int) -> int | None:
+    """What the trainer passes as ``one_hot`` to the pipeline: the class count when
+    ``loss`` wants one-hot labels, else ``None`` (integer labels are fed as they are)."""
+    return num_classes if loss_spec(loss).labels == "one_hot" else None
+
+
+def label_problem(loss: str, classes: int, units: int | None) -> str | None:
+    """Why a model output of ``units`` cannot learn ``classes`` integer-labelled classes
+    with ``loss`` (fed as the trainer feeds it), or ``None`` when it can.
+
+    Lint (``classes-mismatch``) and the trainer's data check both ask this.
+    """
+    spec = loss_spec(loss)
+    if spec.labels == "binary":
+        if classes != 2 or units != 1:
+            return (
+                f"{loss} is for one yes/no output (2 classes, units: 1); the data has "
+                f"{classes} classes and the model outputs {units} value(s); use "
+                "sparse_categorical_crossentropy for more than 2 classes"
+            )
+        return None
+    if units != classes:
+        return (
+            f"the model outputs {units} value(s) per image but the data has {classes} "
+            f"classes; the last layer needs units: {classes}"
+        )
+    return None
+
+
+PROBABILITY_ACTIVATIONS = frozenset({"softmax", "sigmoid"})
+
+
+def output_activation(node: Any) -> str | None:
+    """The activation a node applies (``None`` for a layer without one)."""
+    if node is None or node.args is None:
+        return None
+    if node.kind == "Activation":
+        return node.args.activation
+    return getattr(node.args, "activation", None)
+
+
+def infer_from_logits(node: Any) -> bool:
+    """``from_logits`` as the output layer implies: softmax or sigmoid -> false, else true."""
+    return output_activation(node) not in PROBABILITY_ACTIVATIONS
+
+
+def resolved_compile(cfg: Any) -> dict[str, Any]:
+    """The compile settings of a config with ``from_logits`` resolved.
+
+    When ``compile.from_logits`` is not written, it follows the output layer (see
+    :func:`infer_from_logits`); the builder compiles with this and the trainer writes
+    it into the run's ``config.yaml``.
+
+    Args:
+        cfg: a :class:`cnnbuild.config.ModelConfig`.
+
+    Returns:
+        ``{"optimizer": ..., "loss": ..., "from_logits": bool, "metrics": [...]}``.
+    """
+    settings = cfg.compile.model_dump()
+    if settings["from_logits"] is None:
+        node = None if cfg.output == "input" else cfg.node(cfg.output)
+        settings["from_logits"] = infer_from_logits(node)
+    return settings

@@ -9,10 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from cnnbuild.catalog import LINEAR_GROUPS, REGISTRY
+from cnnbuild.catalog import (
+    LINEAR_GROUPS,
+    PREPROCESS_GROUPS,
+    PROBABILITY_ACTIVATIONS,
+    REGISTRY,
+    label_problem,
+    loss_spec,
+    output_activation,
+)
 from cnnbuild.config import INPUT, Node
 from cnnbuild.errors import Finding, shape_str
-from cnnbuild.schema.config import DATASETS, LOGIT_LOSSES
+from cnnbuild.schema.config import DATASETS
 from cnnbuild.trace import Row, Trace
 
 
@@ -62,6 +70,15 @@ _core(
 )
 
 
+RULES["dead-layer"] = Rule(
+    "dead-layer",
+    "warning",
+    "a layer nothing reads: Keras leaves it out of the model, so it is not counted",
+    "read it with `inputs:`, or remove it",
+    ignorable=False,
+)
+
+
 def rule(id: str, severity: str, summary: str, hint: str):
     """Register a lint rule: ``check(trace)`` yields ``(node, message, arg)``."""
 
@@ -80,8 +97,11 @@ def _consumers(trace: Trace) -> dict[str, list[Row]]:
     return out
 
 
-def _descendants(trace: Trace, name: str) -> set[str]:
-    """Names of every node that reads ``name``'s output, directly or not."""
+def _descendants(
+    trace: Trace, name: str, through: Callable[[Row], bool] = lambda row: True
+) -> set[str]:
+    """Names of every node that reads ``name``'s output, directly or through nodes
+    for which ``through`` holds."""
     consumers = _consumers(trace)
     seen: set[str] = set()
     todo = [name]
@@ -89,8 +109,13 @@ def _descendants(trace: Trace, name: str) -> set[str]:
         for row in consumers.get(todo.pop(), []):
             if row.node.name not in seen:
                 seen.add(row.node.name)
-                todo.append(row.node.name)
+                if through(row):
+                    todo.append(row.node.name)
     return seen
+
+
+def _is_1x1(row: Row) -> bool:
+    return row.shape is not None and len(row.shape) == 3 and tuple(row.shape[:2]) == (1, 1)
 
 
 def _activation(node: Node) -> str | None:
@@ -122,31 +147,30 @@ def _dense_on_4d(trace: Trace):
             )
 
 
-_PROBS = {"softmax", "sigmoid", "log_softmax"}
-
-
 def _output_activation(trace: Trace) -> tuple[Node | None, str | None]:
     if trace.config.output == INPUT:
         return None, None
     node = trace.config.node(trace.config.output)
-    return node, _activation(node)
+    return node, output_activation(node)
 
 
 @rule(
     "softmax-logits",
     "error",
-    "the output's softmax/sigmoid does not match `from_logits` (the doubled-softmax bug)",
-    "from_logits: true wants raw scores (no softmax); from_logits: false wants softmax",
+    "the written `from_logits` contradicts the output's activation (the doubled-softmax bug)",
+    "from_logits: true wants raw scores (no softmax); from_logits: false wants softmax; "
+    "or leave from_logits out: it follows the output",
 )
 def _softmax_logits(trace: Trace):
     cfg = trace.config
-    if cfg.compile.loss not in LOGIT_LOSSES:
-        return
+    written = cfg.compile.from_logits
+    if written is None or not loss_spec(cfg.compile.loss).logits:
+        return  # not written: inferred from the output, so it cannot contradict it
     node, act = _output_activation(trace)
     out = trace.output_shape
     if node is None or node.args is None or out is None or len(out) != 1:
         return  # not a classifier head (the seed's headless shape-watching model)
-    if cfg.compile.from_logits and act in _PROBS:
+    if written and act in PROBABILITY_ACTIVATIONS:
         yield (
             node,
             f"the last layer applies {act} but compile.from_logits is true: the loss "
@@ -154,7 +178,7 @@ def _softmax_logits(trace: Trace):
             "from_logits: false",
             "activation",
         )
-    elif not cfg.compile.from_logits and act not in _PROBS:
+    elif not written and act not in PROBABILITY_ACTIVATIONS:
         yield (
             node,
             f"the last layer outputs raw scores (activation {act or 'none'}) but "
@@ -168,7 +192,8 @@ def _softmax_logits(trace: Trace):
     "classes-mismatch",
     "error",
     "the output size or loss does not fit the dataset's labels",
-    "match the last layer's units to the number of classes; use a sparse loss for integer labels",
+    "match the last layer's units to the number of classes; binary losses need 2 classes "
+    "and units: 1",
 )
 def _classes(trace: Trace):
     cfg = trace.config
@@ -180,29 +205,15 @@ def _classes(trace: Trace):
     out = trace.output_shape
     if node is None or out is None or classes is None:
         return
-    units = out[-1]
-    loss = cfg.compile.loss
-    if loss == "binary_crossentropy" or loss == "binary_focal_crossentropy":
-        yield (
-            node,
-            f"{loss} is for one yes/no output, but {dataset} has {classes} classes "
-            f"and integer labels; use sparse_categorical_crossentropy",
-            None,
+    if len(out) != 1:
+        problem = (
+            f"the model outputs {shape_str(out)} per image but a classifier of {classes} "
+            f"classes outputs ({classes},); end with Dense: {{units: {classes}}}"
         )
-    elif loss in ("categorical_crossentropy", "categorical_focal_crossentropy"):
-        yield (
-            node,
-            f"{loss} expects one-hot labels, but {dataset} gives integer labels; "
-            "use sparse_categorical_crossentropy",
-            None,
-        )
-    if units != classes or len(out) != 1:
-        yield (
-            node,
-            f"the model outputs {shape_str(out)} but {dataset} has {classes} classes; "
-            f"the last layer needs units: {classes}",
-            "units",
-        )
+    else:
+        problem = label_problem(cfg.compile.loss, classes, out[0])
+    if problem is not None:
+        yield node, f"{dataset}: {problem}", "units"
 
 
 _SPATIAL = {"conv", "pool"}
@@ -222,7 +233,9 @@ def _collapse(trace: Trace):
             continue
         if row.inputs and row.inputs[0] is not None and tuple(row.inputs[0][:2]) == (1, 1):
             continue
-        below = _descendants(trace, row.node.name)
+        if REGISTRY[row.node.kind].group not in _SPATIAL or row.out.global_pool:
+            continue  # a squeeze on purpose (global pooling, Reshape: squeeze-and-excitation)
+        below = _descendants(trace, row.node.name, _is_1x1)
         later = [
             r
             for r in rows[i + 1 :]
@@ -245,7 +258,7 @@ def _collapse(trace: Trace):
 
 def _window(node: Node) -> tuple[tuple[int, int], tuple[int, int], str] | None:
     a = node.args
-    if a is None:
+    if a is None or node.kind == "Conv2DTranspose":  # upsamples: a wide kernel is normal
         return None
     if hasattr(a, "kernel_size"):
         eff = tuple(d * (k - 1) + 1 for k, d in zip(a.kernel_size, a.dilation_rate, strict=True))
@@ -308,6 +321,8 @@ _PASS_LINEAR = {
     "ZeroPadding2D",
     "AveragePooling2D",
     "Cropping2D",
+    "UpSampling2D",
+    "Reshape",
 }
 
 
@@ -387,7 +402,8 @@ def _bias_bn(trace: Trace):
     for row in trace.rows:
         node = row.node
         if (
-            node.kind not in ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D")
+            node.kind
+            not in ("Conv2D", "Conv2DTranspose", "Dense", "DepthwiseConv2D", "SeparableConv2D")
             or node.args is None
             or not node.args.use_bias
         ):
@@ -402,6 +418,67 @@ def _bias_bn(trace: Trace):
                 node,
                 f"{node.name!r} adds a bias that the next BatchNormalization removes",
                 "use_bias",
+            )
+
+
+_PIXEL_SCALES = (1 / 255, 1 / 127.5)
+
+
+def _pixel_scale(node: Node) -> bool:
+    """A Rescaling that maps 0..255 pixels to a unit range (1/255, or 1/127.5 - 1)."""
+    scale = node.args.scale
+    values = scale if isinstance(scale, tuple) else (scale,)
+    return any(all(abs(v - p) <= 0.02 * p for v in values) for p in _PIXEL_SCALES)
+
+
+@rule(
+    "stacked-scaling",
+    "warning",
+    "the input is scaled twice (two Rescaling layers, or a pixel Rescaling after another "
+    "scaling): the model sees values 255 times too small",
+    "keep one scaling; Rescaling then Normalization (Keras' EfficientNet) is fine",
+)
+def _stacked_scaling(trace: Trace):
+    rows = {row.node.name: row for row in trace.rows}
+
+    def scalings_before(row: Row) -> tuple[list[Node], bool]:
+        """The scaling layers upstream of ``row``, and whether only input-handling
+        (preprocessing/augmentation) layers lie between them and ``row``."""
+        found: list[Node] = []
+        leading = True
+        seen: set[str] = set()
+        todo = list(row.node.inputs)
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in rows:
+                continue
+            seen.add(name)
+            node = rows[name].node
+            if REGISTRY[node.kind].scaling and node.args is not None:
+                found.append(node)
+            elif REGISTRY[node.kind].group not in PREPROCESS_GROUPS:
+                leading = False
+            todo.extend(node.inputs)
+        return found, leading
+
+    for row in trace.rows:
+        node = row.node
+        if not REGISTRY[node.kind].scaling or node.args is None:
+            continue
+        before, leading = scalings_before(row)
+        if not before:
+            continue
+        first = before[0]
+        if node.kind == "Normalization":
+            if all(b.kind == "Rescaling" for b in before):
+                continue  # Rescaling then Normalization: Keras' EfficientNet idiom
+            yield (node, f"normalises again after {first.name!r} ({first.kind}) did", None)
+        elif leading or _pixel_scale(node):
+            yield (
+                node,
+                f"rescales again after {first.name!r} ({first.kind}) already scaled the "
+                "input; the layers after it see values far smaller than intended",
+                "scale",
             )
 
 

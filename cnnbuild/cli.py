@@ -21,7 +21,8 @@ from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError
 app = typer.Typer(
     name="cnnbuild",
     help="Describe a CNN in YAML; validate it in CI, trace every shape, build and train it.\n\n"
-    "Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error.",
+    "Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error, 130 a run stopped by "
+    "SIGINT or SIGTERM (saved; resume it with --resume).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -34,13 +35,21 @@ def _console(stderr: bool = False) -> Console:
     return Console(file=stream, highlight=False, width=None if stream.isatty() else 160)
 
 
-def _fail(exc: CnnbuildError) -> None:
+def _notes(findings: list) -> None:
+    """Findings on stderr; for a view, the lint findings of a model that builds."""
     from cnnbuild.report import text_lines
 
+    if not findings:
+        return
     err = _console(stderr=True)
-    for line in text_lines(exc.findings, color=err.is_terminal):
+    for line in text_lines(findings, color=err.is_terminal):
         err.print(line, highlight=False, markup=err.is_terminal, soft_wrap=True)
+
+
+def _fail(exc: CnnbuildError) -> None:
+    _notes(exc.findings)
     if not exc.findings or not isinstance(exc, ConfigError):
+        err = _console(stderr=True)
         err.print(Text.assemble(("error:", "bold red"), " ", exc.message), soft_wrap=True)
 
 
@@ -130,6 +139,7 @@ def summary(
     from cnnbuild.validate import load_traced
 
     cfg, tr = load_traced(config)
+    _notes(cfg.findings)
     if static:
         data = tr.to_dict()
     else:
@@ -160,12 +170,28 @@ def trace(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random batch for --run.")] = 0,
     verbose: Verbose = False,
+    grads: Annotated[
+        bool,
+        typer.Option("--grads", help="Run a forward and a backward pass; per-layer gradients."),
+    ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --grads: weights of a run directory or .keras file.", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        bool, typer.Option("--data", help="With --grads: a batch of the config's dataset.")
+    ] = False,
 ) -> None:
     """The shape trace, layer by layer, with the arithmetic of every spatial size."""
     from cnnbuild import render
     from cnnbuild.validate import load_traced
 
     cfg, tr = load_traced(config)
+    _notes(cfg.findings)
+    if grads or weights is not None or data:
+        return _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose)
     real = None
     if run:
         from cnnbuild.builder import keras_module
@@ -182,8 +208,6 @@ def trace(
     else:
         out = _console()
         out.print(render.trace_table(tr, real))
-        for f in cfg.findings:
-            out.print(f.format(), highlight=False, markup=False)
     if real is not None:
         bad = [
             r.node.name
@@ -206,17 +230,19 @@ def build(
 ) -> None:
     """Build and compile the Keras model and save it in the native .keras format."""
     from cnnbuild.builder import build_model, keras_module
-    from cnnbuild.io import save_model
-    from cnnbuild.validate import load_config
+    from cnnbuild.io import os_errors, save_model
+    from cnnbuild.validate import load_traced
 
-    cfg = load_config(config)
+    cfg, _ = load_traced(config)
+    _notes(cfg.findings)
     target = output or Path(f"{cfg.name}.keras")
-    if target.suffix != ".keras":
-        raise UsageError(f"--output must end in .keras; received {str(target)!r}")
+    if target.suffix != ".keras" or target.is_dir():
+        raise UsageError(f"--output must be a file ending in .keras; received {str(target)!r}")
     keras_module(verbose)
     model = build_model(cfg)
     model.optimizer.build(model.trainable_variables)  # saved with its (zero) state
-    save_model(model, target)
+    with os_errors(target):
+        save_model(model, target)
     _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {target}")
 
 
@@ -261,7 +287,13 @@ def train(
         DeviceChoice | None, typer.Option(help="auto, cpu or gpu.", show_default=False)
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Seed for repeatable runs.", show_default=False)
+        int | None,
+        typer.Option(
+            help="Seed for repeatable runs, 0 to 4294967295.",
+            min=0,
+            max=2**32 - 1,
+            show_default=False,
+        ),
     ] = None,
     validation_split: Annotated[
         float | None, typer.Option(help="Fraction held out for validation.", show_default=False)
@@ -400,14 +432,292 @@ def schema(
     ] = None,
 ) -> None:
     """Print the JSON Schema (draft-07) of the config format, for editors."""
-    from cnnbuild.io import write_text
+    from cnnbuild.io import os_errors, write_text
     from cnnbuild.schema.jsonschema import json_schema_text
 
     text = json_schema_text()
     if output is None:
         sys.stdout.write(text)
-    else:
+        return
+    if output.is_dir():
+        raise UsageError(f"--output {output}: is a folder; give a file path")
+    with os_errors(output):
         write_text(output, text)
+
+
+@app.command()
+@handled
+def show(
+    target: Annotated[
+        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+    ],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (PNG, JPEG...).", show_default=False)
+    ],
+    layer: Annotated[
+        str | None,
+        typer.Option(help="One convolution layer (default: all of them).", show_default=False),
+    ] = None,
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="Grad-CAM for this class (default: the predicted one)."),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Predictions to list per image.")] = 3,
+    cam: Annotated[
+        str, typer.Option(help="hires (gradient x activation) or grad (classic Grad-CAM).")
+    ] = "hires",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the PNGs (default RUN_DIR/show/).", show_default=False
+        ),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """What a trained model sees: feature maps, first-layer filters, Grad-CAM, top-k."""
+    from cnnbuild.builder import keras_module
+
+    keras_module(verbose)  # first: the light install is told how to get TensorFlow
+    from cnnbuild.insight.show import show as run_show
+
+    result = run_show(
+        target,
+        images,
+        layer=layer,
+        class_name=class_name,
+        top=top,
+        out_dir=out,
+        cam=cam,
+        verbose=verbose,
+    )
+    console = _console()
+    for item in result["images"]:
+        ranked = "  ".join(f"{name} {p:.1%}" for name, p in item["top"])
+        console.print(f"{item['image']}: {ranked}", highlight=False)
+    console.print(f"filters, feature maps and Grad-CAM in {result['out_dir']}/", highlight=False)
+
+
+@app.command()
+@handled
+def plot(
+    config: ConfigArg,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="model.svg, model.png or model.dot."),
+    ] = Path("model.svg"),
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="auto (Keras plot_model when Graphviz is installed), keras, matplotlib or dot."
+        ),
+    ] = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """Draw the architecture: blocks, branches, each layer with its output shape."""
+    from cnnbuild.insight.plot import plot as draw
+    from cnnbuild.validate import load_config
+
+    message = draw(load_config(config), output, engine=engine, verbose=verbose)
+    _console().print(message, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handled
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
+    verbose: Verbose = False,
+) -> None:
+    """Rebuild a run's report.html (config, curves, gradient flow, Grad-CAM, mistakes)."""
+    from cnnbuild.builder import keras_module
+
+    keras_module(verbose)  # first: the light install is told how to get TensorFlow
+    from cnnbuild.insight.report import write_report
+
+    path = write_report(run_dir, verbose=verbose)
+    _console().print(f"wrote {path}", highlight=False)
+
+
+def _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose) -> None:
+    """``trace --grads``: gradients per layer (see cnnbuild.insight.grads)."""
+    from cnnbuild import render
+    from cnnbuild.builder import keras_module
+
+    if not grads:
+        raise UsageError("--weights and --data go with --grads")
+    keras_module(verbose)  # first: the light install is told how to get TensorFlow
+    from cnnbuild.insight.grads import grads_table, trace_grads
+
+    result = trace_grads(cfg, seed=seed, weights=weights, data=data, verbose=verbose)
+    if as_json:
+        out = render.trace_dict(tr)
+        out["grads"] = {k: v for k, v in result.items() if k != "layers"}
+        for layer in out["layers"]:
+            row = result["layers"].get(layer["name"])
+            layer.update(row.to_dict() if row else {})
+        print(json.dumps(out, indent=2))
+        return
+    _console().print(grads_table(result, {r.node.name: r.shape for r in tr.rows}))
+
+
+# -- predict, export, layers, --version (issue 11) --------------------------------------
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cnnbuild import __version__
+
+        print(f"cnnbuild {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Describe a CNN in YAML; validate it in CI, trace every shape, build and train it."""
+
+
+class PredictFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+@handled
+def predict(
+    target: Annotated[
+        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+    ],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders or globs (PNG, JPEG, BMP, GIF).", show_default=False
+        ),
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes per image.")] = 3,
+    fmt: Annotated[
+        PredictFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = PredictFormat.table,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    verbose: Verbose = False,
+) -> None:
+    """Top-k classes of image files, with the run's class names and probabilities.
+
+    Images are resized (bilinear) to the model's input size. Exit 1 if any file failed.
+    """
+    from cnnbuild.predict import csv_lines, predict, table
+
+    result = predict(target, paths, top_k=top_k, batch_size=batch_size, verbose=verbose)
+    if fmt is PredictFormat.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif fmt is PredictFormat.csv:
+        print("\n".join(csv_lines(result)))
+    else:
+        _console().print(table(result))
+        if result.resized:
+            _console().print(f"{result.resized} image(s) resized to {result.input_shape[:2]}")
+    if result.failed:
+        err = _console(stderr=True)
+        for file, reason in result.failed:
+            err.print(f"error: {file}: {reason}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"{len(result.failed)} file(s) failed", highlight=False)
+        raise typer.Exit(EXIT_INVALID)
+
+
+class ExportFormat(str, Enum):
+    saved_model = "saved_model"
+    litert = "litert"
+    onnx = "onnx"
+
+
+@app.command()
+@handled
+def export(
+    target: Annotated[
+        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+    ],
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="The artefact's format.")],
+    int8: Annotated[
+        bool, typer.Option("--int8", help="LiteRT with int8 weights, activations, input, output.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write (default RUN/export/).", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset of the test images (default: the run's): cifar10, shapes, npz:PATH...",
+            show_default=False,
+        ),
+    ] = None,
+    images: Annotated[int, typer.Option(help="Test images to verify with.")] = 128,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the verification as JSON.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Export to SavedModel, LiteRT or ONNX, then verify the file with its own runtime.
+
+    Exit 1 when the outputs differ from Keras beyond the tolerance (float: 1e-4 x the
+    largest output, at least 1e-4) or int8 top-1 agreement is below 98%.
+    """
+    from cnnbuild.export import export as run_export
+    from cnnbuild.export import report_lines
+
+    result = run_export(
+        target,
+        fmt.value,
+        output=output,
+        int8=int8,
+        data=data,
+        images=images,
+        verbose=verbose,
+        quiet=as_json or not sys.stderr.isatty(),
+    )
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        render_lines = report_lines(result)
+        out = _console()
+        for line in render_lines:
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if not result.passed:
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+@handled
+def layers(
+    name: Annotated[
+        str | None, typer.Argument(help="One layer: show its arguments.", show_default=False)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The supported layers (name, group, description), or one layer's arguments with
+    types, defaults and allowed ranges."""
+    from cnnbuild.layers_doc import arg_table, layer_detail, layer_list, layer_table, lookup
+
+    if name is None:
+        rows = layer_list()
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _console().print(layer_table(rows))
+        return
+    detail = layer_detail(lookup(name))
+    if as_json:
+        print(json.dumps(detail, indent=2))
+    else:
+        _console().print(arg_table(detail))
 
 
 def _launch_workers(
@@ -418,7 +728,7 @@ def _launch_workers(
     import random
 
     from cnnbuild.distribute import launch_local
-    from cnnbuild.train import new_run_dir
+    from cnnbuild.train.rundir import RunDir
     from cnnbuild.validate import load_config
 
     if config is None or ctx.params.get("resume") is not None:
@@ -426,14 +736,12 @@ def _launch_workers(
     if ctx.params.get("strategy") not in (None, StrategyChoice.multi_worker):
         raise UsageError("--workers starts multi-worker processes; drop --strategy")
     if out is None:
-        out = new_run_dir(load_config(config), None)
+        made = RunDir.create(None, load_config(config).name)
+        made.close()  # an empty runs/NAME-STAMP folder: the chief fills it
+        out = made.path
     if seed is None:
-        state = out / "state.json"
-        seed = (
-            json.loads(state.read_text())["seed"]
-            if state.is_file()
-            else random.SystemRandom().randrange(2**31)
-        )
+        state = RunDir(out).read_state() if out.is_dir() else None
+        seed = state.seed if state is not None else random.SystemRandom().randrange(2**31)
     args = [str(config), "--out", str(out), "--seed", str(seed)]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)

@@ -172,6 +172,18 @@ def choose(strategy: str, device: str, gpus: int, cluster: Cluster | None) -> st
     return strategy
 
 
+def multi_worker_cluster(strategy: str) -> Cluster | None:
+    """The cluster of a run that ``strategy`` makes multi-worker, else None; plain Python,
+    so it can be asked before TensorFlow starts.
+
+    Raises:
+        UsageError: ``multi-worker`` without TF_CONFIG, or a bad TF_CONFIG.
+    """
+    cluster = read_tf_config()
+    # the device and GPU count only matter to ``auto`` without a cluster
+    return cluster if choose(strategy, "cpu", 0, cluster) == "multi-worker" else None
+
+
 def make_plan(strategy: str, device: str) -> Plan:
     """Create the tf.distribute strategy for ``strategy`` on ``device`` ("cpu"/"gpu").
 

@@ -7,11 +7,19 @@ can report every problem in every file at once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from cnnbuild.source import Document
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -96,9 +104,94 @@ class RunError(CnnbuildError):
     """A training or evaluation run that failed."""
 
 
+class WriteError(CnnbuildError):
+    """A file could not be written or a folder made (disk full, read-only, not a folder)."""
+
+
+class Interrupted(RunError):
+    """A run stopped by SIGINT or SIGTERM after saving what it had (exit 130)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 def shape_str(shape: tuple | list | None) -> str:
     """Format a shape as a Python tuple, ``(32, 32, 3)``; ``None`` dims stay ``None``."""
     if shape is None:
         return "?"
     items = tuple(None if d is None else int(d) for d in shape)
     return str(items)
+
+
+def closest(word: str, options: Iterable[str]) -> str | None:
+    """The option ``word`` most likely meant (a typo or a case slip), if any."""
+    from difflib import get_close_matches
+
+    options = list(options)
+    close = get_close_matches(word, options, n=1, cutoff=0.6)
+    if not close:
+        close = [o for o in options if o.lower() == word.lower()]
+    return close[0] if close else None
+
+
+def suggest(word: str, options: Iterable[str]) -> str:
+    """``"; did you mean 'Conv2D'?"`` for the closest option, or ``""``."""
+    close = closest(word, options)
+    return f"; did you mean {close!r}?" if close else ""
+
+
+def from_pydantic(
+    doc: Document,
+    exc: ValidationError,
+    base: tuple,
+    data: Any,
+    what: str,
+    fields: Iterable[str] = (),
+    note: str = "",
+) -> list[Finding]:
+    """Turn a pydantic error into findings at the YAML location of each bad value.
+
+    pydantic's ``loc`` may hold union-member segments that are not in the document;
+    only segments that exist in ``data`` are kept (so a location is always a real path).
+    A misspelt argument gives one finding, not a second "needs" for the field it meant.
+
+    Args:
+        doc: the document (a :class:`cnnbuild.source.Document`).
+        exc: the error.
+        base: the path of ``data`` in the document.
+        data: the mapping that was validated.
+        what: how to name its owner in messages, e.g. ``Conv2D``.
+        fields: the names the model accepts, for suggestions.
+        note: appended to every message (where a template was used).
+    """
+    fields = list(fields)
+    out: list[Finding] = []
+    seen: set[tuple] = set()
+    errors = exc.errors()
+    meant = {closest(str(e["loc"][-1]), fields) for e in errors if e["type"] == "extra_forbidden"}
+    for err in errors:
+        path: list = []
+        node = data
+        loc = list(err["loc"])
+        for seg in loc:
+            if (isinstance(node, dict) and seg in node) or (
+                isinstance(node, list) and isinstance(seg, int) and 0 <= seg < len(node)
+            ):
+                path.append(seg)
+                node = node[seg]
+        full = (*base, *path)
+        typ = err["type"]
+        if typ == "missing" and loc and loc[-1] in meant:
+            continue
+        if (full, typ) in seen:
+            continue
+        seen.add((full, typ))
+        if typ == "extra_forbidden":
+            key = loc[-1]
+            msg = f"unknown argument {key!r} for {what}{suggest(str(key), fields)}"
+            out.append(doc.finding(full, msg + note, prefer="key"))
+        elif typ == "missing":
+            out.append(doc.finding(full, f"{what} needs `{loc[-1]}`{note}", prefer="key"))
+        else:
+            msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            out.append(doc.finding(full, msg + note))
+    return out

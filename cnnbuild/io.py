@@ -1,12 +1,25 @@
-"""Atomic file writes: a crash never leaves half a file where a whole one was."""
+"""Atomic, durable file writes, and OS errors turned into messages.
+
+A write goes to a temp file beside its target (``.NAME.tmp-XXXX``), is fsynced, renamed
+over the target and the folder is fsynced: a crash leaves either the old file or the new
+one, never half of one. Temp files carry the ``.tmp-`` mark so a run directory can sweep
+up what a ``kill -9`` left behind (:func:`is_temp`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from cnnbuild.errors import WriteError
+
+TEMP_MARK = ".tmp-"
 
 
 def _umask() -> int:
@@ -15,23 +28,60 @@ def _umask() -> int:
     return mask
 
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+def fsync_path(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        write(tmp)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_beside(path: Path) -> Path:
+    """A new, empty temp file in ``path``'s folder, named ``.NAME.tmp-XXXX``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
+    os.close(fd)
+    return Path(tmp)
+
+
+def is_temp(name: str) -> bool:
+    """Whether a file name is one of our temp files."""
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = "") -> None:
+    """Call ``write(tmp)`` on a temp file, fsync it, rename it onto ``path``.
+
+    Args:
+        path: the target.
+        write: writes the whole content to the path it is given.
+        suffix: a suffix the temp file needs (Keras wants ``.keras``).
+    """
+    path = Path(path)
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_beside(path)
+    if suffix:
+        tmp.unlink()
+        tmp = tmp.with_name(tmp.name + suffix)
+    try:
+        write(str(tmp))
         os.chmod(tmp, 0o666 & ~_umask())
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write text atomically (temp file in the same folder, then ``os.replace``)."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    """Write text atomically and durably."""
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -40,8 +90,41 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def save_model(model: Any, path: str | Path) -> None:
     """``model.save`` to a temp ``.keras`` file beside ``path``, then rename it into place."""
-    _atomic(Path(path), lambda tmp: model.save(tmp))
+    atomic_write(Path(path), model.save, suffix=".keras")
 
 
 def save_figure(fig: Any, path: str | Path) -> None:
-    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
+    """Save a matplotlib figure atomically, in the format its suffix names (PNG by default)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format=fmt))
+
+
+_ADVICE = {
+    errno.ENOSPC: "the disk is full; free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose another folder",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "operation not permitted; choose a folder you can write to",
+    errno.ENOTDIR: "it is a file, not a folder; choose another path",
+    errno.EISDIR: "it is a folder; give a file path",
+    errno.EEXIST: "it already exists; choose another path",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+}
+
+
+def os_error_message(exc: OSError, path: str | Path | None = None) -> str:
+    """``PATH: what happened; what to do`` for an OS error."""
+    where = exc.filename if exc.filename is not None else path
+    advice = _ADVICE.get(exc.errno or -1) or (exc.strerror or str(exc))
+    reason = exc.strerror or type(exc).__name__
+    return f"{where}: {reason}; {advice}"
+
+
+@contextlib.contextmanager
+def os_errors(path: str | Path | None = None) -> Iterator[None]:
+    """Turn an :class:`OSError` raised inside into a :class:`WriteError` naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriteError(os_error_message(exc, path)) from None

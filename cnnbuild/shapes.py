@@ -161,6 +161,62 @@ def conv2d(inputs: list[Shape], a: Any) -> LayerOut:
     )
 
 
+def transpose_dim(
+    size: int | None,
+    kernel: int,
+    stride: int,
+    padding: str,
+    output_padding: int | None,
+    dilation: int = 1,
+    axis: str = "H",
+) -> DimCalc:
+    """One spatial output size of a transposed convolution (Keras'
+    ``compute_conv_transpose_output_shape``).
+
+    >>> transpose_dim(16, 3, 2, "same", None).text
+    '16 * 2 = 32'
+    >>> transpose_dim(16, 3, 2, "valid", None).text
+    '(16 - 1) * 2 + 3 + 0 = 33'
+    """
+    eff = dilation * (kernel - 1) + 1
+    if size is None:
+        return DimCalc(axis, "None (free size)", None)
+    if padding == "same" and output_padding is None:
+        out = size * stride
+        return DimCalc(axis, f"{size} * {stride} = {out}", out)
+    if padding == "same":
+        out = (size - 1) * stride + eff % 2 + output_padding
+        return DimCalc(axis, f"({size} - 1) * {stride} + {eff} % 2 + {output_padding} = {out}", out)
+    extra = max(eff, stride) - eff if output_padding is None else output_padding
+    out = (size - 1) * stride + eff + extra
+    return DimCalc(axis, f"({size} - 1) * {stride} + {eff} + {extra} = {out}", out)
+
+
+def conv2d_transpose(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    _need_rank(inp, 3, "Conv2DTranspose")
+    cin = _channels(inp, "Conv2DTranspose")
+    pads = a.output_padding or (None, None)
+    calcs = [
+        transpose_dim(
+            inp[i], a.kernel_size[i], a.strides[i], a.padding, pads[i], a.dilation_rate[i], AXES[i]
+        )
+        for i in range(2)
+    ]
+    for c in calcs:
+        if c.value is not None and c.value <= 0:
+            raise ShapeError(
+                f"output {c.axis} would be {c.value}: {c.text}",
+                hint="use a larger input or kernel_size",
+                arg="kernel_size",
+            )
+    k = a.kernel_size[0] * a.kernel_size[1]
+    weights = k * cin * a.filters + (a.filters if a.use_bias else 0)
+    # every input pixel is spread over a kernel-sized patch of every filter
+    area = math.prod(d or 0 for d in inp[:2])
+    return LayerOut(_spatial(calcs) + (a.filters,), weights, 0, area * k * cin * a.filters, calcs)
+
+
 def depthwise_conv2d(inputs: list[Shape], a: Any) -> LayerOut:
     inp = inputs[0]
     calcs, eff = _windowed(
@@ -223,6 +279,86 @@ def dense(inputs: list[Shape], a: Any) -> LayerOut:
 
 def identity(inputs: list[Shape], a: Any) -> LayerOut:
     return LayerOut(inputs[0])
+
+
+def _per_channel(inp: Shape, values: Any, arg: str, kind: str) -> None:
+    """A list value must broadcast over the last (channel) axis."""
+    if (
+        isinstance(values, tuple)
+        and len(values) != 1
+        and (not inp or inp[-1] is None or inp[-1] != len(values))
+    ):
+        raise ShapeError(
+            f"{kind} {arg} has {len(values)} values but the input {shape_str(inp)} has "
+            f"{'no known' if not inp or inp[-1] is None else inp[-1]} channels",
+            hint=f"give one {arg} per channel, or a single number",
+            arg=arg,
+        )
+
+
+def rescaling(inputs: list[Shape], a: Any) -> LayerOut:
+    _per_channel(inputs[0], a.scale, "scale", "Rescaling")
+    _per_channel(inputs[0], a.offset, "offset", "Rescaling")
+    return LayerOut(inputs[0])
+
+
+def normalization(inputs: list[Shape], a: Any) -> LayerOut:
+    """Keras' Normalization: mean and variance per kept axis (plus a count) when adapted,
+    all non-trainable; no weights when mean and variance are given."""
+    inp = inputs[0]
+    axes = [] if a.axis is None else _norm_axes(inp, a.axis, "Normalization")
+    if a.mean is not None:
+        kept = [inp[i] for i in sorted(axes)]
+        if isinstance(a.mean, tuple) and len(a.mean) != 1 and (not kept or kept[-1] != len(a.mean)):
+            raise ShapeError(
+                f"Normalization mean has {len(a.mean)} values but axis {a.axis} of the "
+                f"input {shape_str(inp)} has size {kept[-1] if kept else 'none'}",
+                hint="give one mean and variance per channel, or single numbers",
+                arg="mean",
+            )
+        return LayerOut(inp)
+    n = math.prod(inp[i] for i in axes)
+    return LayerOut(inp, 0, 2 * n + 1)
+
+
+def reshape(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    target = a.target_shape
+    text_in = shape_str(inp)
+    if None in inp:
+        out = tuple(None if d == -1 else d for d in target)
+        return LayerOut(out)
+    size = math.prod(inp)
+    known = math.prod(d for d in target if d != -1)
+    if -1 in target:
+        if known == 0 or size % known:
+            raise ShapeError(
+                f"cannot reshape {text_in} ({size} values) to {list(target)}: "
+                f"{size} is not divisible by {known}",
+                hint="choose a target_shape whose known sizes divide the input size",
+                arg="target_shape",
+            )
+        out = tuple(size // known if d == -1 else d for d in target)
+    else:
+        if known != size:
+            raise ShapeError(
+                f"cannot reshape {text_in} ({size} values) to {list(target)} ({known} values)",
+                hint="the total size must stay the same; use -1 for one free dimension",
+                arg="target_shape",
+            )
+        out = tuple(target)
+    return LayerOut(out)
+
+
+def up_sampling2d(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    _need_rank(inp, 3, "UpSampling2D")
+    calcs = []
+    for i in range(2):
+        size = inp[i]
+        val = None if size is None else size * a.size[i]
+        calcs.append(DimCalc(AXES[i], f"{size} * {a.size[i]} = {val}", val))
+    return LayerOut(_spatial(calcs) + (inp[2],), calcs=calcs)
 
 
 def spatial_dropout2d(inputs: list[Shape], a: Any) -> LayerOut:

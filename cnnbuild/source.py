@@ -9,6 +9,8 @@ size of aliases ("billion laughs") and the nesting depth.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +145,17 @@ class _Walker:
                     None, None, f"tag {node.tag!r} is not allowed", node.start_mark
                 )
             return [self.walk(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
-        return self.loader.construct_object(node, deep=True)
+        return self._scalar(node)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except ValueError as exc:  # int("9" * 5000): Python's integer-string limit
+            if "digits" not in str(exc):
+                raise
+            raise _TooBig(
+                node, f"a number of {len(node.value)} characters, beyond any value a config takes"
+            ) from None
 
     def _mapping(self, node: yaml.MappingNode, path: PathKey, depth: int) -> dict:
         if node.tag != _MAP_TAG:
@@ -160,7 +172,7 @@ class _Walker:
                     "a mapping key must be a plain value, not a list or mapping",
                     key_node.start_mark,
                 )
-            key = self.loader.construct_object(key_node, deep=True)
+            key = self._scalar(key_node)
             child = (*path, key)
             if key in out:
                 first = self.doc.keys[child]
@@ -258,34 +270,41 @@ def parse_text(text: str, file: str = "<string>") -> Document:
     return doc
 
 
+def _refused(file: str, message: str, rule: str = "io") -> Document:
+    doc = Document(file=file)
+    doc.findings.append(Finding(file, 0, 0, "error", rule, message))
+    return doc
+
+
 def read_document(path: str | Path) -> Document:
     """Read and parse one YAML file; an unreadable file becomes a finding.
+
+    The file is checked before a byte is read: something that is not a regular file
+    (``/dev/zero``, a FIFO, a socket) is refused without opening it, and a file larger
+    than :data:`MAX_BYTES` is refused without reading it. The read itself is bounded
+    too, in case the file grows in between.
 
     Args:
         path: the file to read.
     """
     file = str(path)
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        doc = Document(file=file)
-        doc.findings.append(
-            Finding(file, 0, 0, "error", "io", f"cannot read the file: {exc.strerror or exc}")
-        )
-        return doc
-    if len(raw) > MAX_BYTES:
-        doc = Document(file=file)
-        doc.findings.append(
-            Finding(
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return _refused(
                 file,
-                1,
-                1,
-                "error",
-                "yaml",
-                f"the file is {len(raw)} bytes; a model config is at most {MAX_BYTES} bytes",
+                "not a regular file (a device, a pipe or a socket); "
+                "give the path of a YAML config file",
             )
-        )
-        return doc
+        if info.st_size > MAX_BYTES:
+            return _refused(file, _too_big(info.st_size), "yaml")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as stream:
+            raw = stream.read(MAX_BYTES + 1)
+    except OSError as exc:
+        return _refused(file, f"cannot read the file: {exc.strerror or exc}")
+    if len(raw) > MAX_BYTES:
+        return _refused(file, _too_big(len(raw)), "yaml")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -303,3 +322,7 @@ def read_document(path: str | Path) -> Document:
         )
         return doc
     return parse_text(text, file)
+
+
+def _too_big(size: int) -> str:
+    return f"the file is {size} bytes; a model config is at most {MAX_BYTES} bytes"

@@ -11,6 +11,9 @@ from cnnbuild.errors import Finding, shape_str
 from cnnbuild.shapes import Field, LayerOut, Shape, ShapeError, numel
 
 BYTES_PER_VALUE = 4  # float32
+MAX_LAYER_WEIGHTS = 2**31 - 1
+"""The most weights one layer may hold (8 GiB of float32): beyond it Keras cannot
+allocate the layer, so the static engine refuses it instead of letting ``build`` crash."""
 
 
 @dataclass
@@ -112,19 +115,39 @@ def trace(cfg: ModelConfig) -> Trace:
     shapes: dict[str, Shape | None] = {INPUT: cfg.input_shape}
     fields: dict[str, Field] = {INPUT: Field()}
     result = Trace(cfg, [])
+    guessed: set[str] = set()
     for node in cfg.nodes:
         ins = [shapes.get(n) for n in node.inputs]
         rf = Field.merge([fields.get(n, Field()) for n in node.inputs])
-        out = None
+        out = guess = None
         if node.args is not None and all(s is not None for s in ins):
             try:
-                out = REGISTRY[node.kind].rule(ins, node.args)
+                out = _checked(REGISTRY[node.kind].rule(ins, node.args))
             except ShapeError as exc:
-                result.findings.append(_shape_finding(cfg, node, ins, exc))
-        shapes[node.name] = None if out is None else out.shape
+                if guessed.isdisjoint(node.inputs):  # else a consequence of the first error
+                    result.findings.append(_shape_finding(cfg, node, ins, exc))
+                    guess = _free_size(node, ins)
+        if guess is not None or not guessed.isdisjoint(node.inputs):
+            guessed.add(node.name)
+        shapes[node.name] = guess if out is None else out.shape
         fields[node.name] = rf if out is None else rf.after(out)
         result.rows.append(Row(node, ins, out, fields[node.name]))
     return result
+
+
+def _checked(out: LayerOut) -> LayerOut:
+    if out.params > MAX_LAYER_WEIGHTS:
+        raise ShapeError(
+            f"the layer would hold {out.params:,} weights, more than the "
+            f"{MAX_LAYER_WEIGHTS:,} one layer can hold",
+            hint="use fewer filters or units, a smaller kernel, or downsample before it",
+        )
+    if any(d is not None and d > MAX_LAYER_WEIGHTS for d in out.shape):
+        raise ShapeError(
+            f"the output {shape_str(out.shape)} has a size beyond what TensorFlow holds",
+            hint="use smaller sizes",
+        )
+    return out
 
 
 def _shape_finding(cfg: ModelConfig, node: Node, ins: list[Shape], exc: ShapeError) -> Finding:
@@ -151,3 +174,13 @@ def _shape_finding(cfg: ModelConfig, node: Node, ins: list[Shape], exc: ShapeErr
     if node.use is not None:
         msg += f" (in a block used at line {cfg.doc.locate(node.use, 'key').line})"
     return cfg.doc.finding(path, msg, rule="shape", hint=exc.hint, prefer="key")
+
+
+def _free_size(node: Node, ins: list[Shape]) -> Shape | None:
+    """What a layer that failed on its input sizes gives with height and width left free,
+    so the layers after it are still checked (one run reports every problem)."""
+    free = [(None, None, *s[2:]) if len(s) == 3 else s for s in ins]
+    try:
+        return REGISTRY[node.kind].rule(free, node.args).shape
+    except ShapeError:
+        return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from cnnbuild.checks import lint
+from cnnbuild.checks import RULES, lint
 from cnnbuild.config import ModelConfig, from_document
 from cnnbuild.errors import ConfigError, Finding, UsageError
 from cnnbuild.source import read_document
@@ -96,39 +96,57 @@ def _sorted(findings: list[Finding]) -> list[Finding]:
 
 
 def _existing(path: str | Path) -> Path:
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise UsageError(f"{path}: no such config file")
     return Path(path)
 
 
-def load_config(path: str | Path) -> ModelConfig:
-    """Load a config for building or training.
+def blocks_build(finding: Finding) -> bool:
+    """Whether a finding stops a model from being built (a view still shows the rest).
+
+    Schema, YAML, shape and naming errors do: Keras could not build the model. Lint
+    findings never do, whatever their severity: ``validate`` decides pass or fail.
+    """
+    if finding.severity != "error":
+        return False
+    spec = RULES.get(finding.rule)
+    return spec is None or spec.check is None
+
+
+def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
+    """Load a config for a view or a build, with its static trace.
 
     Args:
         path: a YAML config file.
 
     Returns:
-        The checked config; warnings stay in ``config.findings``.
+        The config and its trace; lint findings (even errors) stay in
+        ``config.findings`` for the caller to show as notes.
+
+    Raises:
+        ConfigError: carrying every finding, when the model cannot be built.
+
+    Example:
+        >>> cfg, tr = load_traced("configs/cifar10_tutorial.yaml")
+        >>> cfg.input_shape, tr.output_shape
+        ((32, 32, 3), (10,))
+    """
+    cfg, tr, findings = check_file(_existing(path))
+    blocking = [f for f in findings if blocks_build(f)]
+    if cfg is None or tr is None or blocking:
+        errors = [f for f in findings if f.severity == "error"]
+        raise ConfigError(f"{path}: {len(errors)} error(s)", findings)
+    return cfg, tr
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Load a config for training: any error, lint errors included, refuses it.
 
     Raises:
         ConfigError: carrying every finding, when the config has an error.
-
-    Example:
-        >>> cfg = load_config("configs/cifar10_tutorial.yaml")
-        >>> cfg.input_shape
-        (32, 32, 3)
     """
     cfg, _, findings = check_file(_existing(path))
     errors = [f for f in findings if f.severity == "error"]
     if cfg is None or errors:
         raise ConfigError(f"{path}: {len(errors)} error(s)", findings)
     return cfg
-
-
-def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
-    """Like :func:`load_config`, also returning the static trace."""
-    cfg, tr, findings = check_file(_existing(path))
-    errors = [f for f in findings if f.severity == "error"]
-    if cfg is None or tr is None or errors:
-        raise ConfigError(f"{path}: {len(errors)} error(s)", findings)
-    return cfg, tr

@@ -10,7 +10,8 @@ import inspect
 import pytest
 import yaml
 
-from cnnbuild.catalog import REGISTRY
+from cnnbuild import shapes
+from cnnbuild.catalog import LOSSES, REGISTRY, register, register_loss
 from cnnbuild.config import from_document
 from cnnbuild.schema.types import ACTIVATIONS, CONSTRAINTS, INITIALIZERS, REGULARIZERS
 from cnnbuild.source import parse_text
@@ -33,6 +34,8 @@ SAMPLE = {
     "SpatialDropout2D": {"rate": 0.1},
     "Activation": {"activation": "gelu"},
     "Rescaling": {"scale": 0.5},
+    "Conv2DTranspose": {"filters": 3, "kernel_size": 3, "strides": 2},
+    "Reshape": {"target_shape": [-1, 4]},
     "Resizing": {"height": 8, "width": 6},
     "RandomTranslation": {"height_factor": 0.1, "width_factor": 0.1},
     "RandomCrop": {"height": 8, "width": 8},
@@ -93,6 +96,27 @@ def test_every_layer_builds_and_matches_the_static_engine(kind):
     model = build_model(cfg, compile=False)
     assert tuple(model.output.shape[1:]) == tr.output_shape
     assert model.count_params() == tr.total_params
+    from cnnbuild.builder import keras_summary
+
+    assert keras_summary(cfg, model) == tr.to_dict()
+
+
+def test_a_layer_kind_registers_once():
+    with pytest.raises(ValueError, match="'Conv2D' is already registered"):
+        register("Conv2D", shapes.conv2d, "conv", "again")
+    with pytest.raises(ValueError, match="'huber' is already registered"):
+        register_loss("huber", "Huber", logits=False, labels="one_hot")
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_is_a_keras_loss_taking_from_logits_as_described(name):
+    import inspect as _inspect
+
+    spec = LOSSES[name]
+    cls = getattr(keras.losses, spec.keras_class)
+    assert keras.losses.get(name) is not None
+    assert ("from_logits" in _inspect.signature(cls.__init__).parameters) is spec.logits
+    assert type(keras.losses.get(name)).__name__ in (spec.keras_class, "function")
 
 
 def test_activation_names_resolve_in_keras():
@@ -117,7 +141,7 @@ def test_every_listed_name_builds_through_the_builder(names, arg):
         )
         cfg = from_document(parse_text(text, "n.yaml"))
         assert cfg is not None and cfg.ok, name
-        layer = make_layer(cfg.nodes[0])
+        layer = make_layer(cfg.nodes[-1])
         layer.build((None, 2, 2, 4))
         assert getattr(layer, arg) is not None, name
 
@@ -126,3 +150,20 @@ def test_snake_names_are_keras_automatic_names():
     for kind, entry in REGISTRY.items():
         layer = getattr(keras.layers, kind)(**SAMPLE.get(kind, {}))
         assert layer.name.rstrip("_0123456789") == entry.snake, kind
+
+
+@pytest.mark.parametrize(
+    ("kinds", "scaled"),
+    [
+        (["Rescaling", "Conv2D"], True),
+        (["Normalization", "Conv2D"], True),
+        (["RandomFlip", "Resizing", "Rescaling", "Conv2D"], True),
+        (["Conv2D", "Rescaling"], False),
+        (["RandomFlip", "Conv2D"], False),
+        ([], False),
+    ],
+)
+def test_scales_input_looks_only_at_the_leading_preprocessing(kinds, scaled):
+    from cnnbuild.catalog import scales_input
+
+    assert scales_input(kinds) is scaled

@@ -68,7 +68,8 @@ def test_python_dash_m_and_exit_codes(tmp_path):
     missing = run("validate", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
     assert run("validate", "--no-such-option", "x").returncode == 2
-    assert run().returncode in (0, 2)  # no arguments prints help
+    bare = run()  # no arguments: the help, as a usage error
+    assert bare.returncode == 2 and "Usage: " in bare.stdout + bare.stderr
 
 
 def test_validate_directories_and_globs(cli, monkeypatch):
@@ -101,26 +102,54 @@ def test_github_format(cli):
 
 
 def test_sarif_format_is_valid_sarif(cli):
+    """Checked against the official OASIS SARIF 2.1.0 schema (tests/data/sarif-schema-2.1.0.md)."""
     jsonschema = pytest.importorskip("jsonschema")
     result = cli(
-        "validate", LINT / "bias-before-bn.yaml", LINT / "huge-dense.yaml", "--format", "sarif"
+        "validate",
+        LINT / "bias-before-bn.yaml",
+        LINT / "huge-dense.yaml",
+        ROOT / "tests/data/errors",
+        "--format",
+        "sarif",
     )
     log = json.loads(result.output)
+    official = json.loads((ROOT / "tests/data/sarif-schema-2.1.0.json").read_text())
+    validator = jsonschema.Draft4Validator(official)
+    assert [e.message for e in validator.iter_errors(log)] == []
     assert log["version"] == "2.1.0"
     results = log["runs"][0]["results"]
-    assert {r["ruleId"] for r in results} == {"bias-before-bn", "huge-dense"}
-    assert {r["level"] for r in results} == {"note", "warning"}
+    assert {"bias-before-bn", "huge-dense", "schema", "yaml"} <= {r["ruleId"] for r in results}
+    assert {r["level"] for r in results} == {"note", "warning", "error"}
     region = results[0]["locations"][0]["physicalLocation"]["region"]
     assert region["startLine"] >= 1 and region["startColumn"] >= 1
     ids = [r["id"] for r in log["runs"][0]["tool"]["driver"]["rules"]]
     for r in results:
         assert ids[r["ruleIndex"]] == r["ruleId"]
-    minimal = {
-        "type": "object",
-        "required": ["version", "runs"],
-        "properties": {"runs": {"type": "array", "items": {"required": ["tool", "results"]}}},
-    }
-    jsonschema.validate(log, minimal)
+    # the schema is strict enough to catch a broken log
+    broken = {**log, "runs": [{"results": results}]}
+    assert list(validator.iter_errors(broken))
+
+
+def test_views_show_the_model_despite_lint_errors(cli, write):
+    """summary, trace and build are views: a lint error is a note on stderr, exit 0."""
+    path = write("""
+        input: [8, 8, 1]
+        layers:
+          - Conv2D: {filters: 4, kernel_size: 3, activation: relu}
+          - GlobalAveragePooling2D
+          - Dense: {units: 10, activation: softmax}
+        compile: {from_logits: true}
+    """)
+    assert cli("validate", path).exit_code == 1
+    for args in (["summary", "--static"], ["trace"], ["trace", "--json"]):
+        result = cli(*args, path)
+        assert result.exit_code == 0, (args, result.output)
+        assert "[softmax-logits]" in result.stderr and "[softmax-logits]" not in result.stdout
+        assert "conv2d" in result.stdout
+    broken = write("input: [8, 8, 1]\nlayers:\n  - Conv2D: {filters: 4, kernal_size: 3}\n")
+    result = cli("summary", "--static", broken)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "did you mean 'kernel_size'?" in result.stderr
 
 
 def test_summary_static_json(cli):
@@ -138,9 +167,17 @@ def test_summary_static_json(cli):
     }
     assert data["input_shape"] == [32, 32, 3] and data["output_shape"] == [10]
     assert set(data["layers"][0]) == {"name", "type", "output_shape", "params", "macs"}
+    # the default pixel scaling is a layer of the model, with no parameters
+    assert data["layers"][0] == {
+        "name": "input_scaling",
+        "type": "Rescaling",
+        "output_shape": [32, 32, 3],
+        "params": 0,
+        "macs": 0,
+    }
     # conv2d: 3x3x3x32 + 32 params; MACs = 30*30 positions * 32 filters * 27
-    assert data["layers"][0]["params"] == 3 * 3 * 3 * 32 + 32
-    assert data["layers"][0]["macs"] == 30 * 30 * 32 * 27
+    assert data["layers"][1]["params"] == 3 * 3 * 3 * 32 + 32
+    assert data["layers"][1]["macs"] == 30 * 30 * 32 * 27
 
 
 def test_summary_table_shows_totals(cli):
@@ -155,7 +192,8 @@ def test_trace_shows_the_arithmetic(cli):
     assert result.exit_code == 0
     assert "H: (32 - 3) // 1 + 1 = 30" in result.output
     data = json.loads(cli("trace", CONFIGS / "cifar10_tutorial.yaml", "--json").output)
-    first = data["layers"][0]
+    assert data["layers"][0]["name"] == "input_scaling"
+    first = data["layers"][1]
     assert first["input_shapes"] == [[32, 32, 3]] and first["output_shape"] == [30, 30, 32]
     assert first["arithmetic"][0] == {"axis": "H", "text": "(32 - 3) // 1 + 1 = 30"}
 

@@ -3,8 +3,6 @@ the canonical example, sugar, and safety (no tags, no code)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cnnbuild.config import from_document
@@ -29,6 +27,7 @@ def test_canonical_example_from_the_issue():
     cfg, tr, findings = check_file(ROOT / "tests" / "data" / "canonical.yaml")
     assert findings == []
     assert [n.kind for n in cfg.nodes] == [
+        "Rescaling",  # input_scaling: the default 1/255, inside the model
         "Conv2D",
         "MaxPooling2D",
         "Conv2D",
@@ -101,6 +100,7 @@ def test_bare_names_and_auto_names_follow_keras(write):
     """)
     cfg, _, findings = check_file(path)
     assert [n.name for n in cfg.nodes] == [
+        "input_scaling",
         "conv2d",
         "second",
         "conv2d_1",
@@ -120,7 +120,7 @@ def test_free_height_and_width(write):
           - Dense: {units: 2, activation: softmax}
     """)
     cfg, tr, findings = check_file(path)
-    assert tr.output_shape == (2,) and tr.rows[0].shape == (None, None, 4)
+    assert tr.output_shape == (2,) and tr.rows[1].shape == (None, None, 4)
     assert not findings
 
 
@@ -128,5 +128,37 @@ def test_configs_directory_is_clean(cli, monkeypatch):
     monkeypatch.chdir(ROOT)
     result = cli("validate", "configs/")
     assert result.exit_code == 0, result.output
-    assert " 0 errors" not in result.output and "error:" not in result.output
-    assert Path(ROOT / "configs").is_dir()
+    n = len(list((ROOT / "configs").rglob("*.yaml")))
+    summary = result.output.strip().splitlines()[-1]
+    assert summary.startswith(f"{n} files checked: ") and "error" not in summary
+    assert "error:" not in result.output
+
+
+def test_input_scaling_goes_after_leading_augmentation_unless_the_config_scales(write):
+    path = write("""
+        name: aug
+        input: [8, 8, 3]
+        layers:
+          - RandomFlip
+          - Conv2D: {filters: 4, kernel_size: 3, name: c}
+          - Conv2D: {filters: 4, kernel_size: 3, inputs: [c]}
+          - GlobalAveragePooling2D
+          - Dense: {units: 2}
+    """)
+    cfg, _, _ = check_file(path)
+    assert [(n.name, n.inputs) for n in cfg.nodes[:3]] == [
+        ("random_flip", ["input"]),
+        ("input_scaling", ["random_flip"]),
+        ("c", ["input_scaling"]),
+    ]
+    assert cfg.nodes[1].args.scale == 1 / 255
+    path = write("""
+        name: scaled
+        input: [8, 8, 3]
+        layers:
+          - RandomFlip
+          - Rescaling: {scale: 0.00392156862745098}
+          - Conv2D: {filters: 4, kernel_size: 3}
+    """)
+    cfg, _, _ = check_file(path)
+    assert "input_scaling" not in [n.name for n in cfg.nodes]

@@ -3,7 +3,9 @@ shapes. The download code is the real one; only the host differs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import pickle
 
 import numpy as np
@@ -71,7 +73,14 @@ def test_safe_unpickler_builds_arrays_and_containers():
     value = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [1, 2]}
     back = safe_loads(pickle.dumps(value, protocol=2))
     assert np.array_equal(back[b"data"], value[b"data"]) and back[b"labels"] == [1, 2]
-    assert issubclass(SafeUnpickler, pickle.Unpickler)
+
+
+def test_safe_unpickler_refuses_a_pickle_that_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps({b"data": Evil(f"touch {marker}")}, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refused to load"):
+        SafeUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    assert not marker.exists()
 
 
 def test_truncated_and_corrupted_archives_give_clear_errors(tmp_path, cifar_tar):
@@ -208,8 +217,55 @@ def test_npz_missing_keys_and_pickles_are_refused(tmp_path):
         x_test=np.zeros(1),
         y_test=np.zeros(1),
     )
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match="x_train holds object values"):
         load_dataset({"npz": str(evil)})
+
+
+def _npz(path, **arrays):
+    base = {
+        "x_train": np.zeros((4, 8, 8, 3), np.uint8),
+        "y_train": np.arange(4),
+        "x_test": np.zeros((2, 8, 8, 3), np.uint8),
+        "y_test": np.arange(2),
+    }
+    np.savez(path, **{**base, **arrays})
+    return {"npz": str(path)}
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x_train": np.array(["a", "b"])}, "x_train holds <U1 values; expected numbers"),
+        ({"y_test": np.array(3)}, r"y_test has shape \(\); expected an array of shape \(N,\)"),
+        ({"y_train": np.full(4, 2**64 - 1, np.uint64)}, "class id 18446744073709551615"),
+        ({"y_train": np.array([0, 1, 2, 2**40])}, "class id 1099511627776"),
+        ({"y_test": np.array([0, -1])}, "class id -1"),
+        ({"y_train": np.zeros(4, np.float32)}, "y_train holds float32 values"),
+    ],
+)
+def test_hostile_npz_arrays_are_refused(tmp_path, arrays, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(_npz(tmp_path / "d.npz", **arrays))
+
+
+def test_npz_header_is_checked_before_loading(tmp_path):
+    """A small file declaring 1e8 images is refused from its header, not by MemoryError."""
+    import zipfile
+
+    path = tmp_path / "forged.npz"
+    _npz(path)
+    forged = tmp_path / "forged2.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(forged, "w") as dst:
+        for name in src.namelist():
+            if name == "x_train.npy":
+                buf = io.BytesIO()
+                header = {"descr": "|u1", "fortran_order": False, "shape": (10**8, 32, 32, 3)}
+                np.lib.format.write_array_header_2_0(buf, header)
+                dst.writestr(name, buf.getvalue() + bytes(150_000))
+            else:
+                dst.writestr(name, src.read(name))
+    with pytest.raises(DataError, match=r"declares shape \(100000000, 32, 32, 3\)"):
+        load_dataset({"npz": str(forged)})
 
 
 def test_folder_dataset_splits_reproducibly(tmp_path):
@@ -251,3 +307,203 @@ def test_shapes_is_deterministic_balanced_and_varied():
         ]
     )
     assert centres[:, 0].std() > 4 and centres[:, 1].std() > 4
+
+
+def _image_folder(root, counts: dict[str, int], size=(12, 10)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_folder_split_is_stratified_and_the_resize_recorded(tmp_path):
+    root = _image_folder(tmp_path / "imgs", {"a": 30, "b": 30, "c": 30})
+    (root / "a" / "README.txt").write_text("notes")
+    data = load_dataset({"folder": str(root)}, image_size=(8, 8), test_split=0.2, seed=1)
+    assert np.bincount(data.y_test).tolist() == [6, 6, 6]
+    assert np.bincount(data.y_train).tolist() == [24, 24, 24]
+    assert data.image_shape == (8, 8, 3) and "resized to 8x8" in data.resize
+    assert any("ignored 1 file(s)" in n and "README.txt" in n for n in data.notes)
+
+
+def test_folder_refuses_non_regular_and_undecodable_files_naming_them(tmp_path):
+    import os
+
+    root = _image_folder(tmp_path / "imgs", {"a": 3, "b": 3})
+    (root / "a" / "fake.png").write_bytes(b"not a png at all")
+    os.symlink("/dev/zero", root / "b" / "zero.png")
+    os.mkfifo(root / "b" / "pipe.png")  # opening it would block forever
+    with pytest.raises(DataError) as err:
+        load_dataset({"folder": str(root)}, image_size=(12, 10), test_split=0.3, seed=1)
+    message = err.value.message
+    assert "3 file(s) are not regular, readable images" in message
+    assert f"{root / 'a' / 'fake.png'} (not a readable image)" in message
+    assert f"{root / 'b' / 'zero.png'} (not a regular file)" in message
+    assert f"{root / 'b' / 'pipe.png'} (not a regular file)" in message
+
+
+def test_folder_with_free_input_size_needs_one_image_size(tmp_path):
+    root = _image_folder(tmp_path / "imgs", {"a": 3})
+    _image_folder(tmp_path / "imgs2", {"b": 3}, size=(9, 9))
+    (tmp_path / "imgs2" / "b").rename(root / "b")
+    with pytest.raises(DataError, match="different sizes .* give the config a fixed input size"):
+        load_dataset({"folder": str(root)}, image_size=None, test_split=0.3, seed=1)
+
+
+# -- hostile servers and copies ---------------------------------------------------------
+
+
+@pytest.fixture
+def raw_server():
+    """A TCP server on 127.0.0.1 that answers every connection with ``behave(conn)``."""
+    import socket
+    import threading
+
+    servers = []
+
+    def start(behave) -> str:
+        sock = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def loop():
+            sock.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.recv(65536)
+                    with contextlib.suppress(OSError):
+                        behave(conn, stop)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        servers.append((sock, stop, thread))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/c.tar.gz"
+
+    yield start
+    for sock, stop, thread in servers:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+def _trickle(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    while not stop.is_set():
+        conn.sendall(b"x")
+        stop.wait(0.2)
+
+
+def _chunked_cut(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n" + b"x" * 100)
+
+
+def _garbage_status(conn, stop):
+    conn.sendall(b"SPDY/9 what\r\n\r\n")
+
+
+def _huge_headers(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("behave", "message"),
+    [
+        (_trickle, "stalled: less than 65,536 bytes in 1s"),
+        (_chunked_cut, "cut short"),
+        (_garbage_status, "could not download"),
+        (_huge_headers, "could not download"),
+    ],
+)
+def test_hostile_servers_are_messages_and_leave_no_part_file(raw_server, tmp_path, behave, message):
+    url = raw_server(behave)
+    target = tmp_path / "c_archive"
+    with pytest.raises(DataError, match=message):
+        download(url, target, "0" * 64, quiet=True, stall=1.0, deadline=30.0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_trickling_server_hits_the_overall_deadline(raw_server, tmp_path):
+    def fast_trickle(conn, stop):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+        while not stop.is_set():
+            conn.sendall(b"x" * 70_000)
+            stop.wait(0.3)
+
+    url = raw_server(fast_trickle)
+    with pytest.raises(DataError, match="took more than 2s"):
+        download(url, tmp_path / "c_archive", "0" * 64, quiet=True, stall=5.0, deadline=2.0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_protocol_errors_become_the_offline_message(raw_server, tmp_path, monkeypatch):
+    url = raw_server(_garbage_status)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv(MIRROR_ENV, url.rsplit("/", 1)[0])
+    with pytest.raises(DataError, match="This machine cannot fetch cifar10"):
+        load_cifar("cifar10", quiet=True)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([0.5] * 20, "labels must be 20 integer class ids from 0 to 9"),
+        ([10] * 20, "labels must be 20 integer class ids from 0 to 9"),
+        (7, "labels must be 20 integer class ids"),
+        (["a"] * 20, "labels must be 20 integer class ids"),
+    ],
+)
+def test_cifar_labels_are_validated(tmp_path, labels, message):
+    batches = cifar_batches()
+    batches["test_batch"][b"labels"] = labels
+    tar = write_cifar_tar(tmp_path / "bad.tar.gz", batches)
+    with pytest.raises(DataError, match=message):
+        read_cifar(tar, C10)
+
+
+def test_oversized_member_is_refused_before_reading(tmp_path):
+    import tarfile
+
+    path = tmp_path / "big.tar.gz"
+    batches = cifar_batches()
+    write_cifar_tar(path, batches)
+    big = tmp_path / "big2.tar"
+    with tarfile.open(path) as src, tarfile.open(big, "w") as dst:
+        for info in src.getmembers():
+            if info.name.endswith("data_batch_1"):
+                info.size = 3 << 30  # declared 3 GB; the data is never read
+                dst.addfile(info)
+                break
+            dst.addfile(info, src.extractfile(info))
+    import gzip
+
+    gz = tmp_path / "big3.tar.gz"
+    gz.write_bytes(gzip.compress(big.read_bytes()))
+    with pytest.raises(DataError, match=r"data_batch_1 is 3,221,225,472 bytes"):
+        read_cifar(gz, C10)
+
+
+@pytest.mark.parametrize("shuffle_buffer", [None, 4])
+def test_training_order_depends_on_seed_and_epoch_only(shuffle_buffer):
+    import tensorflow as tf
+
+    from cnnbuild.data.pipeline import make_pipeline
+
+    epoch = tf.Variable(0, dtype=tf.int64)
+    x, y = np.zeros((10, 1, 1, 1), np.uint8), np.arange(10)
+    ds = make_pipeline(
+        x, y, batch_size=4, training=True, seed=3, shuffle_buffer=shuffle_buffer, epoch=epoch
+    )
+    orders = []
+    for e in (0, 1, 0):
+        epoch.assign(e)
+        orders.append([int(v) for _, labels in ds for v in labels.numpy()])
+    assert orders[0] == orders[2] != orders[1]
+    assert sorted(orders[1]) == list(range(10))

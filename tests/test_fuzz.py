@@ -1,6 +1,7 @@
 """Fuzzing validate: 300+ mutated configs (deleted keys, wrong types, random strings, huge
-numbers, deep nesting, binary junk, alias bombs). Never a traceback, never a hang, always
-exit 0 or 1, and every invalid file gets findings."""
+numbers, deep nesting, binary junk, alias bombs, expansion bombs). Never a traceback, never a
+hang, always exit 0 or 1; every mutant either gets an error finding or is a complete, traced
+config. The corpus is generated from a fixed seed, so a failure reproduces."""
 
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def mutants(seed: int = 0) -> list[tuple[str, bytes]]:
         ("alias-bomb", ("\n".join(bomb) + "\n").encode()),
         ("deep-list", ("layers: " + "[" * 5000 + "]" * 5000 + "\n").encode()),
         ("deep-map", ("layers:\n" + "".join(" " * i + "a:\n" for i in range(1, 400))).encode()),
-        ("binary", os.urandom(2048)),
+        ("binary", rng.randbytes(2048)),
         ("empty", b""),
         ("nul", b"name: x\x00\ninput: [1, 1, 1]\n"),
         ("bom", "\ufeffname: bom\ninput: [8, 8, 1]\nlayers: [Flatten]\n".encode()),
@@ -137,6 +138,27 @@ def mutants(seed: int = 0) -> list[tuple[str, bytes]]:
             b"layers:\n  - b: {repeat: 1000}\n",
         ),
         (
+            "nested-empty-repeat",
+            b"name: e\ninput: [8, 8, 1]\nblocks:\n  a:\n    layers: []\n"
+            b"  b:\n    layers: [{a: {repeat: 1000}}]\n  c:\n    layers: [{b: {repeat: 1000}}]\n"
+            b"  d:\n    layers: [{c: {repeat: 1000}}]\nlayers:\n  - d: {repeat: 1000}\n",
+        ),
+        (
+            "big-int",
+            b"name: b\ninput: [8, 8, 1]\nlayers:\n  - Dense: {units: " + b"9" * 5000 + b"}\n",
+        ),
+        (
+            "template-chain",
+            b"name: t\ninput: [8, 8, 1]\nblocks:\n"
+            + b"".join(f"  t{i}:\n    layers: [t{i + 1}]\n".encode() for i in range(300))
+            + b"  t300:\n    layers: [Flatten]\nlayers: [t0]\n",
+        ),
+        (
+            "bad-arithmetic",
+            b"name: a\ninput: [8, 8, 1]\nblocks:\n  b:\n    params: [f]\n    layers:\n"
+            b"      - Conv2D: {filters: $f * (2, kernel_size: $f // 0}\nlayers: [{b: {f: 2}}]\n",
+        ),
+        (
             "self-template",
             b"name: s\ninput: [8, 8, 1]\nblocks:\n  b:\n    layers: [b]\nlayers: [b]\n",
         ),
@@ -151,15 +173,27 @@ def test_corpus_is_large_enough():
     assert len(CORPUS) >= 300
 
 
-def test_every_mutant_gives_findings_or_a_clean_config(tmp_path):
+def test_the_corpus_is_the_same_on_every_run():
+    assert mutants(0) == CORPUS
+    assert mutants(1) != CORPUS
+
+
+def test_every_mutant_gives_an_error_or_a_clean_config(tmp_path):
+    clean = 0
     for name, blob in CORPUS:
         path = tmp_path / f"{name}.yaml"
         path.write_bytes(blob)
-        cfg, _, findings = check_file(path)  # must not raise
-        if cfg is None:
-            assert findings, name
+        cfg, tr, findings = check_file(path)  # must not raise
+        errors = [f for f in findings if f.severity == "error"]
+        if not errors:
+            # no error means a config the builder can take: every layer traced to a shape
+            assert cfg is not None and tr is not None, name
+            assert cfg.nodes and tr.complete and tr.output_shape is not None, name
+            clean += 1
         for f in findings:
             assert f.line >= 0 and f.column >= 0 and f.message, (name, f)
+            assert f.file == str(path) and f.rule, (name, f)
+    assert 0 < clean < len(CORPUS)
 
 
 def test_validate_cli_over_the_whole_corpus(tmp_path):
@@ -185,6 +219,10 @@ def test_validate_cli_over_the_whole_corpus(tmp_path):
         "huge.yaml",
         "self-template.yaml",
         "repeat-bomb.yaml",
+        "nested-empty-repeat.yaml",
+        "big-int.yaml",
+        "template-chain.yaml",
+        "bad-arithmetic.yaml",
     }
 
 
@@ -199,5 +237,11 @@ def test_random_text_never_crashes(text):
 
     doc = parse_text(text, "random.yaml")
     cfg = from_document(doc)
-    if cfg is not None and cfg.input_shape and cfg.input_shape[2] is not None:
-        trace(cfg)
+    if cfg is None:
+        assert doc.findings
+        return
+    if cfg.input_shape[2] is None:
+        assert not cfg.ok  # `input:` is required
+        return
+    tr = trace(cfg)
+    assert not cfg.ok or tr.findings or tr.complete

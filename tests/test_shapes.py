@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnnbuild.config import from_document
-from cnnbuild.shapes import conv_dim
+from cnnbuild.shapes import conv_dim, transpose_dim
 from cnnbuild.source import parse_text
 from cnnbuild.trace import trace
 
@@ -217,6 +217,24 @@ def test_static_engine_agrees_with_keras(strategy):
         ([8, 8, 3], {"BatchNormalization": {"center": False}}),
         ([8, 8, 3], {"BatchNormalization": {"renorm": True}}),
         ([8, 8, 3], {"Dense": {"units": 4}}),
+        ([1, 1, 16], {"Conv2DTranspose": {"filters": 8, "kernel_size": 4}}),  # DCGAN's start
+        (
+            [7, 5, 3],
+            {
+                "Conv2DTranspose": {
+                    "filters": 2,
+                    "kernel_size": 3,
+                    "strides": [2, 3],
+                    "padding": "same",
+                    "output_padding": [1, 0],
+                }
+            },
+        ),
+        ([7, 5, 3], {"UpSampling2D": {"size": [3, 2], "interpolation": "bilinear"}}),
+        ([7, 5, 3], {"Reshape": {"target_shape": [5, -1]}}),
+        ([7, 5, 3], {"Normalization": {"axis": None}}),
+        ([7, 5, 3], {"Normalization": {"axis": [-3, -2, -1]}}),
+        ([7, 5, 3], {"Rescaling": {"scale": [1, 2, 3], "offset": [0.5, 0, -1]}}),
     ],
 )
 def test_table_of_edge_cases(input_shape, layer):
@@ -247,6 +265,21 @@ def test_dimension_arithmetic_is_shown(args, text):
     assert text in calc.text
 
 
+@pytest.mark.parametrize(
+    ("args", "text", "value"),
+    [
+        ((16, 3, 2, "same", None), "16 * 2 = 32", 32),
+        ((16, 3, 2, "valid", None), "(16 - 1) * 2 + 3 + 0 = 33", 33),
+        ((16, 1, 3, "valid", None), "(16 - 1) * 3 + 1 + 2 = 48", 48),
+        ((16, 4, 2, "same", 1), "(16 - 1) * 2 + 4 % 2 + 1 = 31", 31),
+        ((5, 3, 1, "valid", None, 2), "(5 - 1) * 1 + 5 + 0 = 9", 9),
+    ],
+)
+def test_transposed_dimension_arithmetic_is_shown(args, text, value):
+    calc = transpose_dim(*args)
+    assert (calc.text, calc.value) == (text, value)
+
+
 def test_receptive_field_and_jump_of_a_known_stack():
     from cnnbuild.config import from_document
 
@@ -266,7 +299,7 @@ def test_receptive_field_and_jump_of_a_known_stack():
             "rf.yaml",
         )
     )
-    rows = trace(cfg).rows
+    rows = trace(cfg).rows[1:]  # after input_scaling
     # 3 -> 3 + (2-1)*1 = 4 -> 4 + (3-1)*2 = 8; jumps 1, 2, 2
     assert [(r.field.size, r.field.jump) for r in rows] == [
         ((3, 3), (1, 1)),

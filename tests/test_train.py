@@ -131,7 +131,7 @@ def test_ctrl_c_saves_and_prints_the_resume_command(write, tmp_path):
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, (proc.returncode, out, err)
+    assert proc.returncode == 130, (proc.returncode, out, err)
     assert "Traceback" not in err
     assert f"cnnbuild train --resume {run_dir}" in err
     state = json.loads((run_dir / "state.json").read_text())
@@ -176,7 +176,8 @@ def test_data_that_does_not_fit_the_model_is_refused(cli, write, tmp_path):
         "train", wrong_units, "--out", tmp_path / "b", "--dataset", f"npz:{tmp_path / 'd.npz'}"
     )
     assert result.exit_code == 1
-    assert "has 10 classes but the last layer dense has 7 units" in result.output
+    assert "last layer 'dense'" in result.output
+    assert "outputs 7 value(s) per image but the data has 10 classes" in result.output
 
 
 def test_cifar_from_data_dir_trains_and_tampered_is_refused(cli, write, tmp_path):
@@ -323,3 +324,136 @@ def test_mixed_precision_and_xla_paths_run_on_cpu(cli, write, tmp_path):
     assert model.layers[1].dtype_policy.name == "mixed_bfloat16"
     assert metrics["precision_policy"] == "mixed_bfloat16"
     keras.mixed_precision.set_global_policy("float32")
+
+
+def _npz_dataset(path, classes: int, size=(8, 8, 3), n_test: int = 12, labels=None):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (20, *size), dtype=np.uint8),
+        y_train=np.arange(20) % classes,
+        x_test=rng.integers(0, 256, (n_test, *size), dtype=np.uint8),
+        y_test=np.arange(n_test) % classes if labels is None else labels,
+    )
+    return f"npz:{path}"
+
+
+def _bare(tmp_path, name, build):
+    import keras
+
+    inputs, outputs = build(keras)
+    path = tmp_path / f"{name}.keras"
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("two_inputs", "the model takes 2 inputs"),
+        ("rank4_output", "the model's output has shape (8, 8, 3)"),
+        ("other_size", "takes images of shape (16, 16, 3) but dataset d has images of shape"),
+        ("one_sigmoid_three_classes", "1 output unit (a binary classifier) but dataset d has 3"),
+        ("five_units", "the model has 5 output units but dataset d has 3 classes"),
+    ],
+)
+def test_evaluate_checks_a_bare_model_against_the_data(cli, tmp_path, name, message):
+    def build(keras):
+        x = keras.Input((8, 8, 3))
+        flat = keras.layers.Flatten()(x)
+        if name == "two_inputs":
+            y = keras.Input((8, 8, 3))
+            both = keras.layers.Concatenate()([flat, keras.layers.Flatten()(y)])
+            return [x, y], keras.layers.Dense(3)(both)
+        if name == "rank4_output":
+            return x, keras.layers.Conv2D(3, 1)(x)
+        if name == "other_size":
+            x = keras.Input((16, 16, 3))
+            return x, keras.layers.Dense(3)(keras.layers.Flatten()(x))
+        if name == "one_sigmoid_three_classes":
+            return x, keras.layers.Dense(1, activation="sigmoid")(flat)
+        return x, keras.layers.Dense(5)(flat)
+
+    model = _bare(tmp_path, name, build)
+    dataset = _npz_dataset(tmp_path / "d.npz", 3)
+    result = cli("evaluate", model, "--dataset", dataset)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+def test_evaluate_thresholds_a_binary_output_by_its_activation(cli, tmp_path, activation):
+    """Every image scores -0.5 before the activation: as a logit that is class 0 (< 0.0);
+    as a sigmoid probability, 0.38, also class 0 (< 0.5). A 0.0 threshold on the
+    probability (the old behaviour) would call every image class 1."""
+
+    def build(keras):
+        x = keras.Input((8, 8, 3))
+        dense = keras.layers.Dense(
+            1, activation=activation, kernel_initializer="zeros", bias_initializer="zeros"
+        )
+        out = dense(keras.layers.Flatten()(x))
+        dense.bias.assign([-0.5])
+        return x, out
+
+    import numpy as np
+
+    model = _bare(tmp_path, f"binary_{activation}", build)
+    dataset = _npz_dataset(tmp_path / "d.npz", 2, labels=np.zeros(12, dtype=np.int64))
+    result = cli("evaluate", model, "--dataset", dataset)
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(
+        (tmp_path / f"binary_{activation}-evaluate/evaluation.json").read_text()
+    )
+    assert evaluation["accuracy"] == 1.0
+
+
+def test_zero_test_images_trains_and_says_so(cli, write, tmp_path):
+    dataset = _npz_dataset(tmp_path / "d.npz", 10, size=(32, 32, 3), n_test=0)
+    result = cli(
+        "train", write(TINY), "--dataset", dataset, "--out", tmp_path / "run", "--epochs", 1
+    )
+    assert result.exit_code == 0, result.output
+    assert "no test images, so no test accuracy" in result.output
+    metrics = _metrics(tmp_path / "run")
+    assert metrics["test_images"] == 0 and metrics["test_accuracy"] is None
+
+
+def test_resume_is_faithful_with_dropout_and_augmentation(cli, write, tmp_path):
+    """Interrupted after epoch 1 and resumed equals uninterrupted (4 decimals): the shuffle
+    order and every layer's RNG are derived from (seed, epoch), not from how far the
+    process got."""
+    config = write(
+        TINY.replace(
+            "  - Flatten\n",
+            "  - Flatten\n  - Dropout: {rate: 0.5}\n",
+        ).replace("layers:\n", "layers:\n  - RandomFlip: {mode: horizontal}\n")
+    )
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli("train", config, "--out", whole, "--seed", 5, "--epochs", 3).exit_code == 0
+    assert cli("train", config, "--out", parts, "--seed", 5, "--epochs", 1).exit_code == 0
+    assert cli("train", "--resume", parts, "--epochs", 3).exit_code == 0
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    first, second = (json.loads((d / "history.json").read_text()) for d in (whole, parts))
+    assert [[round(h[k], 4) for k in keys] for h in first] == [
+        [round(h[k], 4) for k in keys] for h in second
+    ]
+
+
+def test_resume_refuses_an_uncompiled_or_foreign_last_keras(cli, write, tmp_path):
+    import keras
+
+    run_dir = tmp_path / "run"
+    assert cli("train", write(TINY), "--out", run_dir, "--epochs", 1).exit_code == 0
+    keras.saving.load_model(run_dir / "last.keras", compile=False).save(run_dir / "last.keras")
+    result = cli("train", "--resume", run_dir, "--epochs", 2)
+    assert result.exit_code == 1
+    assert "holds no optimizer state (it was saved uncompiled" in result.output
+    (run_dir / "last.keras").unlink()
+    result = cli("train", "--resume", run_dir, "--epochs", 2)
+    assert result.exit_code == 1
+    assert "last.keras is missing but state.json records 1 finished epoch(s)" in result.output
+    assert "Traceback" not in result.output

@@ -1,8 +1,8 @@
 """Datasets as uint8 numpy arrays in memory: CIFAR-10/100, npz files, image folders and
 the built-in procedural ``shapes`` set.
 
-Nothing here imports TensorFlow except the ``folder`` loader (Keras'
-``image_dataset_from_directory``) and :mod:`cnnbuild.data.pipeline`.
+Nothing here imports TensorFlow except :mod:`cnnbuild.data.pipeline`; image folders are
+decoded with Pillow.
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ import numpy as np
 
 from cnnbuild.errors import DataError
 
+MAX_CLASSES = 100_000
+
 
 @dataclass
 class Data:
     """A labelled image set split into train and test.
 
-    Images are (N, H, W, C); ``scale`` is what the pipeline multiplies them by
-    (1/255 for uint8 pixels, 1 for float images that are already scaled).
+    Images are (N, H, W, C) pixel values, uint8 or float32 on the same 0..255 scale: the
+    pipeline feeds them to the model unscaled, because the model owns its scaling (a
+    ``Rescaling`` layer of the config, or the ``input_scaling`` layer added by default).
     """
 
     name: str
@@ -31,8 +34,8 @@ class Data:
     y_test: np.ndarray
     class_names: list[str]
     source: str = ""
-    scale: float = 1 / 255
     notes: list[str] = field(default_factory=list)
+    resize: str = "not resized"
 
     @property
     def num_classes(self) -> int:
@@ -54,8 +57,8 @@ class Data:
             self.y_test[:limit],
             self.class_names,
             self.source,
-            self.scale,
             list(self.notes),
+            self.resize,
         )
 
 
@@ -75,10 +78,13 @@ def tidy(
     """
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for key, value in arrays.items():
-        if not isinstance(value, np.ndarray) or value.dtype == object:
-            raise DataError(
-                f"{source}: {key} must be a numeric array; received {type(value).__name__}"
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "uif" or not value.ndim:
+            received = (
+                f"{value.dtype} array of shape {tuple(value.shape)}"
+                if isinstance(value, np.ndarray)
+                else type(value).__name__
             )
+            raise DataError(f"{source}: {key} must be a numeric array; received {received}")
     xs = []
     for key in ("x_train", "x_test"):
         x = arrays[key]
@@ -107,8 +113,16 @@ def tidy(
                 f"{source}: {key} must hold one integer label per image "
                 f"({len(x)}); received shape {tuple(arrays[key].shape)}"
             )
-        if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-            raise DataError(f"{source}: {key} must hold integer class ids >= 0")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{source}: {key} must hold integer class ids; received {y.dtype}")
+        # range-checked in the labels' own type, before any cast can wrap them
+        cap = len(class_names) if class_names else MAX_CLASSES
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= cap):
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise DataError(
+                f"{source}: {key} holds class id {bad}; class ids must be 0 to {cap - 1}"
+                + (f" ({len(class_names)} class names)" if class_names else "")
+            )
         ys.append(y.astype(np.int32))
     top = max(int(ys[0].max(initial=0)), int(ys[1].max(initial=0))) + 1
     names = list(class_names) if class_names else [str(i) for i in range(top)]
@@ -116,12 +130,17 @@ def tidy(
         raise DataError(
             f"{source}: labels go up to {top - 1} but there are only {len(names)} class names"
         )
-    if xs[0].dtype == np.uint8:
-        scale = 1 / 255
-    else:
+    notes = []
+    if xs[0].dtype != np.uint8:
         xs = [x.astype(np.float32) for x in xs]
-        scale = 1.0
-    return Data(name, xs[0], ys[0], xs[1], ys[1], names, source, scale)
+        if xs[0].size and float(np.nanmax(xs[0])) <= 1.0:
+            notes.append(
+                f"{source}: the float images are all within [0, 1]; cnnbuild feeds pixel values "
+                "to the model unscaled and the model scales them (by 1/255 unless its first "
+                "layers scale); if these images are already scaled, start the layers with "
+                "`Rescaling: {scale: 1}`"
+            )
+    return Data(name, xs[0], ys[0], xs[1], ys[1], names, source, notes)
 
 
 def describe(spec: Any) -> str:

@@ -14,11 +14,14 @@ loopback server. The SHA-256 is always checked.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import pickle
+import stat
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -33,6 +36,9 @@ from cnnbuild.errors import DataError
 
 MIRROR_ENV = "CNNBUILD_DATA_MIRROR"
 CHUNK = 1 << 16
+STALL_SECONDS = 30.0
+DEADLINE_SECONDS = 3600.0
+MAX_MEMBER_BYTES = 256 << 20  # the largest real member (cifar-100 train) is 155 MB
 
 
 @dataclass(frozen=True)
@@ -148,15 +154,28 @@ def sha256_of(path: Path) -> str:
 
 
 def download(
-    url: str, target: Path, sha256: str, *, quiet: bool = False, timeout: float = 30.0
+    url: str,
+    target: Path,
+    sha256: str,
+    *,
+    quiet: bool = False,
+    stall: float = STALL_SECONDS,
+    deadline: float = DEADLINE_SECONDS,
 ) -> Path:
     """Download ``url`` to ``target`` with a progress bar, verifying its SHA-256.
 
     The bytes go to ``target.part`` first; ``target`` appears only once complete and
-    verified, so an interrupted or corrupted download never looks like a good file.
+    verified, so an interrupted or corrupted download never looks like a good file. The
+    ``.part`` file is removed on every other exit (errors, Ctrl-C).
+
+    Args:
+        stall: seconds without a single byte, or with less than 64 KiB received, after
+            which the download is abandoned.
+        deadline: seconds the whole download may take.
 
     Raises:
-        DataError: network failure, a short read, or a checksum mismatch.
+        DataError: network or protocol failure, a stall, the deadline, a short read, or a
+            checksum mismatch.
     """
     from rich.progress import (
         BarColumn,
@@ -171,8 +190,9 @@ def download(
     part = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
     received = 0
+    start = time.monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+        with urllib.request.urlopen(url, timeout=stall) as response, open(part, "wb") as out:
             total = response.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
             progress = Progress(
@@ -184,16 +204,31 @@ def download(
                 disable=quiet,
                 transient=False,
             )
+            window_start, window_bytes = time.monotonic(), 0
             with progress:
                 task = progress.add_task(target.name, total=total)
                 while True:
-                    chunk = response.read(CHUNK)
+                    chunk = response.read1(CHUNK)
                     if not chunk:
                         break
                     out.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
+                    window_bytes += len(chunk)
                     progress.update(task, advance=len(chunk))
+                    now = time.monotonic()
+                    if now - start > deadline:
+                        raise DataError(
+                            f"download of {url} took more than {deadline:.0f}s "
+                            f"({received:,} bytes received); giving up"
+                        )
+                    if window_bytes >= CHUNK:
+                        window_start, window_bytes = now, 0
+                    elif now - window_start > stall:
+                        raise DataError(
+                            f"download of {url} stalled: less than {CHUNK:,} bytes in "
+                            f"{stall:.0f}s ({received:,} bytes received)"
+                        )
         if total is not None and received != total:
             raise DataError(
                 f"download of {url} was cut short: received {received:,} of "
@@ -202,15 +237,22 @@ def download(
     except DataError:
         part.unlink(missing_ok=True)
         raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
-        if "IncompleteRead" in type(exc).__name__ or "IncompleteRead" in str(reason):
+        if isinstance(exc, http.client.IncompleteRead):
             raise DataError(
                 f"download of {url} was cut short after {received:,} bytes; "
                 "run the command again to retry"
             ) from None
-        raise DataError(f"could not download {url}: {reason}") from None
+        if isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
+            reason = f"no data for {stall:.0f}s"
+        raise DataError(
+            f"could not download {url}: {type(exc).__name__}: {reason}".rstrip(": ")
+        ) from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     got = digest.hexdigest()
     if got != sha256:
         part.unlink(missing_ok=True)
@@ -259,16 +301,34 @@ class _Members:
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: not a readable .tar.gz archive ({exc})") from None
 
+    def _too_big(self, name: str, size: int) -> DataError:
+        return DataError(
+            f"{self.path}: {name} is {size:,} bytes, more than any CIFAR file "
+            f"({MAX_MEMBER_BYTES:,}); it was not read"
+        )
+
     def read(self, member: str) -> bytes:
         if self.folder is not None:
-            return (self.folder / member).read_bytes()
+            item = self.folder / member
+            info = item.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise DataError(f"{item}: not a regular file")
+            if info.st_size > MAX_MEMBER_BYTES:
+                raise self._too_big(str(item), info.st_size)
+            return item.read_bytes()
         name = f"{self.archive.folder}/{member}"
         try:
-            info = self.tar.getmember(name)
+            # members are scanned only up to the one wanted (getmember would read every
+            # header first, seeking past a forged size)
+            info = next((i for i in self.tar if i.name == name), None)
+            if info is None:
+                raise KeyError(name)
+            if info.isfile() and info.size > MAX_MEMBER_BYTES:
+                raise self._too_big(name, info.size)
             fh = self.tar.extractfile(info) if info.isfile() else None
             if fh is None:
                 raise KeyError(name)
-            return fh.read()
+            return fh.read(MAX_MEMBER_BYTES + 1)
         except KeyError:
             raise DataError(
                 f"{self.path}: the archive has no {name}; is it the "
@@ -323,14 +383,25 @@ def _batch(members: _Members, member: str, label_key: str) -> tuple[np.ndarray, 
         or data.ndim != 2
         or data.shape[1] != 3072
         or labels is None
-        or len(labels) != len(data)
     ):
         raise DataError(
             f"{members.path}: {member} is not a CIFAR batch (expected uint8 "
             f"data of shape (N, 3072) and {label_key} of length N)"
         )
+    ids = np.asarray(labels) if isinstance(labels, (list, np.ndarray)) else np.asarray([])
+    classes = 10 if label_key == "labels" else 100
+    if (
+        ids.ndim != 1
+        or len(ids) != len(data)
+        or (len(ids) and ids.dtype.kind not in "iu")
+        or (len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= classes))
+    ):
+        raise DataError(
+            f"{members.path}: {member}: {label_key} must be {len(data)} integer class ids "
+            f"from 0 to {classes - 1}"
+        )
     x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(x), np.asarray(labels, dtype=np.int64)
+    return np.ascontiguousarray(x), ids.astype(np.int64)
 
 
 def read_cifar(path: Path, archive: Archive) -> Data:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -10,31 +13,95 @@ import numpy as np
 from cnnbuild.data import Data, tidy
 from cnnbuild.errors import DataError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+MAX_IMAGE_BYTES = 64 << 20
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# an npz may hold at most this share of the machine's memory (its arrays are loaded whole)
+MEMORY_SHARE = 0.5
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def _header(zf: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and declared size of an ``.npy`` member, read from its header only."""
+    info = zf.getinfo(member)
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    return tuple(shape), dtype, info.file_size
+
+
+def check_npz_headers(path: Path, zf: zipfile.ZipFile) -> None:
+    """Refuse an npz whose arrays cannot be an image set, before loading any of them.
+
+    Checks each array's dtype (numbers only), rank, and declared size against the bytes
+    its member holds and against the machine's memory.
+
+    Raises:
+        DataError: naming the array, what it declares and what is expected.
+    """
+    total = 0
+    for key in NPZ_KEYS:
+        shape, dtype, stored = _header(zf, f"{key}.npy")
+        want_ranks = (3, 4) if key.startswith("x") else (1, 2)
+        kinds = "uif" if key.startswith("x") else "ui"
+        if dtype.kind not in kinds or dtype.hasobject:
+            what = "numbers (uint8 or float)" if key.startswith("x") else "integer class ids"
+            raise DataError(f"{path}: {key} holds {dtype} values; expected {what}")
+        if len(shape) not in want_ranks:
+            expected = "(N, H, W) or (N, H, W, C)" if key.startswith("x") else "(N,)"
+            raise DataError(
+                f"{path}: {key} has shape {shape}; expected an array of shape {expected}"
+            )
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > stored:
+            raise DataError(
+                f"{path}: {key} declares shape {shape} ({nbytes:,} bytes) but its file "
+                f"holds {stored:,} bytes; the file is damaged or forged"
+            )
+        total += nbytes
+    limit = int(_memory_bytes() * MEMORY_SHARE)
+    if total > limit:
+        raise DataError(
+            f"{path}: the arrays take {total:,} bytes, more than half of this machine's "
+            f"memory ({limit:,} bytes); use a smaller dataset"
+        )
 
 
 def load_npz(path: Path) -> Data:
     """An npz with ``x_train, y_train, x_test, y_test`` (Keras' mnist.npz layout).
 
-    Read with ``allow_pickle=False``: an npz cannot run code. Grayscale (N, H, W) images
-    get a channel axis.
+    The ``.npy`` headers are checked first (dtype, rank, declared size, memory), then the
+    arrays are read with ``allow_pickle=False``: an npz cannot run code. Grayscale
+    (N, H, W) images get a channel axis.
     """
     if not path.is_file():
         raise DataError(f"npz:{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in NPZ_KEYS if k not in npz.files]
+        with zipfile.ZipFile(path) as zf:
+            files = [n.removesuffix(".npy") for n in zf.namelist()]
+            missing = [k for k in NPZ_KEYS if k not in files]
             if missing:
                 raise DataError(
                     f"{path}: missing arrays {', '.join(missing)}; an npz dataset "
                     f"holds {', '.join(NPZ_KEYS)} (found: "
-                    f"{', '.join(npz.files) or 'nothing'})"
+                    f"{', '.join(files) or 'nothing'})"
                 )
+            check_npz_headers(path, zf)
+        with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in NPZ_KEYS}
             names = [str(n) for n in npz["class_names"]] if "class_names" in npz.files else None
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     return tidy(
         path.stem,
@@ -47,51 +114,123 @@ def load_npz(path: Path) -> Data:
     )
 
 
+def _image_files(path: Path) -> tuple[list[str], dict[str, list[Path]], list[str], list[Path]]:
+    """Class names, their image files, refused entries (with reasons), ignored files."""
+    classes = sorted(
+        e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and e.name[0] != "."
+    )
+    files: dict[str, list[Path]] = {}
+    refused: list[str] = []
+    ignored: list[Path] = []
+    for name in classes:
+        files[name] = []
+        for entry in sorted(os.scandir(path / name), key=lambda e: e.name):
+            item = Path(entry.path)
+            if entry.name.startswith("."):
+                continue
+            if item.suffix.lower() not in IMAGE_SUFFIXES:
+                ignored.append(item)
+                continue
+            try:
+                info = os.stat(item)  # follows a symlink: its target must be a regular file
+            except OSError as exc:
+                refused.append(f"{item} ({exc.strerror})")
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                refused.append(f"{item} (not a regular file)")
+            elif info.st_size > MAX_IMAGE_BYTES:
+                refused.append(f"{item} ({info.st_size:,} bytes; at most {MAX_IMAGE_BYTES:,})")
+            else:
+                files[name].append(item)
+    return classes, files, refused, ignored
+
+
+def _decode(item: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as uint8 (H, W, C), converted to ``mode``, resized to ``size`` (h, w)."""
+    from PIL import Image
+
+    with Image.open(item) as image:
+        image.load()
+        image = image.convert(mode)
+        if size is not None and image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
 def load_folder(
     path: Path, image_size: tuple[int, int] | None, channels: int, test_split: float, seed: int
 ) -> Data:
-    """Images in ``path/<class>/*.png|jpg|...``, read with Keras' image_dataset_from_directory.
+    """Images in ``path/<class>/*.png|jpg|jpeg|bmp|gif``, one sub-folder per class.
 
-    A fraction ``test_split`` is held out as the test set, chosen by ``seed`` (the same
-    split every time).
+    Only regular image files are read (a symlink must point to one); a device, a FIFO, an
+    oversized or undecodable file is refused, with every such file named, before training.
+    Files with other extensions (a README, labels.csv) are ignored, with a note. The test
+    set is ``test_split`` of each class (a stratified split chosen by ``seed``). Images
+    are resized (bilinear) to the model's input size; a model with a free input size
+    needs images of one size, which are then used as they are.
     """
     if not path.is_dir():
         raise DataError(f"folder:{path}: no such folder")
-    from cnnbuild.builder import keras_module
+    classes, files, refused, ignored = _image_files(path)
+    if not classes:
+        raise DataError(f"folder:{path}: no class sub-folders; expected {path}/<class>/<image>")
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels, "RGB")
+    size = tuple(image_size) if image_size and None not in image_size else None
+    images: dict[str, list[np.ndarray]] = {}
+    from PIL import Image, UnidentifiedImageError
 
-    keras = keras_module()
-    size = tuple(image_size) if image_size and None not in image_size else (256, 256)
-    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(channels, "rgb")
-    try:
-        train, test = keras.utils.image_dataset_from_directory(
-            str(path),
-            labels="inferred",
-            label_mode="int",
-            color_mode=mode,
-            batch_size=None,
-            image_size=size,
-            shuffle=True,
-            seed=seed,
-            validation_split=test_split,
-            subset="both",
-            verbose=False,
+    for name in classes:
+        images[name] = []
+        for item in files[name]:
+            try:
+                images[name].append(_decode(item, mode, size))
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+                refused.append(f"{item} (not a readable image)")
+    if refused:
+        shown = "\n  ".join(refused[:20]) + ("\n  ..." if len(refused) > 20 else "")
+        raise DataError(
+            f"folder:{path}: {len(refused)} file(s) are not regular, readable images; "
+            f"remove or fix them:\n  {shown}"
         )
-    except ValueError as exc:
-        raise DataError(f"folder:{path}: {exc}") from None
-    names = list(train.class_names)
-
-    def arrays(ds) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
-        for x, y in ds.as_numpy_iterator():
-            xs.append(np.clip(np.rint(x), 0, 255).astype(np.uint8))
-            ys.append(int(y))
-        if not xs:
+    shapes = {x.shape for xs in images.values() for x in xs}
+    if len(shapes) > 1:
+        raise DataError(
+            f"folder:{path}: images have {len(shapes)} different sizes (e.g. "
+            f"{', '.join(str(s) for s in sorted(shapes)[:3])}) and the model's input size is "
+            "free; give the config a fixed input size (images are resized to it)"
+        )
+    rng = np.random.default_rng(seed)
+    split: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "test": []}
+    for label, name in enumerate(classes):
+        order = rng.permutation(len(images[name]))
+        n_test = int(round(len(order) * test_split))
+        for rank, i in enumerate(order):
+            split["test" if rank < n_test else "train"].append((images[name][i], label))
+    for part, items in split.items():
+        if not items:
             raise DataError(
-                f"folder:{path}: the split holds no images; add more images or "
+                f"folder:{path}: the {part} split holds no images; add more images or "
                 "change train.test_split"
             )
-        return np.stack(xs), np.asarray(ys)
-
-    x_train, y_train = arrays(train)
-    x_test, y_test = arrays(test)
-    return tidy(path.name, x_train, y_train, x_test, y_test, names, str(path))
+    data = tidy(
+        path.name,
+        np.stack([x for x, _ in split["train"]]),
+        np.asarray([y for _, y in split["train"]]),
+        np.stack([x for x, _ in split["test"]]),
+        np.asarray([y for _, y in split["test"]]),
+        classes,
+        str(path),
+    )
+    data.resize = (
+        f"resized to {size[0]}x{size[1]} (bilinear), the model's input size"
+        if size
+        else "not resized (the model's input size is free)"
+    )
+    if ignored:
+        data.notes.append(
+            f"folder:{path}: ignored {len(ignored)} file(s) that are not images: "
+            + ", ".join(str(p.relative_to(path)) for p in ignored[:10])
+            + (", ..." if len(ignored) > 10 else "")
+        )
+    return data

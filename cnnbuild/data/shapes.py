@@ -63,6 +63,32 @@ def _masks(label: int, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndar
 
 def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images (uint8, (n, 32, 32, 3)) and labels (int32), balanced over the classes."""
+    images, labels, _ = _draw(n, seed)
+    return images, labels
+
+
+def generate_with_boxes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The images and labels of :func:`generate`, with each shape's bounding box.
+
+    Returns:
+        Images, labels and boxes (int32, (n, 4)): ``(row0, col0, row1, col1)``, the first
+        and last pixel rows and columns the drawn shape covers (inclusive).
+    """
+    images, labels, mask = _draw(n, seed)
+    rows, cols = mask.any(axis=2), mask.any(axis=1)
+    boxes = np.stack(
+        [
+            rows.argmax(axis=1),
+            cols.argmax(axis=1),
+            SIZE - 1 - rows[:, ::-1].argmax(axis=1),
+            SIZE - 1 - cols[:, ::-1].argmax(axis=1),
+        ],
+        axis=1,
+    )
+    return images, labels, boxes.astype(np.int32)
+
+
+def _draw(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.int32)
     r = rng.uniform(5.0, 11.0, n)[:, None, None]
@@ -86,7 +112,7 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     noise = rng.standard_normal((n, SIZE, SIZE, 3), dtype=np.float32) * 18
     images = np.where(mask[..., None], foreground.astype(np.float32), background.astype(np.float32))
     images += noise
-    return np.clip(images, 0, 255).astype(np.uint8), labels
+    return np.clip(images, 0, 255).astype(np.uint8), labels, mask
 
 
 def load_shapes(train: int = TRAIN, test: int = TEST, seed: int = SEED) -> Data:

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, model_validator
 
+from cnnbuild.catalog import LOGIT_LOSSES, LOSS_NAMES  # noqa: F401 - re-exported
 from cnnbuild.schema.types import Bool, Choice, Float, Int, Seed, choice, is_number
 
 _COMMON_OPT = (
@@ -39,31 +40,7 @@ OPTIMIZERS: dict[str, tuple[str, ...]] = {
     ),
     "lion": ("beta_1", "beta_2"),
 }
-LOSSES = (
-    "sparse_categorical_crossentropy",
-    "categorical_crossentropy",
-    "binary_crossentropy",
-    "binary_focal_crossentropy",
-    "categorical_focal_crossentropy",
-    "categorical_hinge",
-    "hinge",
-    "squared_hinge",
-    "kl_divergence",
-    "poisson",
-    "mean_squared_error",
-    "mean_absolute_error",
-    "huber",
-    "log_cosh",
-)
-LOGIT_LOSSES = frozenset(
-    {
-        "sparse_categorical_crossentropy",
-        "categorical_crossentropy",
-        "binary_crossentropy",
-        "binary_focal_crossentropy",
-        "categorical_focal_crossentropy",
-    }
-)
+LOSSES = LOSS_NAMES  # described once, in cnnbuild.catalog
 METRICS = (
     "accuracy",
     "sparse_categorical_accuracy",
@@ -145,7 +122,7 @@ class CompileConfig(Strict):
 
     optimizer: Optimizer = {"adam": {}}
     loss: Choice(LOSSES, "loss") = "sparse_categorical_crossentropy"
-    from_logits: Bool = False
+    from_logits: Bool | None = None
     metrics: list[Choice(METRICS, "metric")] = ["accuracy"]
 
 

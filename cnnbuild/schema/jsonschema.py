@@ -7,15 +7,19 @@ import json
 from typing import Any
 
 from cnnbuild.catalog import REGISTRY
-from cnnbuild.config import BLOCK_KINDS, MERGES, TOP_KEYS
+from cnnbuild.config import TOP_KEYS
+from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
+from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
 from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
-TEMPLATE_NAME = r"^[a-z_][A-Za-z0-9_]*$"
+TEMPLATE_NAME = f"^{_TEMPLATE_NAME}$"
 
 
 def _draft07(node: Any) -> Any:
     """Rewrite pydantic's 2020-12 output (``$defs``, ``prefixItems``) as draft-07."""
+    if node == LAYER_REF:
+        return {"$ref": "#/definitions/layer"}
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
@@ -47,8 +51,8 @@ def _model(model: type, defs: dict, extra: dict | None = None) -> dict:
 
 PARAM = {
     "type": "string",
-    "pattern": r"^\$[A-Za-z_][A-Za-z0-9_]*$",
-    "description": "a parameter of the block ($name)",
+    "pattern": r"\$[A-Za-z_][A-Za-z0-9_]*",
+    "description": "a parameter of the block ($name) or integer arithmetic ($filters * 4)",
 }
 
 
@@ -93,34 +97,9 @@ def json_schema() -> dict:
             "oneOf": [{"$ref": f"#/definitions/{kind.name}"}, {"type": "null"}]
         }
     layer_list = {"type": "array", "items": {"$ref": "#/definitions/layer"}}
-    merge = {"enum": list(MERGES)}
-    defs["Residual"] = {
-        "type": "object",
-        "required": ["main"],
-        "additionalProperties": False,
-        "description": "main path and shortcut (identity when omitted), merged (Add)",
-        "properties": {
-            "main": layer_list,
-            "shortcut": {"oneOf": [layer_list, {"type": "null"}]},
-            "merge": merge,
-            "name": {"type": "string"},
-            "axis": {"type": "integer"},
-            **structural,
-        },
-    }
-    defs["Parallel"] = {
-        "type": "object",
-        "required": ["branches"],
-        "additionalProperties": False,
-        "description": "branches from the same input, merged (Concatenate)",
-        "properties": {
-            "branches": {"type": "array", "items": layer_list, "minItems": 2},
-            "merge": merge,
-            "name": {"type": "string"},
-            "axis": {"type": "integer"},
-            **structural,
-        },
-    }
+    for kind, model in BLOCK_MODELS.items():
+        defs[kind] = _model(model, defs, structural)
+        defs[kind]["description"] = (model.__doc__ or "").strip()
     for kind in BLOCK_KINDS:
         layer_props[kind] = {"$ref": f"#/definitions/{kind}"}
     defs["layer"] = {
@@ -145,6 +124,9 @@ def json_schema() -> dict:
     for name in sorted(templated):
         defs[f"template_{name}"] = _in_template(defs[name], templated, name in REGISTRY)
     template_list = {"type": "array", "items": {"$ref": "#/definitions/template_layer"}}
+    template = _model(Template, defs)
+    template["properties"]["layers"] = template_list
+    template["description"] = "a reusable block, used like a layer: `- NAME: {param: value}`"
     props = {
         "name": {"type": "string"},
         "description": {"type": "string"},
@@ -163,16 +145,7 @@ def json_schema() -> dict:
         "blocks": {
             "type": "object",
             "propertyNames": {"pattern": TEMPLATE_NAME},
-            "additionalProperties": {
-                "type": "object",
-                "required": ["layers"],
-                "additionalProperties": False,
-                "properties": {
-                    "params": {"type": ["array", "object"]},
-                    "layers": template_list,
-                    "description": {"type": "string"},
-                },
-            },
+            "additionalProperties": template,
         },
         "compile": _model(CompileConfig, defs),
         "train": _model(TrainConfig, defs),

@@ -6,15 +6,16 @@ layer's signature, so the schema cannot drift from Keras silently.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, model_validator
 
 from cnnbuild.schema.types import (
     ACTIVATIONS,
     DTYPES,
     FILL_MODES,
     INTERPOLATIONS,
+    MAX_INT,
     Bool,
     Choice,
     Constraint,
@@ -24,6 +25,7 @@ from cnnbuild.schema.types import (
     Initializer,
     Int,
     LayerName,
+    Numbers,
     Padding,
     Padding2D,
     Pair,
@@ -80,6 +82,37 @@ class Conv2D(LayerArgs):
             raise ValueError(
                 "the number of filters must be evenly divisible by the number "
                 f"of groups; received groups={self.groups}, filters={self.filters}"
+            )
+        return self
+
+
+class Conv2DTranspose(LayerArgs):
+    filters: PosInt
+    kernel_size: Pair(1)
+    strides: Pair(1) = (1, 1)
+    padding: Padding = "valid"
+    output_padding: Pair(0) | None = None
+    data_format: DataFormat = None
+    dilation_rate: Pair(1) = (1, 1)
+    activation: ActivationName = None
+    use_bias: Bool = True
+    kernel_initializer: Initializer = "glorot_uniform"
+    bias_initializer: Initializer = "zeros"
+    kernel_regularizer: Regularizer = None
+    bias_regularizer: Regularizer = None
+    activity_regularizer: Regularizer = None
+    kernel_constraint: Constraint = None
+    bias_constraint: Constraint = None
+
+    @model_validator(mode="after")
+    def _keras_rules(self) -> Conv2DTranspose:
+        _strides_or_dilation(self)
+        if self.output_padding is not None and any(
+            p >= s for p, s in zip(self.output_padding, self.strides, strict=True)
+        ):
+            raise ValueError(
+                "output_padding must be smaller than strides on each axis; received "
+                f"strides={list(self.strides)}, output_padding={list(self.output_padding)}"
             )
         return self
 
@@ -202,10 +235,26 @@ class BatchNormalization(LayerArgs):
     gamma_constraint: Constraint = None
     renorm: Bool = False
     renorm_clipping: (
-        dict[Choice(("rmax", "rmin", "dmax"), "renorm_clipping key"), Float(0.0)] | None
+        dict[Choice(("rmax", "rmin", "dmax"), "renorm_clipping key"), Float()] | None
     ) = None
     renorm_momentum: Float(0.0, 1.0) = 0.99
     synchronized: Bool = False
+
+    @model_validator(mode="after")
+    def _keras_rules(self) -> BatchNormalization:
+        clip = self.renorm_clipping or {}
+        if not self.renorm:
+            return self  # Keras reads renorm_clipping only with renorm: true
+        if "rmax" in clip and "rmin" in clip and clip["rmax"] < clip["rmin"]:
+            raise ValueError(
+                "renorm_clipping: rmax should be greater than rmin; received "
+                f"rmax={clip['rmax']:g}, rmin={clip['rmin']:g}"
+            )
+        if clip.get("dmax", 0.0) < 0:
+            raise ValueError(
+                f"renorm_clipping: dmax should be non-negative; received dmax={clip['dmax']:g}"
+            )
+        return self
 
 
 class LayerNormalization(LayerArgs):
@@ -228,7 +277,7 @@ class Activation(LayerArgs):
 class ReLU(LayerArgs):
     max_value: Float(0.0) | None = None
     negative_slope: Float(0.0) = 0.0
-    threshold: Float() = 0.0
+    threshold: Float(0.0) = 0.0
 
 
 class ZeroPadding2D(LayerArgs):
@@ -242,8 +291,85 @@ class Cropping2D(LayerArgs):
 
 
 class Rescaling(LayerArgs):
-    scale: Float()
-    offset: Float() = 0.0
+    """``x * scale + offset``; a list gives one value per channel."""
+
+    scale: Numbers
+    offset: Numbers = 0.0
+
+
+class Normalization(LayerArgs):
+    """``(x - mean) / sqrt(variance)`` per channel; without mean/variance, ``train``
+    adapts them on the training images."""
+
+    axis: AxisList | None = -1
+    mean: Numbers | None = None
+    variance: Numbers | None = None
+    invert: Bool = False
+
+    @model_validator(mode="after")
+    def _keras_rules(self) -> Normalization:
+        if (self.mean is None) != (self.variance is None):
+            raise ValueError(
+                "when setting values directly, both mean and variance must be set; "
+                f"received mean={self.mean}, variance={self.variance}"
+            )
+        if self.mean is not None:
+            rank = [0 if isinstance(v, float) else 1 for v in (self.mean, self.variance)]
+            sizes = [1 if isinstance(v, float) else len(v) for v in (self.mean, self.variance)]
+            if rank[0] != rank[1] or sizes[0] != sizes[1]:
+                raise ValueError(
+                    "mean and variance must have the same shape; received "
+                    f"mean={list(_as_tuple(self.mean))}, variance={list(_as_tuple(self.variance))}"
+                )
+            axes = 0 if self.axis is None else 1 if isinstance(self.axis, int) else len(self.axis)
+            if rank[0] > axes:
+                raise ValueError(
+                    f"a list mean needs an axis to apply along; received axis={self.axis}"
+                )
+        return self
+
+
+def _as_tuple(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    return (value,) if isinstance(value, float) else value
+
+
+def _target_shape(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"expected a list of integers; received {value!r}")
+    items = tuple(value)
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected a list of integers; received {list(value)}")
+        if v < -1 or v > MAX_INT:
+            raise ValueError(
+                "each dimension of target_shape must be a non-negative integer, or -1 "
+                f"for a single unknown dimension; received target_shape={list(value)}"
+            )
+    if items.count(-1) > 1:
+        raise ValueError(
+            f"target_shape may hold at most one -1; received target_shape={list(value)}"
+        )
+    return items
+
+
+class Reshape(LayerArgs):
+    target_shape: Annotated[
+        tuple[int, ...],
+        BeforeValidator(_target_shape),
+        WithJsonSchema(
+            {
+                "type": "array",
+                "items": {"type": "integer", "minimum": -1, "maximum": MAX_INT},
+                "minItems": 1,
+            }
+        ),
+    ]
+
+
+class UpSampling2D(LayerArgs):
+    size: Pair(1) = (2, 2)
+    data_format: DataFormat = None
+    interpolation: Choice(INTERPOLATIONS, "interpolation") = "nearest"
 
 
 class Resizing(LayerArgs):
@@ -275,8 +401,8 @@ class _RandomAffine(LayerArgs):
 
 
 class RandomTranslation(_RandomAffine):
-    height_factor: Factor
-    width_factor: Factor
+    height_factor: Factor(-1.0, 1.0)
+    width_factor: Factor(-1.0, 1.0)
 
 
 class RandomCrop(LayerArgs):
@@ -287,16 +413,16 @@ class RandomCrop(LayerArgs):
 
 
 class RandomRotation(_RandomAffine):
-    factor: Factor
+    factor: Factor(-1.0, 1.0, each=False)
 
 
 class RandomZoom(_RandomAffine):
-    height_factor: Factor
-    width_factor: Factor | None = None
+    height_factor: Factor(-1.0, 1.0, lo_open=True)
+    width_factor: Factor(-1.0, 1.0, lo_open=True) | None = None
 
 
 class RandomContrast(LayerArgs):
-    factor: Factor
+    factor: Factor(0.0, 1.0, each=False)
     value_range: tuple[Float(), Float()] = (0, 255)
     seed: Seed = None
 

@@ -100,6 +100,10 @@ KERAS_CLASS = {
 }
 
 
+MAX_INT = 2**31 - 1
+"""The largest size TensorFlow takes in a shape or a layer argument (an int32)."""
+
+
 def _received(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -113,7 +117,14 @@ def is_number(value: Any) -> bool:
     return (is_int(value) or isinstance(value, float)) and not isinstance(value, bool)
 
 
-def int_check(lo: int | None = None, hi: int | None = None):
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond a float's range
+        return False
+
+
+def int_check(lo: int | None = None, hi: int | None = MAX_INT):
     def check(value: Any) -> int:
         if not is_int(value):
             raise ValueError(f"expected an integer; received {_received(value)}")
@@ -134,7 +145,7 @@ def float_check(
     hi_open: bool = False,
 ):
     def check(value: Any) -> float:
-        if not is_number(value) or not math.isfinite(value):
+        if not is_number(value) or not _finite(value):
             raise ValueError(f"expected a finite number; received {_received(value)}")
         if lo is not None and (value <= lo if lo_open else value < lo):
             raise ValueError(f"expected a number {'>' if lo_open else '>='} {lo}; received {value}")
@@ -145,14 +156,18 @@ def float_check(
     return check
 
 
-def _int_schema(lo: int | None) -> dict:
-    return {"type": "integer", **({"minimum": lo} if lo is not None else {})}
-
-
-def Int(lo: int | None = None, hi: int | None = None) -> Any:  # noqa: N802 - a type factory
-    schema = _int_schema(lo)
+def _int_schema(lo: int | None, hi: int | None = MAX_INT) -> dict:
+    schema: dict = {"type": "integer"}
+    if lo is not None:
+        schema["minimum"] = lo
     if hi is not None:
         schema["maximum"] = hi
+    return schema
+
+
+def Int(lo: int | None = None, hi: int | None = MAX_INT) -> Any:  # noqa: N802 - a type factory
+    """An integer in ``[lo, hi]``; ``hi`` defaults to what TensorFlow holds (int32)."""
+    schema = _int_schema(lo, hi)
     return Annotated[int, BeforeValidator(int_check(lo, hi)), WithJsonSchema(schema)]
 
 
@@ -198,6 +213,8 @@ def Pair(lo: int = 1) -> Any:  # noqa: N802
             )
         if min(items) < lo:
             raise ValueError(f"expected values >= {lo}; received {_received(value)}")
+        if max(items) > MAX_INT:
+            raise ValueError(f"expected values <= {MAX_INT}; received {_received(value)}")
         return items  # type: ignore[return-value]
 
     item = _int_schema(lo)
@@ -224,12 +241,12 @@ def _padding_2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
             raise bad
     else:
         raise bad
-    if min(out[0] + out[1]) < 0:
+    if min(out[0] + out[1]) < 0 or max(out[0] + out[1]) > MAX_INT:
         raise bad
     return out  # type: ignore[return-value]
 
 
-_nonneg = {"type": "integer", "minimum": 0}
+_nonneg = {"type": "integer", "minimum": 0, "maximum": MAX_INT}
 Padding2D = Annotated[
     tuple[tuple[int, int], tuple[int, int]],
     BeforeValidator(_padding_2d),
@@ -343,8 +360,8 @@ Regularizer = Named(REGULARIZERS, "regularizer")
 Constraint = Named(CONSTRAINTS, "constraint")
 Seed = Annotated[
     int | None,
-    BeforeValidator(lambda v: None if v is None else int_check(0)(v)),
-    WithJsonSchema({"type": ["integer", "null"], "minimum": 0}),
+    BeforeValidator(lambda v: None if v is None else int_check(0, 2**32 - 1)(v)),
+    WithJsonSchema({"type": ["integer", "null"], "minimum": 0, "maximum": 2**32 - 1}),
 ]
 Padding = Choice(("valid", "same"), "padding")
 
@@ -365,29 +382,92 @@ DataFormat = Annotated[
 ]
 
 
-def _factor(value: Any) -> Any:
-    """A random-augmentation factor: a number, or a [lower, upper] pair of numbers."""
-    if is_number(value):
+def _factor_check(lo: float, hi: float, *, each: bool, lo_open: bool):
+    """Keras' checks of an augmentation factor (a number or a [lower, upper] pair).
+
+    ``each``: every number must lie in the range (RandomTranslation, RandomZoom);
+    otherwise Keras' base rule: a number in the range, or a pair whose first value is
+    at most ``hi`` and whose second is at least ``lo`` (RandomRotation, RandomContrast).
+    """
+    where = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+
+    def inside(x: float) -> bool:
+        return (x > lo if lo_open else x >= lo) and x <= hi
+
+    def check(value: Any) -> Any:
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        if not (is_number(value) and _finite(value)) and not (
+            pair and all(is_number(v) and _finite(v) for v in value)
+        ):
+            raise ValueError(
+                f"expected a number or a list [lower, upper]; received {_received(value)}"
+            )
+        if not pair:
+            ok = inside(value)
+        elif each:
+            ok = all(map(inside, value))
+        else:
+            ok = value[0] <= hi and value[1] >= lo
+        if not ok:
+            raise ValueError(
+                f"expected {'numbers' if pair else 'a number'} in the range {where}; "
+                f"received {_received(value)}"
+            )
+        return float(value) if not pair else (float(value[0]), float(value[1]))
+
+    return check
+
+
+def Factor(lo: float = -1.0, hi: float = 1.0, *, each: bool = True, lo_open: bool = False) -> Any:  # noqa: N802
+    number = {"type": "number", "maximum": hi}
+    number["exclusiveMinimum" if lo_open else "minimum"] = lo
+    return Annotated[
+        Any,
+        BeforeValidator(_factor_check(lo, hi, each=each, lo_open=lo_open)),
+        WithJsonSchema(
+            {
+                "oneOf": [
+                    number,
+                    {
+                        "type": "array",
+                        "items": number if each else {"type": "number"},
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
+                ]
+            }
+        ),
+    ]
+
+
+def _numbers(value: Any) -> Any:
+    """A number, or a non-empty list of numbers (one per channel)."""
+    if is_number(value) and _finite(value):
         return float(value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_number, value)):
-        if value[0] > value[1]:
-            raise ValueError(f"expected lower <= upper; received {list(value)}")
-        return (float(value[0]), float(value[1]))
-    raise ValueError(f"expected a number or a list [lower, upper]; received {_received(value)}")
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(is_number(v) and _finite(v) for v in value)
+    ):
+        return tuple(float(v) for v in value)
+    raise ValueError(
+        f"expected a finite number or a list of finite numbers; received {_received(value)}"
+    )
 
 
-Factor = Annotated[
+Numbers = Annotated[
     Any,
-    BeforeValidator(_factor),
+    BeforeValidator(_numbers),
     WithJsonSchema(
         {
             "oneOf": [
                 {"type": "number"},
-                {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                {"type": "array", "items": {"type": "number"}, "minItems": 1},
             ]
         }
     ),
 ]
+"""A number or a per-channel list of numbers (Rescaling, Normalization)."""
 
 
 def _name(value: Any) -> str:

@@ -1,0 +1,233 @@
+"""Evaluation on a test set: a run's best model or a bare ``.keras`` file, checked against
+the data before anything runs; loss, accuracy, per-class accuracy and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from cnnbuild.catalog import one_hot_classes
+from cnnbuild.data import Data
+from cnnbuild.errors import DataError, RunError, UsageError, shape_str
+from cnnbuild.io import os_errors, write_json
+from cnnbuild.train.settings import (
+    check_data,
+    load_data,
+    resolve_train,
+    stdout_console,
+)
+from cnnbuild.validate import load_config
+
+
+def load_model(keras: Any, path: Path, compile: bool = False) -> Any:
+    """Load a saved model with Keras' safe_mode on (no Lambda or arbitrary code).
+
+    With ``compile``, the optimizer comes back with its state (step count, moments, the
+    learning-rate schedule), which is what a resume needs.
+    """
+    from cnnbuild.builder import load_model as load_deep
+
+    try:
+        return load_deep(path, safe_mode=True, compile=compile)
+    except Exception as exc:  # Keras raises many types for a bad file
+        raise RunError(f"{path}: cannot load the model: {exc}") from None
+
+
+def output_activation(model: Any) -> str:
+    """The activation the model's last layer applies (``softmax``, ``sigmoid``, ``linear``)."""
+    last = model.layers[-1]
+    if type(last).__name__ == "Softmax":
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
+
+
+def check_bare_model(model: Any, path: Path, data: Data) -> None:
+    """Refuse a model that cannot score the data: inputs, output rank and units, image size
+    and channels.
+
+    Raises:
+        DataError: naming what the model has and what the data has.
+    """
+    where = f"{path}"
+    if len(model.inputs) != 1:
+        raise DataError(
+            f"{where}: the model takes {len(model.inputs)} inputs; evaluate feeds one batch "
+            f"of images of shape {shape_str(data.image_shape)}"
+        )
+    if len(model.outputs) != 1:
+        raise DataError(
+            f"{where}: the model has {len(model.outputs)} outputs; evaluate scores one "
+            "output of class scores"
+        )
+    want = tuple(model.inputs[0].shape[1:])
+    have = data.image_shape
+    if len(want) != len(have) or any(
+        w is not None and w != h for w, h in zip(want, have, strict=False)
+    ):
+        raise DataError(
+            f"{where}: the model takes images of shape {shape_str(want)} but dataset "
+            f"{data.name} has images of shape {shape_str(have)}"
+        )
+    out = tuple(model.outputs[0].shape[1:])
+    if len(out) != 1 or out[0] is None:
+        raise DataError(
+            f"{where}: the model's output has shape {shape_str(out)}; evaluate needs one "
+            f"score per class, (units,), for dataset {data.name} ({data.num_classes} classes)"
+        )
+    units = int(out[0])
+    if units == 1 and data.num_classes != 2:
+        raise DataError(
+            f"{where}: the model has 1 output unit (a binary classifier) but dataset "
+            f"{data.name} has {data.num_classes} classes"
+        )
+    if units != 1 and units != data.num_classes:
+        raise DataError(
+            f"{where}: the model has {units} output units but dataset {data.name} has "
+            f"{data.num_classes} classes"
+        )
+
+
+def evaluate_model(
+    model: Any,
+    data: Data,
+    batch_size: int,
+    one_hot: int | None,
+    out_dir: Path,
+    title: str,
+) -> dict:
+    """Test loss, accuracy, per-class accuracy; writes ``confusion.png`` into ``out_dir``.
+
+    One output unit is a binary classifier: its score is thresholded at 0.5 when the
+    output layer applies a sigmoid (a probability), else at 0.0 (a logit).
+    """
+    from cnnbuild.data.pipeline import make_pipeline
+    from cnnbuild.plots import confusion
+
+    ds = make_pipeline(
+        data.x_test,
+        data.y_test,
+        batch_size=batch_size,
+        training=False,
+        one_hot=one_hot,
+    )
+    scores = model.evaluate(ds, verbose=0, return_dict=True)
+    outputs = np.asarray(model.predict(ds, verbose=0), dtype=np.float32)
+    if outputs.ndim == 2 and outputs.shape[1] > 1:
+        predicted = outputs.argmax(axis=1)
+    else:
+        threshold = 0.5 if output_activation(model) == "sigmoid" else 0.0
+        predicted = (outputs.reshape(-1) > threshold).astype(int)
+    n = data.num_classes
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (data.y_test, np.clip(predicted, 0, n - 1)), 1)
+    confusion(matrix, data.class_names, out_dir / "confusion.png", title)
+    totals = matrix.sum(axis=1)
+    per_class = {
+        name: (round(float(matrix[i, i] / totals[i]), 4) if totals[i] else None)
+        for i, name in enumerate(data.class_names)
+    }
+    accuracy = float(np.trace(matrix) / max(matrix.sum(), 1))
+    return {
+        "loss": float(scores.get("loss", float("nan"))),
+        "accuracy": round(accuracy, 4),
+        "per_class": per_class,
+        "confusion": matrix.tolist(),
+    }
+
+
+def _bare_loss(keras: Any, model: Any) -> Any:
+    activation = output_activation(model)
+    if int(model.outputs[0].shape[-1]) == 1:
+        return keras.losses.BinaryCrossentropy(from_logits=activation != "sigmoid")
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=activation != "softmax")
+
+
+def evaluate(
+    target: Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    console: Console | None = None,
+    verbose: bool = False,
+) -> dict:
+    """Evaluate a run directory's best model (or a .keras file) on a test set.
+
+    Writes ``evaluation.json`` and ``confusion.png`` into ``<run>/evaluate/`` (or
+    ``<model>-evaluate/`` beside a .keras file), never over the run's own files.
+
+    Raises:
+        UsageError: the target is neither a run directory nor a .keras file.
+        DataError: the model does not fit the data, or the data has no test images.
+    """
+    console = console or stdout_console()
+    cfg = None
+    if target.is_dir():
+        model_path = target / "model.keras"
+        if not model_path.is_file():
+            raise UsageError(f"{target}: no model.keras in this folder; is it a run directory?")
+        cfg = load_config(target / "config.yaml")
+        out_dir = target / "evaluate"
+    elif target.suffix == ".keras" and target.is_file():
+        model_path = target
+        out_dir = target.with_name(target.stem + "-evaluate")
+    else:
+        raise UsageError(f"{target}: expected a run directory or a .keras file")
+    from cnnbuild.builder import keras_module
+
+    keras = keras_module(verbose)
+    model = load_model(keras, model_path)
+    overrides = {"dataset": dataset, "data_dir": data_dir, "limit": limit, "batch_size": batch_size}
+    settings = resolve_train(cfg, overrides)
+    if len(model.inputs) != 1:
+        raise DataError(
+            f"{model_path}: the model takes {len(model.inputs)} inputs; evaluate feeds one "
+            "batch of images"
+        )
+    data = load_data(tuple(model.inputs[0].shape[1:]), settings, quiet=not console.is_terminal)
+    if not len(data.x_test):
+        raise DataError(f"dataset {data.name}: no test images to evaluate on")
+    if cfg is not None:
+        check_data(cfg, data)
+        from cnnbuild.builder import make_loss
+
+        loss = make_loss(cfg)
+        one_hot = one_hot_classes(cfg.compile.loss, data.num_classes)
+    else:
+        check_bare_model(model, model_path, data)
+        loss = _bare_loss(keras, model)
+        one_hot = None
+    model.compile(loss=loss)
+    with os_errors(out_dir):
+        result = evaluate_model(
+            model, data, settings.batch_size, one_hot, out_dir, f"{model_path} on {data.name}"
+        )
+        result.update(model=str(model_path), dataset=data.name, test_images=len(data.x_test))
+        write_json(out_dir / "evaluation.json", result)
+    return result
+
+
+def print_evaluation(console: Console, result: dict) -> None:
+    from rich.table import Table
+
+    console.print(
+        f"{result['model']} on {result['dataset']} ({result['test_images']:,} test "
+        f"images): test accuracy {result['accuracy']:.4f}  test loss "
+        f"{result['loss']:.4f}",
+        highlight=False,
+    )
+    table = Table(title="per-class accuracy")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    table.add_column("images", justify="right")
+    for i, (name, acc) in enumerate(result["per_class"].items()):
+        table.add_row(
+            name, "-" if acc is None else f"{acc:.4f}", f"{sum(result['confusion'][i]):,}"
+        )
+    console.print(table)

@@ -1,0 +1,215 @@
+"""Settings of a run: the ``train:`` section with CLI overrides, the device, the data
+and its fit to the model, the learning-rate schedule, and the one console factory."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from rich.console import Console
+
+from cnnbuild.catalog import label_problem, resolved_compile
+from cnnbuild.config import ModelConfig
+from cnnbuild.data import Data, load_dataset
+from cnnbuild.errors import DataError, RunError, UsageError, shape_str
+from cnnbuild.precision import FLOAT32, policy_name
+from cnnbuild.schema.config import TrainConfig
+from cnnbuild.trace import trace
+
+CPU_STEPS_PER_EXECUTION = 8
+GPU_STEPS_PER_EXECUTION = 32
+
+
+def stdout_console() -> Console:
+    """The console every command prints to: stdout, plain lines off a terminal."""
+    return Console(file=sys.stdout, highlight=False, soft_wrap=not sys.stdout.isatty())
+
+
+def resolve_train(cfg: ModelConfig | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The config's ``train:`` section (defaults without a config) with CLI overrides
+    applied and checked.
+
+    Raises:
+        UsageError: an override is out of range or of the wrong type.
+    """
+    base = cfg.doc.data.get("train") if cfg and isinstance(cfg.doc.data, dict) else None
+    merged = {**(base or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise UsageError(problems) from None
+
+
+def _absolute(value: str | None, base: Path) -> str | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def resolved_config(cfg: ModelConfig, settings: TrainConfig) -> dict:
+    """The config as it ran: ``train:`` fully spelled out, data paths made absolute."""
+    data = dict(cfg.doc.data)
+    train = settings.model_dump(mode="json", exclude_none=True)
+    cwd = Path.cwd()
+    if isinstance(settings.dataset, dict):
+        ((kind, path),) = settings.dataset.items()
+        train["dataset"] = {kind: _absolute(path, cwd)}
+    if settings.data_dir:
+        train["data_dir"] = _absolute(settings.data_dir, cwd)
+    data["train"] = train
+    data["compile"] = resolved_compile(cfg)
+    return data
+
+
+@dataclass
+class Device:
+    kind: str  # "cpu" or "gpu"
+    name: str
+    mixed_precision: bool
+    jit_compile: bool
+    steps_per_execution: int
+    policy: str = "float32"  # the Keras dtype policy (see cnnbuild.precision)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def select_device(settings: TrainConfig) -> Device:
+    """Pick CPU or GPU and the settings that suit it, the dtype policy included.
+
+    Raises:
+        RunError: ``device: gpu`` when TensorFlow sees no GPU.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    kind = settings.device
+    if kind == "gpu" and not gpus:
+        raise RunError(
+            "--device gpu: TensorFlow sees no GPU on this machine "
+            "(tf.config.list_physical_devices('GPU') is empty); check the CUDA "
+            "driver, or use --device cpu"
+        )
+    if kind == "auto":
+        kind = "gpu" if gpus else "cpu"
+    if kind == "cpu":
+        if gpus:
+            tf.config.set_visible_devices([], "GPU")
+        name = _cpu_name()
+    else:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        name = details.get("device_name", gpus[0].name)
+    on_gpu = kind == "gpu"
+    policy = policy_name(kind, settings.mixed_precision)
+    return Device(
+        kind=kind,
+        name=name,
+        mixed_precision=policy != FLOAT32,
+        jit_compile=settings.jit_compile if settings.jit_compile is not None else on_gpu,
+        steps_per_execution=settings.steps_per_execution
+        or (GPU_STEPS_PER_EXECUTION if on_gpu else CPU_STEPS_PER_EXECUTION),
+        policy=policy,
+    )
+
+
+def check_data(cfg: ModelConfig, data: Data) -> None:
+    """Refuse data that does not fit the model: image shape and number of classes.
+
+    Raises:
+        DataError: saying what the data has and what the config expects.
+    """
+    want = cfg.input_shape
+    have = data.image_shape
+    if len(want) != len(have) or any(
+        w is not None and w != h for w, h in zip(want, have, strict=False)
+    ):
+        hint = (
+            f"set input: {list(have)}"
+            if want[-1] == have[-1]
+            else f"set input: {list(have)} (the data has {have[-1]} channel(s))"
+        )
+        raise DataError(
+            f"{cfg.file}: dataset {data.name} has images of shape "
+            f"{shape_str(have)} but the config's input is {shape_str(want)}; "
+            f"{hint}, or use input: [null, null, {have[-1]}] with a Resizing "
+            "layer"
+        )
+    out = trace(cfg).output_shape
+    problem = label_problem(cfg.compile.loss, data.num_classes, out[-1] if out else None)
+    if problem:
+        raise DataError(f"{cfg.file}: dataset {data.name} and last layer {cfg.output!r}: {problem}")
+
+
+def split_validation(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out ``fraction`` of the training set for validation, chosen by ``seed``."""
+    n_val = int(round(len(x) * fraction))
+    if fraction > 0 and n_val == 0:
+        n_val = 1
+    order = np.random.default_rng(seed).permutation(len(x))
+    val, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return x[tr], y[tr], x[val], y[val]
+
+
+def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:
+    """The dataset ``settings`` name, read for a model whose input is ``shape``."""
+    data = load_dataset(
+        settings.dataset,
+        data_dir=settings.data_dir,
+        image_size=shape[:2] if len(shape) == 3 else None,
+        channels=shape[-1] or 3,
+        test_split=settings.test_split,
+        seed=settings.seed if settings.seed is not None else 1337,
+        quiet=quiet,
+    )
+    return data.limited(settings.limit)
+
+
+def make_schedule(keras: Any, cfg: ModelConfig, settings: TrainConfig, steps_per_epoch: int) -> Any:
+    """The learning rate: the optimizer's, or a Keras schedule built from ``lr_schedule``."""
+    if settings.lr_schedule is None:
+        return None
+    ((name, args),) = cfg.compile.optimizer.items()
+    base = args.get("learning_rate")
+    if base is None:
+        base = float(np.asarray(keras.optimizers.get(name).learning_rate))
+    total = settings.epochs * steps_per_epoch
+    if settings.lr_schedule.cosine is not None:
+        cos = settings.lr_schedule.cosine
+        warmup = min(int(cos.warmup_epochs * steps_per_epoch), total - 1)
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0,
+                max(total - warmup, 1),
+                alpha=cos.alpha,
+                warmup_target=base,
+                warmup_steps=warmup,
+            )
+        return keras.optimizers.schedules.CosineDecay(base, total, alpha=cos.alpha)
+    step = settings.lr_schedule.step
+    bounds = list(
+        range(step.every_epochs * steps_per_epoch, total, step.every_epochs * steps_per_epoch)
+    )
+    values = [base * step.factor**k for k in range(len(bounds) + 1)]
+    if not bounds:
+        return base
+    return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)

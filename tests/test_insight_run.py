@@ -1,0 +1,228 @@
+"""A trained ``shapes_demo`` run seen from the inside: gradients.json, report.html in a
+real headless Chromium, ``show`` (feature maps, filters, Grad-CAM, top-k) and ``report``."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cnnbuild.cli import app
+from tests.conftest import CONFIGS
+
+pytestmark = pytest.mark.slow
+
+LIMIT, EPOCHS = 6000, 6
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+IMAGES_LOADED = (
+    "<script>addEventListener('load',function(){var i=[].slice.call(document.images);"
+    "document.body.setAttribute('data-images',i.filter(function(m){return m.complete&&"
+    "m.naturalWidth>0}).length+'/'+i.length)})</script>"
+)
+
+
+def _run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo config trained briefly (seeded by the config): a real run directory."""
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = _run(
+        "train", CONFIGS / "shapes_demo.yaml", "--limit", LIMIT, "--epochs", EPOCHS, "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_demo_run_has_gradient_flow_and_a_self_contained_report(demo_run):
+    grads = json.loads((demo_run / "gradients.json").read_text())
+    assert [e["epoch"] for e in grads["epochs"]] == list(range(1, EPOCHS + 1))
+    assert grads["batch"] == 64
+    for epoch in grads["epochs"]:
+        conv = epoch["layers"]["conv2d"]
+        assert set(conv["weight_grad_norms"]) == {"kernel", "bias"}
+        assert conv["weight_grad_norms"]["kernel"] > 0
+        assert 0 <= conv["dead_fraction"] <= 1
+        assert epoch["layers"]["max_pooling2d"]["dead_fraction"] is None
+        assert epoch["seconds"] >= 0
+    text = (demo_run / "report.html").read_text()
+    for section in (
+        "Config",
+        "Summary",
+        "Curves",
+        "Confusion matrix",
+        "Gradient flow",
+        "Feature maps and Grad-CAM",
+        "Most confidently misclassified",
+    ):
+        assert f"<h2>{section}</h2>" in text
+    assert "<script" not in text
+    sources = re.findall(r'<img src="([^"]+)"', text)
+    assert len(sources) >= 10
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)
+
+
+def _chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+    profile = cwd / f"profile-{len(list(cwd.iterdir()))}"
+    return subprocess.run(
+        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_report_renders_in_headless_chromium(demo_run, tmp_path):
+    text = (demo_run / "report.html").read_text()
+    n_images = text.count("<img ")
+    checked = tmp_path / "checked.html"
+    checked.write_text(text.replace("</body>", IMAGES_LOADED + "</body>"))
+    dom = _chromium("--dump-dom", checked.as_uri(), cwd=tmp_path)
+    assert f'data-images="{n_images}/{n_images}"' in dom.stdout, dom.stderr[-2000:]
+    # the same check sees a broken image
+    broken = tmp_path / "broken.html"
+    broken.write_text(
+        checked.read_text().replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1)
+    )
+    dom = _chromium("--dump-dom", broken.as_uri(), cwd=tmp_path)
+    assert f'data-images="{n_images - 1}/{n_images}"' in dom.stdout
+    shot = tmp_path / "shot.png"
+    _chromium("--window-size=1200,2400", f"--screenshot={shot}", checked.as_uri(), cwd=tmp_path)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (2400, 1200)
+    assert pixels.std() > 10
+    assert (pixels < 128).mean() > 0.01  # text and figures, not a blank page
+
+
+def test_report_command_rebuilds_the_report(demo_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(demo_run, copy)
+    (copy / "report.html").unlink()
+    result = _run("report", copy)
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.stdout
+    assert "<h2>Gradient flow</h2>" in (copy / "report.html").read_text()
+    result = _run("report", tmp_path)
+    assert result.exit_code == 2
+    assert "not a finished run directory" in result.stderr
+
+
+def _write_pngs(folder: Path, n: int):
+    from cnnbuild.data.shapes import SEED, TEST, TRAIN, generate_with_boxes
+
+    x, y, boxes = generate_with_boxes(TRAIN + TEST, SEED)
+    x, y, boxes = x[TRAIN : TRAIN + n], y[TRAIN : TRAIN + n], boxes[TRAIN : TRAIN + n]
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, image in enumerate(x):
+        paths.append(folder / f"test{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths, x, y, boxes
+
+
+def test_show_writes_feature_maps_filters_and_gradcam(demo_run, tmp_path):
+    from cnnbuild.data.shapes import CLASSES
+    from cnnbuild.insight.show import GAP, OVERLAY, TILE, scale_factor
+
+    paths, _, y, _ = _write_pngs(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    result = _run("show", demo_run, *paths, "--out", out)
+    assert result.exit_code == 0, result.output
+    for path, label in zip(paths, y, strict=True):
+        line = next(line for line in result.stdout.splitlines() if line.startswith(str(path)))
+        assert line.count("%") == 3
+        assert CLASSES[label] in line  # the trained model ranks the true class in its top 3
+    summary = json.loads((out / "show.json").read_text())
+    # conv layers of shapes_demo: (32, 32, 32), (16, 16, 64), (8, 8, 64)
+    for item in summary["images"]:
+        assert len(item["features"]) == 3
+        for file, (size, channels) in zip(
+            item["features"], [(32, 32), (16, 64), (8, 64)], strict=True
+        ):
+            side = int(np.ceil(np.sqrt(channels)))
+            rows = int(np.ceil(channels / side))
+            tile = size * scale_factor(size, TILE)
+            with Image.open(file) as image:
+                assert image.size == (side * (tile + GAP) + GAP, rows * (tile + GAP) + GAP)
+        with Image.open(item["gradcam"]) as image:
+            assert image.size == (32 * scale_factor(32, OVERLAY),) * 2
+            assert image.mode == "RGB"
+    with Image.open(out / "filters.png") as image:
+        tile = 3 * scale_factor(3, 24)
+        side = int(np.ceil(np.sqrt(32)))  # 32 filters of 3x3x3
+        rows = int(np.ceil(32 / side))
+        assert image.size == (side * (tile + GAP) + GAP, rows * (tile + GAP) + GAP)
+    result = _run(
+        "show", demo_run, paths[0], "--out", out, "--layer", "conv2d_1", "--class", "circle"
+    )
+    assert result.exit_code == 0, result.output
+    item = json.loads((out / "show.json").read_text())["images"][0]
+    assert item["gradcam_layer"] == "conv2d_1"
+    assert item["gradcam_class"] == "circle"
+    assert len(item["features"]) == 1
+    result = _run("show", demo_run, paths[0], "--layer", "conv")
+    assert result.exit_code == 2
+    assert "conv2d, conv2d_1, conv2d_2" in result.stderr
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    result = _run("show", demo_run, bad, "--out", out)
+    assert result.exit_code == 1
+    assert "bad.png: not an image file" in result.stderr
+
+
+def test_gradcam_peaks_inside_the_drawn_shape(demo_run, tmp_path):
+    """The map's maximum falls in the shape's bounding box far more often than chance."""
+    from cnnbuild.insight.show import conv_layers, gradcam, load_target, read_image
+
+    paths, x, _, boxes = _write_pngs(tmp_path / "images", 50)
+    target = load_target(demo_run)
+    batch = np.stack([read_image(p, (32, 32, 3)) for p in paths])
+    np.testing.assert_array_equal(batch, x.astype("float32"))  # PNG round trip is exact
+    cams, _, _ = gradcam(target.model, batch, conv_layers(target.model)[-1])
+    inside = []
+    for cam, (r0, c0, r1, c1) in zip(cams, boxes, strict=True):
+        r, c = np.unravel_index(cam.argmax(), cam.shape)
+        inside.append(r0 <= r <= r1 and c0 <= c <= c1)
+    chance = np.mean([(b[2] - b[0] + 1) * (b[3] - b[1] + 1) / 32**2 for b in boxes])
+    assert np.mean(inside) >= 0.70, (np.mean(inside), chance)
+    assert np.mean(inside) > 2 * chance
+
+
+def test_trace_grads_with_trained_weights_and_dataset_batch(demo_run):
+    config = CONFIGS / "shapes_demo.yaml"
+    fresh = json.loads(_run("trace", config, "--grads", "--data", "--json").stdout)
+    trained = _run("trace", config, "--grads", "--data", "--weights", demo_run, "--json")
+    assert trained.exit_code == 0, trained.output
+    trained = json.loads(trained.stdout)
+    assert trained["grads"]["weights"] == str(demo_run / "model.keras")
+    assert trained["grads"]["data"] == "the config's dataset"
+    assert trained["grads"]["value"] < fresh["grads"]["value"] / 10  # it learned the batch
+    wrong = _run("trace", CONFIGS / "seed_shape_watch.yaml", "--grads", "--weights", demo_run)
+    assert wrong.exit_code == 2
+    assert "its weights do not fit" in wrong.stderr

@@ -1,0 +1,90 @@
+"""Every OS error on a path we write is a message naming the path: a real full tmpfs
+(ENOSPC), a real read-only mount (EROFS), files where folders should be and the reverse."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+
+import pytest
+
+from cnnbuild.io import is_temp
+from tests.test_train import TINY
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size: str, readonly: bool = False):
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        (path / "run").mkdir()
+        if readonly:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_full_disk_is_a_message_and_leaves_no_temp_files(cli, write, tmp_path):
+    config = write(TINY)
+    with _tmpfs(tmp_path / "disk", "24k") as disk:
+        run_dir = disk / "run"
+        result = cli("train", config, "--out", run_dir, "--epochs", 1, "--seed", 1)
+        assert result.exit_code == 1, result.output
+        assert "No space left on device; the disk is full" in result.output
+        assert str(run_dir) in result.output
+        assert "Traceback" not in result.output
+        assert not [p.name for p in run_dir.iterdir() if is_temp(p.name)]
+        assert not (run_dir / "last.keras").exists()
+
+
+def test_read_only_out_is_a_message(cli, write, tmp_path):
+    config = write(TINY)
+    with _tmpfs(tmp_path / "ro", "1m", readonly=True) as ro:
+        result = cli("train", config, "--out", ro / "run" / "new", "--epochs", 1)
+        assert result.exit_code == 1, result.output
+        assert f"{ro / 'run' / 'new'}: Read-only file system; the file system is read-only" in (
+            result.output
+        )
+        assert "Traceback" not in result.output
+
+
+def test_out_is_a_file(cli, write, tmp_path):
+    (tmp_path / "taken").write_text("mine")
+    result = cli("train", write(TINY), "--out", tmp_path / "taken")
+    assert result.exit_code == 2
+    assert f"--out {tmp_path / 'taken'}: is a file" in result.output
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["build", "schema"])
+def test_output_onto_a_folder_or_under_a_file(cli, write, tmp_path, command):
+    args = [command, write(TINY)] if command == "build" else [command]
+    (tmp_path / "dir.keras").mkdir()
+    result = cli(*args, "-o", tmp_path / "dir.keras")
+    assert result.exit_code == 2 and "dir.keras" in result.output
+    (tmp_path / "file").write_text("x")
+    result = cli(*args, "-o", tmp_path / "file" / "out.keras")
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'file'}: Not a directory; it is a file, not a folder" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("seed", "bound"), [("4294967296", "4294967295"), ("-1", "0")])
+def test_seed_outside_32_bits_is_refused_at_parse_time(cli, write, tmp_path, seed, bound):
+    result = cli("train", write(TINY), "--seed", seed, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "--seed" in result.output and bound in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_seed_outside_32_bits_in_the_config_is_refused(cli, write, tmp_path):
+    config = write(TINY.replace("limit: 256", "limit: 256\n  seed: 4294967296"))
+    result = cli("train", config, "--out", tmp_path / "run")
+    assert result.exit_code in (1, 2)
+    assert "expected an integer <= 4294967295" in result.output
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,47 @@
+"""The primer's models (/work/shared/docs/cnn-primer.md), written as there with no
+``compile:`` section, pass every command that does not train."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import ROOT
+
+PRIMER = sorted((ROOT / "tests" / "data" / "primer").glob("*.yaml"))
+IDS = [p.stem for p in PRIMER]
+
+
+def test_the_primer_models_are_all_here():
+    assert IDS == ["cifar_cnn", "shape_watch", "small_cnn"]
+
+
+@pytest.mark.parametrize("path", PRIMER, ids=IDS)
+def test_validate_passes(cli, path):
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+    assert "error" not in result.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("path", PRIMER, ids=IDS)
+def test_static_views_show_the_model(cli, path):
+    static = cli("summary", "--static", "--json", path)
+    assert static.exit_code == 0, static.output
+    data = json.loads(static.stdout)
+    assert data["layers"][0]["name"] == "input_scaling" and data["total_params"] > 0
+    traced = cli("trace", path)
+    assert traced.exit_code == 0 and "conv2d" in traced.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PRIMER, ids=IDS)
+def test_keras_summary_and_build_agree_with_the_static_engine(cli, path, tmp_path):
+    static = json.loads(cli("summary", "--static", "--json", path).stdout)
+    real = cli("summary", "--json", path)
+    assert real.exit_code == 0, real.output
+    assert json.loads(real.stdout) == static
+    target = tmp_path / f"{path.stem}.keras"
+    built = cli("build", path, "-o", target)
+    assert built.exit_code == 0, built.output
+    assert target.is_file() and f"{static['total_params']:,} parameters" in built.stdout
