@@ -2,9 +2,11 @@
 per dtype policy and per number of devices; then whole-process wall time.
 
 (a) baseline: ``model.fit(x_train, y_train, batch_size=64)`` on float32 numpy arrays, as
-    the seed document writes it (float32, one device);
+    the seed document writes it (float32, one device), of raw 0..255 pixels: the model
+    built from the config scales them itself (its ``input_scaling`` Rescaling(1/255)
+    layer), as in (b);
 (b) cnnbuild: the same model from the same config, uint8 images in memory, a tf.data
-    pipeline (index shuffle, gather, cast/scale, prefetch) and ``steps_per_execution``
+    pipeline (index shuffle, gather, cast, prefetch) and ``steps_per_execution``
     chosen for the device, exactly as ``cnnbuild train`` runs it, under each dtype policy
     (float32, and mixed_bfloat16 on a CPU with native bf16 / mixed_float16 on a GPU) and
     on 1 or 2 devices (two logical CPU devices on a CPU: ``MirroredStrategy``, global
@@ -19,7 +21,8 @@ image as 3 x 2 x forward MACs.
 
 Last, whole-process wall time (start to exit, TensorFlow import included): 8 epochs of 20k
 CIFAR-shaped images, the tutorial CNN, batch 64, as ``cnnbuild train`` (float32 and the
-default policy) against a plain Keras script doing the same, with test accuracies.
+default policy) against a plain Keras script doing the same (its first layer a
+``Rescaling(1/255)``, as cnnbuild's ``input_scaling``), with test accuracies.
 
     python benchmarks/train_throughput.py                   # CIFAR-10 if cached, else shapes
     python benchmarks/train_throughput.py --images 10000 --epochs 4 --rounds 2
@@ -58,11 +61,12 @@ import keras
 from keras import layers
 
 data = np.load(sys.argv[1])
-x, y = data["x_train"].astype("float32") / 255, data["y_train"]
-xt, yt = data["x_test"].astype("float32") / 255, data["y_test"]
+x, y = data["x_train"].astype("float32"), data["y_train"]
+xt, yt = data["x_test"].astype("float32"), data["y_test"]
 keras.utils.set_random_seed(0)
 model = keras.Sequential([
     keras.Input((32, 32, 3)),
+    layers.Rescaling(1 / 255),
     layers.Conv2D(32, 3, activation="relu"),
     layers.MaxPooling2D(2),
     layers.Conv2D(64, 3, activation="relu"),
@@ -135,7 +139,8 @@ def run_once(kind: str, cfg, data, args, setup: dict, keras, tf) -> dict:
     timer = EpochTimer(keras)
     if kind == "baseline":
         model = build_model(cfg, steps_per_execution=1, jit_compile=False)
-        xf, xtf = x.astype("float32") / 255, xt.astype("float32") / 255
+        # raw pixels: the model's input_scaling layer divides by 255, as in (b)
+        xf, xtf = x.astype("float32"), xt.astype("float32")
         model.fit(
             xf, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
             callbacks=[timer.callback],
@@ -150,10 +155,8 @@ def run_once(kind: str, cfg, data, args, setup: dict, keras, tf) -> dict:
                 steps_per_execution=setup["spe"],
                 jit_compile=setup["xla"],
             )
-        train = make_pipeline(
-            x, y, batch_size=args.batch_size, scale=1 / 255, training=True, seed=0
-        )
-        test = make_pipeline(xt, yt, batch_size=256, scale=1 / 255, training=False)
+        train = make_pipeline(x, y, batch_size=args.batch_size, training=True, seed=0)
+        test = make_pipeline(xt, yt, batch_size=256, training=False)
         if plan.strategy is not None:
             train, test = distribute.shard(train), distribute.shard(test)
         model.fit(train, epochs=args.epochs, verbose=0, callbacks=[timer.callback], shuffle=False)

@@ -292,6 +292,22 @@ def _min_over_workers(strategy: Any, value: int) -> int:
     return int(tf.reduce_min(gather()))
 
 
+def on_plain_copy(keras: Any, callback: Any, plain: Any) -> Any:
+    """``callback``, which reads the model at the end of each epoch, run on ``plain``: an
+    undistributed copy of the model (built outside the strategy's scope) that gets the
+    trained weights first. A strategy's variables cannot be read in a gradient tape
+    outside a replica context, and the copy needs no collective, so only the chief runs it.
+    """
+    callback.set_model(plain)
+
+    class PlainCopy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            plain.set_weights(self.model.get_weights())
+            callback.on_epoch_end(epoch, logs)
+
+    return PlainCopy()
+
+
 def weights_digest(model: Any) -> str:
     """SHA-256 of a model's weights (values, in order): equal on every worker of a run."""
     import numpy as np

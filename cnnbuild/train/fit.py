@@ -549,14 +549,18 @@ def _fit(
         *keras_callbacks(keras, run),
         *extra_callbacks,
     ]
+    # what only the chief runs (gradient flow, report) runs on an undistributed copy
+    plain = model
+    if plan.strategy is not None and plan.is_chief:
+        plain = build_model(cfg, compile=False, mixed_precision=device.policy)
     if plan.is_chief:
         # per-layer gradient flow on one fixed batch -> gradients.json
-        callbacks.insert(
-            len(callbacks) - len(extra_callbacks),
-            gradient_flow(
-                keras, cfg, x_tr, y_tr, data.num_classes, run_dir.path, console, run.initial_epoch
-            ),
+        flow = gradient_flow(
+            keras, cfg, x_tr, y_tr, data.num_classes, run_dir.path, console, run.initial_epoch
         )
+        if plain is not model:
+            flow = distribute.on_plain_copy(keras, flow, plain)
+        callbacks.insert(len(callbacks) - len(extra_callbacks), flow)
     if plan.multi_worker:
 
         def restored(epoch: int) -> None:
@@ -613,7 +617,9 @@ def _fit(
     curves(run.history, run_dir.file("curves.png"), cfg.name)
     from cnnbuild.insight.report import write_report
 
-    write_report(run_dir.path, model=model, cfg=cfg, data=data)
+    if plain is not model:
+        plain.set_weights(model.get_weights())
+    write_report(run_dir.path, model=plain, cfg=cfg, data=data)
     if after_train is not None:
         after_train(run_dir.path, metrics)
     if plan.multi_worker:
