@@ -513,7 +513,7 @@ def _fit(
         train_ds = distribute.shard(train_ds)
         val_ds = distribute.shard(val_ds) if val_ds is not None else None
     # a multi-worker relaunch builds afresh: the backup callback restores the weights
-    restore = run.initial_epoch and not plan.multi_worker
+    restore = run.initial_epoch > 0 and not plan.multi_worker
     with plan.scope():
         if restore:
             model = _restore(keras, run_dir, run.state, device)
