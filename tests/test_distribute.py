@@ -400,3 +400,25 @@ def test_strategy_flags_are_checked(cli, write, tmp_path, monkeypatch, args, mes
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_multi_worker_refusals_come_before_training(cli, write, tmp_path, monkeypatch):
+    """Under TF_CONFIG: no seed, a finished run in --out, and --resume are refused (exit 2)
+    before TensorFlow starts; the folders are left as they were."""
+    monkeypatch.setenv("TF_CONFIG", tf_config([1], 0))
+    config = write(TINY)
+    result = cli("train", config, "--strategy", "multi-worker", "--out", tmp_path / "new")
+    assert result.exit_code == 2 and "every worker must shuffle alike" in result.output
+    assert not (tmp_path / "new").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    state = {"status": "completed", "epochs_done": 0, "monitor": "val_loss", "seed": 1}
+    (run / "state.json").write_text(json.dumps(state))
+    (run / "config.yaml").write_text(TINY + "  strategy: multi-worker\n")
+    result = cli("train", config, "--out", run, "--seed", 1)
+    assert result.exit_code == 2, result.output
+    assert "already holds a finished run (completed)" in result.output
+    result = cli("train", "--resume", run)
+    assert result.exit_code == 2, result.output
+    assert "run again on every worker (no --resume)" in result.output
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "state.json"]

@@ -294,20 +294,26 @@ def _open_resumed(run_dir: RunDir, config: Path | None, overrides: dict, console
             "a resumed run keeps its recorded settings; only --epochs may "
             "change (received " + ", ".join("--" + k.replace("_", "-") for k in extra) + ")"
         )
+    cfg = load_config(run_dir.file("config.yaml"))
+    settings = resolve_train(cfg, overrides)
+    if distribute.multi_worker_cluster(settings.strategy) is not None:
+        raise UsageError(
+            f"--resume {run_dir.path}: a multi-worker run continues when the same "
+            "command is run again on every worker (no --resume)"
+        )
     state, removed = run_dir.recover()
     if removed:
         console.print(
             f"removed {len(removed)} temp file(s) an earlier crash left: {', '.join(removed)}",
             highlight=False,
         )
-    cfg = load_config(run_dir.file("config.yaml"))
     if config is not None:
         console.print(
             f"resuming with {run_dir.file('config.yaml')} (the run's own config; "
             f"{config} is not read)",
             highlight=False,
         )
-    return cfg, state, resolve_train(cfg, overrides)
+    return cfg, state, settings
 
 
 def _restore(keras: Any, run_dir: RunDir, state: State, device: Device) -> Any:
@@ -354,11 +360,6 @@ def _train(
     relaunch = None  # the state a multi-worker run left in this worker's folder
     if run_dir is not None:
         cfg, state, settings = _open_resumed(run_dir, config, overrides, console)
-        if distribute.multi_worker_cluster(settings.strategy) is not None:
-            raise UsageError(
-                f"--resume {run_dir.path}: a multi-worker run continues when the same "
-                "command is run again on every worker (no --resume)"
-            )
     elif config is None:
         raise UsageError("give a CONFIG to train, or --resume RUN_DIR")
     else:
