@@ -135,7 +135,7 @@ def build_model(
     cfg: ModelConfig,
     *,
     compile: bool = True,
-    mixed_precision: bool = False,
+    mixed_precision: bool | str = False,
     lr: Any = None,
     steps_per_execution: int = 1,
     jit_compile: bool | str = "auto",
@@ -145,8 +145,9 @@ def build_model(
     Args:
         cfg: a config without errors (see :func:`cnnbuild.load_config`).
         compile: also compile it with the config's optimizer, loss and metrics.
-        mixed_precision: build under the ``mixed_float16`` policy, keeping the output
-            layer in float32.
+        mixed_precision: build under the ``mixed_float16`` policy (or, given a policy
+            name such as ``mixed_bfloat16``, under that one), keeping the output layer in
+            float32.
         lr: a learning rate or schedule overriding the optimizer's.
         steps_per_execution: passed to ``model.compile``.
         jit_compile: passed to ``model.compile``.
@@ -155,11 +156,15 @@ def build_model(
         A ``keras.Model`` named after the config.
     """
     keras = keras_module()
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    if isinstance(mixed_precision, str):
+        policy = mixed_precision
+    else:
+        policy = "mixed_float16" if mixed_precision else "float32"
+    keras.mixed_precision.set_global_policy(policy)
     tensors = {INPUT: keras.Input(shape=cfg.input_shape, name=INPUT)}
     with recursion_room(len(cfg.nodes)):
         for node in cfg.nodes:
-            dtype = "float32" if mixed_precision and node.name == cfg.output else None
+            dtype = "float32" if policy != "float32" and node.name == cfg.output else None
             layer = make_layer(node, dtype)
             ins = [tensors[n] for n in node.inputs]
             tensors[node.name] = layer(ins if REGISTRY[node.kind].merge else ins[0])

@@ -252,9 +252,17 @@ class DeviceChoice(str, Enum):
     gpu = "gpu"
 
 
+class StrategyChoice(str, Enum):
+    auto = "auto"
+    one = "one"
+    mirrored = "mirrored"
+    multi_worker = "multi-worker"
+
+
 @app.command()
 @handled
 def train(
+    ctx: typer.Context,
     config: Annotated[
         Path | None,
         typer.Argument(help="A model config (YAML); optional with --resume.", show_default=False),
@@ -297,7 +305,8 @@ def train(
         bool | None,
         typer.Option(
             "--mixed-precision/--no-mixed-precision",
-            help="mixed_float16 (default: on a GPU).",
+            help="mixed_float16 on a GPU, mixed_bfloat16 on a CPU (default: on a GPU, and "
+            "on a CPU with native bf16: AVX512-BF16 or AMX).",
             show_default=False,
         ),
     ] = None,
@@ -327,12 +336,27 @@ def train(
         Path | None,
         typer.Option(help="Continue a run from its last completed epoch.", show_default=False),
     ] = None,
+    strategy: Annotated[
+        StrategyChoice | None,
+        typer.Option(
+            help="auto, one, mirrored (all GPUs) or multi-worker (reads TF_CONFIG).",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Start N local multi-worker processes on 127.0.0.1.", show_default=False
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Train a config (default dataset CIFAR-10), evaluate it, and fill a run directory.
 
     Flags override the config's train: section; the run records the resolved values.
     """
+    if workers is not None:
+        raise typer.Exit(_launch_workers(ctx, workers, config, out, seed))
     from cnnbuild.train import stdout_console
     from cnnbuild.train import train as run_training
 
@@ -349,6 +373,7 @@ def train(
         "jit_compile": xla,
         "steps_per_execution": steps_per_execution,
         "tensorboard": tensorboard,
+        "strategy": strategy.value if strategy else None,
     }
     run_training(
         config, overrides, out=out, resume=resume, console=stdout_console(), verbose=verbose
@@ -738,6 +763,42 @@ def tune(
         verbose=verbose,
     )
     run_study(s)
+
+
+def _launch_workers(
+    ctx: typer.Context, workers: int, config: Path | None, out: Path | None, seed: int | None
+) -> int:
+    """``train --workers N``: the same train command as N local multi-worker processes,
+    with one run directory and one seed for all (a relaunch reuses the run's seed)."""
+    import random
+
+    from cnnbuild.distribute import launch_local
+    from cnnbuild.train.rundir import RunDir
+    from cnnbuild.validate import load_config
+
+    if config is None or ctx.params.get("resume") is not None:
+        raise UsageError("--workers: give a CONFIG (no --resume); a relaunch is the same command")
+    if ctx.params.get("strategy") not in (None, StrategyChoice.multi_worker):
+        raise UsageError("--workers starts multi-worker processes; drop --strategy")
+    if out is None:
+        made = RunDir.create(None, load_config(config).name)
+        made.close()  # an empty runs/NAME-STAMP folder: the chief fills it
+        out = made.path
+    if seed is None:
+        state = RunDir(out).read_state() if out.is_dir() else None
+        seed = state.seed if state is not None else random.SystemRandom().randrange(2**31)
+    args = [str(config), "--out", str(out), "--seed", str(seed)]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in ("config", "out", "seed", "workers", "strategy", "resume"):
+            continue
+        if value is None or (param.is_flag and value == param.default):
+            continue
+        if param.is_flag:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value.value if isinstance(value, Enum) else value)]
+    return launch_local(args, workers)
 
 
 def main() -> None:

@@ -298,7 +298,8 @@ def test_early_stopping_from_the_config(cli, write, tmp_path):
 
 
 def test_mixed_precision_and_xla_paths_run_on_cpu(cli, write, tmp_path):
-    """The GPU defaults (mixed_float16 with a float32 output layer, XLA), forced on a CPU."""
+    """Mixed precision (on a CPU: mixed_bfloat16, with a float32 output layer) and XLA,
+    forced on."""
     import keras
 
     config = write(TINY)
@@ -320,7 +321,8 @@ def test_mixed_precision_and_xla_paths_run_on_cpu(cli, write, tmp_path):
     assert metrics["steps_per_execution"] == 4
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
     assert model.layers[-1].dtype_policy.name == "float32"
-    assert model.layers[1].dtype_policy.name == "mixed_float16"
+    assert model.layers[1].dtype_policy.name == "mixed_bfloat16"
+    assert metrics["precision_policy"] == "mixed_bfloat16"
     keras.mixed_precision.set_global_policy("float32")
 
 

@@ -141,6 +141,11 @@ def _upscale(image: np.ndarray, size: int = 96) -> np.ndarray:
     return image.repeat(s, axis=0).repeat(s, axis=1)
 
 
+def _score(value: float | None) -> str:
+    """A test score, or "none" when the run had no test images."""
+    return "none" if value is None else f"{value:.4f}"
+
+
 def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int = 256) -> str:
     """The page's HTML text (see the module docstring)."""
     from cnnbuild.insight.show import (
@@ -170,13 +175,8 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
         f"<h1>{html.escape(name)}</h1>",
         '<p class="muted">'
         + html.escape(
-            (
-                f"test accuracy {metrics['test_accuracy']:.4f} · test loss "
-                f"{metrics['test_loss']:.4f}"
-                if metrics.get("test_accuracy") is not None
-                else "no test images"
-            )
-            + f" · {metrics.get('epochs', '?')} epochs"
+            f"test accuracy {_score(metrics.get('test_accuracy'))} · test loss "
+            f"{_score(metrics.get('test_loss'))} · {metrics.get('epochs', '?')} epochs"
             f" · dataset {metrics.get('dataset', data.name)} · {len(x_test):,} test images · "
             f"device {metrics.get('device_name', '?')} · status {metrics.get('status', '?')}"
         )

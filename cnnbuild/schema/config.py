@@ -224,6 +224,7 @@ class TrainConfig(Strict):
     shuffle_buffer: Int(1) | None = None
     steps_per_execution: Int(1) | None = None
     device: Choice(("auto", "cpu", "gpu"), "device") = "auto"
+    strategy: Choice(("auto", "one", "mirrored", "multi-worker"), "strategy") = "auto"
     mixed_precision: Bool | None = None
     jit_compile: Bool | None = None
     early_stopping: EarlyStopping | None = None

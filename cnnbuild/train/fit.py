@@ -3,6 +3,13 @@ with progress and committed checkpoints, evaluate, write the results.
 
 SIGINT and SIGTERM behave the same: a save in progress completes, ``state.json`` records
 ``interrupted``, the resume command is printed and the process exits with 130.
+
+Under a tf.distribute strategy (:mod:`cnnbuild.distribute`) the model is built and fit
+in the strategy's scope and every step takes the global batch. Under multi-worker, every
+worker runs this same code: the chief into the run directory, every other worker into a
+folder of its own beside it (its backup and checkpoints, removed once training ends);
+only the chief writes the gradient flow, curves and report. A relaunch of the same
+command continues from the workers' common backup.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import numpy as np
 import yaml
 from rich.console import Console
 
+from cnnbuild import distribute
 from cnnbuild.catalog import one_hot_classes
 from cnnbuild.config import ModelConfig
 from cnnbuild.data import Data, describe
@@ -29,7 +37,7 @@ from cnnbuild.errors import DataError, Interrupted, RunError, UsageError
 from cnnbuild.io import os_errors, write_json, write_text
 from cnnbuild.schema.config import TrainConfig
 from cnnbuild.train.evaluate import evaluate_model, load_model
-from cnnbuild.train.rundir import RunDir, Signals, State, StopSignal
+from cnnbuild.train.rundir import STATE, RunDir, Signals, State, StopSignal
 from cnnbuild.train.settings import (
     Device,
     check_data,
@@ -73,10 +81,27 @@ class Run:
     train_end: float | None = None
     wall_start: float = field(default_factory=time.perf_counter)
     prior_wall: float = 0.0
+    global_batch: int = 0
 
     @property
     def history(self) -> list[dict]:
         return self.state.history
+
+    def restored(self, epoch: int) -> None:
+        """A multi-worker backup resumed training at ``epoch``: forget any later record."""
+        history = self.state.history[:epoch]
+        scores = [(h[self.state.monitor], h["epoch"]) for h in history if self.state.monitor in h]
+        pick = min if "loss" in self.state.monitor else max
+        best, best_epoch = pick(scores) if scores else (None, None)
+        self.state = self.state.model_copy(
+            update={
+                "history": history,
+                "epochs_done": epoch,
+                "best": best,
+                "best_epoch": best_epoch,
+            }
+        )
+        self.initial_epoch = epoch
 
     @property
     def wall_seconds(self) -> float:
@@ -169,7 +194,8 @@ def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any
             if live:
                 done = min(batch + 1, run.steps)
                 seconds = max(run.train_end - run.epoch_start, 1e-9)
-                speed = min(done * run.settings.batch_size, run.n_train) / seconds
+                images = done * (run.global_batch or run.settings.batch_size)
+                speed = min(images, run.n_train) / seconds
                 self.progress.update(
                     self.task,
                     completed=done,
@@ -268,20 +294,26 @@ def _open_resumed(run_dir: RunDir, config: Path | None, overrides: dict, console
             "a resumed run keeps its recorded settings; only --epochs may "
             "change (received " + ", ".join("--" + k.replace("_", "-") for k in extra) + ")"
         )
+    cfg = load_config(run_dir.file("config.yaml"))
+    settings = resolve_train(cfg, overrides)
+    if distribute.multi_worker_cluster(settings.strategy) is not None:
+        raise UsageError(
+            f"--resume {run_dir.path}: a multi-worker run continues when the same "
+            "command is run again on every worker (no --resume)"
+        )
     state, removed = run_dir.recover()
     if removed:
         console.print(
             f"removed {len(removed)} temp file(s) an earlier crash left: {', '.join(removed)}",
             highlight=False,
         )
-    cfg = load_config(run_dir.file("config.yaml"))
     if config is not None:
         console.print(
             f"resuming with {run_dir.file('config.yaml')} (the run's own config; "
             f"{config} is not read)",
             highlight=False,
         )
-    return cfg, state, resolve_train(cfg, overrides)
+    return cfg, state, settings
 
 
 def _restore(keras: Any, run_dir: RunDir, state: State, device: Device) -> Any:
@@ -293,9 +325,7 @@ def _restore(keras: Any, run_dir: RunDir, state: State, device: Device) -> Any:
             f"{state.epochs_done} finished epoch(s); the checkpoint was deleted, so start "
             "the run again in a new folder"
         )
-    keras.mixed_precision.set_global_policy(
-        "mixed_float16" if device.mixed_precision else "float32"
-    )
+    keras.mixed_precision.set_global_policy(device.policy)
     model = load_model(keras, path, compile=True)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None or not optimizer.built:
@@ -327,14 +357,36 @@ def _train(
     after_train: AfterTrain | None,
 ) -> dict:
     state = None
+    relaunch = None  # the state a multi-worker run left in this worker's folder
     if run_dir is not None:
         cfg, state, settings = _open_resumed(run_dir, config, overrides, console)
     elif config is None:
         raise UsageError("give a CONFIG to train, or --resume RUN_DIR")
     else:
-        RunDir.check_out(out)
         cfg = load_config(config)
         settings = resolve_train(cfg, overrides)
+        cluster = distribute.multi_worker_cluster(settings.strategy)
+        if cluster is None:
+            RunDir.check_out(out)
+        else:
+            if out is None:
+                raise UsageError(
+                    "--strategy multi-worker: give every worker the same --out RUN_DIR; "
+                    "to continue after a failure, run the same command again"
+                )
+            out = distribute.worker_dir(out, cluster)
+            if (out / STATE).is_file():
+                relaunch = RunDir(out).read_state()
+            if relaunch is not None and relaunch.status in ("completed", "early_stopped"):
+                raise UsageError(
+                    f"--out {out}: already holds a finished run ({relaunch.status}); "
+                    "choose another folder"
+                )
+            if settings.seed is None and relaunch is None:
+                raise UsageError(
+                    "--strategy multi-worker: every worker must shuffle alike; set "
+                    "train.seed or --seed (cnnbuild train --workers N sets one for you)"
+                )
 
     from cnnbuild.builder import build_model, keras_module
 
@@ -342,7 +394,18 @@ def _train(
     import tensorflow as tf
 
     device = select_device(settings)
-    seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
+    # before any TensorFlow op: a multi-worker strategy configures the runtime
+    plan = distribute.make_plan(settings.strategy, device.kind)
+    if plan.strategy is not None:
+        if (settings.steps_per_execution or 1) > 1:
+            raise UsageError(
+                f"--steps-per-execution {settings.steps_per_execution}: Keras' multi-step "
+                f"loop fails under tf.distribute ({plan.name}); use 1, the default there"
+            )
+        device.steps_per_execution = 1
+    seed = settings.seed
+    if seed is None:
+        seed = relaunch.seed if relaunch else random.SystemRandom().randrange(2**31)
     data = load_data(cfg.input_shape, settings, quiet=not live)
     for note in data.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
@@ -355,8 +418,12 @@ def _train(
             f"dataset {data.name}: no training images left after "
             f"validation_split {settings.validation_split}"
         )
-    steps = math.ceil(len(x_tr) / settings.batch_size)
-    if run_dir is None:
+    global_batch = plan.global_batch(settings.batch_size)
+    steps = math.ceil(len(x_tr) / global_batch)
+    if run_dir is None and relaunch is not None:
+        run_dir = RunDir.open(out, signals, flag="--out")
+        state, _ = run_dir.recover()
+    elif run_dir is None:
         run_dir = RunDir.create(out, cfg.name, signals)
     settings = settings.model_copy(
         update={
@@ -364,6 +431,7 @@ def _train(
             "mixed_precision": device.mixed_precision,
             "jit_compile": device.jit_compile,
             "steps_per_execution": device.steps_per_execution,
+            "strategy": plan.name,
         }
     )
     monitor = (
@@ -374,18 +442,25 @@ def _train(
     if state is None:
         state = State(status="running", epochs_done=0, monitor=monitor, seed=seed)
     state.steps_per_epoch = steps
-    run = Run(cfg, settings, run_dir, state, console, n_train=len(x_tr), steps=steps)
+    run = Run(
+        cfg, settings, run_dir, state, console, n_train=len(x_tr), steps=steps,
+        global_batch=global_batch,
+    )  # fmt: skip
     run.initial_epoch = state.epochs_done
     run.prior_wall = state.wall_seconds
     try:
         return _fit(
-            run, keras, tf, device, data, (x_tr, y_tr, x_val, y_val), live,
+            run, keras, tf, device, plan, data, (x_tr, y_tr, x_val, y_val), live,
             extra_callbacks, after_train, build_model,
         )  # fmt: skip
     except StopSignal as stop:
         with signals.deferred(reraise=False):
             run.finish("interrupted")
-        again = _resume_command(run_dir.path)
+        again = (
+            "the same command, on every worker"
+            if plan.multi_worker
+            else _resume_command(run_dir.path)
+        )
         done = run.state.epochs_done
         saved = (
             f"epoch {done} is saved in {run_dir.file('last.keras')}"
@@ -402,6 +477,7 @@ def _fit(
     keras: Any,
     tf: Any,
     device: Device,
+    plan: distribute.Plan,
     data: Data,
     split: tuple[np.ndarray, ...],
     live: bool,
@@ -424,35 +500,43 @@ def _fit(
     keras.utils.set_random_seed(seed)
     one_hot = one_hot_classes(cfg.compile.loss, data.num_classes)
     epoch_var = tf.Variable(run.initial_epoch, dtype=tf.int64, trainable=False)
+    batch = run.global_batch  # split between the replicas under a strategy
     train_ds = make_pipeline(
-        x_tr, y_tr, batch_size=settings.batch_size, training=True, seed=seed,
+        x_tr, y_tr, batch_size=batch, training=True, seed=seed,
         one_hot=one_hot, shuffle_buffer=settings.shuffle_buffer, epoch=epoch_var,
     )  # fmt: skip
     val_ds = (
-        make_pipeline(x_val, y_val, batch_size=settings.batch_size, training=False, one_hot=one_hot)
+        make_pipeline(x_val, y_val, batch_size=batch, training=False, one_hot=one_hot)
         if len(x_val)
         else None
     )
-    if run.initial_epoch:
-        model = _restore(keras, run_dir, run.state, device)
-    else:
-        model = build_model(
-            cfg,
-            mixed_precision=device.mixed_precision,
-            lr=make_schedule(keras, cfg, settings, run.steps),
-            steps_per_execution=device.steps_per_execution,
-            jit_compile=device.jit_compile,
-        )
-        from cnnbuild.builder import adapt_normalization
+    if plan.strategy is not None:
+        train_ds = distribute.shard(train_ds)
+        val_ds = distribute.shard(val_ds) if val_ds is not None else None
+    # a multi-worker relaunch builds afresh: the backup callback restores the weights
+    restore = run.initial_epoch > 0 and not plan.multi_worker
+    with plan.scope():
+        if restore:
+            model = _restore(keras, run_dir, run.state, device)
+        else:
+            model = build_model(
+                cfg,
+                mixed_precision=device.policy,
+                lr=make_schedule(keras, cfg, settings, run.steps),
+                steps_per_execution=device.steps_per_execution,
+                jit_compile=device.jit_compile,
+            )
+            from cnnbuild.builder import adapt_normalization
 
-        adapt_normalization(model, x_tr)
+            adapt_normalization(model, x_tr)
     where = f"{device.kind} ({device.name})"
+    replicas = f" per replica x {plan.replicas} = {batch}" if plan.replicas > 1 else ""
     console.print(
         f"[bold]{cfg.name}[/bold]: {model.count_params():,} parameters; "
         f"{describe(settings.dataset)}"
         f" {len(x_tr):,} train / {len(x_val):,} validation / {len(data.x_test):,} test images;"
-        f" {where}; batch {settings.batch_size}; mixed precision "
-        f"{'on' if device.mixed_precision else 'off'}; XLA {'on' if device.jit_compile else 'off'}"
+        f" {where}; {plan.describe()}; batch {settings.batch_size}{replicas}; precision "
+        f"{device.policy}; XLA {'on' if device.jit_compile else 'off'}"
         f"; steps/execution {device.steps_per_execution}; seed {seed}",
         highlight=False,
     )
@@ -464,18 +548,41 @@ def _fit(
     callbacks = [
         *make_callbacks(keras, run, live, epoch_var),
         *keras_callbacks(keras, run),
-        # per-layer gradient flow on one fixed batch -> gradients.json
-        gradient_flow(
-            keras, cfg, x_tr, y_tr, data.num_classes, run_dir.path, console, run.initial_epoch
-        ),
         *extra_callbacks,
     ]
-    with tf.device("/GPU:0" if device.kind == "gpu" else "/CPU:0"):
+    # what only the chief runs (gradient flow, report) runs on an undistributed copy
+    plain = model
+    if plan.strategy is not None and plan.is_chief:
+        plain = build_model(cfg, compile=False, mixed_precision=device.policy)
+    if plan.is_chief:
+        # per-layer gradient flow on one fixed batch -> gradients.json
+        flow = gradient_flow(
+            keras, cfg, x_tr, y_tr, data.num_classes, run_dir.path, console, run.initial_epoch
+        )
+        if plain is not model:
+            flow = distribute.on_plain_copy(keras, flow, plain)
+        callbacks.insert(len(callbacks) - len(extra_callbacks), flow)
+    if plan.multi_worker:
+
+        def restored(epoch: int) -> None:
+            run.restored(epoch)
+            if epoch:
+                console.print(
+                    f"restored from the backup: continuing after epoch {epoch}", highlight=False
+                )
+
+        callbacks += distribute.backup_callbacks(keras, run_dir.path, plan.strategy, restored)
+    where_ops = (
+        plan.scope()
+        if plan.strategy is not None
+        else tf.device("/GPU:0" if device.kind == "gpu" else "/CPU:0")
+    )
+    with where_ops:
         model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=settings.epochs,
-            initial_epoch=run.initial_epoch,
+            initial_epoch=0 if plan.multi_worker else run.initial_epoch,
             callbacks=callbacks,
             verbose=0,
             shuffle=False,
@@ -494,9 +601,16 @@ def _fit(
             "scaling and the loss"
         )
     status = "completed" if len(run.history) >= settings.epochs else "early_stopped"
+    digest = distribute.weights_digest(model)
     if run.state.best_epoch is not None and run_dir.file("model.keras").exists():
         model.load_weights(run_dir.file("model.keras"))
-    metrics = _results(run, model, keras, tf, device, data, split, one_hot, status)
+    metrics = _results(run, model, keras, tf, device, plan, data, split, one_hot, status)
+    metrics["weights_sha256"] = digest
+    if not plan.is_chief:  # the evaluation above is a collective: every worker takes part
+        console.print(f"final weights sha256 {digest}", highlight=False)
+        run.finish(status)
+        distribute.finish(run_dir.path, plan.cluster)
+        return metrics
     write_json(run_dir.file("metrics.json"), metrics)
     run.finish(status)
     from cnnbuild.plots import curves
@@ -504,9 +618,13 @@ def _fit(
     curves(run.history, run_dir.file("curves.png"), cfg.name)
     from cnnbuild.insight.report import write_report
 
-    write_report(run_dir.path, model=model, cfg=cfg, data=data)
+    if plain is not model:
+        plain.set_weights(model.get_weights())
+    write_report(run_dir.path, model=plain, cfg=cfg, data=data)
     if after_train is not None:
         after_train(run_dir.path, metrics)
+    if plan.multi_worker:
+        console.print(f"final weights sha256 {digest}", highlight=False)
     accuracy = metrics["test_accuracy"]
     console.print(
         (
@@ -528,6 +646,7 @@ def _results(
     keras: Any,
     tf: Any,
     device: Device,
+    plan: distribute.Plan,
     data: Data,
     split: tuple[np.ndarray, ...],
     one_hot: int | None,
@@ -565,9 +684,14 @@ def _results(
         "device": device.kind,
         "device_name": device.name,
         "mixed_precision": device.mixed_precision,
+        "precision_policy": device.policy,
         "jit_compile": device.jit_compile,
         "steps_per_execution": device.steps_per_execution,
         "batch_size": settings.batch_size,
+        "strategy": plan.name,
+        "replicas": plan.replicas,
+        "workers": plan.cluster.num_workers if plan.cluster else 1,
+        "global_batch_size": run.global_batch,
         "seed": run.state.seed,
         "dataset": describe(settings.dataset),
         "data_source": data.source,

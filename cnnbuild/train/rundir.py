@@ -255,8 +255,9 @@ class RunDir:
         _refuse_used(out)
 
     @classmethod
-    def open(cls, path: Path, signals: Signals | None = None) -> RunDir:
-        """Lock an existing run folder for ``--resume``.
+    def open(cls, path: Path, signals: Signals | None = None, flag: str = "--resume") -> RunDir:
+        """Lock an existing run folder for ``--resume`` (or a multi-worker relaunch, which
+        names it with ``--out``).
 
         Raises:
             UsageError: not a run directory, or locked by another process.
@@ -271,7 +272,7 @@ class RunDir:
                 )
             raise UsageError(f"--resume {path}: not a run directory (no {STATE})")
         run = cls(path, signals)
-        run.lock.acquire("--resume")
+        run.lock.acquire(flag)
         return run
 
     def close(self) -> None:

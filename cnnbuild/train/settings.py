@@ -17,6 +17,7 @@ from cnnbuild.catalog import label_problem, resolved_compile
 from cnnbuild.config import ModelConfig
 from cnnbuild.data import Data, load_dataset
 from cnnbuild.errors import DataError, RunError, UsageError, shape_str
+from cnnbuild.precision import FLOAT32, policy_name
 from cnnbuild.schema.config import TrainConfig
 from cnnbuild.trace import trace
 
@@ -78,6 +79,7 @@ class Device:
     mixed_precision: bool
     jit_compile: bool
     steps_per_execution: int
+    policy: str = "float32"  # the Keras dtype policy (see cnnbuild.precision)
 
 
 def _cpu_name() -> str:
@@ -91,7 +93,7 @@ def _cpu_name() -> str:
 
 
 def select_device(settings: TrainConfig) -> Device:
-    """Pick CPU or GPU and the settings that suit it.
+    """Pick CPU or GPU and the settings that suit it, the dtype policy included.
 
     Raises:
         RunError: ``device: gpu`` when TensorFlow sees no GPU.
@@ -116,15 +118,15 @@ def select_device(settings: TrainConfig) -> Device:
         details = tf.config.experimental.get_device_details(gpus[0])
         name = details.get("device_name", gpus[0].name)
     on_gpu = kind == "gpu"
+    policy = policy_name(kind, settings.mixed_precision)
     return Device(
         kind=kind,
         name=name,
-        mixed_precision=settings.mixed_precision
-        if settings.mixed_precision is not None
-        else on_gpu,
+        mixed_precision=policy != FLOAT32,
         jit_compile=settings.jit_compile if settings.jit_compile is not None else on_gpu,
         steps_per_execution=settings.steps_per_execution
         or (GPU_STEPS_PER_EXECUTION if on_gpu else CPU_STEPS_PER_EXECUTION),
+        policy=policy,
     )
 
 
