@@ -43,6 +43,8 @@ schema: install
 bench: install
 	$(BIN)/python benchmarks/validate_speed.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/precision_accuracy.py
+	$(BIN)/python benchmarks/gradient_flow_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
