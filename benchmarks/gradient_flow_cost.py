@@ -62,7 +62,7 @@ def main() -> None:
         keras.utils.set_random_seed(1)
         return build_model(
             cfg,
-            mixed_precision=device.mixed_precision,
+            mixed_precision=device.policy,
             steps_per_execution=device.steps_per_execution,
             jit_compile=device.jit_compile,
         )

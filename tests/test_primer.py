@@ -1,5 +1,5 @@
 """The primer's models (/work/shared/docs/cnn-primer.md), written as there with no
-``compile:`` section, pass every command that does not train."""
+``compile:`` section, pass validate, the views and build; the classifiers train."""
 
 from __future__ import annotations
 
@@ -45,3 +45,35 @@ def test_keras_summary_and_build_agree_with_the_static_engine(cli, path, tmp_pat
     built = cli("build", path, "-o", target)
     assert built.exit_code == 0, built.output
     assert target.is_file() and f"{static['total_params']:,} parameters" in built.stdout
+
+
+@pytest.mark.slow
+def test_the_primer_classifiers_train_as_written(cli, tmp_path):
+    """Both classifiers train with no compile section: their Dense(10) logits give
+    from_logits true, which the run's config.yaml records."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    # the small CNN takes 128x128 images: a folder dataset of 40x40 PNGs, resized on load
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    for label in range(10):
+        (folder / f"class{label}").mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"class{label}" / f"{i}.png")
+    runs = {
+        "cifar_cnn": ["--dataset", "shapes", "--limit", "128"],
+        "small_cnn": ["--dataset", f"folder:{folder}"],
+    }
+    for name, data in runs.items():
+        out = tmp_path / f"run-{name}"
+        result = cli(
+            "train", ROOT / "tests" / "data" / "primer" / f"{name}.yaml",
+            *data, "--epochs", "1", "--batch-size", "16", "--out", out,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        resolved = yaml.safe_load((out / "config.yaml").read_text())
+        assert resolved["compile"]["from_logits"] is True
+        assert (out / "model.keras").is_file()
