@@ -23,15 +23,27 @@ CONFIGS = ROOT / "configs"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def run_cli(*args: object):
+    """Run ``cnnbuild ARGS`` in-process; returns the click Result (exit_code, stdout...)."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
 @pytest.fixture
 def cli():
-    """Run ``cnnbuild ARGS`` in-process; returns the click Result (exit_code, stdout...)."""
-    runner = CliRunner()
+    """:func:`run_cli` as a fixture."""
+    return run_cli
 
-    def invoke(*args: str):
-        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
-    return invoke
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The README's demo config, trained small (2 epochs on 512 shapes images): one run
+    directory for the tests that use a trained run (predict, export)."""
+    run = tmp_path_factory.mktemp("demo") / "run"
+    result = run_cli(
+        "train", CONFIGS / "shapes_demo.yaml", "--limit", 512, "--epochs", 2, "--out", run
+    )
+    assert result.exit_code == 0, result.output
+    return run
 
 
 @pytest.fixture

@@ -10,28 +10,11 @@ import textwrap
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cnnbuild.cli import app
 from cnnbuild.export import FLOAT_TOLERANCE, INT8_MIN_AGREEMENT
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def _cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """The README's demo config, trained small: 2 epochs on 512 shapes images."""
-    run = tmp_path_factory.mktemp("export") / "run"
-    result = _cli(
-        "train", CONFIGS / "shapes_demo.yaml", "--limit", 512, "--epochs", 2, "--out", run
-    )
-    assert result.exit_code == 0, result.output
-    return run
 
 
 FRESH = {
@@ -88,15 +71,15 @@ def _run_fresh(fmt: str, artefact, images_file, out_file) -> np.ndarray:
 @pytest.mark.parametrize(
     ("fmt", "int8"), [("saved_model", False), ("litert", False), ("litert", True), ("onnx", False)]
 )
-def test_export_verifies_and_loads_in_a_fresh_process(run_dir, tmp_path, fmt, int8):
+def test_export_verifies_and_loads_in_a_fresh_process(demo_run, tmp_path, fmt, int8):
     import keras
 
     flags = ["--int8"] if int8 else []
-    result = _cli("export", run_dir, "--format", fmt, *flags, "--images", 100, "--json")
+    result = run_cli("export", demo_run, "--format", fmt, *flags, "--images", 100, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     artefact = (
-        run_dir
+        demo_run
         / "export"
         / (
             {"saved_model": "saved_model", "onnx": "model.onnx"}.get(fmt)
@@ -115,13 +98,13 @@ def test_export_verifies_and_loads_in_a_fresh_process(run_dir, tmp_path, fmt, in
     from cnnbuild.train import load_data, resolve_train
     from cnnbuild.validate import load_config
 
-    settings = resolve_train(load_config(run_dir / "config.yaml"), {})
+    settings = resolve_train(load_config(demo_run / "config.yaml"), {})
     x = load_data((32, 32, 3), settings, quiet=True).x_test[:16].astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     got = _run_fresh(fmt, artefact, tmp_path / "x.npy", tmp_path / "y.npy")
     from cnnbuild.export import float32_model
 
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    model = keras.saving.load_model(demo_run / "model.keras", compile=False)
     trained = np.asarray(model.predict(x, verbose=0))  # in the policy it trained in
     # the artefact is the float32 computation of the trained weights (bf16 here by default)
     want = np.asarray(float32_model(keras, model).predict(x, verbose=0))
@@ -170,15 +153,15 @@ def test_mixed_precision_model_exports_in_float32(tmp_path, cli, write):
     assert not types & {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
-def test_usage_errors(run_dir, cli, tmp_path):
-    result = cli("export", run_dir, "--format", "onnx", "--int8")
+def test_usage_errors(demo_run, cli, tmp_path):
+    result = cli("export", demo_run, "--format", "onnx", "--int8")
     assert result.exit_code == 2
     assert "--int8 is for --format litert; received --format onnx" in result.stderr
-    result = cli("export", run_dir, "--format", "litert", "-o", tmp_path / "m.onnx")
+    result = cli("export", demo_run, "--format", "litert", "-o", tmp_path / "m.onnx")
     assert result.exit_code == 2
     assert "must end in .tflite" in result.stderr
     bare = tmp_path / "copy.keras"
-    bare.write_bytes((run_dir / "model.keras").read_bytes())
+    bare.write_bytes((demo_run / "model.keras").read_bytes())
     result = cli("export", bare, "--format", "onnx")
     assert result.exit_code == 2
     assert "give --data" in result.stderr

@@ -9,43 +9,26 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from cnnbuild.cli import app
-from tests.conftest import CONFIGS
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """The README's demo config, trained small: 1 epoch on 256 shapes images."""
-    run = tmp_path_factory.mktemp("predict") / "run"
-    result = _cli(
-        "train", CONFIGS / "shapes_demo.yaml", "--limit", 256, "--epochs", 1, "--out", run
-    )
-    assert result.exit_code == 0, result.output
-    return run
-
-
-@pytest.fixture(scope="module")
-def test_images(run_dir):
+def test_images(demo_run):
     from cnnbuild.train import load_data, resolve_train
     from cnnbuild.validate import load_config
 
-    settings = resolve_train(load_config(run_dir / "config.yaml"), {})
+    settings = resolve_train(load_config(demo_run / "config.yaml"), {})
     data = load_data((32, 32, 3), settings, quiet=True)
     return data.x_test[:20], data.class_names
 
 
-def _keras_probabilities(run_dir, arrays: np.ndarray) -> np.ndarray:
+def _keras_probabilities(demo_run, arrays: np.ndarray) -> np.ndarray:
     import keras
 
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    model = keras.saving.load_model(demo_run / "model.keras", compile=False)
     logits = model.predict(arrays, verbose=0)  # the demo's output layer is linear: logits
     return np.asarray(keras.ops.softmax(logits, axis=-1))
 
@@ -55,7 +38,7 @@ def _by_file(output: str) -> dict:
     return {p["file"]: p["top"] for p in data["predictions"]}, data
 
 
-def test_predict_on_20_pngs_equals_plain_keras(run_dir, test_images, tmp_path):
+def test_predict_on_20_pngs_equals_plain_keras(demo_run, test_images, tmp_path):
     images, names = test_images
     folder = tmp_path / "pngs"
     folder.mkdir()
@@ -65,9 +48,9 @@ def test_predict_on_20_pngs_equals_plain_keras(run_dir, test_images, tmp_path):
         Image.fromarray(img).save(files[-1])
     decoded = np.stack([np.asarray(Image.open(f), dtype=np.float32) for f in files])
     assert np.array_equal(decoded, images.astype(np.float32))  # PNG is lossless
-    expected = _keras_probabilities(run_dir, decoded)
+    expected = _keras_probabilities(demo_run, decoded)
 
-    result = _cli("predict", run_dir, folder, "-k", 10, "--format", "json")
+    result = run_cli("predict", demo_run, folder, "-k", 10, "--format", "json")
     assert result.exit_code == 0, result.output
     got, data = _by_file(result.stdout)
     assert data["failed"] == [] and data["resized"] == 0
@@ -79,12 +62,12 @@ def test_predict_on_20_pngs_equals_plain_keras(run_dir, test_images, tmp_path):
         for t in top:
             assert t["probability"] == pytest.approx(float(row[t["index"]]), abs=2e-6)
 
-    table = _cli("predict", run_dir, folder / "test_00.png", "-k", 2)
+    table = run_cli("predict", demo_run, folder / "test_00.png", "-k", 2)
     assert table.exit_code == 0, table.output
     first = names[int(np.argmax(expected[0]))]
     assert "test_00.png" in table.stdout and first in table.stdout
 
-    csv = _cli("predict", run_dir, str(folder / "test_0*.png"), "--format", "csv", "-k", 1)
+    csv = run_cli("predict", demo_run, str(folder / "test_0*.png"), "--format", "csv", "-k", 1)
     assert csv.exit_code == 0, csv.output
     lines = csv.stdout.strip().splitlines()
     assert lines[0] == "file,rank,index,class,probability"
@@ -108,7 +91,7 @@ def _bomb_png(path, width: int, height: int) -> None:
     )
 
 
-def test_modes_sizes_and_bad_files(run_dir, test_images, tmp_path):
+def test_modes_sizes_and_bad_files(demo_run, test_images, tmp_path):
     import keras
 
     images, _ = test_images
@@ -123,7 +106,8 @@ def test_modes_sizes_and_bad_files(run_dir, test_images, tmp_path):
     (folder / "notes.txt").write_text("not an image")
     _bomb_png(folder / "bomb.png", 100_000, 100_000)
 
-    result = _cli("predict", run_dir, folder, str(tmp_path / "none*.jpg"), "-f", "json", "-k", 10)
+    missing = str(tmp_path / "none*.jpg")
+    result = run_cli("predict", demo_run, folder, missing, "-f", "json", "-k", 10)
     assert result.exit_code == 1, result.output
     got, data = _by_file(result.stdout)
     assert set(got) == {str(folder / n) for n in ("gray.bmp", "rgba.png", "frame.gif", "big.png")}
@@ -148,7 +132,7 @@ def test_modes_sizes_and_bad_files(run_dir, test_images, tmp_path):
     luma = np.asarray(Image.fromarray(images[0]).convert("L"), dtype=np.float32)
     gif = np.asarray(Image.open(folder / "frame.gif").convert("RGB"), dtype=np.float32)
     rgb = np.stack([np.repeat(luma[..., None], 3, axis=-1), images[1].astype(np.float32), gif])
-    expected = _keras_probabilities(run_dir, np.concatenate([rgb, resized]))
+    expected = _keras_probabilities(demo_run, np.concatenate([rgb, resized]))
     for name, row in zip(("gray.bmp", "rgba.png", "frame.gif", "big.png"), expected, strict=True):
         top = got[str(folder / name)]
         assert [t["index"] for t in top] == list(np.argsort(-row, kind="stable")), name
@@ -156,11 +140,11 @@ def test_modes_sizes_and_bad_files(run_dir, test_images, tmp_path):
             assert t["probability"] == pytest.approx(float(row[t["index"]]), abs=2e-6), name
 
 
-def test_bad_targets_and_flags(run_dir, tmp_path):
-    result = _cli("predict", tmp_path, tmp_path)
+def test_bad_targets_and_flags(demo_run, tmp_path):
+    result = run_cli("predict", tmp_path, tmp_path)
     assert result.exit_code == 2
     assert "no model.keras in this folder" in result.stderr
-    result = _cli("predict", run_dir, tmp_path, "-k", 0)
+    result = run_cli("predict", demo_run, tmp_path, "-k", 0)
     assert result.exit_code == 2
     assert "-k and --batch-size must be at least 1" in result.stderr
 
@@ -186,7 +170,7 @@ def test_free_input_size_keeps_each_image_size(write, tmp_path):
     arrays = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((20, 30), (41, 17))]
     for i, array in enumerate(arrays):
         Image.fromarray(array).save(tmp_path / f"{i}.png")
-    result = _cli("predict", tmp_path / "free.keras", tmp_path / "0.png", tmp_path / "1.png",
+    result = run_cli("predict", tmp_path / "free.keras", tmp_path / "0.png", tmp_path / "1.png",
                   "-f", "json")  # fmt: skip
     assert result.exit_code == 0, result.output
     got, data = _by_file(result.stdout)
