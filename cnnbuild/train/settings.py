@@ -76,10 +76,14 @@ def resolved_config(cfg: ModelConfig, settings: TrainConfig) -> dict:
 class Device:
     kind: str  # "cpu" or "gpu"
     name: str
-    mixed_precision: bool
     jit_compile: bool
     steps_per_execution: int
-    policy: str = "float32"  # the Keras dtype policy (see cnnbuild.precision)
+    policy: str = FLOAT32  # the Keras dtype policy (see cnnbuild.precision)
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether the policy computes in a 16-bit type (bf16 or float16)."""
+        return self.policy != FLOAT32
 
 
 def _cpu_name() -> str:
@@ -122,7 +126,6 @@ def select_device(settings: TrainConfig) -> Device:
     return Device(
         kind=kind,
         name=name,
-        mixed_precision=policy != FLOAT32,
         jit_compile=settings.jit_compile if settings.jit_compile is not None else on_gpu,
         steps_per_execution=settings.steps_per_execution
         or (GPU_STEPS_PER_EXECUTION if on_gpu else CPU_STEPS_PER_EXECUTION),
