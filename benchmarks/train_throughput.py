@@ -89,7 +89,7 @@ print(json.dumps({"acc": model.evaluate(xt, yt, batch_size=256, verbose=0)[1]}))
 def load_images(n: int, n_test: int):
     """Real CIFAR-10 from Keras' cache or --data-dir if present, else the shapes set."""
     from cnnbuild.data.cifar import ARCHIVES, locate, read_cifar
-    from cnnbuild.data.shapes import load_shapes
+    from cnnbuild.data.synthetic import load_shapes
 
     path = locate(ARCHIVES["cifar10"], None)
     data = read_cifar(path, ARCHIVES["cifar10"]) if path else load_shapes(n, n_test)

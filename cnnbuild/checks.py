@@ -20,7 +20,7 @@ from cnnbuild.catalog import (
 )
 from cnnbuild.config import INPUT, Node
 from cnnbuild.errors import Finding, shape_str
-from cnnbuild.schema.config import DATASETS
+from cnnbuild.schema.sections import DATASETS
 from cnnbuild.trace import Row, Trace
 
 

@@ -37,7 +37,7 @@ def _console(stderr: bool = False) -> Console:
 
 def _notes(findings: list) -> None:
     """Findings on stderr; for a view, the lint findings of a model that builds."""
-    from cnnbuild.report import text_lines
+    from cnnbuild.findings_format import text_lines
 
     if not findings:
         return
@@ -96,7 +96,7 @@ def validate(
 
     Prints FILE:LINE:COL: severity: message [RULE]. Exit 1 when a finding fails.
     """
-    from cnnbuild import report
+    from cnnbuild import findings_format
     from cnnbuild.checks import RULES
     from cnnbuild.validate import check_file, expand_paths
 
@@ -113,11 +113,13 @@ def validate(
     failed = any(f.severity in failing for f in findings)
     out = _console()
     if fmt is Format.text:
-        report.print_text(out, findings, len(files))
+        findings_format.print_text(out, findings, len(files))
     else:
-        render = {"json": report.to_json, "github": report.to_github, "sarif": report.to_sarif}[
-            fmt.value
-        ]
+        render = {
+            "json": findings_format.to_json,
+            "github": findings_format.to_github,
+            "sarif": findings_format.to_sarif,
+        }[fmt.value]
         text = render(findings)
         if text:
             print(text)
@@ -514,7 +516,7 @@ def plot(
     verbose: Verbose = False,
 ) -> None:
     """Draw the architecture: blocks, branches, each layer with its output shape."""
-    from cnnbuild.insight.plot import plot as draw
+    from cnnbuild.insight.diagram import plot as draw
     from cnnbuild.validate import load_config
 
     message = draw(load_config(config), output, engine=engine, verbose=verbose)
@@ -531,7 +533,7 @@ def report(
     from cnnbuild.builder import keras_module
 
     keras_module(verbose)  # first: the light install is told how to get TensorFlow
-    from cnnbuild.insight.report import write_report
+    from cnnbuild.insight.run_report import write_report
 
     path = write_report(run_dir, verbose=verbose)
     _console().print(f"wrote {path}", highlight=False)

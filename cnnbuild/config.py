@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from cnnbuild.errors import Finding, from_pydantic, suggest
 from cnnbuild.expand import INPUT, Node, expand
-from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.sections import CompileConfig, LintConfig, TrainConfig
 from cnnbuild.schema.tune import TuneSection
 from cnnbuild.schema.types import is_int
 from cnnbuild.source import Document

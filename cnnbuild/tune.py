@@ -94,7 +94,7 @@ def _close(word: str, options: list) -> str:
 
 
 def _section_keys(section: Any) -> list[str]:
-    from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
+    from cnnbuild.schema.sections import CompileConfig, LintConfig, TrainConfig
 
     models = {"compile": CompileConfig, "train": TrainConfig, "lint": LintConfig}
     return list(models[section].model_fields) if section in models else []

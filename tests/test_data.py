@@ -21,7 +21,7 @@ from cnnbuild.data.cifar import (
     read_cifar,
     safe_loads,
 )
-from cnnbuild.data.shapes import CLASSES, generate, load_shapes
+from cnnbuild.data.synthetic import CLASSES, generate, load_shapes
 from cnnbuild.errors import DataError
 from tests.conftest import Evil, cifar_batches, write_cifar_tar
 

@@ -134,7 +134,7 @@ def test_report_command_rebuilds_the_report(demo_run, tmp_path):
 
 
 def _write_pngs(folder: Path, n: int):
-    from cnnbuild.data.shapes import SEED, TEST, TRAIN, generate_with_boxes
+    from cnnbuild.data.synthetic import SEED, TEST, TRAIN, generate_with_boxes
 
     x, y, boxes = generate_with_boxes(TRAIN + TEST, SEED)
     x, y, boxes = x[TRAIN : TRAIN + n], y[TRAIN : TRAIN + n], boxes[TRAIN : TRAIN + n]
@@ -147,7 +147,7 @@ def _write_pngs(folder: Path, n: int):
 
 
 def test_show_writes_feature_maps_filters_and_gradcam(demo_run, tmp_path):
-    from cnnbuild.data.shapes import CLASSES
+    from cnnbuild.data.synthetic import CLASSES
     from cnnbuild.insight.show import GAP, OVERLAY, TILE, scale_factor
 
     paths, _, y, _ = _write_pngs(tmp_path / "images", 2)

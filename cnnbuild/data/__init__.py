@@ -185,7 +185,7 @@ def load_dataset(
 
         return load_folder(Path(path), image_size, channels, test_split, seed)
     if spec == "shapes":
-        from cnnbuild.data.shapes import load_shapes
+        from cnnbuild.data.synthetic import load_shapes
 
         return load_shapes()
     from cnnbuild.data.cifar import load_cifar

@@ -2,5 +2,5 @@
 during training (``gradients.json``), feature maps and Grad-CAM (``show``), architecture
 diagrams (``plot``) and the run report (``report.html``).
 
-Only :mod:`cnnbuild.insight.plot`'s fallback and DOT paths run without TensorFlow.
+Only :mod:`cnnbuild.insight.diagram`'s fallback and DOT paths run without TensorFlow.
 """

@@ -10,7 +10,7 @@ from cnnbuild.catalog import REGISTRY
 from cnnbuild.config import TOP_KEYS
 from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
-from cnnbuild.schema.config import CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.sections import CompileConfig, LintConfig, TrainConfig
 from cnnbuild.schema.tune import TuneSection
 
 DRAFT = "http://json-schema.org/draft-07/schema#"

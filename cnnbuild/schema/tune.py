@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from cnnbuild.schema.config import Strict
+from cnnbuild.schema.sections import Strict
 from cnnbuild.schema.types import Bool, Int, Seed, is_int, is_number
 
 PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\[[0-9]+\]|\.[A-Za-z_$][A-Za-z0-9_]*)*$"

@@ -105,8 +105,8 @@ def evaluate_model(
     One output unit is a binary classifier: its score is thresholded at 0.5 when the
     output layer applies a sigmoid (a probability), else at 0.0 (a logit).
     """
+    from cnnbuild.charts import confusion
     from cnnbuild.data.pipeline import make_pipeline
-    from cnnbuild.plots import confusion
 
     ds = make_pipeline(
         data.x_test,

@@ -35,7 +35,7 @@ from cnnbuild.config import ModelConfig
 from cnnbuild.data import Data, describe
 from cnnbuild.errors import DataError, Interrupted, RunError, UsageError
 from cnnbuild.io import os_errors, write_json, write_text
-from cnnbuild.schema.config import TrainConfig
+from cnnbuild.schema.sections import TrainConfig
 from cnnbuild.train.evaluate import evaluate_model, load_model
 from cnnbuild.train.rundir import STATE, RunDir, Signals, State, StopSignal
 from cnnbuild.train.settings import (
@@ -613,10 +613,10 @@ def _fit(
         return metrics
     write_json(run_dir.file("metrics.json"), metrics)
     run.finish(status)
-    from cnnbuild.plots import curves
+    from cnnbuild.charts import curves
 
     curves(run.history, run_dir.file("curves.png"), cfg.name)
-    from cnnbuild.insight.report import write_report
+    from cnnbuild.insight.run_report import write_report
 
     if plain is not model:
         plain.set_weights(model.get_weights())

@@ -18,7 +18,7 @@ from cnnbuild.config import ModelConfig
 from cnnbuild.data import Data, load_dataset
 from cnnbuild.errors import DataError, RunError, UsageError, shape_str
 from cnnbuild.precision import FLOAT32, policy_name
-from cnnbuild.schema.config import TrainConfig
+from cnnbuild.schema.sections import TrainConfig
 from cnnbuild.trace import trace
 
 CPU_STEPS_PER_EXECUTION = 8

@@ -65,7 +65,7 @@ def flow_figure(grads: dict) -> str | None:
     epochs = grads.get("epochs") or []
     if not epochs:
         return None
-    from cnnbuild.plots import _pyplot
+    from cnnbuild.charts import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -11,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from cnnbuild.insight.plot import dot_text, graphviz_ready, plot
+from cnnbuild.insight.diagram import dot_text, graphviz_ready, plot
 from cnnbuild.validate import load_config
 from tests.conftest import CONFIGS, ROOT
 
