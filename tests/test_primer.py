@@ -1,4 +1,4 @@
-"""The primer's models (/work/shared/docs/cnn-primer.md), written as there with no
+"""The primer's models (docs/cnn-primer.md), written as there with no
 ``compile:`` section, pass validate, the views and build; the classifiers train."""
 
 from __future__ import annotations
