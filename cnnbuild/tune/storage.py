@@ -151,9 +151,9 @@ def fault(text: str, exc: BaseException) -> RunError:
         )
     where = f"{url.host or 'localhost'}{f':{url.port}' if url.port else ''}"
     return RunError(
-        f"--storage {shown(text)}: the database server at {where} did not answer as expected "
-        f"({reason_text}); check that it runs and accepts this user there (cnnbuild waits "
-        f"{CONNECT_SECONDS} s to connect)"
+        f"--storage {shown(text)}: cannot use the database server at {where}: {reason_text}. "
+        "Check that it runs at that address and accepts this user and database; cnnbuild "
+        f"waits {CONNECT_SECONDS} s for a connection and {READ_SECONDS} s for an answer"
     )
 
 
