@@ -257,3 +257,49 @@ def test_a_large_space_checks_a_seeded_sample_of_its_corners(write):
         + "    train.batch_size: {choice: [8, 16, 32, 64, 128]}\n"
     )
     assert [f for f in check_file(path)[2] if f.severity == "error"] == []
+
+
+BLOCKS = """
+name: blocky
+input: [16, 16, 3]
+blocks:
+  stage:
+    params: [filters]
+    layers:
+      - Conv2D: {filters: $filters, kernel_size: 3, padding: same}
+layers:
+  - stage: {filters: 8}
+  - GlobalAveragePooling2D
+  - Dense: {units: 10}
+compile:
+  from_logits: true
+tune:
+  space:
+"""
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            "layers[0].stage.width: {choice: [8, 16]}",
+            "tune.space.layers[0].stage.width: unknown path: unknown parameter 'width' for "
+            "block 'stage'",
+        ),
+        (
+            "layers[2].Dense.unit: {choice: [8, 16]}",
+            "tune.space.layers[2].Dense.unit: unknown path: unknown argument 'unit' for Dense; "
+            "did you mean 'units'?",
+        ),
+        (
+            "layers[0].stage.filters: {float: [8, 16]}",
+            "tune.space.layers[0].stage.filters: a float range samples values such as 8.0, "
+            "but blocks.stage.layers[0].Conv2D.filters (line 7) takes an integer",
+        ),
+    ],
+)
+def test_an_entry_no_value_can_satisfy_gives_one_finding(write, entry, message):
+    path = write(BLOCKS + f"    {entry}\n")
+    errors = [f for f in check_file(path)[2] if f.severity == "error"]
+    assert len(errors) == 1, [f.format() for f in errors]
+    assert f"{errors[0].path}: {errors[0].message}".startswith(message), errors[0].format()
