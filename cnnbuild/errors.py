@@ -23,6 +23,9 @@ EXIT_INTERRUPTED = 130
 
 SEVERITIES = ("error", "warning", "info")
 
+# machine-readable kinds of finding, in ``Finding.extra["code"]``, for code that acts on them
+UNKNOWN_KEY = "unknown-key"  # a key (argument, parameter) its mapping does not take
+
 
 @dataclass(frozen=True)
 class Position:
@@ -188,7 +191,9 @@ def from_pydantic(
         if typ == "extra_forbidden":
             key = loc[-1]
             msg = f"unknown argument {key!r} for {what}{suggest(str(key), fields)}"
-            out.append(doc.finding(full, msg + note, prefer="key"))
+            finding = doc.finding(full, msg + note, prefer="key")
+            finding.extra["code"] = UNKNOWN_KEY
+            out.append(finding)
         elif typ == "missing":
             out.append(doc.finding(full, f"{what} needs `{loc[-1]}`{note}", prefer="key"))
         else:

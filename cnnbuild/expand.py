@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cnnbuild.catalog import PREPROCESS_GROUPS, REGISTRY, scales_input
-from cnnbuild.errors import Finding, closest, from_pydantic, suggest
+from cnnbuild.errors import UNKNOWN_KEY, Finding, closest, from_pydantic, suggest
 from cnnbuild.expression import MAX_NESTING, ExpressionError, evaluate
 from cnnbuild.schema.blocks import (
     BLOCK_KINDS,
@@ -272,12 +272,15 @@ def _error(
     rule: str = "schema",
     prefer: str = "value",
     column: int | None = None,
+    code: str = "",
 ) -> None:
     key = (path, msg)
     if key in g.seen:
         return
     g.seen.add(key)
     finding = g.doc.finding(path, msg + _note(g, scope), rule=rule, prefer=prefer)
+    if code:
+        finding.extra["code"] = code
     if column is not None:
         finding.column, finding.end_line, finding.end_column = column, None, None
     g.findings.append(finding)
@@ -611,6 +614,7 @@ def _template(
                 "; its parameters are " + (", ".join(spec.params) or "none"),
                 scope,
                 prefer="key",
+                code=UNKNOWN_KEY,
             )
             continue
         params[key] = value

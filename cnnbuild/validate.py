@@ -8,6 +8,7 @@ from pathlib import Path
 from cnnbuild.checks import RULES, lint
 from cnnbuild.config import ModelConfig, from_document
 from cnnbuild.errors import ConfigError, Finding, UsageError
+from cnnbuild.search_space import space_findings
 from cnnbuild.source import read_document
 from cnnbuild.trace import Trace, trace
 
@@ -74,8 +75,6 @@ def check_file(
         cfg.findings.extend(tr.findings)
         cfg.findings.extend(_fold(lint(tr, ignore)))
     if cfg.tune is not None:  # the search space of `cnnbuild tune`: paths and corners
-        from cnnbuild.tune import space_findings
-
         cfg.findings.extend(space_findings(cfg))
     cfg.findings = _sorted(cfg.findings)
     return cfg, tr, cfg.findings

@@ -8,7 +8,7 @@ A space entry is one of::
     {choice: [16, 32, 64]}               # one of the listed scalars
 
 Whether a path exists and whether its values suit the argument it sets are checked by
-:mod:`cnnbuild.tune` against the rest of the config, not here.
+:mod:`cnnbuild.search_space` against the rest of the config, not here.
 """
 
 from __future__ import annotations
