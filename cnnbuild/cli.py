@@ -143,12 +143,13 @@ def summary(
     cfg, tr = load_traced(config)
     _notes(cfg.findings)
     if static:
-        data = tr.to_dict()
+        data = tr.summary_dict()
     else:
         from cnnbuild.builder import build_model, keras_module, keras_summary
 
         keras_module(verbose)
         data = keras_summary(cfg, build_model(cfg, compile=False))
+        data = {**data, **tr.figures(data["total_params"])}
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -210,6 +211,7 @@ def trace(
     else:
         out = _console()
         out.print(render.trace_table(tr, real))
+        render.print_lines(out, render.figure_lines(tr.figures()))
     if real is not None:
         bad = [
             r.node.name

@@ -1,8 +1,9 @@
 """Located YAML -> a typed model config: its sections and its flat graph of nodes.
 
-The sections (``compile``, ``train``, ``lint``, ``tune``) are pydantic models; the layers expand
-in :mod:`cnnbuild.expand` into a flat list of :class:`Node`. Every problem becomes a
-:class:`~cnnbuild.errors.Finding` pointing at the YAML; nothing here raises on bad input.
+The sections (``compile``, ``train``, ``lint``, ``budget``, ``tune``) are pydantic models;
+the layers expand in :mod:`cnnbuild.expand` into a flat list of :class:`Node`. Every
+problem becomes a :class:`~cnnbuild.errors.Finding` pointing at the YAML; nothing here
+raises on bad input.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from cnnbuild.errors import Finding, from_pydantic, suggest
 from cnnbuild.expand import INPUT, Node, expand
-from cnnbuild.schema.sections import CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.sections import BudgetConfig, CompileConfig, LintConfig, TrainConfig
 from cnnbuild.schema.tune import TuneSection
 from cnnbuild.schema.types import is_int
 from cnnbuild.source import Document
@@ -31,6 +32,7 @@ TOP_KEYS = (
     "compile",
     "train",
     "lint",
+    "budget",
     "tune",
 )
 
@@ -50,6 +52,7 @@ class ModelConfig:
     lint: LintConfig
     findings: list[Finding] = field(default_factory=list)
     tune: TuneSection | None = None  # the search space of `cnnbuild tune` (cnnbuild.tune)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # the `budget` rule's limits
 
     @property
     def ok(self) -> bool:
@@ -146,6 +149,7 @@ def from_document(doc: Document) -> ModelConfig | None:
     compile_cfg = _section(doc, data, "compile", CompileConfig, findings)
     train_cfg = _section(doc, data, "train", TrainConfig, findings)
     lint_cfg = _section(doc, data, "lint", LintConfig, findings)
+    budget_cfg = _section(doc, data, "budget", BudgetConfig, findings)
     tune_cfg = _section(doc, data, "tune", TuneSection, findings) if "tune" in data else None
     nodes: list[Node] = []
     output = INPUT
@@ -169,4 +173,5 @@ def from_document(doc: Document) -> ModelConfig | None:
         lint_cfg,
         findings,
         tune=tune_cfg,
+        budget=budget_cfg,
     )

@@ -114,7 +114,7 @@ def blocks_build(finding: Finding) -> bool:
     if finding.severity != "error":
         return False
     spec = RULES.get(finding.rule)
-    return spec is None or spec.check is None
+    return spec is None or not spec.lint
 
 
 def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
