@@ -83,9 +83,28 @@ def _parse_input(doc: Document, raw: Any, findings: list[Finding]) -> tuple | No
     return tuple(raw)
 
 
+def _valid_part(model: type[BaseModel], raw: dict) -> Any:
+    """``model`` from the keys of ``raw`` that are valid on their own."""
+    good = {}
+    for name, value in raw.items():
+        try:
+            model(**{name: value})
+        except (ValidationError, TypeError):
+            continue
+        good[name] = value
+    return model(**good)
+
+
 def _section(
-    doc: Document, data: dict, key: str, model: type[BaseModel], findings: list[Finding]
+    doc: Document,
+    data: dict,
+    key: str,
+    model: type[BaseModel],
+    findings: list[Finding],
+    partial: bool = False,
 ) -> Any:
+    """The section ``key`` as ``model``; on errors, the defaults (or with ``partial``,
+    the keys that are valid, so a typo in one limit does not hide the others)."""
     raw = data.get(key)
     if raw is None:
         return model()
@@ -96,6 +115,7 @@ def _section(
         return model(**raw)
     except ValidationError as exc:
         findings.extend(from_pydantic(doc, exc, (key,), raw, f"`{key}`", model.model_fields))
+        return _valid_part(model, raw) if partial else model()
     except TypeError:
         findings.append(doc.finding((key,), f"the keys of {key} must be strings"))
     return model()
@@ -149,7 +169,7 @@ def from_document(doc: Document) -> ModelConfig | None:
     compile_cfg = _section(doc, data, "compile", CompileConfig, findings)
     train_cfg = _section(doc, data, "train", TrainConfig, findings)
     lint_cfg = _section(doc, data, "lint", LintConfig, findings)
-    budget_cfg = _section(doc, data, "budget", BudgetConfig, findings)
+    budget_cfg = _section(doc, data, "budget", BudgetConfig, findings, partial=True)
     tune_cfg = _section(doc, data, "tune", TuneSection, findings) if "tune" in data else None
     nodes: list[Node] = []
     output = INPUT
