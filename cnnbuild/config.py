@@ -121,6 +121,24 @@ def _section(
     return model()
 
 
+def _top_keys(doc: Document, data: dict, findings: list[Finding]) -> None:
+    """Unknown top-level keys (with a suggestion) and missing ``input``/``layers``."""
+    for key in data:
+        if key not in TOP_KEYS:
+            findings.append(
+                doc.finding(
+                    (key,),
+                    f"unknown key {key!r}"
+                    f"{suggest(str(key), TOP_KEYS)}; expected one "
+                    f"of {', '.join(TOP_KEYS)}",
+                    prefer="key",
+                )
+            )
+    for key in ("input", "layers"):
+        if key not in data:
+            findings.append(doc.finding((), f"missing `{key}:`", prefer="key"))
+
+
 def from_document(doc: Document) -> ModelConfig | None:
     """Check a parsed document and expand its layers into nodes.
 
@@ -147,20 +165,7 @@ def from_document(doc: Document) -> ModelConfig | None:
             )
         doc.findings = findings
         return None
-    for key in data:
-        if key not in TOP_KEYS:
-            findings.append(
-                doc.finding(
-                    (key,),
-                    f"unknown key {key!r}"
-                    f"{suggest(str(key), TOP_KEYS)}; expected one "
-                    f"of {', '.join(TOP_KEYS)}",
-                    prefer="key",
-                )
-            )
-    for key in ("input", "layers"):
-        if key not in data:
-            findings.append(doc.finding((), f"missing `{key}:`", prefer="key"))
+    _top_keys(doc, data, findings)
     name = data.get("name", Path(doc.file).stem)
     if not isinstance(name, str) or not name:
         findings.append(doc.finding(("name",), f"name must be a string; received {name!r}"))
