@@ -108,6 +108,11 @@ def read_git(ref: str, path: str) -> Document | None:
         UsageError: not a git repository, an unknown revision, or a folder at ``path``.
     """
     verify_ref(ref)
+    return _read_blob(ref, path)
+
+
+def _read_blob(ref: str, path: str) -> Document | None:
+    """:func:`read_git` for a revision already verified."""
     spec = f"{ref}:{path}"
     kind = _git(["cat-file", "-t", spec])
     if kind.returncode != 0:
@@ -141,7 +146,12 @@ def read_side(spec: str) -> Document:
     ref, colon, inner = spec.partition(":")
     if not colon or _DRIVE.match(spec) or not inner:
         raise UsageError(f"no such config file: {spec!r} (or give REF:PATH, e.g. HEAD:{spec})")
-    doc = read_git(ref, inner)
+    try:
+        verify_ref(ref)
+    except UsageError as exc:
+        message = f"no such config file: {spec!r}; read as REF:PATH: {exc.message}"
+        raise UsageError(message) from None
+    doc = _read_blob(ref, inner)
     if doc is None:
         raise UsageError(f"{spec}: {inner!r} does not exist at revision {ref!r}")
     return doc
@@ -430,7 +440,7 @@ def review_against(
     Args:
         file: the config file.
         checked: what :func:`cnnbuild.validate.check_file` returned for it.
-        ref: the baseline revision (already verified).
+        ref: the baseline revision, already checked with :func:`verify_ref`.
         top: the repository's root (:func:`repo_root`).
         ignore: rule ids to skip (``--ignore``).
     """
@@ -439,7 +449,7 @@ def review_against(
     if cfg is None or tr is None or any(blocks_build(f) for f in findings):
         return BaselineReview(name, "skipped")
     inner = _repo_path(file, top)
-    doc = None if inner is None else read_git(ref, inner)
+    doc = None if inner is None else _read_blob(ref, inner)
     if doc is None:
         where = "outside the repository" if inner is None else f"not in {ref}"
         note = _note(name, f"{where}: a new config, no baseline to compare with")

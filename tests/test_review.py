@@ -183,6 +183,14 @@ def test_not_a_repository_exits_2(cli, tmp_path, monkeypatch):
     assert "is not in a git repository" in result.output
 
 
+def test_a_missing_file_with_a_colon_says_both_readings(cli, repo):
+    result = cli("diff", "models:v2.yaml", "model.yaml")
+    assert result.exit_code == 2, result.output
+    assert "no such config file: 'models:v2.yaml'; read as REF:PATH: unknown git revision" in (
+        result.output
+    )
+
+
 def test_an_existing_file_with_a_colon_is_a_file(cli, repo):
     (repo / "HEAD:model.yaml").write_text(edited())  # a file by that very name
     data = json.loads(cli("diff", "HEAD:model.yaml", "model.yaml", "--format", "json").stdout)
