@@ -53,7 +53,6 @@ TOTALS = (
     ("Output shape", ("output_shape",), "shape"),
 )
 """The totals a diff shows, in order: label, key path in ``summary --json``, kind."""
-BASELINE_COLUMNS = ("Parameters", "MACs per image", "Activation memory per training image")
 
 
 # -- reading a side: a file, or REF:PATH from git ----------------------------------------
@@ -90,29 +89,27 @@ def verify_ref(ref: str) -> None:
             f"{os.getcwd()} is not in a git repository; REF:PATH and --baseline read "
             "files at a revision of the current directory's repository"
         )
+    if result.returncode != 0 and result.stderr.strip():  # e.g. "dubious ownership"
+        said = result.stderr.decode(errors="replace").strip().splitlines()[0]
+        raise UsageError(f"git cannot read revision {ref!r}: {said}")
     if result.returncode != 0:
         raise UsageError(f"unknown git revision {ref!r} (try HEAD, a branch or a commit)")
 
 
 def read_git(ref: str, path: str) -> Document | None:
-    """The config ``path`` as it is at revision ``ref`` (``git show REF:PATH``).
+    """The config ``path`` as it is at revision ``ref`` (``git show REF:PATH``), for a
+    revision already checked with :func:`verify_ref`.
 
     ``path`` is relative to the repository's root, or to the current directory when it
-    starts with ``./``, as git reads it.
+    starts with ``./``, as git reads it. The size is checked before the blob is read.
 
     Returns:
         The parsed document (with a finding when it is too big or not UTF-8), or
         ``None`` when ``path`` does not exist at ``ref``.
 
     Raises:
-        UsageError: not a git repository, an unknown revision, or a folder at ``path``.
+        UsageError: a folder at ``path``.
     """
-    verify_ref(ref)
-    return _read_blob(ref, path)
-
-
-def _read_blob(ref: str, path: str) -> Document | None:
-    """:func:`read_git` for a revision already verified."""
     spec = f"{ref}:{path}"
     kind = _git(["cat-file", "-t", spec])
     if kind.returncode != 0:
@@ -151,7 +148,7 @@ def read_side(spec: str) -> Document:
     except UsageError as exc:
         message = f"no such config file: {spec!r}; read as REF:PATH: {exc.message}"
         raise UsageError(message) from None
-    doc = _read_blob(ref, inner)
+    doc = read_git(ref, inner)
     if doc is None:
         raise UsageError(f"{spec}: {inner!r} does not exist at revision {ref!r}")
     return doc
@@ -449,7 +446,7 @@ def review_against(
     if cfg is None or tr is None or any(blocks_build(f) for f in findings):
         return BaselineReview(name, "skipped")
     inner = _repo_path(file, top)
-    doc = None if inner is None else _read_blob(ref, inner)
+    doc = None if inner is None else read_git(ref, inner)
     if doc is None:
         where = "outside the repository" if inner is None else f"not in {ref}"
         note = _note(name, f"{where}: a new config, no baseline to compare with")
