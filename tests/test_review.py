@@ -302,3 +302,28 @@ def test_diff_and_baseline_import_no_tensorflow(repo):
         [sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_baseline_that_does_not_validate_gets_a_note(cli, repo):
+    (repo / "model.yaml").write_text("input: [32, 32, 3]\nlayers:\n  - Conv2d: {filters: 8}\n")
+    git(repo, "commit", "-qam", "broken")
+    (repo / "model.yaml").write_text(edited())
+    result = cli("validate", "--baseline", "HEAD", "model.yaml")
+    assert result.exit_code == 0, result.output
+    assert "model.yaml:0:0: info: its version at HEAD does not validate; growth limits not " in (
+        result.stdout
+    )
+
+
+def test_markdown_without_a_baseline_lists_the_findings(cli, tmp_path):
+    path = tmp_path / "over.yaml"
+    path.write_text(TUTORIAL + "budget:\n  params: 100K\n")
+    result = cli("validate", path, "--format", "markdown")
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        "### cnnbuild validate",
+        "",
+        "**validate fails**: 1 error(s), 0 warning(s).",
+    ]
+    assert lines[3].startswith(f"- `{path}:25:3` error: parameters: 122,570 (122.6K), over the")
