@@ -327,3 +327,42 @@ def test_markdown_without_a_baseline_lists_the_findings(cli, tmp_path):
         "**validate fails**: 1 error(s), 0 warning(s).",
     ]
     assert lines[3].startswith(f"- `{path}:25:3` error: parameters: 122,570 (122.6K), over the")
+
+
+@pytest.mark.parametrize("position", range(8))
+def test_inserting_a_layer_anywhere_is_one_added_row(tmp_path, position):
+    """A Dropout (same shape, no weights) inserted before any layer: one `added` row at that
+    place, every other layer unchanged."""
+    lines = TUTORIAL.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.startswith("  - "))
+    lines.insert(first + position, "  - Dropout: {rate: 0.5}\n")
+    path = tmp_path / "more.yaml"
+    path.write_text("".join(lines))
+    _, old = load_traced(CONFIGS / "cifar10_tutorial.yaml")
+    _, new = load_traced(path)
+    data = compare(old, new, "old", "new")
+    assert data["counts"] == {"added": 1, "removed": 0, "changed": 0, "unchanged": 9}
+    added = [i for i, r in enumerate(data["layers"]) if r["change"] == "added"]
+    assert added == [position + 1]  # after input_scaling
+    assert data["delta"]["total_params"] == 0 and data["delta"]["macs"] == 0
+
+
+def test_shifted_automatic_names_do_not_decide_the_alignment(tmp_path):
+    """A 1x1 conv that keeps the shape, inserted after the first pooling: Keras renames
+    every later Conv2D (conv2d_1 -> conv2d_2...), yet only the new layer is `added`."""
+    pool = "  - MaxPooling2D: {pool_size: 2}\n"
+    one_by_one = "  - Conv2D: {filters: 32, kernel_size: 1, activation: relu}\n"
+    path = tmp_path / "more.yaml"
+    path.write_text(TUTORIAL.replace(pool, pool + one_by_one))
+    _, old = load_traced(CONFIGS / "cifar10_tutorial.yaml")
+    _, new = load_traced(path)
+    data = compare(old, new, "old", "new")
+    assert data["counts"] == {"added": 1, "removed": 0, "changed": 0, "unchanged": 9}
+    renamed = [
+        (r["old"]["name"], r["new"]["name"])
+        for r in data["layers"]
+        if r["old"] and r["new"] and r["old"]["name"] != r["new"]["name"]
+    ]
+    assert renamed == [("conv2d_1", "conv2d_2"), ("conv2d_2", "conv2d_3")]
+    added = next(r["new"] for r in data["layers"] if r["change"] == "added")
+    assert added["name"] == "conv2d_1" and added["output_shape"] == [15, 15, 32]
