@@ -116,11 +116,14 @@ def validate(
                 + ", ".join(r.id for r in RULES.values() if r.ignorable)
             )
     files, findings = expand_paths(paths)
-    checked = [check_file(file, frozenset(ignore)) for file in files]
-    for _, _, found in checked:
-        findings.extend(found)
-    reviews = _baseline(baseline, files, checked, frozenset(ignore)) if baseline else []
-    findings.extend(f for r in reviews for f in r.findings)
+    review = _baseline(baseline, frozenset(ignore)) if baseline else None
+    reviews = []
+    for file in files:
+        checked = check_file(file, frozenset(ignore))
+        findings.extend(checked[2])
+        if review is not None:
+            reviews.append(review(file, checked))
+            findings.extend(reviews[-1].findings)
     failing = {"error", "warning"} if strict else {"error"}
     failed = any(f.severity in failing for f in findings)
     out = _console()
@@ -148,13 +151,14 @@ def validate(
     raise typer.Exit(EXIT_INVALID if failed else 0)
 
 
-def _baseline(ref: str, files: list[Path], checked: list, ignore: frozenset[str]) -> list:
-    """``validate --baseline REF``: each checked config against its version at REF."""
+def _baseline(ref: str, ignore: frozenset[str]):
+    """``validate --baseline REF``: a function comparing a checked config with its
+    version at REF (the revision and the repository are checked first)."""
     from cnnbuild.review import repo_root, review_against, verify_ref
 
     verify_ref(ref)
     top = repo_root()
-    return [review_against(f, c, ref, top, ignore) for f, c in zip(files, checked, strict=True)]
+    return functools.partial(review_against, ref=ref, top=top, ignore=ignore)
 
 
 class DiffFormat(str, Enum):
