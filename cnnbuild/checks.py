@@ -20,8 +20,8 @@ from cnnbuild.catalog import (
 )
 from cnnbuild.config import INPUT, Node
 from cnnbuild.errors import Finding, shape_str
-from cnnbuild.schema.sections import DATASETS
-from cnnbuild.trace import Row, Trace
+from cnnbuild.schema.sections import BUDGET_UNITS, DATASETS, Limit, format_amount
+from cnnbuild.trace import WEIGHT_DTYPES, Row, Trace
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,13 @@ class Rule:
     hint: str
     check: Callable[[Trace], Iterator[tuple[Node, str, str | None]]] | None = None
     ignorable: bool = True
+    findings: Callable[[Trace], list[Finding]] | None = None
+    """For a rule about settings rather than layers: it positions its own findings."""
+
+    @property
+    def lint(self) -> bool:
+        """A lint rule (``validate`` decides), as opposed to a core rule (no model)."""
+        return self.check is not None or self.findings is not None
 
 
 RULES: dict[str, Rule] = {}
@@ -501,7 +508,10 @@ def lint(trace: Trace, ignore: set[str] | frozenset[str] = frozenset()) -> list[
                 )
             )
     for r in RULES.values():
-        if r.check is None or r.id in skip:
+        if not r.lint or r.id in skip:
+            continue
+        if r.findings is not None:
+            findings.extend(r.findings(trace))
             continue
         for node, message, arg in r.check(trace):
             findings.append(_at(trace, node, r, message, arg))
@@ -519,3 +529,114 @@ def _at(trace: Trace, node: Node, r: Rule, message: str, arg: str | None) -> Fin
     return doc.finding(
         path, f"{node.name}: {message}", rule=r.id, severity=r.severity, hint=r.hint, prefer="key"
     )
+
+
+# -- budget ----------------------------------------------------------------------------
+
+BUDGET_LABELS = {
+    "params": "parameters",
+    "trainable_params": "trainable parameters",
+    "macs": "MACs per image",
+    "activation_memory": "activation memory per training image",
+    "weights": "weights at float32",
+}
+
+
+def budget_values(trace: Trace) -> dict[str, int]:
+    """The figures ``budget:`` limits, by key, as ``summary`` reports them."""
+    return {
+        "params": trace.total_params,
+        "trainable_params": trace.trainable,
+        "macs": trace.macs,
+        "activation_memory": trace.activation_bytes,
+        "weights": trace.total_params * WEIGHT_DTYPES["float32"],
+    }
+
+
+def _broken(value: float, limit: Limit) -> tuple[str, str, float] | None:
+    """``(severity, tier, limit)`` of the highest tier ``value`` is over, if any."""
+    if limit.fail is not None and value > limit.fail:
+        return "error", "fail", limit.fail
+    if limit.warn is not None and value > limit.warn:
+        return "warning", "warn", limit.warn
+    return None
+
+
+def _budget_finding(trace: Trace, path: tuple, message: str, severity: str) -> Finding:
+    r = RULES["budget"]
+    return trace.config.doc.finding(
+        path, message, rule=r.id, severity=severity, hint=r.hint, prefer="key"
+    )
+
+
+def budget_findings(trace: Trace) -> list[Finding]:
+    """The ``budget:`` ceilings the traced model is over, at the position of each key."""
+    if not trace.complete:
+        return []
+    budget = trace.config.budget
+    values = budget_values(trace)
+    out = []
+    for key, unit in BUDGET_UNITS.items():
+        limit = getattr(budget, key)
+        broken = None if limit is None else _broken(values[key], limit)
+        if broken is None:
+            continue
+        severity, tier, ceiling = broken
+        message = (
+            f"{BUDGET_LABELS[key]}: {format_amount(values[key], unit)}, over the "
+            f"{tier} limit of {format_amount(ceiling, unit)}"
+        )
+        out.append(_budget_finding(trace, ("budget", key), message, severity))
+    return out
+
+
+def growth_percent(old: float, new: float) -> float | None:
+    """``(new - old) / old`` in percent; ``None`` when ``old`` is 0 and ``new`` is not."""
+    if old == 0:
+        return 0.0 if new == 0 else None
+    return 100.0 * (new - old) / old
+
+
+def growth_findings(
+    new: Trace, old: Trace, ref: str, ignore: frozenset[str] = frozenset()
+) -> list[Finding]:
+    """The ``budget.growth`` limits ``new`` breaks against ``old`` (its version at ``ref``).
+
+    Args:
+        new: the trace of the config as it is.
+        old: the trace of its baseline.
+        ref: the baseline's name, for messages (``HEAD``, ``origin/main``).
+        ignore: rule ids to skip (``--ignore``); the config's ``lint.ignore`` counts too.
+    """
+    growth = new.config.budget.growth
+    if growth is None or "budget" in ignore | set(new.config.lint.ignore):
+        return []
+    if not (new.complete and old.complete):
+        return []
+    before, after = budget_values(old), budget_values(new)
+    out = []
+    for key, unit in BUDGET_UNITS.items():
+        limit = getattr(growth, key)
+        pct = growth_percent(before[key], after[key])
+        broken = None if limit is None else _broken(float("inf") if pct is None else pct, limit)
+        if broken is None:
+            continue
+        severity, tier, ceiling = broken
+        grew = "from nothing" if pct is None else f"{pct:+.1f}%"
+        message = (
+            f"{BUDGET_LABELS[key]} grew {grew} against {ref} "
+            f"({format_amount(before[key], unit)} -> {format_amount(after[key], unit)}), "
+            f"over the {tier} limit of {format_amount(ceiling, 'percent')}"
+        )
+        out.append(_budget_finding(new, ("budget", "growth", key), message, severity))
+    return out
+
+
+RULES["budget"] = Rule(
+    "budget",
+    "error",
+    "the model is over a `budget:` ceiling, or grew past a `budget.growth` limit against "
+    "the baseline of `validate --baseline REF`; a warn-tier limit gives a warning",
+    "make the model smaller, or raise the limit in the config's budget: section",
+    findings=budget_findings,
+)

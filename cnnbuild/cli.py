@@ -72,6 +72,7 @@ class Format(str, Enum):
     json = "json"
     github = "github"
     sarif = "sarif"
+    markdown = "markdown"
 
 
 Verbose = Annotated[
@@ -91,6 +92,14 @@ def validate(
         list[str], typer.Option("--ignore", help="Skip a rule (repeatable).", show_default=False)
     ] = [],  # noqa: B006
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare each config with its version at this git revision; apply "
+            "budget.growth limits.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Check configs without TensorFlow: schema, shapes, parameters and lint rules.
 
@@ -107,12 +116,28 @@ def validate(
                 + ", ".join(r.id for r in RULES.values() if r.ignorable)
             )
     files, findings = expand_paths(paths)
+    review = _baseline(baseline, frozenset(ignore)) if baseline else None
+    reviews = []
     for file in files:
-        findings.extend(check_file(file, frozenset(ignore))[2])
+        checked = check_file(file, frozenset(ignore))
+        findings.extend(checked[2])
+        if review is not None:
+            reviews.append(review(file, checked))
+            findings.extend(reviews[-1].findings)
     failing = {"error", "warning"} if strict else {"error"}
     failed = any(f.severity in failing for f in findings)
     out = _console()
-    if fmt is Format.text:
+    if fmt is Format.markdown:
+        from cnnbuild.review import baseline_markdown
+
+        sys.stdout.write(baseline_markdown(reviews, findings, baseline))
+    elif fmt is Format.text:
+        if baseline:
+            from cnnbuild.review import baseline_lines
+
+            render_lines = baseline_lines(reviews, baseline)
+            for line in render_lines:
+                out.print(line, highlight=False, markup=False, soft_wrap=True)
         findings_format.print_text(out, findings, len(files))
     else:
         render = {
@@ -124,6 +149,55 @@ def validate(
         if text:
             print(text)
     raise typer.Exit(EXIT_INVALID if failed else 0)
+
+
+def _baseline(ref: str, ignore: frozenset[str]):
+    """``validate --baseline REF``: a function comparing a checked config with its
+    version at REF (the revision and the repository are checked first)."""
+    from cnnbuild.review import repo_root, review_against, verify_ref
+
+    verify_ref(ref)
+    top = repo_root()
+    return functools.partial(review_against, ref=ref, top=top, ignore=ignore)
+
+
+class DiffFormat(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+@app.command()
+@handled
+def diff(
+    old: Annotated[
+        str, typer.Argument(help="The old config: a file or REF:PATH.", show_default=False)
+    ],
+    new: Annotated[
+        str, typer.Argument(help="The new config: a file or REF:PATH.", show_default=False)
+    ],
+    fmt: Annotated[
+        DiffFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = DiffFormat.text,
+) -> None:
+    """Compare two models without TensorFlow: layers added, removed or changed, and the
+    totals old -> new. REF:PATH reads a file at a git revision (git show REF:PATH).
+
+    Exit 0 when both sides load, 1 when one is invalid, 2 for usage errors.
+    """
+    from cnnbuild.review import compare, diff_markdown, diff_tables, load_side
+
+    _, old_trace = load_side(old)
+    _, new_trace = load_side(new)
+    result = compare(old_trace, new_trace, old, new)
+    if fmt is DiffFormat.json:
+        print(json.dumps(result, indent=2))
+    elif fmt is DiffFormat.markdown:
+        sys.stdout.write(diff_markdown(result))
+    else:
+        out = _console()
+        for table in diff_tables(result):
+            out.print(table)
 
 
 @app.command()
@@ -143,12 +217,13 @@ def summary(
     cfg, tr = load_traced(config)
     _notes(cfg.findings)
     if static:
-        data = tr.to_dict()
+        data = tr.summary_dict()
     else:
         from cnnbuild.builder import build_model, keras_module, keras_summary
 
         keras_module(verbose)
         data = keras_summary(cfg, build_model(cfg, compile=False))
+        data = {**data, **tr.figures(data["total_params"])}
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -210,6 +285,7 @@ def trace(
     else:
         out = _console()
         out.print(render.trace_table(tr, real))
+        render.print_lines(out, render.figure_lines(tr.figures()))
     if real is not None:
         bad = [
             r.node.name

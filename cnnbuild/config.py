@@ -1,8 +1,9 @@
 """Located YAML -> a typed model config: its sections and its flat graph of nodes.
 
-The sections (``compile``, ``train``, ``lint``, ``tune``) are pydantic models; the layers expand
-in :mod:`cnnbuild.expand` into a flat list of :class:`Node`. Every problem becomes a
-:class:`~cnnbuild.errors.Finding` pointing at the YAML; nothing here raises on bad input.
+The sections (``compile``, ``train``, ``lint``, ``budget``, ``tune``) are pydantic models;
+the layers expand in :mod:`cnnbuild.expand` into a flat list of :class:`Node`. Every
+problem becomes a :class:`~cnnbuild.errors.Finding` pointing at the YAML; nothing here
+raises on bad input.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from cnnbuild.errors import Finding, from_pydantic, suggest
 from cnnbuild.expand import INPUT, Node, expand
-from cnnbuild.schema.sections import CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.sections import BudgetConfig, CompileConfig, LintConfig, TrainConfig
 from cnnbuild.schema.tune import TuneSection
 from cnnbuild.schema.types import is_int
 from cnnbuild.source import Document
@@ -31,6 +32,7 @@ TOP_KEYS = (
     "compile",
     "train",
     "lint",
+    "budget",
     "tune",
 )
 
@@ -50,6 +52,7 @@ class ModelConfig:
     lint: LintConfig
     findings: list[Finding] = field(default_factory=list)
     tune: TuneSection | None = None  # the search space of `cnnbuild tune` (cnnbuild.tune)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # the `budget` rule's limits
 
     @property
     def ok(self) -> bool:
@@ -80,9 +83,28 @@ def _parse_input(doc: Document, raw: Any, findings: list[Finding]) -> tuple | No
     return tuple(raw)
 
 
+def _valid_part(model: type[BaseModel], raw: dict) -> Any:
+    """``model`` from the keys of ``raw`` that are valid on their own."""
+    good = {}
+    for name, value in raw.items():
+        try:
+            model(**{name: value})
+        except (ValidationError, TypeError):
+            continue
+        good[name] = value
+    return model(**good)
+
+
 def _section(
-    doc: Document, data: dict, key: str, model: type[BaseModel], findings: list[Finding]
+    doc: Document,
+    data: dict,
+    key: str,
+    model: type[BaseModel],
+    findings: list[Finding],
+    partial: bool = False,
 ) -> Any:
+    """The section ``key`` as ``model``; on errors, the defaults (or with ``partial``,
+    the keys that are valid, so a typo in one limit does not hide the others)."""
     raw = data.get(key)
     if raw is None:
         return model()
@@ -93,9 +115,28 @@ def _section(
         return model(**raw)
     except ValidationError as exc:
         findings.extend(from_pydantic(doc, exc, (key,), raw, f"`{key}`", model.model_fields))
+        return _valid_part(model, raw) if partial else model()
     except TypeError:
         findings.append(doc.finding((key,), f"the keys of {key} must be strings"))
     return model()
+
+
+def _top_keys(doc: Document, data: dict, findings: list[Finding]) -> None:
+    """Unknown top-level keys (with a suggestion) and missing ``input``/``layers``."""
+    for key in data:
+        if key not in TOP_KEYS:
+            findings.append(
+                doc.finding(
+                    (key,),
+                    f"unknown key {key!r}"
+                    f"{suggest(str(key), TOP_KEYS)}; expected one "
+                    f"of {', '.join(TOP_KEYS)}",
+                    prefer="key",
+                )
+            )
+    for key in ("input", "layers"):
+        if key not in data:
+            findings.append(doc.finding((), f"missing `{key}:`", prefer="key"))
 
 
 def from_document(doc: Document) -> ModelConfig | None:
@@ -124,20 +165,7 @@ def from_document(doc: Document) -> ModelConfig | None:
             )
         doc.findings = findings
         return None
-    for key in data:
-        if key not in TOP_KEYS:
-            findings.append(
-                doc.finding(
-                    (key,),
-                    f"unknown key {key!r}"
-                    f"{suggest(str(key), TOP_KEYS)}; expected one "
-                    f"of {', '.join(TOP_KEYS)}",
-                    prefer="key",
-                )
-            )
-    for key in ("input", "layers"):
-        if key not in data:
-            findings.append(doc.finding((), f"missing `{key}:`", prefer="key"))
+    _top_keys(doc, data, findings)
     name = data.get("name", Path(doc.file).stem)
     if not isinstance(name, str) or not name:
         findings.append(doc.finding(("name",), f"name must be a string; received {name!r}"))
@@ -146,6 +174,7 @@ def from_document(doc: Document) -> ModelConfig | None:
     compile_cfg = _section(doc, data, "compile", CompileConfig, findings)
     train_cfg = _section(doc, data, "train", TrainConfig, findings)
     lint_cfg = _section(doc, data, "lint", LintConfig, findings)
+    budget_cfg = _section(doc, data, "budget", BudgetConfig, findings, partial=True)
     tune_cfg = _section(doc, data, "tune", TuneSection, findings) if "tune" in data else None
     nodes: list[Node] = []
     output = INPUT
@@ -169,4 +198,5 @@ def from_document(doc: Document) -> ModelConfig | None:
         lint_cfg,
         findings,
         tune=tune_cfg,
+        budget=budget_cfg,
     )

@@ -24,6 +24,14 @@ def mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.2f} MiB"
 
 
+def size_str(nbytes: float) -> str:
+    """``490280`` -> ``478.8 KiB``; below 1 KiB in bytes."""
+    for size, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(nbytes) >= size:
+            return f"{nbytes / size:.1f} {suffix}"
+    return f"{nbytes:g} B"
+
+
 def _scope_label(scope: tuple[str, ...]) -> str:
     return " › ".join(scope)
 
@@ -78,6 +86,7 @@ def summary_table(
 
 
 def summary_footer(summary: dict, activation_bytes: int) -> list[str]:
+    """The totals under the ``summary`` table; ``summary`` holds :meth:`Trace.figures`."""
     return [
         f"Total params: {summary['total_params']:,} "
         f"({mib(summary['total_params'] * 4)} as float32)",
@@ -87,6 +96,23 @@ def summary_footer(summary: dict, activation_bytes: int) -> list[str]:
         f"training FLOPs per image ~ {human(6 * summary['macs'])} (3 x 2 x MACs)",
         f"Activation memory per training image: {mib(activation_bytes)} "
         "(every layer's output, float32)",
+        *figure_lines(summary),
+    ]
+
+
+def field_str(field: list | str) -> str:
+    """``[18, 18]`` -> ``18x18``; ``"whole"`` -> ``whole image``."""
+    return "whole image" if field == "whole" else "x".join(str(v) for v in field)
+
+
+def figure_lines(figures: dict) -> list[str]:
+    """Weight bytes per storage type and the output's receptive field (:meth:`Trace.figures`)."""
+    sizes = ", ".join(f"{size_str(n)} {dtype}" for dtype, n in figures["weight_bytes"].items())
+    stride = field_str(figures["cumulative_stride"])
+    return [
+        f"Weights: {sizes}",
+        f"Receptive field of the output: {field_str(figures['receptive_field'])} "
+        f"(cumulative stride {stride})",
     ]
 
 
@@ -117,6 +143,7 @@ def trace_dict(tr: Trace) -> dict[str, Any]:
         "name": cfg.name,
         "input_shape": list(cfg.input_shape),
         "output_shape": None if tr.output_shape is None else list(tr.output_shape),
+        **tr.figures(),
         "layers": layers,
     }
 

@@ -303,6 +303,16 @@ def read_document(path: str | Path) -> Document:
             raw = stream.read(MAX_BYTES + 1)
     except OSError as exc:
         return _refused(file, f"cannot read the file: {exc.strerror or exc}")
+    return parse_bytes(raw, file)
+
+
+def parse_bytes(raw: bytes, file: str) -> Document:
+    """Decode (UTF-8) and parse the bytes of a config; problems become findings.
+
+    Args:
+        raw: the file's content, read with a bound (at most ``MAX_BYTES + 1`` bytes).
+        file: the name to report in findings (a path, or ``REF:PATH`` for a git revision).
+    """
     if len(raw) > MAX_BYTES:
         return _refused(file, _too_big(len(raw)), "yaml")
     try:

@@ -11,6 +11,8 @@ from cnnbuild.errors import Finding, shape_str
 from cnnbuild.shapes import Field, LayerOut, Shape, ShapeError, numel
 
 BYTES_PER_VALUE = 4  # float32
+WEIGHT_DTYPES = {"float32": 4, "bfloat16": 2, "int8": 1}
+"""Bytes per weight of each storage type ``summary`` and ``trace`` report sizes for."""
 MAX_LAYER_WEIGHTS = 2**31 - 1
 """The most weights one layer may hold (8 GiB of float32): beyond it Keras cannot
 allocate the layer, so the static engine refuses it instead of letting ``build`` crash."""
@@ -73,6 +75,37 @@ class Trace:
         return BYTES_PER_VALUE * (
             numel(self.config.input_shape) + sum(numel(r.out.shape) for r in self.rows if r.out)
         )
+
+    @property
+    def output_field(self) -> Field:
+        """Receptive field and cumulative stride of the model's output."""
+        if self.config.output == INPUT:
+            return Field()
+        return self.row(self.config.output).field
+
+    def figures(self, total_params: int | None = None) -> dict:
+        """The model-wide figures besides the parameter and MAC counts.
+
+        Args:
+            total_params: the parameter count to size the weights from (Keras' when the
+                summary comes from Keras); default the static engine's.
+
+        Returns:
+            ``{"activation_bytes", "weight_bytes": {"float32", "bfloat16", "int8"},
+            "receptive_field": [h, w] or "whole", "cumulative_stride": [h, w]}``.
+        """
+        total = self.total_params if total_params is None else total_params
+        rf = self.output_field
+        return {
+            "activation_bytes": self.activation_bytes,
+            "weight_bytes": {dtype: total * size for dtype, size in WEIGHT_DTYPES.items()},
+            "receptive_field": "whole" if rf.whole else list(rf.size),
+            "cumulative_stride": list(rf.jump),
+        }
+
+    def summary_dict(self) -> dict:
+        """``summary --static --json``: :meth:`to_dict` with the :meth:`figures`."""
+        return {**self.to_dict(), **self.figures()}
 
     def to_dict(self) -> dict:
         """The ``summary --json`` form (shapes are lists, without the batch axis)."""

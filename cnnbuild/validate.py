@@ -9,7 +9,7 @@ from cnnbuild.checks import RULES, lint
 from cnnbuild.config import ModelConfig, from_document
 from cnnbuild.errors import ConfigError, Finding, UsageError
 from cnnbuild.search_space import space_findings
-from cnnbuild.source import read_document
+from cnnbuild.source import Document, read_document
 from cnnbuild.trace import Trace, trace
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -65,7 +65,13 @@ def check_file(
         ``(config, trace, findings)`` sorted by position; ``config`` and ``trace`` are
         ``None`` when the file is not a readable mapping.
     """
-    doc = read_document(path)
+    return check_document(read_document(path), ignore)
+
+
+def check_document(
+    doc: Document, ignore: frozenset[str] = frozenset()
+) -> tuple[ModelConfig | None, Trace | None, list[Finding]]:
+    """:func:`check_file` for a document already read (e.g. from a git revision)."""
     cfg = from_document(doc)
     if cfg is None:
         return None, None, _sorted(doc.findings)
@@ -113,7 +119,7 @@ def blocks_build(finding: Finding) -> bool:
     if finding.severity != "error":
         return False
     spec = RULES.get(finding.rule)
-    return spec is None or spec.check is None
+    return spec is None or not spec.lint
 
 
 def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
@@ -134,11 +140,20 @@ def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
         >>> cfg.input_shape, tr.output_shape
         ((32, 32, 3), (10,))
     """
-    cfg, tr, findings = check_file(_existing(path))
+    return traced(read_document(_existing(path)))
+
+
+def traced(doc: Document) -> tuple[ModelConfig, Trace]:
+    """:func:`load_traced` for a document already read (e.g. from a git revision).
+
+    Raises:
+        ConfigError: carrying every finding, when the model cannot be built.
+    """
+    cfg, tr, findings = check_document(doc)
     blocking = [f for f in findings if blocks_build(f)]
     if cfg is None or tr is None or blocking:
         errors = [f for f in findings if f.severity == "error"]
-        raise ConfigError(f"{path}: {len(errors)} error(s)", findings)
+        raise ConfigError(f"{doc.file}: {len(errors)} error(s)", findings)
     return cfg, tr
 
 

@@ -163,9 +163,15 @@ def test_summary_static_json(cli):
         "trainable_params",
         "non_trainable_params",
         "macs",
+        "activation_bytes",
+        "weight_bytes",
+        "receptive_field",
+        "cumulative_stride",
         "layers",
     }
     assert data["input_shape"] == [32, 32, 3] and data["output_shape"] == [10]
+    assert data["weight_bytes"] == {"float32": 490280, "bfloat16": 245140, "int8": 122570}
+    assert data["receptive_field"] == [18, 18] and data["cumulative_stride"] == [4, 4]
     assert set(data["layers"][0]) == {"name", "type", "output_shape", "params", "macs"}
     # the default pixel scaling is a layer of the model, with no parameters
     assert data["layers"][0] == {

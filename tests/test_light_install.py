@@ -61,6 +61,7 @@ def test_validate_works_without_tensorflow(light):
     [
         ["trace", CONFIGS / "shapes_demo.yaml"],
         ["summary", "--static", CONFIGS / "shapes_demo.yaml"],
+        ["diff", CONFIGS / "cifar10_tutorial.yaml", CONFIGS / "cifar10_bn_gap.yaml"],
         ["schema"],
         ["layers", "Conv2D"],
         ["--version"],
@@ -70,6 +71,32 @@ def test_static_commands_work_without_tensorflow(light, args):
     result = _run([light / "cnnbuild", *args], cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip()
+
+
+def test_diff_and_baseline_work_without_tensorflow(light, tmp_path):
+    """`diff REF:PATH` and `validate --baseline` in a real git repository, light install."""
+    model = tmp_path / "model.yaml"
+    model.write_text((CONFIGS / "cifar10_tutorial.yaml").read_text())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["add", "model.yaml"], ["commit", "-qm", "base"]):
+        assert _run([*git, *args], cwd=tmp_path).returncode == 0
+    model.write_text(
+        model.read_text().replace("filters: 32,", "filters: 48,")
+        + "budget:\n  growth: {params: 1%}\n"
+    )
+    diff = _run(
+        [light / "cnnbuild", "diff", "HEAD:model.yaml", "model.yaml", "--format", "json"],
+        cwd=tmp_path,
+    )
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    assert '"changed": 3' in diff.stdout  # the conv, the pool after it, the next conv
+    review = _run(
+        [light / "cnnbuild", "validate", "--baseline", "HEAD", ".", "--format", "markdown"],
+        cwd=tmp_path,
+    )
+    assert review.returncode == 1, review.stdout + review.stderr
+    assert "| `model.yaml` (cifar10_tutorial) |" in review.stdout
+    assert "over the fail limit of 1%" in review.stdout
 
 
 @pytest.mark.parametrize(

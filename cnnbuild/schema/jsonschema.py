@@ -10,7 +10,7 @@ from cnnbuild.catalog import REGISTRY
 from cnnbuild.config import TOP_KEYS
 from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
-from cnnbuild.schema.sections import CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.sections import BudgetConfig, CompileConfig, LintConfig, TrainConfig
 from cnnbuild.schema.tune import TuneSection
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
@@ -151,6 +151,7 @@ def json_schema() -> dict:
         "compile": _model(CompileConfig, defs),
         "train": _model(TrainConfig, defs),
         "lint": _model(LintConfig, defs),
+        "budget": _model(BudgetConfig, defs),
         "tune": _model(TuneSection, defs),
     }
     assert set(props) == set(TOP_KEYS)

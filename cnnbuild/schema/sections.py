@@ -1,7 +1,10 @@
-"""Typed sections of a model config besides the layers: compile, train and lint."""
+"""Typed sections of a model config besides the layers: compile, train, lint and budget."""
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, model_validator
@@ -248,3 +251,136 @@ class LintConfig(Strict):
 
     ignore: list[str] = []
     max_dense_params_million: Float(0.0, lo_open=True) = 5.0
+
+
+# -- budget: ceilings and growth limits (rule `budget`) --------------------------------
+
+COUNT_SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+SIZE_SUFFIXES = {**COUNT_SUFFIXES, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_AMOUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*(%?)\s*$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One budget limit: a warn tier, a fail tier, or both (``None`` where not set)."""
+
+    warn: float | None = None
+    fail: float | None = None
+
+
+def parse_amount(value: Any, unit: str) -> float:
+    """``1.5M`` -> 1500000; ``64MiB`` -> 67108864; ``10%`` -> 10.
+
+    Args:
+        value: a number or a string such as ``1.5M``, ``10G``, ``64MiB``, ``10%``.
+        unit: ``count`` (K/M/G/T), ``bytes`` (also KiB/MiB/GiB/TiB) or ``percent``
+            (a number or ``N%``).
+
+    Raises:
+        ValueError: a value that is not a non-negative amount of that unit.
+    """
+    suffixes = {"count": COUNT_SUFFIXES, "bytes": SIZE_SUFFIXES, "percent": {}}[unit]
+    if is_number(value):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"expected a number >= 0; received {value!r}")
+        return float(value)
+    example = {"count": "1.5M", "bytes": "64MiB", "percent": "10%"}[unit]
+    match = _AMOUNT.match(value) if isinstance(value, str) else None
+    if match is None or (match[3] and unit != "percent") or (match[2] and match[3]):
+        raise ValueError(f"expected a number or a string like {example}; received {value!r}")
+    number, suffix = float(match[1]), match[2]
+    if suffix and suffix not in suffixes:
+        allowed = ", ".join(suffixes) if suffixes else "none (a number or N%)"
+        raise ValueError(f"unknown suffix {suffix!r} in {value!r}; suffixes: {allowed}")
+    return number * suffixes.get(suffix, 1)
+
+
+def _limit(unit: str):
+    def parse(value: Any) -> Limit:
+        if isinstance(value, Limit):
+            return value
+        if not isinstance(value, dict):
+            return Limit(fail=parse_amount(value, unit))
+        unknown = [k for k in value if k not in ("warn", "fail")]
+        if unknown or not value:
+            raise ValueError(f"expected a value or {{warn: X, fail: Y}}; received {value!r}")
+        tiers = {k: None if v is None else parse_amount(v, unit) for k, v in value.items()}
+        limit = Limit(**tiers)
+        if limit.warn is not None and limit.fail is not None and limit.warn > limit.fail:
+            raise ValueError(f"warn ({value['warn']}) is above fail ({value['fail']})")
+        return limit
+
+    return parse
+
+
+def _limit_schema(unit: str) -> dict:
+    pattern = {
+        "count": r"^[0-9.]+ *[KMGT]?$",
+        "bytes": r"^[0-9.]+ *([KMGT]|[KMGT]iB)?$",
+        "percent": r"^[0-9.]+ *%?$",
+    }[unit]
+    amount = {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": pattern}]}
+    return {
+        "oneOf": [
+            amount,
+            {
+                "type": "object",
+                "properties": {"warn": amount, "fail": amount},
+                "minProperties": 1,
+                "additionalProperties": False,
+            },
+        ]
+    }
+
+
+def LimitType(unit: str) -> Any:  # noqa: N802 - a type factory
+    """A budget limit of ``unit``: an amount, or ``{warn: X, fail: Y}``."""
+    return Annotated[Limit, BeforeValidator(_limit(unit)), WithJsonSchema(_limit_schema(unit))]
+
+
+BUDGET_UNITS = {
+    "params": "count",
+    "trainable_params": "count",
+    "macs": "count",
+    "activation_memory": "bytes",
+    "weights": "bytes",
+}
+"""Each budgeted figure and its unit; ``weights`` is bytes at float32."""
+
+
+class Growth(Strict):
+    """Growth limits in percent against a baseline (``validate --baseline REF``)."""
+
+    params: LimitType("percent") | None = None
+    trainable_params: LimitType("percent") | None = None
+    macs: LimitType("percent") | None = None
+    activation_memory: LimitType("percent") | None = None
+    weights: LimitType("percent") | None = None
+
+
+class BudgetConfig(Strict):
+    """Ceilings on the model's size and cost, and growth limits against a baseline."""
+
+    params: LimitType("count") | None = None
+    trainable_params: LimitType("count") | None = None
+    macs: LimitType("count") | None = None
+    activation_memory: LimitType("bytes") | None = None
+    weights: LimitType("bytes") | None = None
+    growth: Growth | None = None
+
+
+def format_amount(value: float, unit: str) -> str:
+    """The inverse of :func:`parse_amount`, for messages: ``1,500,000 (1.5M)``,
+    ``67,108,864 bytes (64 MiB)``, ``10%``."""
+    if unit == "percent":
+        return f"{value:g}%"
+    if unit == "bytes":
+        steps = [(2**40, " TiB"), (2**30, " GiB"), (2**20, " MiB"), (2**10, " KiB")]
+        exact = f"{value:,.0f} bytes"
+    else:
+        steps = [(10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")]
+        exact = f"{value:,.0f}"
+    for size, suffix in steps:
+        if value >= size:
+            return f"{exact} ({value / size:.4g}{suffix})"
+    return exact

@@ -1,0 +1,544 @@
+"""Model review: what a change does to a model (``cnnbuild diff OLD NEW``) and to each
+config against its version at a git revision (``validate --baseline REF``).
+
+Static: both sides are read, traced and compared by the static engine; no TensorFlow.
+Layers are aligned like lines in a text diff (on kind and arguments, not on Keras'
+automatic names, which shift when a layer is inserted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from cnnbuild.checks import growth_findings, growth_percent
+from cnnbuild.config import ModelConfig
+from cnnbuild.errors import CnnbuildError, Finding, UsageError, shape_str
+from cnnbuild.render import field_str, size_str
+from cnnbuild.source import MAX_BYTES, Document, parse_bytes, read_document
+from cnnbuild.trace import Row, Trace
+from cnnbuild.validate import blocks_build, traced
+
+GIT_TIMEOUT_S = 30
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+CHANGES = ("added", "removed", "changed", "unchanged")
+NUMBERS = (
+    "total_params",
+    "trainable_params",
+    "non_trainable_params",
+    "macs",
+    "activation_bytes",
+    "weight_bytes",
+)
+"""The ``summary --json`` figures a diff subtracts (``weight_bytes`` per storage type)."""
+TOTALS = (
+    ("Parameters", ("total_params",), "count"),
+    ("Trainable parameters", ("trainable_params",), "count"),
+    ("Non-trainable parameters", ("non_trainable_params",), "count"),
+    ("MACs per image", ("macs",), "count"),
+    ("Activation memory per training image", ("activation_bytes",), "bytes"),
+    ("Weights, float32", ("weight_bytes", "float32"), "bytes"),
+    ("Weights, bfloat16", ("weight_bytes", "bfloat16"), "bytes"),
+    ("Weights, int8", ("weight_bytes", "int8"), "bytes"),
+    ("Receptive field of the output", ("receptive_field",), "field"),
+    ("Output shape", ("output_shape",), "shape"),
+)
+"""The totals a diff shows, in order: label, key path in ``summary --json``, kind."""
+
+
+# -- reading a side: a file, or REF:PATH from git ----------------------------------------
+
+
+def _git(args: list[str]) -> subprocess.CompletedProcess:
+    """Run git in the current directory, bounded in time, never prompting."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+    try:
+        return subprocess.run(
+            ["git", *args], capture_output=True, timeout=GIT_TIMEOUT_S, env=env, check=False
+        )
+    except FileNotFoundError:
+        raise UsageError(
+            "REF:PATH and --baseline read files with git, which is not installed"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise CnnbuildError(f"git {args[0]} did not finish within {GIT_TIMEOUT_S} s") from None
+    except OSError as exc:
+        raise CnnbuildError(f"cannot run git: {exc.strerror or exc}") from None
+
+
+def verify_ref(ref: str) -> None:
+    """Check that ``ref`` names a commit of the repository of the current directory.
+
+    Raises:
+        UsageError: not in a git repository, or no such revision.
+    """
+    if not ref or ref.startswith("-"):
+        raise UsageError(f"{ref!r} is not a git revision (e.g. HEAD, main, origin/main)")
+    result = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"])
+    if b"not a git repository" in result.stderr:
+        raise UsageError(
+            f"{os.getcwd()} is not in a git repository; REF:PATH and --baseline read "
+            "files at a revision of the current directory's repository"
+        )
+    if result.returncode != 0 and result.stderr.strip():  # e.g. "dubious ownership"
+        said = result.stderr.decode(errors="replace").strip().splitlines()[0]
+        raise UsageError(f"git cannot read revision {ref!r}: {said}")
+    if result.returncode != 0:
+        raise UsageError(f"unknown git revision {ref!r} (try HEAD, a branch or a commit)")
+
+
+def read_git(ref: str, path: str) -> Document | None:
+    """The config ``path`` as it is at revision ``ref`` (``git show REF:PATH``), for a
+    revision already checked with :func:`verify_ref`.
+
+    ``path`` is relative to the repository's root, or to the current directory when it
+    starts with ``./``, as git reads it. The size is checked before the blob is read.
+
+    Returns:
+        The parsed document (with a finding when it is too big or not UTF-8), or
+        ``None`` when ``path`` does not exist at ``ref``.
+
+    Raises:
+        UsageError: a folder at ``path``.
+    """
+    spec = f"{ref}:{path}"
+    kind = _git(["cat-file", "-t", spec])
+    if kind.returncode != 0:
+        return None
+    if kind.stdout.strip() != b"blob":
+        raise UsageError(f"{spec}: is a {kind.stdout.decode().strip()}, not a file")
+    size = _git(["cat-file", "-s", spec])
+    nbytes = int(size.stdout) if size.returncode == 0 else MAX_BYTES + 1
+    if nbytes > MAX_BYTES:  # refused unread, as read_document refuses a big file
+        message = f"the file is {nbytes} bytes; a model config is at most {MAX_BYTES} bytes"
+        return Document(spec, findings=[Finding(spec, 0, 0, "error", "yaml", message)])
+    blob = _git(["cat-file", "blob", spec])
+    if blob.returncode != 0:
+        raise CnnbuildError(f"git could not read {spec}: {blob.stderr.decode().strip()}")
+    return parse_bytes(blob.stdout, spec)
+
+
+def read_side(spec: str) -> Document:
+    """One side of a diff: a config file, or ``REF:PATH`` for a file at a git revision.
+
+    An existing file wins (a path may hold ``:``); ``C:\\...`` is always a path.
+
+    Raises:
+        UsageError: no such file, or a git problem (see :func:`read_git`).
+    """
+    path = Path(spec)
+    if path.is_dir():
+        raise UsageError(f"{spec}: is a folder; give a config file or REF:PATH")
+    if path.exists():
+        return read_document(path)
+    ref, colon, inner = spec.partition(":")
+    if not colon or _DRIVE.match(spec) or not inner:
+        raise UsageError(f"no such config file: {spec!r} (or give REF:PATH, e.g. HEAD:{spec})")
+    try:
+        verify_ref(ref)
+    except UsageError as exc:
+        message = f"no such config file: {spec!r}; read as REF:PATH: {exc.message}"
+        raise UsageError(message) from None
+    doc = read_git(ref, inner)
+    if doc is None:
+        raise UsageError(f"{spec}: {inner!r} does not exist at revision {ref!r}")
+    return doc
+
+
+def load_side(spec: str) -> tuple[ModelConfig, Trace]:
+    """Read and trace one side.
+
+    Raises:
+        ConfigError: the side does not validate (exit 1, with its findings).
+    """
+    return traced(read_side(spec))
+
+
+# -- comparing two traces -----------------------------------------------------------------
+
+
+def _figures(tr: Trace, file: str) -> dict:
+    """``summary --static --json`` without the layers, with the file it came from."""
+    data = tr.summary_dict()
+    data.pop("layers")
+    return {"file": file, **data}
+
+
+def _subtract(old: Any, new: Any) -> Any:
+    if isinstance(old, dict):
+        return {k: _subtract(old[k], new[k]) for k in old}
+    return new - old
+
+
+def _percent(old: Any, new: Any) -> Any:
+    if isinstance(old, dict):
+        return {k: _percent(old[k], new[k]) for k in old}
+    pct = growth_percent(old, new)
+    return None if pct is None else round(pct, 4)
+
+
+def _arguments(row: Row) -> dict:
+    if row.node.args is None:
+        return {}
+    return row.node.args.model_dump(mode="json", exclude={"name"})
+
+
+def _signature(row: Row) -> str:
+    return json.dumps([row.node.kind, _arguments(row)], sort_keys=True, default=str)
+
+
+def _pairs(old: list[Row], new: list[Row]) -> list[tuple[int | None, int | None]]:
+    """Align two layer lists like a text diff: on signatures, then, inside a replaced
+    run, same-kind layers pair up (a changed layer) and the rest are removed/added."""
+    out: list[tuple[int | None, int | None]] = []
+    matcher = SequenceMatcher(None, [_signature(r) for r in old], [_signature(r) for r in new])
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            out += zip(range(i1, i2), range(j1, j2), strict=True)
+            continue
+        kinds = SequenceMatcher(
+            None, [r.node.kind for r in old[i1:i2]], [r.node.kind for r in new[j1:j2]]
+        )
+        for sub, a1, a2, b1, b2 in kinds.get_opcodes():
+            if sub == "equal":
+                out += zip(range(i1 + a1, i1 + a2), range(j1 + b1, j1 + b2), strict=True)
+                continue
+            out += [(i, None) for i in range(i1 + a1, i1 + a2)]
+            out += [(None, j) for j in range(j1 + b1, j1 + b2)]
+    return out
+
+
+def _layer_rows(old: Trace, new: Trace) -> list[dict]:
+    """One row per aligned layer: ``{"change", "old", "new"}``, plus ``"arguments"``
+    (``{name: {"old", "new"}}``) for a changed layer whose arguments differ."""
+    old_layers, new_layers = old.to_dict()["layers"], new.to_dict()["layers"]
+    rows = []
+    for i, j in _pairs(old.rows, new.rows):
+        before = None if i is None else old_layers[i]
+        after = None if j is None else new_layers[j]
+        row: dict[str, Any] = {"change": "", "old": before, "new": after}
+        if before is None or after is None:
+            row["change"] = "added" if before is None else "removed"
+        else:
+            a, b = _arguments(old.rows[i]), _arguments(new.rows[j])
+            args = {k: {"old": a.get(k), "new": b.get(k)} for k in {*a, *b} if a.get(k) != b.get(k)}
+            same = all(before[k] == after[k] for k in ("output_shape", "params", "macs"))
+            row["change"] = "unchanged" if same and not args else "changed"
+            if args:
+                row["arguments"] = dict(sorted(args.items()))
+        rows.append(row)
+    return rows
+
+
+def compare(old: Trace, new: Trace, old_name: str, new_name: str) -> dict:
+    """The ``diff --format json`` form of two traced models.
+
+    Returns:
+        ``{"old", "new"}``: each side's ``summary --static --json`` totals and figures
+        (no layers) with ``"file"``; ``"delta"`` and ``"percent"``: new minus old for
+        :data:`NUMBERS` (percent ``None`` when old is 0 and new is not); ``"layers"``:
+        aligned rows (see :func:`_layer_rows`); ``"counts"``: rows per change.
+    """
+    before, after = _figures(old, old_name), _figures(new, new_name)
+    layers = _layer_rows(old, new)
+    return {
+        "old": before,
+        "new": after,
+        "delta": {k: _subtract(before[k], after[k]) for k in NUMBERS},
+        "percent": {k: _percent(before[k], after[k]) for k in NUMBERS},
+        "layers": layers,
+        "counts": {c: sum(r["change"] == c for r in layers) for c in CHANGES},
+    }
+
+
+def is_changed(result: dict) -> bool:
+    """Whether a comparison shows any difference in the layers or the totals."""
+    if any(r["change"] != "unchanged" for r in result["layers"]):
+        return True
+    keys = (*NUMBERS, "receptive_field", "output_shape", "input_shape")
+    return any(result["old"][k] != result["new"][k] for k in keys)
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def _get(data: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        data = data[key]
+    return data
+
+
+def _value(value: Any, kind: str) -> str:
+    if kind == "count":
+        return f"{value:,}"
+    if kind == "bytes":
+        return size_str(value)
+    if kind == "field":
+        return field_str(value)
+    if kind == "shape":
+        return shape_str(value)
+    return str(value)
+
+
+def _signed(value: float, kind: str) -> str:
+    sign = "+" if value > 0 else "-" if value < 0 else "±"
+    return sign + _value(abs(value), kind)
+
+
+def _pct(pct: float | None) -> str:
+    return "new" if pct is None else f"{pct:+.1f}%"
+
+
+def total_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
+    """``(label, old, new, difference, percent)`` for each of :data:`TOTALS`."""
+    rows = []
+    for label, path, kind in TOTALS:
+        old, new = _get(result["old"], path), _get(result["new"], path)
+        if kind in ("count", "bytes"):
+            delta = _signed(new - old, kind)
+            pct = _pct(growth_percent(old, new))
+        else:
+            delta, pct = ("", "") if old == new else ("changed", "")
+        rows.append((label, _value(old, kind), _value(new, kind), delta, pct))
+    return rows
+
+
+def _cell(row: dict, key: str, kind: str) -> str:
+    sides = [row[s][key] for s in ("old", "new") if row[s] is not None]
+    if len(sides) == 2 and sides[0] != sides[1]:
+        return f"{_value(sides[0], kind)} → {_value(sides[1], kind)}"
+    return _value(sides[0], kind)
+
+
+def _layer_cells(row: dict) -> list[str]:
+    """Name, type, output shape, params, MACs; ``old → new`` where they differ."""
+    return [
+        _cell(row, "name", "name"),
+        _cell(row, "type", "name"),
+        _cell(row, "output_shape", "shape"),
+        _cell(row, "params", "count"),
+        _cell(row, "macs", "count"),
+    ]
+
+
+_STYLES = {"added": "green", "removed": "red", "changed": "yellow", "unchanged": "dim"}
+_MARKS = {"added": "+", "removed": "-", "changed": "~", "unchanged": ""}
+
+
+def diff_tables(result: dict) -> tuple[Table, Table]:
+    """The layer table and the totals table of ``cnnbuild diff``."""
+    old, new = result["old"], result["new"]
+    layers = Table(title=f"{old['file']} → {new['file']}", title_justify="left")
+    for col in ("", "Layer", "Type", "Output shape", "Params", "MACs"):
+        layers.add_column(col, justify="right" if col in ("Params", "MACs") else "left")
+    for row in result["layers"]:
+        style = _STYLES[row["change"]]
+        layers.add_row(Text(_MARKS[row["change"]], style=style), *_layer_cells(row), style=style)
+    counts = ", ".join(f"{n} {c}" for c, n in result["counts"].items() if n)
+    layers.caption = f"layers: {counts}"
+    totals = Table(title="Totals", title_justify="left")
+    for col in ("", "Old", "New", "Difference", "%"):
+        totals.add_column(col, justify="left" if not col else "right")
+    for label, *cells in total_rows(result):
+        totals.add_row(label, *cells)
+    return layers, totals
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def diff_markdown(result: dict) -> str:
+    """``diff --format markdown``: every layer row and the totals, as GitHub tables."""
+    old, new = result["old"], result["new"]
+    counts = ", ".join(f"{n} {c}" for c, n in result["counts"].items() if n)
+    lines = [
+        f"### cnnbuild diff: `{_md(old['file'])}` → `{_md(new['file'])}`",
+        "",
+        f"Layers: {counts}.",
+        "",
+        "| Change | Layer | Type | Output shape | Params | MACs |",
+        "|---|---|---|---|--:|--:|",
+    ]
+    for row in result["layers"]:
+        change = row["change"] if row["change"] == "unchanged" else f"**{row['change']}**"
+        lines.append("| " + " | ".join([change, *map(_md, _layer_cells(row))]) + " |")
+    lines += ["", "| Total | Old | New | Difference | % |", "|---|--:|--:|--:|--:|"]
+    for label, *cells in total_rows(result):
+        lines.append("| " + " | ".join(_md(c) for c in (label, *cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- validate --baseline REF -----------------------------------------------------------
+
+
+@dataclass
+class BaselineReview:
+    """One config compared with its version at a revision.
+
+    Attributes:
+        file: the config's path as given.
+        status: ``changed``, ``unchanged``, ``new`` (not at the revision), or
+            ``skipped`` (one side does not build; see the findings).
+        result: the :func:`compare` result, when both sides build.
+        findings: growth-limit findings and notes.
+    """
+
+    file: str
+    status: str
+    result: dict | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+
+def _note(file: str, message: str) -> Finding:
+    return Finding(file, 0, 0, "info", "budget", message)
+
+
+def _repo_path(file: Path, top: Path) -> str | None:
+    try:
+        return file.resolve().relative_to(top).as_posix()
+    except ValueError:
+        return None
+
+
+def repo_root() -> Path:
+    """The root of the current directory's git repository.
+
+    Raises:
+        UsageError: not in a git repository.
+    """
+    result = _git(["rev-parse", "--show-toplevel"])
+    if result.returncode != 0:
+        raise UsageError(
+            f"{os.getcwd()} is not in a git repository; --baseline compares each config "
+            "with its version at a revision of this repository"
+        )
+    return Path(os.fsdecode(result.stdout.strip())).resolve()
+
+
+def review_against(
+    file: Path,
+    checked: tuple[ModelConfig | None, Trace | None, list[Finding]],
+    ref: str,
+    top: Path,
+    ignore: frozenset[str] = frozenset(),
+) -> BaselineReview:
+    """Compare one checked config with its version at ``ref``; apply ``budget.growth``.
+
+    Args:
+        file: the config file.
+        checked: what :func:`cnnbuild.validate.check_file` returned for it.
+        ref: the baseline revision, already checked with :func:`verify_ref`.
+        top: the repository's root (:func:`repo_root`).
+        ignore: rule ids to skip (``--ignore``).
+    """
+    name = str(file)
+    cfg, tr, findings = checked
+    if cfg is None or tr is None or any(blocks_build(f) for f in findings):
+        return BaselineReview(name, "skipped")
+    inner = _repo_path(file, top)
+    doc = None if inner is None else read_git(ref, inner)
+    if doc is None:
+        where = "outside the repository" if inner is None else f"not in {ref}"
+        note = _note(name, f"{where}: a new config, no baseline to compare with")
+        return BaselineReview(name, "new", findings=[note])
+    try:
+        _, old = traced(doc)
+    except CnnbuildError:
+        note = _note(name, f"its version at {ref} does not validate; growth limits not checked")
+        return BaselineReview(name, "skipped", findings=[note])
+    result = compare(old, tr, doc.file, name)
+    growth = growth_findings(tr, old, ref, ignore)
+    return BaselineReview(name, "changed" if is_changed(result) else "unchanged", result, growth)
+
+
+def _baseline_cell(result: dict, path: tuple[str, ...], kind: str) -> str:
+    old, new = _get(result["old"], path), _get(result["new"], path)
+    if old == new:
+        return _value(new, kind)
+    delta = _signed(new - old, kind)
+    return f"{_value(old, kind)} → {_value(new, kind)} ({delta}, {_pct(growth_percent(old, new))})"
+
+
+_BASELINE_FIGURES = (
+    ("Parameters", ("total_params",), "count"),
+    ("MACs", ("macs",), "count"),
+    ("Activation memory", ("activation_bytes",), "bytes"),
+    ("Weights (float32)", ("weight_bytes", "float32"), "bytes"),
+)
+
+
+def _counts_text(result: dict) -> str:
+    counts = [f"{n} {c}" for c, n in result["counts"].items() if n and c != "unchanged"]
+    return ", ".join(counts) or "none"
+
+
+def _baseline_row(r: BaselineReview) -> str:
+    if r.result is None:
+        return f"| `{_md(r.file)}` | new config |" + " |" * len(_BASELINE_FIGURES)
+    cells = [_baseline_cell(r.result, path, kind) for _, path, kind in _BASELINE_FIGURES]
+    cells.append(_counts_text(r.result))
+    model = _md(r.result["new"]["name"])
+    return f"| `{_md(r.file)}` ({model}) | " + " | ".join(map(_md, cells)) + " |"
+
+
+def _finding_item(f: Finding) -> str:
+    where = f"{f.file}:{f.line}:{f.column}"
+    return f"- `{_md(where)}` {f.severity}: {_md(f.message)} [{f.rule}]"
+
+
+def baseline_markdown(
+    reviews: list[BaselineReview], findings: list[Finding], ref: str | None
+) -> str:
+    """``validate --baseline REF --format markdown``: one row per changed or new config,
+    then the findings that fail or warn, for a job summary or a sticky PR comment.
+    Without a ``ref`` (no ``--baseline``), the findings only."""
+    if ref is None:
+        return _findings_markdown(["### cnnbuild validate", ""], findings)
+    lines = [f"### cnnbuild: models against `{_md(ref)}`", ""]
+    shown = [r for r in reviews if r.status in ("changed", "new")]
+    if shown:
+        labels = [label for label, _, _ in _BASELINE_FIGURES]
+        lines += [
+            "| Config | " + " | ".join(labels) + " | Layers changed |",
+            "|---|" + "--:|" * len(labels) + "---|",
+            *map(_baseline_row, shown),
+            "",
+        ]
+    else:
+        lines += [f"No model changed against `{_md(ref)}` ({len(reviews)} configs checked).", ""]
+    return _findings_markdown(lines, findings)
+
+
+def _findings_markdown(lines: list[str], findings: list[Finding]) -> str:
+    failing = [f for f in findings if f.severity in ("error", "warning")]
+    errors = sum(f.severity == "error" for f in failing)
+    verdict = "fails" if errors else "passes"
+    lines.append(f"**validate {verdict}**: {errors} error(s), {len(failing) - errors} warning(s).")
+    lines += map(_finding_item, failing)
+    return "\n".join(lines) + "\n"
+
+
+def baseline_lines(reviews: list[BaselineReview], ref: str) -> list[str]:
+    """For ``validate --baseline`` as text: one line per changed config."""
+    lines = []
+    for r in reviews:
+        if r.status != "changed" or r.result is None:
+            continue
+        cells = [
+            f"{label.lower()} {_baseline_cell(r.result, path, kind)}"
+            for label, path, kind in _BASELINE_FIGURES
+            if _get(r.result["old"], path) != _get(r.result["new"], path)
+        ]
+        cells.append(f"layers {_counts_text(r.result)}")
+        lines.append(f"{r.file}: against {ref}: " + "; ".join(cells))
+    return lines

@@ -1,0 +1,153 @@
+"""The `budget:` section: amounts (1.5M, 10G, 64MiB, 10%), warn/fail tiers, ceiling
+findings at the position of their key, the JSON Schema, and views that are not blocked."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import yaml
+
+from cnnbuild.schema.jsonschema import json_schema
+from cnnbuild.schema.sections import BudgetConfig, Limit, format_amount, parse_amount
+from cnnbuild.validate import check_file
+
+MODEL = """\
+name: small
+input: [32, 32, 3]
+layers:
+  - Conv2D: {filters: 32, kernel_size: 3, activation: relu}
+  - GlobalAveragePooling2D
+  - Dense: {units: 10}
+"""
+# 1,226 parameters, 777,920 MACs, 4,904 bytes of float32 weights
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "expected"),
+    [
+        (1500000, "count", 1_500_000),
+        ("1.5M", "count", 1_500_000),
+        ("10G", "count", 10_000_000_000),
+        ("250K", "count", 250_000),
+        (" 2 T ", "count", 2_000_000_000_000),
+        ("64MiB", "bytes", 64 * 2**20),
+        ("1.5GiB", "bytes", 1.5 * 2**30),
+        ("512KiB", "bytes", 512 * 1024),
+        ("3M", "bytes", 3_000_000),
+        ("10%", "percent", 10),
+        (7.5, "percent", 7.5),
+        ("0%", "percent", 0),
+    ],
+)
+def test_amounts(value, unit, expected):
+    assert parse_amount(value, unit) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "message"),
+    [
+        ("1.5X", "count", "unknown suffix 'X' in '1.5X'; suffixes: K, M, G, T"),
+        ("64MiB", "count", "unknown suffix 'MiB'"),
+        ("10%", "count", "expected a number or a string like 1.5M; received '10%'"),
+        ("10M", "percent", "unknown suffix 'M' in '10M'; suffixes: none (a number or N%)"),
+        (-1, "count", "expected a number >= 0; received -1"),
+        (True, "count", "received True"),
+        ("", "bytes", "expected a number or a string like 64MiB"),
+        ([1], "count", "received [1]"),
+        (float("nan"), "count", "expected a number >= 0"),
+    ],
+)
+def test_bad_amounts(value, unit, message):
+    with pytest.raises(ValueError) as exc:
+        parse_amount(value, unit)
+    assert message in str(exc.value)
+
+
+def test_tiers():
+    cfg = BudgetConfig(
+        params="1.5M", macs={"warn": "1G", "fail": "10G"}, growth={"params": {"warn": "5%"}}
+    )
+    assert cfg.params == Limit(warn=None, fail=1_500_000)
+    assert cfg.macs == Limit(warn=1e9, fail=1e10)
+    assert cfg.growth.params == Limit(warn=5.0, fail=None)
+    assert format_amount(1_500_000, "count") == "1,500,000 (1.5M)"
+    assert format_amount(64 * 2**20, "bytes") == "67,108,864 bytes (64 MiB)"
+    assert format_amount(999, "count") == "999"
+    assert format_amount(12.5, "percent") == "12.5%"
+
+
+def budget_findings(write, budget: str):
+    path = write(MODEL + budget)
+    _, _, findings = check_file(path)
+    return [f for f in findings if f.rule == "budget"]
+
+
+def test_ceilings_written_with_suffixes_are_understood(write):
+    found = budget_findings(write, "budget:\n  params: 1.2K\n  macs: 0.5M\n  weights: 64MiB\n")
+    assert [(f.line, f.column, f.severity, f.path) for f in found] == [
+        (8, 3, "error", "budget.params"),
+        (9, 3, "error", "budget.macs"),
+    ]
+    assert found[0].message == ("parameters: 1,226 (1.226K), over the fail limit of 1,200 (1.2K)")
+    assert found[1].message == (
+        "MACs per image: 777,920 (777.9K), over the fail limit of 500,000 (500K)"
+    )
+    assert budget_findings(write, "budget:\n  params: 1.5M\n  macs: 10G\n") == []
+
+
+def test_warn_tier_is_a_warning_fail_tier_an_error(write):
+    budget = "budget:\n  params: {warn: 1K, fail: 2K}\n  activation_memory: {warn: 1KiB}\n"
+    found = budget_findings(write, budget)
+    assert [(f.path, f.severity) for f in found] == [
+        ("budget.params", "warning"),
+        ("budget.activation_memory", "warning"),
+    ]
+    assert "over the warn limit of 1,000 (1K)" in found[0].message
+    assert budget_findings(write, "budget:\n  params: {warn: 1K, fail: 1.1K}\n")[0].severity == (
+        "error"
+    )
+
+
+def test_validate_fails_and_views_still_show_the_model(cli, write):
+    path = write(MODEL + "budget:\n  params: 1K\n")
+    result = cli("validate", path)
+    assert result.exit_code == 1, result.output
+    assert f"{path}:8:3: error: budget.params: parameters: 1,226" in result.stdout
+    view = cli("summary", "--static", path)
+    assert view.exit_code == 0, view.output
+    assert "Total params: 1,226" in view.stdout
+    assert cli("validate", "--ignore", "budget", path).exit_code == 0
+    ignored = write(MODEL + "budget:\n  params: 1K\nlint: {ignore: [budget]}\n", "ign.yaml")
+    assert cli("validate", ignored).exit_code == 0
+
+
+def test_json_schema_takes_budgets_and_refuses_bad_ones():
+    schema = json_schema()
+    good = yaml.safe_load(
+        MODEL
+        + "budget:\n  params: 1.5M\n  macs: {warn: 1G, fail: 10G}\n  activation_memory: 64MiB\n"
+        "  weights: 1000000\n  growth: {params: 10%, macs: 5}\n"
+    )
+    jsonschema.validate(good, schema)
+    for bad in ({"params": "1.5X"}, {"flops": 1}, {"growth": {"params": "10M"}}, {"macs": -1}):
+        data = {**good, "budget": bad}
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(data, schema)
+
+
+def test_summary_and_trace_show_weight_bytes_and_receptive_field(cli, write):
+    path = write(MODEL)
+    data = json.loads(cli("summary", "--static", "--json", path).stdout)
+    assert data["weight_bytes"] == {"float32": 4904, "bfloat16": 2452, "int8": 1226}
+    assert data["receptive_field"] == "whole"
+    assert data["activation_bytes"] == 4 * (32 * 32 * 3 * 2 + 30 * 30 * 32 + 32 + 10)
+    text = cli("summary", "--static", path).stdout
+    assert "Weights: 4.8 KiB float32, 2.4 KiB bfloat16, 1.2 KiB int8" in text
+    assert "Receptive field of the output: whole image (cumulative stride 1x1)" in text
+    trace = cli("trace", path).stdout
+    assert "Weights: 4.8 KiB float32, 2.4 KiB bfloat16, 1.2 KiB int8" in trace
+    tjson = json.loads(cli("trace", "--json", path).stdout)
+    assert tjson["weight_bytes"]["int8"] == 1226
+    assert tjson["receptive_field"] == "whole"

@@ -1,0 +1,368 @@
+"""Model review: `cnnbuild diff` (alignment, JSON, markdown, REF:PATH through a real git
+repository, exit codes) and `validate --baseline REF` (growth limits, notes, markdown)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnnbuild.review import compare
+from cnnbuild.validate import load_traced
+from tests.conftest import CONFIGS, ROOT
+
+TUTORIAL = (CONFIGS / "cifar10_tutorial.yaml").read_text()
+FIRST_CONV = "  - Conv2D: {filters: 32, kernel_size: 3, activation: relu}\n"
+THIRD_CONV = "  - Conv2D: {filters: 64, kernel_size: 3, activation: relu}"
+GROWTH = "budget:\n  growth: {{params: {limit}, macs: 50%}}\n"
+
+
+def edited(text: str = TUTORIAL) -> str:
+    """The issue's change: a BatchNormalization after the first conv, the third conv 64->96."""
+    assert text.count(FIRST_CONV) == 1 and text.count(THIRD_CONV) == 1
+    text = text.replace(FIRST_CONV, FIRST_CONV + "  - BatchNormalization\n")
+    return text.replace(THIRD_CONV, THIRD_CONV.replace("64", "96"))
+
+
+def git(repo, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A real git repository holding the tutorial config as model.yaml, committed; the
+    working copy has the issue's change. The current directory is the repository."""
+    git(tmp_path, "init", "-q")
+    (tmp_path / "model.yaml").write_text(TUTORIAL)
+    git(tmp_path, "add", "model.yaml")
+    git(tmp_path, "commit", "-qm", "base")
+    (tmp_path / "model.yaml").write_text(edited())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def summary_json(cli, path) -> dict:
+    result = cli("summary", "--static", "--json", path)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def check_done_when(data: dict, old_summary: dict, new_summary: dict) -> None:
+    """The issue's 'Done when': one added, conv/Flatten/Dense changed, deltas as summary."""
+    changes = [(r["change"], (r["new"] or r["old"])["name"]) for r in data["layers"]]
+    assert [c for c in changes if c[0] == "added"] == [("added", "batch_normalization")]
+    assert [c for c in changes if c[0] == "changed"] == [
+        ("changed", "conv2d_2"),
+        ("changed", "flatten"),
+        ("changed", "dense"),
+    ]
+    assert [c[0] for c in changes].count("unchanged") == len(changes) - 4
+    assert not [c for c in changes if c[0] == "removed"]
+    assert data["counts"] == {"added": 1, "removed": 0, "changed": 3, "unchanged": 6}
+    for key in ("total_params", "trainable_params", "non_trainable_params", "macs"):
+        assert data["delta"][key] == new_summary[key] - old_summary[key], key
+    assert data["delta"]["activation_bytes"] == (
+        new_summary["activation_bytes"] - old_summary["activation_bytes"]
+    )
+    for dtype, size in new_summary["weight_bytes"].items():
+        assert data["delta"]["weight_bytes"][dtype] == size - old_summary["weight_bytes"][dtype]
+    for side, summary in (("old", old_summary), ("new", new_summary)):
+        expected = {k: v for k, v in summary.items() if k != "layers"}
+        assert {k: v for k, v in data[side].items() if k != "file"} == expected
+    conv = next(r for r in data["layers"] if r["change"] == "changed")
+    assert conv["arguments"] == {"filters": {"old": 64, "new": 96}}
+    assert conv["old"].keys() == {"name", "type", "output_shape", "params", "macs"}
+
+
+def test_done_when_between_two_files(cli, tmp_path):
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(TUTORIAL)
+    new.write_text(edited())
+    result = cli("diff", old, new, "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"old", "new", "delta", "percent", "layers", "counts"}
+    check_done_when(data, summary_json(cli, old), summary_json(cli, new))
+    assert data["percent"]["total_params"] == pytest.approx(
+        100 * data["delta"]["total_params"] / data["old"]["total_params"], abs=1e-3
+    )
+
+
+def test_done_when_through_git_head(cli, repo):
+    result = cli("diff", "HEAD:model.yaml", "model.yaml", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["old"]["file"] == "HEAD:model.yaml"
+    (repo / "old.yaml").write_text(TUTORIAL)  # the same text, as a file, for summary
+    check_done_when(data, summary_json(cli, repo / "old.yaml"), summary_json(cli, "model.yaml"))
+
+
+def test_same_model_is_all_unchanged_and_removal_is_one_row(tmp_path):
+    _, a = load_traced(CONFIGS / "cifar10_tutorial.yaml")
+    assert {r["change"] for r in compare(a, a, "a", "a")["layers"]} == {"unchanged"}
+    path = tmp_path / "fewer.yaml"
+    path.write_text(TUTORIAL.replace("  - Dense: {units: 64, activation: relu}\n", ""))
+    _, b = load_traced(path)
+    data = compare(a, b, "a", "b")
+    removed = [r for r in data["layers"] if r["change"] == "removed"]
+    assert [r["old"]["name"] for r in removed] == ["dense"]
+    assert removed[0]["new"] is None
+    changed = [r for r in data["layers"] if r["change"] == "changed"]
+    changed = [(r["old"]["name"], r["new"]["name"]) for r in changed]
+    assert changed == [("dense_1", "dense")]  # renamed by Keras; reads 1024 features, not 64
+
+
+def test_text_and_markdown(cli, repo):
+    text = cli("diff", "HEAD:model.yaml", "model.yaml")
+    assert text.exit_code == 0, text.output
+    assert "(4, 4, 64) → (4, 4, 96)" in text.stdout
+    assert "1 added, 3 changed, 6 unchanged" in text.stdout
+    md = cli("diff", "HEAD:model.yaml", "model.yaml", "--format", "markdown").stdout
+    lines = md.splitlines()
+    assert lines[0] == "### cnnbuild diff: `HEAD:model.yaml` → `model.yaml`"
+    assert "| **added** | batch_normalization | BatchNormalization | (30, 30, 32) | 128 | 0 |" in md
+    assert "| Parameters | 122,570 | 173,930 | +51,360 | +41.9% |" in lines
+    rows = [line for line in lines if line.startswith("| ") and "Rescaling" in line]
+    assert rows == ["| unchanged | input_scaling | Rescaling | (32, 32, 3) | 0 | 0 |"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["HEAD:model.yaml", "nowhere.yaml"], 2, "no such config file: 'nowhere.yaml'"),
+        (["HEAD:missing.yaml", "model.yaml"], 2, "'missing.yaml' does not exist at revision"),
+        (["nobranch:model.yaml", "model.yaml"], 2, "unknown git revision 'nobranch'"),
+        (["--", "-x:model.yaml", "model.yaml"], 2, "is not a git revision"),
+        (["C:\\models\\a.yaml", "model.yaml"], 2, "no such config file"),
+        (["model.yaml"], 2, "Missing argument"),
+        (["model.yaml", "model.yaml", "--format", "html"], 2, "Invalid value"),
+    ],
+)
+def test_usage_errors_exit_2(cli, repo, args, code, message):
+    result = cli("diff", *args)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_folder_at_the_revision_is_a_usage_error(cli, repo):
+    (repo / "sub").mkdir()
+    (repo / "sub" / "a.yaml").write_text(TUTORIAL)
+    git(repo, "add", "sub")
+    git(repo, "commit", "-qm", "sub")
+    result = cli("diff", "HEAD:sub", "model.yaml")
+    assert result.exit_code == 2, result.output
+    assert "HEAD:sub: is a tree, not a file" in result.output
+    assert cli("diff", "sub", "model.yaml").exit_code == 2
+
+
+def test_an_invalid_side_exits_1_with_its_findings(cli, repo):
+    (repo / "bad.yaml").write_text("input: [32, 32, 3]\nlayers:\n  - Conv2d: {filters: 8}\n")
+    result = cli("diff", "HEAD:model.yaml", "bad.yaml")
+    assert result.exit_code == 1, result.output
+    assert "bad.yaml:3:5: error:" in result.output
+    assert "did you mean 'Conv2D'" in result.output
+
+
+def test_not_a_repository_exits_2(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.yaml").write_text(TUTORIAL)
+    result = cli("diff", "HEAD:model.yaml", "model.yaml")
+    assert result.exit_code == 2, result.output
+    assert "is not in a git repository" in result.output
+    result = cli("validate", "--baseline", "HEAD", "model.yaml")
+    assert result.exit_code == 2, result.output
+    assert "is not in a git repository" in result.output
+
+
+def test_a_missing_file_with_a_colon_says_both_readings(cli, repo):
+    result = cli("diff", "models:v2.yaml", "model.yaml")
+    assert result.exit_code == 2, result.output
+    assert "no such config file: 'models:v2.yaml'; read as REF:PATH: unknown git revision" in (
+        result.output
+    )
+
+
+def test_an_existing_file_with_a_colon_is_a_file(cli, repo):
+    (repo / "HEAD:model.yaml").write_text(edited())  # a file by that very name
+    data = json.loads(cli("diff", "HEAD:model.yaml", "model.yaml", "--format", "json").stdout)
+    assert data["counts"]["unchanged"] == len(data["layers"])
+
+
+def test_a_too_big_blob_is_refused_unread(cli, repo):
+    (repo / "big.yaml").write_text("# " + "x" * 2_100_000 + "\n")
+    git(repo, "add", "big.yaml")
+    git(repo, "commit", "-qm", "big")
+    result = cli("diff", "HEAD:big.yaml", "model.yaml")
+    assert result.exit_code == 1, result.output
+    assert "a model config is at most 2000000 bytes" in result.output
+
+
+# -- validate --baseline ----------------------------------------------------------------
+
+
+def with_growth(repo, limit: str) -> None:
+    """Commit the tutorial with a growth budget; leave the edited model in the work tree."""
+    budget = GROWTH.format(limit=limit)
+    (repo / "model.yaml").write_text(TUTORIAL + budget)
+    git(repo, "commit", "-qam", "budget")
+    (repo / "model.yaml").write_text(edited() + budget)
+
+
+def test_growth_below_the_real_growth_fails(cli, repo):
+    with_growth(repo, "10%")  # the change adds 41.9% parameters
+    result = cli("validate", "--baseline", "HEAD", "model.yaml")
+    assert result.exit_code == 1, result.output
+    line = next(ln for ln in result.stdout.splitlines() if "[budget]" in ln)
+    assert line.startswith("model.yaml:26:12: error: budget.growth.params: parameters grew")
+    assert "+41.9% against HEAD (122,570 (122.6K) -> 173,930 (173.9K))" in line
+    assert "over the fail limit of 10%" in line
+    assert "model.yaml: against HEAD: parameters 122,570 → 173,930 (+51,360, +41.9%)" in (
+        result.stdout
+    )
+
+
+def test_growth_above_the_real_growth_passes(cli, repo):
+    with_growth(repo, "50%")
+    result = cli("validate", "--baseline", "HEAD", "model.yaml")
+    assert result.exit_code == 0, result.output
+    assert "[budget]" not in result.stdout
+
+
+def test_warn_tier_warns_and_strict_fails(cli, repo):
+    with_growth(repo, "{warn: 20%, fail: 50%}")
+    result = cli("validate", "--baseline", "HEAD", "model.yaml")
+    assert result.exit_code == 0, result.output
+    assert "warning: budget.growth.params:" in result.stdout
+    assert "over the warn limit of 20%" in result.stdout
+    assert cli("validate", "--baseline", "HEAD", "--strict", "model.yaml").exit_code == 1
+    ignored = cli("validate", "--baseline", "HEAD", "--ignore", "budget", "model.yaml")
+    assert "[budget]" not in ignored.stdout
+
+
+def test_new_file_gets_a_note_and_markdown_names_model_and_deltas(cli, repo):
+    with_growth(repo, "10%")
+    (repo / "extra.yaml").write_text(TUTORIAL)
+    result = cli("validate", "--baseline", "HEAD", ".", "--format", "markdown")
+    assert result.exit_code == 1, result.output
+    md = result.stdout
+    assert md.startswith("### cnnbuild: models against `HEAD`\n")
+    rows = [line for line in md.splitlines() if line.startswith("| `")]
+    assert rows == [
+        "| `extra.yaml` | new config | | | | |",
+        "| `model.yaml` (cifar10_tutorial) | 122,570 → 173,930 (+51,360, +41.9%) | "
+        "4,548,608 → 4,876,288 (+327,680, +7.2%) | 224.2 KiB → 340.7 KiB (+116.5 KiB, +52.0%) "
+        "| 478.8 KiB → 679.4 KiB (+200.6 KiB, +41.9%) | 1 added, 3 changed |",
+    ]
+    assert "**validate fails**: 1 error(s), 0 warning(s)." in md
+    assert "- `model.yaml:26:12` error: parameters grew +41.9% against HEAD" in md
+    as_json = cli("validate", "--baseline", "HEAD", "extra.yaml", "--format", "json")
+    assert as_json.exit_code == 0, as_json.output
+    notes = json.loads(as_json.stdout)
+    assert [(n["severity"], n["rule"]) for n in notes] == [("info", "budget")]
+    assert "not in HEAD: a new config, no baseline to compare with" in notes[0]["message"]
+
+
+def test_unchanged_configs_give_no_row(cli, repo):
+    (repo / "model.yaml").write_text(TUTORIAL.replace("epochs: 10", "epochs: 20"))
+    result = cli("validate", "--baseline", "HEAD", "model.yaml", "--format", "markdown")
+    assert result.exit_code == 0, result.output
+    assert "No model changed against `HEAD` (1 configs checked)." in result.stdout
+    assert "| `" not in result.stdout
+
+
+def test_baseline_with_an_unknown_revision_exits_2(cli, repo):
+    result = cli("validate", "--baseline", "v9", "model.yaml")
+    assert result.exit_code == 2, result.output
+    assert "unknown git revision 'v9'" in result.output
+
+
+def test_diff_and_baseline_import_no_tensorflow(repo):
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cnnbuild.cli import app\n"
+        "r = CliRunner()\n"
+        "a = r.invoke(app, ['diff', 'HEAD:model.yaml', 'model.yaml', '--format', 'json'])\n"
+        "b = r.invoke(app, ['validate', '--baseline', 'HEAD', 'model.yaml'])\n"
+        "assert a.exit_code == 0 and b.exit_code == 0, (a.output, b.output)\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_baseline_that_does_not_validate_gets_a_note(cli, repo):
+    (repo / "model.yaml").write_text("input: [32, 32, 3]\nlayers:\n  - Conv2d: {filters: 8}\n")
+    git(repo, "commit", "-qam", "broken")
+    (repo / "model.yaml").write_text(edited())
+    result = cli("validate", "--baseline", "HEAD", "model.yaml")
+    assert result.exit_code == 0, result.output
+    assert "model.yaml:0:0: info: its version at HEAD does not validate; growth limits not " in (
+        result.stdout
+    )
+
+
+def test_markdown_without_a_baseline_lists_the_findings(cli, tmp_path):
+    path = tmp_path / "over.yaml"
+    path.write_text(TUTORIAL + "budget:\n  params: 100K\n")
+    result = cli("validate", path, "--format", "markdown")
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        "### cnnbuild validate",
+        "",
+        "**validate fails**: 1 error(s), 0 warning(s).",
+    ]
+    assert lines[3].startswith(f"- `{path}:25:3` error: parameters: 122,570 (122.6K), over the")
+
+
+@pytest.mark.parametrize("position", range(8))
+def test_inserting_a_layer_anywhere_is_one_added_row(tmp_path, position):
+    """A Dropout (same shape, no weights) inserted before any layer: one `added` row at that
+    place, every other layer unchanged."""
+    lines = TUTORIAL.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.startswith("  - "))
+    lines.insert(first + position, "  - Dropout: {rate: 0.5}\n")
+    path = tmp_path / "more.yaml"
+    path.write_text("".join(lines))
+    _, old = load_traced(CONFIGS / "cifar10_tutorial.yaml")
+    _, new = load_traced(path)
+    data = compare(old, new, "old", "new")
+    assert data["counts"] == {"added": 1, "removed": 0, "changed": 0, "unchanged": 9}
+    added = [i for i, r in enumerate(data["layers"]) if r["change"] == "added"]
+    assert added == [position + 1]  # after input_scaling
+    assert data["delta"]["total_params"] == 0 and data["delta"]["macs"] == 0
+
+
+def test_shifted_automatic_names_do_not_decide_the_alignment(tmp_path):
+    """A 1x1 conv that keeps the shape, inserted after the first pooling: Keras renames
+    every later Conv2D (conv2d_1 -> conv2d_2...), yet only the new layer is `added`."""
+    pool = "  - MaxPooling2D: {pool_size: 2}\n"
+    one_by_one = "  - Conv2D: {filters: 32, kernel_size: 1, activation: relu}\n"
+    path = tmp_path / "more.yaml"
+    path.write_text(TUTORIAL.replace(pool, pool + one_by_one))
+    _, old = load_traced(CONFIGS / "cifar10_tutorial.yaml")
+    _, new = load_traced(path)
+    data = compare(old, new, "old", "new")
+    assert data["counts"] == {"added": 1, "removed": 0, "changed": 0, "unchanged": 9}
+    renamed = [
+        (r["old"]["name"], r["new"]["name"])
+        for r in data["layers"]
+        if r["old"] and r["new"] and r["old"]["name"] != r["new"]["name"]
+    ]
+    assert renamed == [("conv2d_1", "conv2d_2"), ("conv2d_2", "conv2d_3")]
+    added = next(r["new"] for r in data["layers"] if r["change"] == "added")
+    assert added["name"] == "conv2d_1" and added["output_shape"] == [15, 15, 32]
