@@ -1,10 +1,13 @@
-"""A forward and a backward pass, layer by layer, with ``tf.GradientTape``.
+"""A forward and a backward pass on one ``tf.GradientTape``, as the optimizer sees them.
 
-The model is run one layer at a time in eager mode, so every layer's output is a tensor
-the tape can differentiate against. For each layer this gives the gradient of the
-objective with respect to its output, the gradient it passes back into its input (its own
-vector-Jacobian product), the gradients of its weights, and, for ReLU-like layers, the
-units that never fired.
+The model is run node by node (in training mode by default: BatchNormalization with the
+batch's statistics, Dropout dropping), each node reading its own identity copy of its
+inputs, and one backward pass gives, for every layer, the gradient of the objective with
+respect to its output, the gradient it alone sends back into its input (its own
+vector-Jacobian product: the gradient of its input copy), the gradients of its weights,
+and, for ReLU-like layers, the units that never fired. An output layer whose loss reads
+the logits under its softmax or sigmoid shows the gradient with respect to those logits.
+The model's state is left as it was.
 """
 
 from __future__ import annotations
