@@ -385,3 +385,54 @@ def test_evaluate_a_bare_keras_file_needs_a_dataset(cli, mnist_run):
     result = cli("evaluate", mnist_run / "model.keras")
     assert result.exit_code == 2
     assert "a bare .keras file has no dataset; give --dataset" in result.stderr
+
+
+BN_DROPOUT = """
+name: bn_dropout
+input: [8, 8, 1]
+layers:
+  - Conv2D: {filters: 4, kernel_size: 3, use_bias: false}
+  - BatchNormalization
+  - ReLU
+  - Flatten
+  - Dropout: {rate: 0.5}
+  - Dense: {units: 3}
+compile:
+  optimizer: adam
+  loss: sparse_categorical_crossentropy
+"""
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_training_mode_measurement_leaves_the_model_as_it_was(write, compiled):
+    """BatchNormalization's moving statistics and Dropout's seed state come back, so the
+    gradient-flow callback never changes a run; the pass did use the batch's statistics
+    (its numbers differ from inference mode's)."""
+    from cnnbuild.builder import build_model, keras_module
+    from cnnbuild.insight.grads import compiled_norms, labels_for
+
+    keras = keras_module()
+    cfg = load_config(write(BN_DROPOUT))
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg, compile=False)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 8, 8, 1)).astype("float32")
+    y = labels_for(cfg, rng.integers(0, 3, 16), 3)
+    objective, _ = objective_fn(cfg, classifier=True, seed=0)
+    state = {v.path: np.array(v.numpy()) for v in model.variables}
+    assert any("seed_generator" in path for path in state)  # Dropout's state is counted
+
+    def measure(training):
+        if compiled:
+            return compiled_norms(model, cfg, objective, training=training)(x, y)
+        return layer_grads(model, cfg, x, y, objective, training=training)
+
+    (_, train_rows), (_, infer_rows) = measure(True), measure(False)
+    for v in model.variables:
+        np.testing.assert_array_equal(v.numpy(), state[v.path], err_msg=v.path)
+    conv = [next(r for r in rows if r.name == "conv2d") for rows in (train_rows, infer_rows)]
+    assert conv[0].weight_grad_norms["kernel"] != pytest.approx(
+        conv[1].weight_grad_norms["kernel"], rel=1e-3
+    )
+    again = next(r for r in measure(True)[1] if r.name == "conv2d")
+    assert again.weight_grad_norms == conv[0].weight_grad_norms  # the same Dropout mask
