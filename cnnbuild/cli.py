@@ -237,6 +237,11 @@ def summary(
     render.print_lines(out, render.summary_footer(data, tr.activation_bytes))
 
 
+class GradMode(str, Enum):
+    training = "training"
+    inference = "inference"
+
+
 @app.command()
 @handled
 def trace(
@@ -258,8 +263,20 @@ def trace(
         ),
     ] = None,
     data: Annotated[
-        bool, typer.Option("--data", help="With --grads: a batch of the config's dataset.")
+        bool,
+        typer.Option(
+            "--data",
+            help="With --grads: a batch of the dataset (the run's own with --weights RUN_DIR, "
+            "else the config's).",
+        ),
     ] = False,
+    mode: Annotated[
+        GradMode | None,
+        typer.Option(
+            help="With --grads: training (default: what the optimizer sees) or inference.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """The shape trace, layer by layer, with the arithmetic of every spatial size."""
     from cnnbuild import render
@@ -267,23 +284,27 @@ def trace(
 
     cfg, tr = load_traced(config)
     _notes(cfg.findings)
-    if grads or weights is not None or data:
-        return _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose)
-    real = None
+    if grads or weights is not None or data or mode is not None:
+        mode_name = (mode or GradMode.training).value
+        return _trace_grads(cfg, tr, grads, weights, data, seed, mode_name, as_json, verbose)
+    real, fed = None, None
     if run:
         from cnnbuild.builder import keras_module
         from cnnbuild.probe import forward_stats
 
         keras_module(verbose)
-        real = forward_stats(cfg, seed=seed)
+        real, fed = forward_stats(cfg, seed=seed)
     if as_json:
         data = render.trace_dict(tr)
         if real is not None:
+            data["real_input"] = fed
             for layer in data["layers"]:
                 layer["real"] = real.get(layer["name"])
         print(json.dumps(data, indent=2))
     else:
         out = _console()
+        if fed is not None:
+            out.print(f"forward pass: {fed}", highlight=False, soft_wrap=True)
         out.print(render.trace_table(tr, real))
         render.print_lines(out, render.figure_lines(tr.figures()))
     if real is not None:
@@ -615,17 +636,17 @@ def report(
     _console().print(f"wrote {path}", highlight=False)
 
 
-def _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose) -> None:
+def _trace_grads(cfg, tr, grads, weights, data, seed, mode, as_json, verbose) -> None:
     """``trace --grads``: gradients per layer (see cnnbuild.insight.grads)."""
     from cnnbuild import render
     from cnnbuild.builder import keras_module
 
     if not grads:
-        raise UsageError("--weights and --data go with --grads")
+        raise UsageError("--weights, --data and --mode go with --grads")
     keras_module(verbose)  # first: the light install is told how to get TensorFlow
     from cnnbuild.insight.grads import grads_table, trace_grads
 
-    result = trace_grads(cfg, seed=seed, weights=weights, data=data, verbose=verbose)
+    result = trace_grads(cfg, seed=seed, weights=weights, data=data, mode=mode, verbose=verbose)
     if as_json:
         out = render.trace_dict(tr)
         out["grads"] = {k: v for k, v in result.items() if k != "layers"}

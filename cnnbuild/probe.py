@@ -1,18 +1,47 @@
-"""A real forward pass through every layer (the seed document's debug-model trick)."""
+"""A real forward pass through every layer (the seed document's debug-model trick), on
+the inputs the model takes."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from cnnbuild.catalog import scales_input
 from cnnbuild.config import ModelConfig
 
 FREE_SIZE = 64  # stands in for a free (null) height or width
 
 
-def forward_stats(cfg: ModelConfig, seed: int = 0, batch: int = 2) -> dict[str, dict]:
-    """Build the model, run a random batch, and describe every layer's real output.
+def random_input(cfg: ModelConfig, seed: int, batch: int) -> tuple[Any, str]:
+    """A seeded batch of what the model takes, and the words that say what it is.
+
+    A model that scales its pixels (its ``input_scaling`` node, or its own leading
+    ``Rescaling`` or ``Normalization``) takes raw pixels, as ``train`` and ``predict``
+    feed them: uniform integers 0..255 as float32. A model without any pixel scaling (the
+    config opted out of ``input_scaling``) takes its inputs as they are: uniform values in
+    [0, 1).
+
+    Returns:
+        ``(x, words)``: float32 ``(batch, *input)`` (a free size is :data:`FREE_SIZE`).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shape = (batch, *(FREE_SIZE if d is None else d for d in cfg.input_shape))
+    if scales_input(node.kind for node in cfg.nodes):
+        x = rng.integers(0, 256, shape).astype("float32")
+        return x, "random pixels (uniform integers 0..255, as train and predict feed them)"
+    x = rng.uniform(0, 1, shape).astype("float32")
+    return x, "random values uniform in [0, 1) (the model has no pixel scaling of its own)"
+
+
+def forward_stats(cfg: ModelConfig, seed: int = 0, batch: int = 2) -> tuple[dict[str, dict], str]:
+    """Build the model, run a random batch of what it takes, and describe every layer's
+    real output (inference mode).
 
     Returns:
         Per layer name: ``{"shape", "mean", "std", "zeros"}`` (shape without the batch axis,
-        ``zeros`` the fraction of exact zeros).
+        ``zeros`` the fraction of exact zeros), and the words saying what was fed (see
+        :func:`random_input`).
     """
     import numpy as np
 
@@ -22,8 +51,7 @@ def forward_stats(cfg: ModelConfig, seed: int = 0, batch: int = 2) -> dict[str, 
     model = build_model(cfg, compile=False)
     layers = [layer for layer in model.layers if layer.name != "input"]
     debug = keras.Model(model.input, [layer.output for layer in layers])
-    shape = tuple(FREE_SIZE if d is None else d for d in cfg.input_shape)
-    x = np.random.default_rng(seed).uniform(0, 1, (batch, *shape)).astype("float32")
+    x, words = random_input(cfg, seed, batch)
     outs = debug(x, training=False)
     stats = {}
     for layer, out in zip(layers, outs, strict=True):
@@ -34,4 +62,4 @@ def forward_stats(cfg: ModelConfig, seed: int = 0, batch: int = 2) -> dict[str, 
             "std": float(arr.std()),
             "zeros": float((arr == 0).mean()),
         }
-    return stats
+    return stats, f"batch of {batch}: {words}; inference mode; seed {seed}"

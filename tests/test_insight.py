@@ -179,3 +179,260 @@ def test_compiled_flow_measurement_equals_the_eager_pass(mixed):
             assert b.dead_fraction is None
         else:
             assert b.dead_fraction == pytest.approx(a.dead_fraction, abs=0.02)
+
+
+# -- honest views: output layers, training mode, what the model takes, the run's data --
+
+MNIST = """
+name: mnist_convnet
+input: [28, 28, 1]
+layers:
+  - Conv2D: {filters: 32, kernel_size: 3, activation: relu}
+  - MaxPooling2D: {pool_size: 2}
+  - Conv2D: {filters: 64, kernel_size: 3, activation: relu}
+  - MaxPooling2D: {pool_size: 2}
+  - Flatten
+  - Dropout: {rate: 0.5}
+  - Dense: {units: 10, activation: softmax, name: predictions}
+compile:
+  optimizer: adam
+  loss: categorical_crossentropy
+"""
+
+VGG3 = """
+name: vgg3
+input: [32, 32, 3]
+blocks:
+  conv_bn_relu:
+    params: [filters]
+    layers:
+      - Conv2D: {filters: $filters, kernel_size: 3, padding: same, use_bias: false}
+      - BatchNormalization
+      - ReLU
+  vgg_block:
+    params: [filters, rate]
+    layers:
+      - conv_bn_relu: {filters: $filters}
+      - conv_bn_relu: {filters: $filters}
+      - MaxPooling2D: {pool_size: 2}
+      - Dropout: {rate: $rate}
+layers:
+  - vgg_block: {filters: 32, rate: 0.2}
+  - vgg_block: {filters: 64, rate: 0.3}
+  - vgg_block: {filters: 128, rate: 0.4}
+  - Flatten
+  - Dense: {units: 128, activation: relu}
+  - Dropout: {rate: 0.5}
+  - Dense: {units: 10, activation: softmax, name: predictions}
+compile:
+  optimizer: adam
+  loss: sparse_categorical_crossentropy
+"""
+
+
+def _npz(path, shape, classes=10, n=48):
+    rng = np.random.default_rng(0)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+        y_train=np.arange(n) % classes,
+        x_test=rng.integers(0, 256, (10, *shape), dtype=np.uint8),
+        y_test=np.arange(10) % classes,
+    )
+    return path
+
+
+def _train_section(npz):
+    return f"train: {{dataset: {{npz: {npz}}}, epochs: 1, batch_size: 16}}\n"
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    """keras.io's MNIST convnet trained one epoch on a tiny npz of 28x28 images."""
+    from tests.conftest import run_cli
+
+    tmp = tmp_path_factory.mktemp("mnist")
+    config = tmp / "mnist.yaml"
+    npz = _npz(tmp / "digits.npz", (28, 28))
+    config.write_text(MNIST.lstrip() + _train_section(npz), encoding="utf-8")
+    result = run_cli("train", config, "--out", tmp / "run", "--seed", 1)
+    assert result.exit_code == 0, result.output
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("text, shape", [(MNIST, (28, 28)), (VGG3, (32, 32, 3))])
+def test_softmax_output_layers_show_the_gradient_of_their_logits(cli, write, tmp_path, text, shape):
+    """Keras' cross-entropy reads the logits under the softmax, so the softmax output
+    itself gets no gradient; the row shows the logits' gradient, and says so."""
+    path = write(text.lstrip() + _train_section(_npz(tmp_path / "d.npz", shape)))
+    result = cli("trace", path, "--grads", "--json")
+    assert result.exit_code == 0, result.output
+    out = {layer["name"]: layer for layer in json.loads(result.stdout)["layers"]}["predictions"]
+    assert out["output_grad_of"] == "logits"
+    assert out["output_grad_norm"] > 0
+    assert out["input_grad_zero_fraction"] < 1.0
+    text_out = cli("trace", path, "--grads").stdout
+    assert "∂L/∂logits" in text_out
+
+    result = cli("train", path, "--out", tmp_path / "run", "--seed", 1)
+    assert result.exit_code == 0, result.output
+    flow = json.loads((tmp_path / "run" / "gradients.json").read_text())
+    last = flow["epochs"][-1]["layers"]["predictions"]
+    assert last["output_grad_of"] == "logits"
+    assert last["output_grad_norm"] > 0
+
+
+MOBILENET = """
+name: mobilenet_025_96
+input: [96, 96, 3]
+blocks:
+  conv_bn:
+    params: [filters, {kernel_size: 1}, {strides: 1}]
+    layers:
+      - Conv2D: {filters: $filters, kernel_size: $kernel_size, strides: $strides,
+                 padding: same, use_bias: false}
+      - BatchNormalization
+      - ReLU: {max_value: 6.0}
+  separable:
+    params: [filters, {strides: 1}, {padding: same}]
+    layers:
+      - DepthwiseConv2D: {kernel_size: 3, strides: $strides, padding: $padding, use_bias: false}
+      - BatchNormalization
+      - ReLU: {max_value: 6.0}
+      - conv_bn: {filters: $filters}
+  down:
+    params: [filters]
+    layers:
+      - ZeroPadding2D: {padding: [[0, 1], [0, 1]]}
+      - separable: {filters: $filters, strides: 2, padding: valid}
+layers:
+  - conv_bn: {filters: 8, kernel_size: 3, strides: 2, name: conv1}
+  - separable: {filters: 16}
+  - down: {filters: 32}
+  - separable: {filters: 32}
+  - down: {filters: 64}
+  - separable: {filters: 64}
+  - down: {filters: 128}
+  - separable: {filters: 128, repeat: 5}
+  - down: {filters: 256}
+  - separable: {filters: 256}
+  - GlobalAveragePooling2D
+  - Dropout: {rate: 0.001}
+  - Dense: {units: 10, activation: softmax}
+compile:
+  optimizer: adam
+  loss: sparse_categorical_crossentropy
+"""
+
+
+def test_fresh_mobilenet_first_kernel_gradient_in_training_mode(cli, write):
+    """keras.applications.MobileNet(alpha=0.25, 96x96), written as a config: at a fresh
+    initialisation, BatchNormalization in inference mode (moving variance 1) all but
+    stops the backward pass; training mode, the default, is what the optimizer sees."""
+    path = write(MOBILENET)
+    kernel = {}
+    for flags in ((), ("--mode", "inference")):
+        result = cli("trace", path, "--grads", "--json", *flags)
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        first = next(layer for layer in data["layers"] if layer["type"] == "Conv2D")
+        kernel[data["grads"]["mode"]] = first["weight_grad_norms"]["kernel"]
+    assert kernel["training"] > 1e-6
+    assert kernel["inference"] < 1e-6
+
+
+def test_trace_grads_says_its_mode(cli, write):
+    path = write(POOL.format(pool="MaxPooling2D"))
+    text = cli("trace", path, "--grads").stdout
+    assert "backward pass in training mode" in text
+    assert "Dropout drops" in text
+    text = cli("trace", path, "--grads", "--mode", "inference").stdout
+    assert "backward pass in inference mode" in text
+    result = cli("trace", path, "--mode", "inference")
+    assert result.exit_code == 2 and "--grads" in result.stderr
+    result = cli("trace", path, "--grads", "--mode", "eval")
+    assert result.exit_code == 2
+
+
+def test_trace_run_feeds_raw_pixels_and_says_so(cli, write):
+    """Uniform integers 0..255, as train and predict feed images: after the model's own
+    1/255 scaling the input averages about 0.5 (uniform(0, 1) gave 0.002)."""
+    path = write(POOL.format(pool="MaxPooling2D"))
+    result = cli("trace", path, "--run", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert "uniform integers 0..255" in data["real_input"]
+    scaled = next(layer for layer in data["layers"] if layer["name"] == "input_scaling")
+    assert 0.4 < scaled["real"]["mean"] < 0.6
+    assert 0.25 < scaled["real"]["std"] < 0.33
+    text = cli("trace", path, "--run").stdout
+    assert text.startswith("forward pass: batch of 2: random pixels (uniform integers 0..255")
+
+
+def test_trace_grads_data_of_a_run_is_the_runs_own_dataset(cli, write, mnist_run):
+    """The config traced has no train section (its default dataset would be CIFAR-10);
+    with --weights RUN --data the batch comes from the run's own npz."""
+    path = write(MNIST)
+    result = cli("trace", path, "--grads", "--weights", mnist_run, "--data", "--json")
+    assert result.exit_code == 0, result.output
+    grads = json.loads(result.stdout)["grads"]
+    assert "digits" in grads["data"] and "the run's own dataset" in grads["data"]
+    assert grads["weights"] == str(mnist_run / "model.keras")
+    assert grads["batch"] == 8
+
+
+def test_evaluate_a_bare_keras_file_needs_a_dataset(cli, mnist_run):
+    result = cli("evaluate", mnist_run / "model.keras")
+    assert result.exit_code == 2
+    assert "a bare .keras file has no dataset; give --dataset" in result.stderr
+
+
+BN_DROPOUT = """
+name: bn_dropout
+input: [8, 8, 1]
+layers:
+  - Conv2D: {filters: 4, kernel_size: 3, use_bias: false}
+  - BatchNormalization
+  - ReLU
+  - Flatten
+  - Dropout: {rate: 0.5}
+  - Dense: {units: 3}
+compile:
+  optimizer: adam
+  loss: sparse_categorical_crossentropy
+"""
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_training_mode_measurement_leaves_the_model_as_it_was(write, compiled):
+    """BatchNormalization's moving statistics and Dropout's seed state come back, so the
+    gradient-flow callback never changes a run; the pass did use the batch's statistics
+    (its numbers differ from inference mode's)."""
+    from cnnbuild.builder import build_model, keras_module
+    from cnnbuild.insight.grads import compiled_norms, labels_for
+
+    keras = keras_module()
+    cfg = load_config(write(BN_DROPOUT))
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg, compile=False)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 8, 8, 1)).astype("float32")
+    y = labels_for(cfg, rng.integers(0, 3, 16), 3)
+    objective, _ = objective_fn(cfg, classifier=True, seed=0)
+    state = {v.path: np.array(v.numpy()) for v in model.variables}
+    assert any("seed_generator" in path for path in state)  # Dropout's state is counted
+
+    def measure(training):
+        if compiled:
+            return compiled_norms(model, cfg, objective, training=training)(x, y)
+        return layer_grads(model, cfg, x, y, objective, training=training)
+
+    (_, train_rows), (_, infer_rows) = measure(True), measure(False)
+    for v in model.variables:
+        np.testing.assert_array_equal(v.numpy(), state[v.path], err_msg=v.path)
+    conv = [next(r for r in rows if r.name == "conv2d") for rows in (train_rows, infer_rows)]
+    assert conv[0].weight_grad_norms["kernel"] != pytest.approx(
+        conv[1].weight_grad_norms["kernel"], rel=1e-3
+    )
+    again = next(r for r in measure(True)[1] if r.name == "conv2d")
+    assert again.weight_grad_norms == conv[0].weight_grad_norms  # the same Dropout mask

@@ -221,7 +221,9 @@ def test_trace_grads_with_trained_weights_and_dataset_batch(demo_run):
     assert trained.exit_code == 0, trained.output
     trained = json.loads(trained.stdout)
     assert trained["grads"]["weights"] == str(demo_run / "model.keras")
-    assert trained["grads"]["data"] == "the config's dataset"
+    assert trained["grads"]["data"].startswith("training images of shapes")
+    assert "the run's own dataset" in trained["grads"]["data"]
+    assert fresh["grads"]["data"] == "training images of shapes"
     assert trained["grads"]["value"] < fresh["grads"]["value"] / 10  # it learned the batch
     wrong = _run("trace", CONFIGS / "seed_shape_watch.yaml", "--grads", "--weights", demo_run)
     assert wrong.exit_code == 2

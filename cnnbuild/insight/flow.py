@@ -67,6 +67,37 @@ WORDS = {
 }
 
 
+def _start_record(path: Path, cfg: ModelConfig, batch: int, what: str, initial_epoch: int):
+    """A new ``gradients.json`` record; a resumed run keeps its earlier epochs' records."""
+    record: dict[str, Any] = {
+        "batch": batch,
+        "objective": what,
+        "mode": "training",
+        "thresholds": {"vanishing": VANISHING, "exploding": EXPLODING, "dead": DEAD},
+        "layers": [node.name for node in cfg.nodes],
+        "epochs": [],
+        "warnings": [],
+    }
+    if initial_epoch and path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            record["epochs"] = [e for e in old["epochs"] if e["epoch"] <= initial_epoch]
+            record["warnings"] = list(old.get("warnings", []))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return record
+
+
+def _warn(record: dict, layers: dict, epoch: int, warned: set, console: Console) -> None:
+    """Each kind of problem once per run: into the record and onto the console."""
+    for kind, names in problems(layers).items():
+        if names and kind not in warned:
+            warned.add(kind)
+            text = WORDS[kind].format(layers=", ".join(names))
+            record["warnings"].append({"epoch": epoch, "kind": kind, "text": text})
+            console.print(f"warning: epoch {epoch}: {text}", highlight=False, soft_wrap=True)
+
+
 def gradient_flow(
     keras: Any,
     cfg: ModelConfig,
@@ -78,6 +109,11 @@ def gradient_flow(
     initial_epoch: int = 0,
 ) -> Any:
     """A Keras callback that records the gradient flow into ``run_dir/gradients.json``.
+
+    The norms are taken in training mode, as the optimizer sees the model; the model's
+    state (BatchNormalization's moving statistics, Dropout's seed) is left as it was. An
+    output layer whose loss reads its logits records the gradient with respect to them
+    (``output_grad_of``: ``logits``).
 
     Args:
         keras: the keras module.
@@ -95,21 +131,7 @@ def gradient_flow(
     labels = labels_for(cfg, yb, num_classes)
     objective, what = objective_fn(cfg, classifier=True, seed=0)
     path = Path(run_dir) / GRADIENTS
-    record: dict[str, Any] = {
-        "batch": len(xb),
-        "objective": what,
-        "thresholds": {"vanishing": VANISHING, "exploding": EXPLODING, "dead": DEAD},
-        "layers": [node.name for node in cfg.nodes],
-        "epochs": [],
-        "warnings": [],
-    }
-    if initial_epoch and path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-            record["epochs"] = [e for e in old["epochs"] if e["epoch"] <= initial_epoch]
-            record["warnings"] = list(old.get("warnings", []))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    record = _start_record(path, cfg, len(xb), what, initial_epoch)
     warned = {w["kind"] for w in record["warnings"]}
     measure: list[Any] = []  # traced on first use, once the model exists
 
@@ -127,26 +149,21 @@ def gradient_flow(
             layers = {
                 r.name: {
                     "output_grad_norm": r.output_grad_norm,
+                    "output_grad_of": r.grad_of,
                     "weight_grad_norms": r.weight_grad_norms,
                     "dead_fraction": r.dead_fraction,
                 }
                 for r in rows
             }
-            entry = {
-                "epoch": epoch + 1,
-                "loss": value,
-                "seconds": round(time.perf_counter() - start, 4),
-                "layers": layers,
-            }
-            record["epochs"].append(entry)
-            for kind, names in problems(layers).items():
-                if names and kind not in warned:
-                    warned.add(kind)
-                    text = WORDS[kind].format(layers=", ".join(names))
-                    record["warnings"].append({"epoch": epoch + 1, "kind": kind, "text": text})
-                    console.print(
-                        f"warning: epoch {epoch + 1}: {text}", highlight=False, soft_wrap=True
-                    )
+            record["epochs"].append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": value,
+                    "seconds": round(time.perf_counter() - start, 4),
+                    "layers": layers,
+                }
+            )
+            _warn(record, layers, epoch + 1, warned, console)
             write_json(path, record)
 
     return GradientFlow()

@@ -1,25 +1,28 @@
-"""A forward and a backward pass, layer by layer, with ``tf.GradientTape``.
+"""A forward and a backward pass on one ``tf.GradientTape``, as the optimizer sees them.
 
-The model is run one layer at a time in eager mode, so every layer's output is a tensor
-the tape can differentiate against. For each layer this gives the gradient of the
-objective with respect to its output, the gradient it passes back into its input (its own
-vector-Jacobian product), the gradients of its weights, and, for ReLU-like layers, the
-units that never fired.
+The model is run node by node (in training mode by default: BatchNormalization with the
+batch's statistics, Dropout dropping), each node reading its own identity copy of its
+inputs, and one backward pass gives, for every layer, the gradient of the objective with
+respect to its output, the gradient it alone sends back into its input (its own
+vector-Jacobian product: the gradient of its input copy), the gradients of its weights,
+and, for ReLU-like layers, the units that never fired. An output layer whose loss reads
+the logits under its softmax or sigmoid shows the gradient with respect to those logits.
+The model's state is left as it was.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cnnbuild.catalog import REGISTRY
+from cnnbuild.catalog import REGISTRY, one_hot_classes
 from cnnbuild.config import INPUT, ModelConfig
 
 GRAD_BATCH = 8
 RELU_LIKE = ("relu", "relu6")
-ONE_HOT_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "categorical_hinge")
 
 
 @dataclass
@@ -38,6 +41,9 @@ class LayerGrads:
             one position and channel, or one Dense neuron) that are zero for every image of
             the batch; ``None`` for other layers.
         window: for a pooling layer, how many inputs share one output (``None`` otherwise).
+        grad_of: what ``output_grad_norm`` is taken with respect to: ``output``, or
+            ``logits`` for an output layer whose loss reads the logits under its softmax
+            or sigmoid (Keras' cross-entropies do, so the output itself gets no gradient).
     """
 
     name: str
@@ -47,10 +53,12 @@ class LayerGrads:
     weight_grad_norms: dict[str, float] = field(default_factory=dict)
     dead_fraction: float | None = None
     window: int | None = None
+    grad_of: str = "output"
 
     def to_dict(self) -> dict:
         return {
             "output_grad_norm": self.output_grad_norm,
+            "output_grad_of": self.grad_of,
             "input_grad_zero_fraction": self.input_grad_zero_fraction,
             "weight_grad_norms": dict(self.weight_grad_norms),
             "dead_fraction": self.dead_fraction,
@@ -102,23 +110,159 @@ def objective_fn(cfg: ModelConfig, classifier: bool, seed: int) -> tuple[Any, st
 
 
 def random_batch(cfg: ModelConfig, units: int | None, seed: int, batch: int = GRAD_BATCH):
-    """A seeded batch of raw pixels (uniform 0..255) and labels fitting the loss."""
-    from cnnbuild.probe import FREE_SIZE
+    """A seeded batch of what the model takes (see :func:`cnnbuild.probe.random_input`),
+    labels fitting the loss, and the words saying what the images are."""
+    from cnnbuild.probe import random_input
 
-    rng = np.random.default_rng(seed)
-    shape = tuple(FREE_SIZE if d is None else d for d in cfg.input_shape)
-    x = rng.uniform(0, 255, (batch, *shape)).astype("float32")
-    return x, labels_for(cfg, rng.integers(0, max(units or 2, 2), batch), units)
+    x, words = random_input(cfg, seed, batch)
+    ids = np.random.default_rng(seed + 2).integers(0, max(units or 2, 2), batch)
+    return x, labels_for(cfg, ids, units), words
 
 
 def labels_for(cfg: ModelConfig, y: np.ndarray, units: int | None) -> np.ndarray:
-    """Integer class ids in the form the config's loss takes."""
-    y = np.asarray(y)
-    if cfg.compile.loss in ONE_HOT_LOSSES and units:
-        return np.eye(units, dtype="float32")[y]
-    if cfg.compile.loss.startswith("binary"):
-        return y.reshape(-1, 1).astype("float32")
-    return y.astype("int32")
+    """Integer class ids in the form the config's loss takes, as the trainer feeds them.
+
+    The form is the catalog's (:func:`cnnbuild.catalog.one_hot_classes`, which the
+    trainer's pipeline asks too): one-hot float32 rows for a loss that compares one output
+    per class with the encoded class id, else the int32 class ids as they are (a binary
+    loss's 0/1 labels included).
+    """
+    y = np.asarray(y).astype("int32")
+    classes = one_hot_classes(cfg.compile.loss, units) if units else None
+    return y if classes is None else np.eye(classes, dtype="float32")[y]
+
+
+@dataclass
+class _Plan:
+    """A config's nodes with their Keras layers: what one pass over the model needs."""
+
+    nodes: list
+    layers: list
+    weights: list[tuple[int, Any]]
+    relu: list[int]
+    output: str
+    last: int
+    scale: float
+    grad_of: dict[str, str] = field(default_factory=dict)
+    in_shapes: dict[str, tuple] = field(default_factory=dict)
+
+
+def _plan(model: Any, cfg: ModelConfig) -> _Plan:
+    nodes = list(cfg.nodes)
+    layers = [model.get_layer(node.name) for node in nodes]
+    # under mixed_float16, scale the loss as training does, so small gradients do not
+    # underflow to zero in float16 and read as vanishing
+    scale = 1024.0 if any(layer.compute_dtype == "float16" for layer in layers) else 1.0
+    return _Plan(
+        nodes,
+        layers,
+        [(i, w) for i, layer in enumerate(layers) for w in layer.trainable_weights],
+        [i for i, layer in enumerate(layers) if relu_like(layer)],
+        cfg.output,
+        next(i for i, node in enumerate(nodes) if node.name == cfg.output),
+        scale,
+    )
+
+
+def _forward(plan: _Plan, tape: Any, x: Any, training: bool, inputs: bool):
+    """Run ``x`` through the layers on ``tape``; with ``inputs``, each layer reads its own
+    identity copy of every input, so the gradient into that copy is what this layer alone
+    sends back (its vector-Jacobian product), all from the same backward pass."""
+    import tensorflow as tf
+
+    tensors, copies = {INPUT: x}, []
+    tape.watch(x)
+    for node, layer in zip(plan.nodes, plan.layers, strict=True):
+        ins = [tensors[n] for n in node.inputs]
+        plan.in_shapes[node.name] = tuple(ins[0].shape)
+        if inputs:
+            ins = [tf.identity(t) for t in ins]
+            tape.watch(ins)
+            copies.append(ins)
+        out = layer(ins if REGISTRY[node.kind].merge else ins[0], training=training)
+        tape.watch(out)
+        tensors[node.name] = out
+    return [tensors[node.name] for node in plan.nodes], copies
+
+
+def _backward(plan: _Plan, objective: Any, x: Any, y: Any, training: bool, inputs: bool):
+    """One forward pass and one backward pass on one tape: the objective's value, the norm
+    of every layer output's and weight's gradient, each layer's input-gradient zero
+    fraction (with ``inputs``) and each ReLU-like layer's dead fraction, as tensors.
+
+    An output whose loss reads the logits Keras caches on a softmax or sigmoid (the
+    cross-entropies do) gets no gradient itself; its row then holds the gradient with
+    respect to those logits, and ``plan.grad_of`` says so.
+    """
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        outs, copies = _forward(plan, tape, x, training, inputs)
+        value = objective(outs[plan.last], y)
+        scaled = value * plan.scale
+    last = plan.last
+    logits = getattr(outs[last], "_keras_logits", None)
+    flat = [t for ins in copies for t in ins]
+    sources = outs + [w for _, w in plan.weights] + flat + ([] if logits is None else [logits])
+    grads = tape.gradient(scaled, sources)
+    n, m = len(outs), len(outs) + len(plan.weights)
+    out_grads = grads[:n]
+    plan.grad_of[plan.output] = "output"
+    if out_grads[last] is None and logits is not None and grads[-1] is not None:
+        out_grads[last], plan.grad_of[plan.output] = grads[-1], "logits"
+
+    def norm(g: Any) -> Any:
+        return tf.constant(0.0) if g is None else tf.norm(tf.cast(g, tf.float32)) / plan.scale
+
+    zero, at = [], m
+    for ins in copies:
+        total = sum(int(np.prod(t.shape)) for t in ins)
+        zeros = tf.constant(0, tf.int64)
+        for t, g in zip(ins, grads[at : at + len(ins)], strict=True):
+            size = int(np.prod(t.shape))
+            zeros += size if g is None else size - tf.math.count_nonzero(g, dtype=tf.int64)
+        zero.append(tf.cast(zeros, tf.float64) / max(total, 1))
+        at += len(ins)
+    dead = [
+        1.0 - tf.reduce_mean(tf.cast(tf.reduce_any(tf.not_equal(outs[i], 0), axis=0), tf.float32))
+        for i in plan.relu
+    ]
+    return value, [norm(g) for g in out_grads + grads[n:m]], zero, dead
+
+
+def _rows(plan: _Plan, norms: list, zero: list, dead: list) -> list[LayerGrads]:
+    """One :class:`LayerGrads` per node from :func:`_backward`'s values."""
+    norms = [float(v) for v in norms]
+    rows = [
+        LayerGrads(
+            node.name,
+            type(layer).__name__,
+            norms[i],
+            float(zero[i]) if zero else None,
+            {},
+            None,
+            pool_window(layer, plan.in_shapes[node.name]),
+            plan.grad_of.get(node.name, "output"),
+        )
+        for i, (node, layer) in enumerate(zip(plan.nodes, plan.layers, strict=True))
+    ]
+    for (i, w), v in zip(plan.weights, norms[len(plan.nodes) :], strict=True):
+        rows[i].weight_grad_norms[_short(w)] = v
+    for i, d in zip(plan.relu, dead, strict=True):
+        rows[i].dead_fraction = float(d)
+    return rows
+
+
+@contextmanager
+def _state_kept(model: Any):
+    """Put back the model's non-trainable state (BatchNormalization's moving statistics,
+    Dropout's seed) after a training-mode pass, so a measurement never changes the model."""
+    state = [(v, v.numpy()) for v in model.non_trainable_variables]
+    try:
+        yield
+    finally:
+        for v, value in state:
+            v.assign(value)
 
 
 def layer_grads(
@@ -129,8 +273,9 @@ def layer_grads(
     objective: Any,
     *,
     inputs: bool = True,
+    training: bool = True,
 ) -> tuple[float, list[LayerGrads]]:
-    """Run ``x`` through ``model`` layer by layer, then back.
+    """Run ``x`` through ``model`` and back, on one tape.
 
     Args:
         model: a Keras model built from ``cfg`` (layers named as its nodes).
@@ -138,66 +283,25 @@ def layer_grads(
         x: a batch of raw pixels.
         y: labels for ``objective`` (may be ``None`` when it does not use them).
         objective: ``f(output, y) -> scalar`` (see :func:`objective_fn`).
-        inputs: also compute each layer's input gradient (one extra backward per layer).
+        inputs: also compute each layer's input-gradient zero fraction.
+        training: run in training mode (BatchNormalization normalises with the batch's
+            statistics, Dropout drops), as the optimizer sees the model; the model's
+            state is left as it was.
 
     Returns:
         The objective's value and one :class:`LayerGrads` per node, in config order.
     """
     import tensorflow as tf
 
-    tensors = {INPUT: tf.convert_to_tensor(x)}
-    layers = {}
-    with tf.GradientTape(persistent=inputs) as tape:
-        tape.watch(tensors[INPUT])
-        for node in cfg.nodes:
-            layer = model.get_layer(node.name)
-            ins = [tensors[n] for n in node.inputs]
-            out = layer(ins if REGISTRY[node.kind].merge else ins[0], training=False)
-            tape.watch(out)
-            tensors[node.name], layers[node.name] = out, layer
-        value = objective(tensors[cfg.output], y)
-    names = [node.name for node in cfg.nodes]
-    weights = [(n, w) for n in names for w in layers[n].trainable_weights]
-    grads = tape.gradient(value, [tensors[n] for n in names] + [w for _, w in weights])
-    out_grads = dict(zip(names, grads[: len(names)], strict=True))
-    weight_grads: dict[str, dict[str, float]] = {n: {} for n in names}
-    for (n, w), g in zip(weights, grads[len(names) :], strict=True):
-        weight_grads[n][_short(w)] = _norm(g)
-    rows = []
-    for node in cfg.nodes:
-        layer, out, g_out = layers[node.name], tensors[node.name], out_grads[node.name]
-        zero = None
-        if inputs:
-            ins = [tensors[n] for n in node.inputs]
-            g_out = tf.zeros_like(out) if g_out is None else g_out
-            g_ins = tape.gradient(out, ins, output_gradients=g_out)
-            total = sum(int(np.prod(t.shape)) for t in ins)
-            zeros = sum(
-                int(np.prod(t.shape)) if g is None else int(np.sum(np.asarray(g) == 0))
-                for t, g in zip(ins, g_ins, strict=True)
-            )
-            zero = zeros / max(total, 1)
-        dead = None
-        if relu_like(layer):
-            fired = np.any(np.asarray(out) != 0, axis=0)
-            dead = float(1.0 - fired.mean())
-        rows.append(
-            LayerGrads(
-                node.name,
-                type(layer).__name__,
-                _norm(g_out),
-                zero,
-                weight_grads[node.name],
-                dead,
-                pool_window(layer, tuple(tensors[node.inputs[0]].shape)),
-            )
+    plan = _plan(model, cfg)
+    with _state_kept(model):
+        value, norms, zero, dead = _backward(
+            plan, objective, tf.convert_to_tensor(x), y, training, inputs
         )
-    if inputs:
-        del tape
-    return float(value), rows
+    return float(value), _rows(plan, norms, zero, dead)
 
 
-def compiled_norms(model: Any, cfg: ModelConfig, objective: Any) -> Any:
+def compiled_norms(model: Any, cfg: ModelConfig, objective: Any, training: bool = True) -> Any:
     """A ``tf.function`` version of :func:`layer_grads` without input gradients.
 
     Traced once, then each call costs about one training step on the batch: what the
@@ -208,61 +312,22 @@ def compiled_norms(model: Any, cfg: ModelConfig, objective: Any) -> Any:
     """
     import tensorflow as tf
 
-    nodes = list(cfg.nodes)
-    layers = [model.get_layer(node.name) for node in nodes]
-    weights = [(i, w) for i, layer in enumerate(layers) for w in layer.trainable_weights]
-    relu = [i for i, layer in enumerate(layers) if relu_like(layer)]
-    # under mixed_float16, scale the loss as training does, so small gradients do not
-    # underflow to zero in float16 and read as vanishing
-    scale = 1024.0 if any(layer.compute_dtype == "float16" for layer in layers) else 1.0
-
-    def norm(g: Any) -> Any:
-        return tf.constant(0.0) if g is None else tf.norm(tf.cast(g, tf.float32)) / scale
+    plan = _plan(model, cfg)
 
     @tf.function(reduce_retracing=True)
     def step(x, y):
-        tensors = {INPUT: x}
-        with tf.GradientTape() as tape:
-            for node, layer in zip(nodes, layers, strict=True):
-                ins = [tensors[n] for n in node.inputs]
-                tensors[node.name] = layer(
-                    ins if REGISTRY[node.kind].merge else ins[0], training=False
-                )
-                tape.watch(tensors[node.name])
-            value = objective(tensors[cfg.output], y)
-            scaled = value * scale
-        outs = [tensors[node.name] for node in nodes]
-        grads = tape.gradient(scaled, outs + [w for _, w in weights])
-        dead = [
-            1.0 - tf.reduce_mean(tf.cast(tf.reduce_any(outs[i] != 0, axis=0), tf.float32))
-            for i in relu
-        ]
-        return value, [norm(g) for g in grads], dead
+        return _backward(plan, objective, x, y, training, inputs=False)
 
     def run(x: np.ndarray, y: np.ndarray) -> tuple[float, list[LayerGrads]]:
-        value, norms, dead = step(tf.convert_to_tensor(x), tf.convert_to_tensor(y))
-        norms = [float(n) for n in norms]
-        rows = [
-            LayerGrads(node.name, type(layer).__name__, norms[i], None, {}, None)
-            for i, (node, layer) in enumerate(zip(nodes, layers, strict=True))
-        ]
-        for (i, w), n in zip(weights, norms[len(nodes) :], strict=True):
-            rows[i].weight_grad_norms[_short(w)] = n
-        for i, d in zip(relu, dead, strict=True):
-            rows[i].dead_fraction = float(d)
-        return float(value), rows
+        with _state_kept(model):
+            value, norms, zero, dead = step(tf.convert_to_tensor(x), tf.convert_to_tensor(y))
+        return float(value), _rows(plan, norms, zero, dead)
 
     return run
 
 
 def _short(weight: Any) -> str:
     return str(getattr(weight, "name", weight)).split("/")[-1].split(":")[0]
-
-
-def _norm(g: Any) -> float:
-    if g is None:
-        return 0.0
-    return float(np.linalg.norm(np.asarray(g, dtype="float64").ravel()))
 
 
 def pooling_note(row: LayerGrads) -> str:
@@ -276,6 +341,14 @@ def pooling_note(row: LayerGrads) -> str:
     return ""
 
 
+MODES = ("training", "inference")
+MODE_WORDS = {
+    "training": "training mode, as the optimizer sees the model: BatchNormalization "
+    "normalises with the batch's statistics, Dropout drops (seeded)",
+    "inference": "inference mode: BatchNormalization uses its moving statistics, no Dropout",
+}
+
+
 def trace_grads(
     cfg: ModelConfig,
     *,
@@ -283,21 +356,26 @@ def trace_grads(
     weights: Any = None,
     data: bool = False,
     batch: int = GRAD_BATCH,
+    mode: str = "training",
     verbose: bool = False,
 ) -> dict:
     """``trace --grads``: one forward and one backward pass through ``cfg``'s model.
 
     Args:
         cfg: a config without errors.
-        seed: seeds the weights' initialisation, the batch and the random direction.
+        seed: seeds the weights' initialisation, Dropout, the batch and the random
+            direction.
         weights: a run directory or a ``.keras`` file to load the weights from (default: a
             fresh initialisation).
-        data: take the batch from the config's dataset instead of random pixels.
+        data: take the batch from a dataset instead of random pixels: the run's own
+            (its ``config.yaml``) when ``weights`` is a run directory, else the config's.
         batch: images in the batch.
+        mode: ``training`` (what the optimizer sees) or ``inference``.
         verbose: show TensorFlow's start-up messages.
 
     Returns:
-        ``{"objective", "value", "batch", "seed", "weights", "layers": {name: LayerGrads}}``.
+        ``{"objective", "value", "batch", "seed", "mode", "weights", "data",
+        "layers": {name: LayerGrads}}``.
 
     Raises:
         UsageError: ``weights`` is not a run directory or a model of this config.
@@ -305,35 +383,36 @@ def trace_grads(
     from pathlib import Path
 
     from cnnbuild.builder import build_model, keras_module
-    from cnnbuild.errors import UsageError
+    from cnnbuild.predict import open_target
     from cnnbuild.trace import trace
 
     keras = keras_module(verbose)
     keras.utils.set_random_seed(seed)
     model = build_model(cfg, compile=False)
-    source = "a fresh initialisation"
+    source, data_cfg = "a fresh initialisation", cfg
     if weights is not None:
-        path = Path(weights)
-        path = path / "model.keras" if path.is_dir() else path
-        if path.suffix != ".keras" or not path.is_file():
-            raise UsageError(f"--weights {weights}: expected a run directory or a .keras file")
-        copy_weights(model, path, f"--weights {weights}", cfg.file)
-        source = str(path)
+        target = open_target(Path(weights))
+        copy_weights(model, target.model_path, f"--weights {weights}", cfg.file)
+        source, data_cfg = str(target.model_path), target.config or cfg
     out = trace(cfg).output_shape
     units = out[-1] if out and len(out) == 1 else None
     if data:
-        x, y = dataset_batch(cfg, units, seed, batch)
+        x, ids, words = dataset_batch(cfg, data_cfg, seed, batch)
+        y = labels_for(cfg, ids, units)
+        if data_cfg is not cfg:
+            words += f" (the run's own dataset, from {weights}/config.yaml)"
     else:
-        x, y = random_batch(cfg, units, seed, batch)
+        x, y, words = random_batch(cfg, units, seed, batch)
     objective, what = objective_fn(cfg, units is not None, seed)
-    value, rows = layer_grads(model, cfg, x, y, objective)
+    value, rows = layer_grads(model, cfg, x, y, objective, training=mode == "training")
     return {
         "objective": what,
         "value": value,
         "batch": len(x),
         "seed": seed,
+        "mode": mode,
         "weights": source,
-        "data": "the config's dataset" if data else "random pixels (uniform 0..255)",
+        "data": words,
         "layers": {r.name: r for r in rows},
     }
 
@@ -368,14 +447,20 @@ def copy_weights(model: Any, path: Any, what: str, config: Any) -> None:
         layer.set_weights(theirs[name].get_weights())
 
 
-def dataset_batch(cfg: ModelConfig, units: int | None, seed: int, batch: int):
-    """``batch`` training images of the config's dataset, chosen by ``seed``."""
+def dataset_batch(cfg: ModelConfig, data_cfg: ModelConfig, seed: int, batch: int):
+    """``batch`` training images of the dataset ``data_cfg``'s ``train:`` names (read for
+    ``cfg``'s input), chosen by ``seed``: images, integer class ids, words naming it."""
     from cnnbuild.train import load_data, resolve_train
 
-    data = load_data(cfg.input_shape, resolve_train(cfg, {}), quiet=True)
-    pick = np.random.default_rng(seed).choice(len(data.x_train), min(batch, len(data.x_train)))
-    x = data.x_train[np.sort(pick)].astype("float32")
-    return x, labels_for(cfg, data.y_train[np.sort(pick)], units)
+    data = load_data(cfg.input_shape, resolve_train(data_cfg, {}), quiet=True)
+    pick = np.sort(
+        np.random.default_rng(seed).choice(len(data.x_train), min(batch, len(data.x_train)))
+    )
+    x = data.x_train[pick].astype("float32")
+    return x, data.y_train[pick], f"training images of {data.name}"
+
+
+LOGITS_NOTE = "∂L/∂logits: the loss reads the logits under the activation"
 
 
 def grads_table(result: dict, shapes: dict[str, Any]) -> Any:
@@ -385,10 +470,11 @@ def grads_table(result: dict, shapes: dict[str, Any]) -> Any:
     from cnnbuild.errors import shape_str
 
     table = Table(
-        title=f"backward pass: {result['objective']} = {result['value']:.4g}",
+        title=f"backward pass in {result['mode']} mode: {result['objective']} = "
+        f"{result['value']:.4g}",
         caption=f"batch of {result['batch']}: {result['data']}; weights: {result['weights']}; "
-        f"seed {result['seed']}\nzero in: exact zeros in the gradient a layer sends to its "
-        "input; dead: units that are zero for every image",
+        f"seed {result['seed']}\n{MODE_WORDS[result['mode']]}\nzero in: exact zeros in the "
+        "gradient a layer sends to its input; dead: units that are zero for every image",
         title_justify="left",
     )
     for column, justify in (
@@ -411,6 +497,6 @@ def grads_table(result: dict, shapes: dict[str, Any]) -> Any:
             "-" if row.input_grad_zero_fraction is None else f"{row.input_grad_zero_fraction:.2%}",
             "  ".join(f"{k} {v:.3g}" for k, v in row.weight_grad_norms.items()),
             "-" if row.dead_fraction is None else f"{row.dead_fraction:.0%}",
-            pooling_note(row),
+            LOGITS_NOTE if row.grad_of == "logits" else pooling_note(row),
         )
     return table

@@ -163,7 +163,8 @@ def evaluate(
     ``<model>-evaluate/`` beside a .keras file), never over the run's own files.
 
     Raises:
-        UsageError: the target is neither a run directory nor a .keras file.
+        UsageError: the target is neither a run directory nor a .keras file, or is a bare
+            .keras file and no ``dataset`` is given.
         DataError: the model does not fit the data, or the data has no test images.
     """
     console = console or stdout_console()
@@ -175,6 +176,11 @@ def evaluate(
         cfg = load_config(target / "config.yaml")
         out_dir = target / "evaluate"
     elif target.suffix == ".keras" and target.is_file():
+        if dataset is None:
+            raise UsageError(
+                f"{target}: a bare .keras file has no dataset; give --dataset (cifar10, "
+                "cifar100, shapes, npz:PATH or folder:PATH) for the test images"
+            )
         model_path = target
         out_dir = target.with_name(target.stem + "-evaluate")
     else:
