@@ -314,18 +314,6 @@ def _stride_gap(trace: Trace):
             )
 
 
-_PASS_LINEAR = {
-    "BatchNormalization",
-    "Dropout",
-    "SpatialDropout2D",
-    "ZeroPadding2D",
-    "AveragePooling2D",
-    "Cropping2D",
-    "UpSampling2D",
-    "Reshape",
-}
-
-
 @rule(
     "linear-stack",
     "warning",
@@ -350,7 +338,7 @@ def _linear_stack(trace: Trace):
                 break
             nrow = nxt[0]
             kind = nrow.node.kind
-            if kind in _PASS_LINEAR or (
+            if REGISTRY[kind].linear or (
                 kind == "Activation"
                 and nrow.node.args is not None
                 and nrow.node.args.activation == "linear"
