@@ -181,6 +181,7 @@ register(
     shapes.conv2d_transpose,
     "conv",
     "transposed convolution: upsamples by strides (output_padding)",
+    aliases=("Convolution2DTranspose",),
 )
 register(
     "DepthwiseConv2D",
