@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from cnnbuild.checks import RULES, lint
+from cnnbuild.checks import RULES, ignored, lint
 from cnnbuild.config import ModelConfig, from_document
 from cnnbuild.errors import ConfigError, Finding, UsageError
 from cnnbuild.source import read_document
@@ -77,7 +77,8 @@ def check_file(
         from cnnbuild.tune import space_findings
 
         cfg.findings.extend(space_findings(cfg))
-    cfg.findings = _sorted(cfg.findings)
+    skip = ignored(cfg, ignore)  # rules found outside lint (dead-layer) are ignored here
+    cfg.findings = _sorted([f for f in cfg.findings if f.rule not in skip])
     return cfg, tr, cfg.findings
 
 
