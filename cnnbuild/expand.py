@@ -109,6 +109,7 @@ class _Graph:
     uses: dict[str, int] = field(default_factory=dict)
     seen: set[tuple] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)  # values whose template expression failed
+    built: set[PathKey] = field(default_factory=set)  # `name:`s built from parameters
     broken: bool = False  # a layer was left out for an unresolved input: connectivity is off
     work: int = 0  # layers and block uses expanded so far: a second bound after budget()
 
@@ -369,7 +370,9 @@ def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
         return dict(value) if isinstance(value, dict) else value
     if isinstance(value, str) and "$" in value:
         try:
-            if path and path[-1] == "name":
+            if _names_a_layer(path):
+                if path[-1] == "name":
+                    g.built.add(path)
                 return interpolate(value, scope.params)
             return evaluate(value, scope.params)
         except ExpressionError as exc:
@@ -381,6 +384,14 @@ def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
     if isinstance(value, list):
         return [_subst(g, v, (*path, i), scope) for i, v in enumerate(value)]
     return value
+
+
+def _names_a_layer(path: PathKey) -> bool:
+    """Whether the value at ``path`` is a layer name (``name:``, ``inputs:`` or one of
+    its items): text is built there, arithmetic everywhere else."""
+    return bool(path) and (
+        path[-1] in ("name", "inputs") or (len(path) > 1 and path[-2] == "inputs")
+    )
 
 
 def _column(doc: Document, path: PathKey, offset: int) -> int:
@@ -431,7 +442,7 @@ def _auto_name(g: _Graph, stem: str, scope: _Scope) -> str:
 def _claim(g: _Graph, user: str | None, stem: str, path: PathKey, scope: _Scope) -> str:
     if user is None:
         return _auto_name(g, stem, scope)
-    full = scope.prefix + user
+    full = user if (*path, "name") in g.built else scope.prefix + user
     if full in g.taken:
         first = g.taken[full]
         where = (
@@ -687,7 +698,7 @@ def _template(
     if params is None:
         return x
     if isinstance(user_name, str):
-        instance = scope.prefix + user_name
+        instance = user_name if (*args_path, "name") in g.built else scope.prefix + user_name
     else:
         count = g.uses.get(kind, 0) + 1
         g.uses[kind] = count

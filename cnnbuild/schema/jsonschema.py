@@ -50,10 +50,16 @@ def _model(model: type, defs: dict, extra: dict | None = None) -> dict:
     return schema
 
 
+_PARAM_NAME = r"\$[A-Za-z_][A-Za-z0-9_]*"
 PARAM = {
     "type": "string",
-    "pattern": r"\$[A-Za-z_][A-Za-z0-9_]*",
+    "pattern": rf"^[\s\d()+*/-]*(?:{_PARAM_NAME}[\s\d()+*/-]*)+$",
     "description": "a parameter of the block ($name) or integer arithmetic ($filters * 4)",
+}
+NAME_PARAM = {
+    "type": "string",
+    "pattern": rf"^(?=.*\$)(?:[A-Za-z0-9_.-]|{_PARAM_NAME}|\$\{{[A-Za-z_][A-Za-z0-9_]*\}})+$",
+    "description": "a layer name built from the block's parameters: conv_dw_$id, ${stage}_${id}",
 }
 
 
@@ -69,7 +75,13 @@ def _in_template(node: Any, templated: set[str], wrap: bool) -> Any:
             out[key] = "#/definitions/template_" + value.rsplit("/", 1)[-1]
         elif key == "properties" and wrap:
             out[key] = {
-                k: {"anyOf": [_in_template(v, templated, False), PARAM]} for k, v in value.items()
+                k: {
+                    "anyOf": [
+                        _in_template(v, templated, False),
+                        NAME_PARAM if k == "name" else PARAM,
+                    ]
+                }
+                for k, v in value.items()
             }
         else:
             out[key] = _in_template(value, templated, False)
