@@ -563,11 +563,19 @@ def _habit(text: str) -> tuple[Any, str] | None:
         return None, "write null, or leave the argument out: YAML's null is not None"
     if (m := _FRACTION.fullmatch(text)) and float(m.group(2)) != 0:
         value = float(m.group(1)) / float(m.group(2))
-        return value, f"write the number {value!r}: YAML does no arithmetic"
+        return value, f"write the number {_decimal(value)}: YAML does no arithmetic"
     if _EXPONENT.fullmatch(text):
         value = float(text)
-        return value, f"write {value!r}: YAML 1.1 reads an exponent without a dot as text"
+        return value, f"write {_decimal(value)}: YAML 1.1 reads {text.strip()} as text"
     return None
+
+
+def _decimal(value: float) -> str:
+    """``value`` as YAML 1.1 reads a float (digits and a dot, no exponent)."""
+    from decimal import Decimal
+
+    text = format(Decimal(repr(value)), "f")
+    return text if "." in text else text + ".0"
 
 
 def _python_habits(g: _Graph, kind: str, args: dict, path: PathKey, scope: _Scope) -> dict:

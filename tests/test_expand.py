@@ -424,7 +424,11 @@ def test_two_uses_that_build_the_same_name_are_duplicates(write):
         ("Conv2D: {filters: 4, kernel_size: 3, activation: None}", "activation", "write null"),
         ("Rescaling: {scale: 1./255}", "scale", "write the number 0.00392156862745098"),
         ("Rescaling: {scale: 1/255}", "scale", "write the number 0.00392156862745098"),
-        ("BatchNormalization: {epsilon: 1e-5}", "epsilon", "write 1e-05"),
+        (
+            "BatchNormalization: {epsilon: 1e-5}",
+            "epsilon",
+            "write 0.00001: YAML 1.1 reads 1e-5 as text",
+        ),
     ],
 )
 def test_python_habits_get_one_finding_with_the_yaml_spelling(write, layer, arg, hint):
