@@ -310,7 +310,8 @@ def _merged(name: str, consumers: dict[str, list[Row]]) -> bool:
 @rule(
     "stride-exceeds-kernel",
     "warning",
-    "a stride larger than the kernel: some pixels are never seen",
+    "a stride larger than the kernel: some pixels are never seen (a 1x1 projection shortcut "
+    "into a merge is not: the other path sees them)",
     "make strides <= kernel_size (or pool_size)",
 )
 def _stride_gap(trace: Trace):
