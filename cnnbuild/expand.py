@@ -145,10 +145,11 @@ def expand(
         )
         return [], INPUT
     output = _seq(g, layers, ("layers",), INPUT, _Scope("", {INPUT: INPUT}))
-    g.nodes = _live(g, output)
+    unknown = output.startswith(UNKNOWN)  # the model ends in an unknown layer (an error)
+    g.nodes = _live(g, INPUT if unknown else output)
     if image and g.nodes:
         output = _add_input_scaling(g.nodes, output, g.taken)
-    return g.nodes, output
+    return g.nodes, INPUT if unknown else output
 
 
 # -- templates ------------------------------------------------------------------------------

@@ -486,3 +486,18 @@ def test_unknown_layer_suggestions_do_not_mislead(write, kind, suggestion):
         assert "'Normalization'" not in found.message, found.message
     else:
         assert f"did you mean {suggestion!r}?" in found.message
+
+
+def test_a_model_that_ends_in_an_unknown_layer_is_one_error(write):
+    path = write("""
+        input: [8, 8, 3]
+        layers:
+          - Conv2D: {filters: 4, kernel_size: 3}
+          - Flatten
+          - Dens: {units: 10, activation: softmax}
+        compile: {from_logits: true}
+        train: {dataset: cifar10}
+    """)
+    _, _, findings = check_file(path)
+    assert [f.rule for f in findings] == ["unknown-layer"]
+    assert "did you mean 'Dense'?" in findings[0].message
