@@ -268,3 +268,18 @@ def test_a_model_ending_in_a_softmax_layer_gives_probabilities():
     )
     cfg = from_document(parse_text(text, "p.yaml"))
     assert resolved_compile(cfg)["from_logits"] is False
+
+
+def test_the_json_schema_takes_every_alias_with_its_class_arguments():
+    import jsonschema
+
+    from cnnbuild.catalog import ALIASES
+    from cnnbuild.schema.jsonschema import json_schema
+
+    validator = jsonschema.Draft7Validator(json_schema())
+    for alias, kind in ALIASES.items():
+        args = SAMPLE.get(kind, {"filters": 2, "kernel_size": 1} if "Conv" in kind else {})
+        good = {"input": [8, 8, 3], "layers": [{alias: args}, alias if not args else "Flatten"]}
+        assert list(validator.iter_errors(good)) == [], alias
+        bad = {"input": [8, 8, 3], "layers": [{alias: {**args, "no_such_argument": 1}}]}
+        assert list(validator.iter_errors(bad)), alias

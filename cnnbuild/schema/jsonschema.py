@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cnnbuild.catalog import REGISTRY
+from cnnbuild.catalog import ALIASES, REGISTRY
 from cnnbuild.config import TOP_KEYS
 from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
@@ -106,9 +106,10 @@ def json_schema() -> dict:
         schema = _model(kind.args, defs, structural)
         schema["description"] = f"keras.layers.{kind.name}: {kind.doc}"
         defs[kind.name] = schema
-        layer_props[kind.name] = {
-            "oneOf": [{"$ref": f"#/definitions/{kind.name}"}, {"type": "null"}]
-        }
+        for name in (kind.name, *kind.aliases):  # an alias is the same class
+            layer_props[name] = {
+                "oneOf": [{"$ref": f"#/definitions/{kind.name}"}, {"type": "null"}]
+            }
     layer_list = {"type": "array", "items": {"$ref": "#/definitions/layer"}}
     for kind, model in BLOCK_MODELS.items():
         defs[kind] = _model(model, defs, structural)
@@ -117,7 +118,10 @@ def json_schema() -> dict:
         layer_props[kind] = {"$ref": f"#/definitions/{kind}"}
     defs["layer"] = {
         "oneOf": [
-            {"type": "string", "anyOf": [{"enum": list(REGISTRY)}, {"pattern": TEMPLATE_NAME}]},
+            {
+                "type": "string",
+                "anyOf": [{"enum": [*REGISTRY, *ALIASES]}, {"pattern": TEMPLATE_NAME}],
+            },
             {
                 "type": "object",
                 "minProperties": 1,
