@@ -132,6 +132,37 @@ def resolve(name: str) -> LayerKind | None:
     return REGISTRY.get(ALIASES.get(name, name))
 
 
+def _words(name: str) -> set[str]:
+    return {w.lower() for w in re.findall(r"[A-Z]+[a-z0-9]*|[a-z0-9]+", name)}
+
+
+def near_kinds(
+    name: str, options: Iterable[str] | None = None, n: int = 1, cutoff: float = 0.6
+) -> list[str]:
+    """The names ``name`` most likely meant (a typo or a case slip), best first; never one
+    that only drops a word of ``name`` (GroupNorm... is not Normalization, a
+    preprocessing layer).
+
+    >>> near_kinds("Conv2d")
+    ['Conv2D']
+    >>> near_kinds("GroupNormalisation")
+    ['GroupNormalization']
+
+    Args:
+        name: the unknown name.
+        options: the names to choose from; default: every kind and alias.
+        n: at most this many.
+        cutoff: difflib's similarity cutoff.
+    """
+    from difflib import get_close_matches
+
+    options = list(options if options is not None else (*REGISTRY, *ALIASES))
+    folded = [o for o in options if o.lower() == name.lower()]
+    close = folded or get_close_matches(name, options, n=n + 5, cutoff=cutoff)
+    words = _words(name)
+    return [c for c in close if not _words(c) < words][:n]
+
+
 def kinds(group: str | None = None, trait: str | None = None) -> tuple[str, ...]:
     """The registered kind names of ``group`` and/or with ``trait``, in registry order.
 

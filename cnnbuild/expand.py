@@ -23,7 +23,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cnnbuild.catalog import ALIASES, PREPROCESS_GROUPS, REGISTRY, resolve, scales_input
+from cnnbuild.catalog import (
+    ALIASES,
+    PREPROCESS_GROUPS,
+    REGISTRY,
+    near_kinds,
+    resolve,
+    scales_input,
+)
 from cnnbuild.errors import Finding, closest, from_pydantic, suggest
 from cnnbuild.expression import MAX_NESTING, ExpressionError, evaluate, interpolate
 from cnnbuild.schema.blocks import (
@@ -515,6 +522,11 @@ def _unknown(g: _Graph, kind: str, args: dict, path: PathKey, scope: _Scope) -> 
     node makes (not the layer before, as if the unknown one were the identity)."""
     options = [*REGISTRY, *ALIASES, *BLOCK_KINDS, *g.templates]
     short = kind.rsplit(".", 1)[-1]
+
+    def _suggest_kind(name: str, options: list[str]) -> str:
+        close = near_kinds(name, options)
+        return f"; did you mean {close[0]!r}?" if close else ""
+
     if kind in CODE_LAYERS:
         why = ": layers that run code are not allowed in configs"
     elif short != kind:
@@ -529,22 +541,6 @@ def _unknown(g: _Graph, kind: str, args: dict, path: PathKey, scope: _Scope) -> 
     if isinstance(args.get("name"), str):
         scope.names[args["name"]] = out
     return out
-
-
-def _words(name: str) -> set[str]:
-    return {w.lower() for w in re.findall(r"[A-Z]+[a-z0-9]*|[a-z0-9]+", name)}
-
-
-def _suggest_kind(kind: str, options: list[str]) -> str:
-    """``"; did you mean 'Conv2D'?"``, never a name that only drops a word of ``kind``
-    (GroupNorm... is not Normalization, a preprocessing layer)."""
-    from difflib import get_close_matches
-
-    folded = [o for o in options if o.lower() == kind.lower()]
-    close = folded or get_close_matches(kind, options, n=6, cutoff=0.6)
-    words = _words(kind)
-    fits = [c for c in close if not _words(c) < words]
-    return f"; did you mean {fits[0]!r}?" if fits else ""
 
 
 _INT = r"\s*[-+]?\d+\s*"

@@ -7,11 +7,10 @@ so a layer or an argument added to the registry shows up here with no other chan
 
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any
 
-from cnnbuild.catalog import ALIASES, REGISTRY, LayerKind, resolve
+from cnnbuild.catalog import ALIASES, REGISTRY, LayerKind, near_kinds, resolve
 from cnnbuild.errors import UsageError
 
 _TYPES = {"integer": "int", "number": "float", "boolean": "bool", "string": "str", "null": "null"}
@@ -28,7 +27,7 @@ def lookup(name: str) -> LayerKind:
     folded = {key.lower(): REGISTRY[ALIASES.get(key, key)] for key in (*REGISTRY, *ALIASES)}
     if name.lower() in folded:
         return folded[name.lower()]
-    near = difflib.get_close_matches(name, [*REGISTRY, *ALIASES], n=6, cutoff=0.5)
+    near = near_kinds(name, n=6, cutoff=0.5)
     close = list(dict.fromkeys(ALIASES.get(c, c) for c in near))[:3]
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UsageError(
