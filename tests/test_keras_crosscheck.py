@@ -602,3 +602,35 @@ def test_per_channel_preprocessing_survives_save_and_plain_keras_load(tmp_path):
     standard = (scaled - scaled.mean(axis=(0, 1, 2))) / scaled.std(axis=(0, 1, 2))
     expected = (standard - np.array([1, 2, 3])) / np.array([1, 2, 3])
     np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-3)
+
+
+@st.composite
+def _new_layer_case(draw):
+    """One of the issue-18 layers with generated arguments on a small image: Keras must
+    give our figures, or refuse exactly when we do."""
+    h, w, c = (draw(st.integers(1, 7)), draw(st.integers(1, 7)), draw(st.integers(1, 6)))
+    kind = draw(st.sampled_from(["GroupNormalization", "PReLU", "Permute", "CenterCrop"]))
+    if kind == "GroupNormalization":
+        args = {"groups": draw(st.sampled_from([-1, 1, 2, 3, 4])), "center": draw(st.booleans())}
+    elif kind == "PReLU":
+        shared = draw(st.lists(st.integers(1, 3), unique=True, max_size=3))
+        args = {"shared_axes": shared} if shared else {}
+    elif kind == "Permute":
+        args = {"dims": draw(st.permutations([1, 2, 3]))}
+    else:
+        args = {"height": draw(st.integers(1, 9)), "width": draw(st.integers(1, 9))}
+    return kind, args, (h, w, c)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_new_layer_case())
+def test_generated_new_layer_cases_equal_keras(case):
+    kind, kwargs, input_shape = case
+    _, tr = _config(kind, kwargs, input_shape)
+    assert tr is not None
+    if tr.findings:  # the static engine refuses: Keras must refuse too
+        with pytest.raises(Exception):  # noqa: B017 - ValueError or a TF error
+            _keras_layer_figures(kind, kwargs, input_shape)
+        return
+    ours = (tr.output_shape, tr.trainable, tr.non_trainable, tr.macs)
+    assert ours == _keras_layer_figures(kind, kwargs, input_shape)
