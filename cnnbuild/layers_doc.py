@@ -159,7 +159,8 @@ def arg_table(detail: dict) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"{detail['name']} ({detail['group']}): {detail['doc']}"))
+    also = f"; Keras alias: {', '.join(detail['aliases'])}" if detail["aliases"] else ""
+    table = Table(title=Text(f"{detail['name']} ({detail['group']}): {detail['doc']}{also}"))
     for column in ("argument", "type / allowed values", "default"):
         table.add_column(column, overflow="fold")
     for arg in detail["args"]:
