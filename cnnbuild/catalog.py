@@ -329,7 +329,7 @@ register(
     factory=_normalization,
     scaling=True,
 )
-register("Resizing", shapes.resize_to, "preprocess", "resize images to height x width")
+register("Resizing", shapes.resize_to, "preprocess", "resize images to height x width", linear=True)
 register(
     "CenterCrop",
     shapes.resize_to,

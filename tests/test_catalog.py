@@ -222,15 +222,18 @@ def _affine_at_inference(kind: str) -> bool:
 def test_lint_traits_hold_for_every_kind(kind, tmp_path):
     """Iterates over the registry, so a new kind is checked the moment it is added:
     a kind marked ``linear`` is affine in Keras (inference) and ``linear-stack`` looks
-    through it between two convolutions; an activation is not affine and stops it."""
+    through it between two convolutions; an activation is not affine and stops it; and a
+    kind Keras finds affine that keeps the feature map must say so (``linear``), unless it
+    is input handling (random augmentation, or the input's scaling)."""
     from cnnbuild.catalog import LINEAR_GROUPS
     from cnnbuild.validate import check_file
 
     entry = REGISTRY[kind]
     if entry.merge or entry.group in LINEAR_GROUPS:  # merges; the rule's own subjects
         return
+    affine = _affine_at_inference(kind)
     if entry.linear or entry.group == "activation":
-        assert _affine_at_inference(kind) is entry.linear, kind
+        assert affine is entry.linear, kind
     args = {"Reshape": {"target_shape": [12, 12, 4]}}.get(kind, SAMPLE.get(kind))
     layers = [
         {"Conv2D": {"filters": 4, "kernel_size": 1}},
@@ -248,6 +251,8 @@ def test_lint_traits_hold_for_every_kind(kind, tmp_path):
         return
     stacked = [f for f in findings if f.rule == "linear-stack"]
     assert bool(stacked) is entry.linear, kind
+    if affine and not (entry.augment or entry.scaling):
+        assert entry.linear, f"{kind} is affine in Keras and keeps the map: mark it linear"
 
 
 def test_an_alias_registers_once_and_resolves():
