@@ -409,8 +409,7 @@ def _bias_bn(trace: Trace):
     for row in trace.rows:
         node = row.node
         if (
-            node.kind
-            not in ("Conv2D", "Conv2DTranspose", "Dense", "DepthwiseConv2D", "SeparableConv2D")
+            REGISTRY[node.kind].group not in LINEAR_GROUPS
             or node.args is None
             or not node.args.use_bias
         ):
