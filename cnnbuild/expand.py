@@ -378,10 +378,11 @@ def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
         return dict(value) if isinstance(value, dict) else value
     if isinstance(value, str) and "$" in value:
         try:
-            if _names_a_layer(path):
-                if path[-1] == "name":
-                    g.built.add(path)
+            if path[-1] == "name":
+                g.built.add(path)
                 return interpolate(value, scope.params)
+            if _in_inputs(path) and not re.fullmatch(r"\s*\$\w+\s*", value):
+                return interpolate(value, scope.params)  # `$skip` alone may be a list
             return evaluate(value, scope.params)
         except ExpressionError as exc:
             _error(g, path, exc.message, scope, column=_column(g.doc, path, exc.offset))
@@ -394,12 +395,10 @@ def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
     return value
 
 
-def _names_a_layer(path: PathKey) -> bool:
-    """Whether the value at ``path`` is a layer name (``name:``, ``inputs:`` or one of
-    its items): text is built there, arithmetic everywhere else."""
-    return bool(path) and (
-        path[-1] in ("name", "inputs") or (len(path) > 1 and path[-2] == "inputs")
-    )
+def _in_inputs(path: PathKey) -> bool:
+    """Whether the value at ``path`` is ``inputs:`` or one of its items: layer names,
+    where text is built as in ``name:`` (arithmetic everywhere else)."""
+    return path[-1] == "inputs" or (len(path) > 1 and path[-2] == "inputs")
 
 
 def _column(doc: Document, path: PathKey, offset: int) -> int:
