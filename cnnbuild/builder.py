@@ -251,7 +251,7 @@ def keras_macs(layer: Any) -> int:
     convolution spreads every input position over its kernel."""
     import math
 
-    kernels = [w for w in layer.weights if "kernel" in w.name]
+    kernels = [w for w in layer.weights if "kernel" in w.name and "lora" not in w.name]
     if not kernels:
         return 0
     kind = type(layer).__name__

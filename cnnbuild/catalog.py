@@ -32,10 +32,18 @@ class LayerKind:
         group: for the README and the rules: conv, pool, dense, norm, preprocess, ...
         doc: one line for the README's table.
         factory: how the builder makes the Keras layer (default: ``keras.layers.<name>``).
-        merge: takes a list of inputs (Add, Concatenate, Multiply).
+        merge: takes a list of inputs (Add, Concatenate, Multiply): its argument model
+            derives from :class:`cnnbuild.schema.layers.MergeArgs`.
         augment: a random augmentation layer (active only in training).
         scaling: rescales pixel values (Rescaling, Normalization): a config whose first
             layers include one gets no automatic ``input_scaling``.
+        linear: a fixed linear (affine) map at inference that keeps two convolutions
+            around it one linear map (BatchNormalization, Dropout, padding, reshaping):
+            lint's ``linear-stack`` looks through it.
+        applies: the activation the layer itself applies (``Softmax``: softmax), read
+            where an output's activation matters (``from_logits``).
+        aliases: other Keras names of the same class (``MaxPool2D``); a config may use
+            them, and the model shows the canonical name, as Keras serialises it.
     """
 
     name: str
@@ -47,6 +55,9 @@ class LayerKind:
     merge: bool = False
     augment: bool = False
     scaling: bool = False
+    linear: bool = False
+    applies: str | None = None
+    aliases: tuple[str, ...] = ()
 
     @property
     def snake(self) -> str:
@@ -62,6 +73,9 @@ class LayerKind:
 
 
 REGISTRY: dict[str, LayerKind] = {}
+ALIASES: dict[str, str] = {}
+"""Keras' other names for a registered class (``MaxPool2D`` -> ``MaxPooling2D``)."""
+TRAITS = ("merge", "augment", "scaling", "linear")
 
 
 def register(
@@ -72,6 +86,8 @@ def register(
     *,
     args: type[L.LayerArgs] | None = None,
     factory: Factory | None = None,
+    applies: str | None = None,
+    aliases: tuple[str, ...] = (),
     **traits: bool,
 ) -> LayerKind:
     """Register a layer kind once.
@@ -84,19 +100,87 @@ def register(
         args: its argument model; default: the model of the same name in
             :mod:`cnnbuild.schema.layers`.
         factory: how to build it, when not ``keras.layers.<name>(**kwargs)``.
-        **traits: ``merge``, ``augment``, ``scaling``.
+        applies: the activation the layer applies, if it is one (``softmax``).
+        aliases: Keras' other names for the class.
+        **traits: ``augment``, ``scaling``, ``linear`` (``merge`` follows the args model).
 
     Returns:
         The registered entry.
 
     Raises:
-        ValueError: ``name`` is already registered.
+        ValueError: ``name`` or an alias is already registered, or a trait is unknown.
     """
-    if name in REGISTRY:
-        raise ValueError(f"layer kind {name!r} is already registered")
-    kind = LayerKind(name, args or L.args_model(name), rule, group, doc, factory, **traits)
+    for key in (name, *aliases):
+        if key in REGISTRY or key in ALIASES:
+            raise ValueError(f"layer kind {key!r} is already registered")
+    unknown = set(traits) - set(TRAITS[1:])
+    if unknown:
+        raise ValueError(f"unknown traits {sorted(unknown)}; traits are {TRAITS[1:]}")
+    model = args or L.args_model(name)
+    merge = issubclass(model, L.MergeArgs)
+    kind = LayerKind(
+        name, model, rule, group, doc, factory, merge, applies=applies, aliases=aliases, **traits
+    )
     REGISTRY[name] = kind
+    ALIASES.update(dict.fromkeys(aliases, name))
     return kind
+
+
+def resolve(name: str) -> LayerKind | None:
+    """The registry entry a config's layer name means (a Keras alias gives its class),
+    or ``None`` for a name Keras' layers do not have here."""
+    return REGISTRY.get(ALIASES.get(name, name))
+
+
+def _words(name: str) -> set[str]:
+    return {w.lower() for w in re.findall(r"[A-Z]+[a-z0-9]*|[a-z0-9]+", name)}
+
+
+def near_kinds(
+    name: str, options: Iterable[str] | None = None, n: int = 1, cutoff: float = 0.6
+) -> list[str]:
+    """The names ``name`` most likely meant (a typo or a case slip), best first; never one
+    that only drops a word of ``name`` (GroupNorm... is not Normalization, a
+    preprocessing layer).
+
+    >>> near_kinds("Conv2d")
+    ['Conv2D']
+    >>> near_kinds("GroupNormalisation")
+    ['GroupNormalization']
+
+    Args:
+        name: the unknown name.
+        options: the names to choose from; default: every kind and alias.
+        n: at most this many.
+        cutoff: difflib's similarity cutoff.
+    """
+    from difflib import get_close_matches
+
+    options = list(options if options is not None else (*REGISTRY, *ALIASES))
+    folded = [o for o in options if o.lower() == name.lower()]
+    close = folded or get_close_matches(name, options, n=n + 5, cutoff=cutoff)
+    words = _words(name)
+    return [c for c in close if not _words(c) < words][:n]
+
+
+def kinds(group: str | None = None, trait: str | None = None) -> tuple[str, ...]:
+    """The registered kind names of ``group`` and/or with ``trait``, in registry order.
+
+    >>> kinds(trait="merge")
+    ('Add', 'Multiply', 'Concatenate')
+    >>> kinds(group="conv")
+    ('Conv2D', 'Conv2DTranspose', 'DepthwiseConv2D', 'SeparableConv2D')
+
+    Raises:
+        ValueError: ``trait`` is not one of :data:`TRAITS`.
+    """
+    if trait is not None and trait not in TRAITS:
+        raise ValueError(f"unknown trait {trait!r}; traits are {TRAITS}")
+    return tuple(
+        k.name
+        for k in REGISTRY.values()
+        if (group is None or k.group == group) and (trait is None or getattr(k, trait))
+    )
 
 
 def _list_or_number(value: Any) -> Any:
@@ -116,12 +200,19 @@ def _normalization(keras: Any, kwargs: dict[str, Any]) -> Any:
     return keras.layers.Normalization(**kwargs)
 
 
-register("Conv2D", shapes.conv2d, "conv", "2-D convolution (groups, dilation)")
+register(
+    "Conv2D",
+    shapes.conv2d,
+    "conv",
+    "2-D convolution (groups, dilation, lora_rank)",
+    aliases=("Convolution2D",),
+)
 register(
     "Conv2DTranspose",
     shapes.conv2d_transpose,
     "conv",
     "transposed convolution: upsamples by strides (output_padding)",
+    aliases=("Convolution2DTranspose",),
 )
 register(
     "DepthwiseConv2D",
@@ -129,33 +220,99 @@ register(
     "conv",
     "one filter per input channel (depth_multiplier)",
 )
-register("SeparableConv2D", shapes.separable_conv2d, "conv", "depthwise then 1x1 pointwise")
-register("MaxPooling2D", shapes.pooling2d, "pool", "max over each window")
-register("AveragePooling2D", shapes.pooling2d, "pool", "mean over each window")
-register("GlobalAveragePooling2D", shapes.global_pooling2d, "pool", "mean over height and width")
-register("GlobalMaxPooling2D", shapes.global_pooling2d, "pool", "max over height and width")
-register("UpSampling2D", shapes.up_sampling2d, "reshape", "repeat rows and columns (or resize)")
+register(
+    "SeparableConv2D",
+    shapes.separable_conv2d,
+    "conv",
+    "depthwise then 1x1 pointwise",
+    aliases=("SeparableConvolution2D",),
+)
+register("MaxPooling2D", shapes.pooling2d, "pool", "max over each window", aliases=("MaxPool2D",))
+register(
+    "AveragePooling2D",
+    shapes.pooling2d,
+    "pool",
+    "mean over each window",
+    aliases=("AvgPool2D",),
+    linear=True,
+)
+register(
+    "GlobalAveragePooling2D",
+    shapes.global_pooling2d,
+    "pool",
+    "mean over height and width",
+    aliases=("GlobalAvgPool2D",),
+)
+register(
+    "GlobalMaxPooling2D",
+    shapes.global_pooling2d,
+    "pool",
+    "max over height and width",
+    aliases=("GlobalMaxPool2D",),
+)
+register(
+    "UpSampling2D",
+    shapes.up_sampling2d,
+    "reshape",
+    "repeat rows and columns (or resize)",
+    linear=True,
+)
 register("Flatten", shapes.flatten, "reshape", "to one axis")
-register("Reshape", shapes.reshape, "reshape", "to target_shape (one -1 is inferred)")
-register("ZeroPadding2D", shapes.zero_padding2d, "reshape", "pad height and width with zeros")
-register("Cropping2D", shapes.cropping2d, "reshape", "crop height and width")
-register("Dense", shapes.dense, "dense", "fully connected, on the last axis")
-register("Dropout", shapes.identity, "regularize", "drops units in training")
+register("Reshape", shapes.reshape, "reshape", "to target_shape (one -1 is inferred)", linear=True)
+register("Permute", shapes.permute, "reshape", "reorder the axes (dims, 1-based)", linear=True)
+register(
+    "ZeroPadding2D",
+    shapes.zero_padding2d,
+    "reshape",
+    "pad height and width with zeros",
+    linear=True,
+)
+register("Cropping2D", shapes.cropping2d, "reshape", "crop height and width", linear=True)
+register("Identity", shapes.identity, "reshape", "passes its input on unchanged", linear=True)
+register("Dense", shapes.dense, "dense", "fully connected, on the last axis (lora_rank)")
+register("Dropout", shapes.identity, "regularize", "drops units in training", linear=True)
 register(
     "SpatialDropout2D",
     shapes.spatial_dropout2d,
     "regularize",
     "drops whole feature maps in training",
+    linear=True,
+)
+register(
+    "GaussianNoise",
+    shapes.identity,
+    "regularize",
+    "adds zero-mean noise (stddev) in training",
+    linear=True,
+)
+register(
+    "GaussianDropout",
+    shapes.identity,
+    "regularize",
+    "multiplies by 1-centred noise (rate) in training",
+    linear=True,
 )
 register(
     "BatchNormalization",
     shapes.batch_norm,
     "norm",
     "normalise over the batch; 2 trainable + 2 moving values per channel",
+    linear=True,
 )
 register("LayerNormalization", shapes.layer_norm, "norm", "normalise over the given axes")
+register(
+    "GroupNormalization",
+    shapes.group_norm,
+    "norm",
+    "normalise groups of channels per image (groups; -1: one per channel)",
+)
+register("UnitNormalization", shapes.unit_norm, "norm", "scale to unit L2 norm along axis")
 register("Activation", shapes.identity, "activation", "any Keras activation by name")
 register("ReLU", shapes.identity, "activation", "ReLU with max_value, negative_slope, threshold")
+register("LeakyReLU", shapes.identity, "activation", "x, or negative_slope * x below 0")
+register("PReLU", shapes.prelu, "activation", "leaky ReLU with a learnt slope per value")
+register("ELU", shapes.identity, "activation", "x, or alpha * (exp(x) - 1) below 0")
+register("Softmax", shapes.softmax, "activation", "softmax along axis", applies="softmax")
 register(
     "Rescaling",
     shapes.rescaling,
@@ -172,7 +329,14 @@ register(
     factory=_normalization,
     scaling=True,
 )
-register("Resizing", shapes.resize_to, "preprocess", "resize images to height x width")
+register("Resizing", shapes.resize_to, "preprocess", "resize images to height x width", linear=True)
+register(
+    "CenterCrop",
+    shapes.resize_to,
+    "preprocess",
+    "crop the centre to height x width (resize when smaller)",
+    linear=True,
+)
 register("RandomFlip", shapes.image_identity, "augment", "random flips", augment=True)
 register("RandomTranslation", shapes.image_identity, "augment", "random shifts", augment=True)
 register(
@@ -185,15 +349,21 @@ register(
 register("RandomRotation", shapes.image_identity, "augment", "random rotations", augment=True)
 register("RandomZoom", shapes.image_identity, "augment", "random zoom", augment=True)
 register("RandomContrast", shapes.image_identity, "augment", "random contrast", augment=True)
-register("Add", shapes.elementwise, "merge", "sum of its inputs (residual connections)", merge=True)
+register(
+    "RandomBrightness",
+    shapes.image_identity,
+    "augment",
+    "random brightness shift (factor of value_range)",
+    augment=True,
+)
+register("Add", shapes.elementwise, "merge", "sum of its inputs (residual connections)")
 register(
     "Multiply",
     shapes.elementwise,
     "merge",
     "product of its inputs, broadcasting 1-sized axes (squeeze-and-excitation)",
-    merge=True,
 )
-register("Concatenate", shapes.concatenate, "merge", "join its inputs along `axis`", merge=True)
+register("Concatenate", shapes.concatenate, "merge", "join its inputs along `axis`")
 
 LINEAR_GROUPS = frozenset({"conv", "dense"})
 PREPROCESS_GROUPS = frozenset({"preprocess", "augment"})
@@ -331,6 +501,9 @@ def output_activation(node: Any) -> str | None:
     """The activation a node applies (``None`` for a layer without one)."""
     if node is None or node.args is None:
         return None
+    spec = REGISTRY.get(node.kind)
+    if spec is not None and spec.applies is not None:
+        return spec.applies
     if node.kind == "Activation":
         return node.args.activation
     return getattr(node.args, "activation", None)

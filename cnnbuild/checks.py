@@ -6,7 +6,7 @@ summary and a fix hint; the README's rules table, ``--ignore`` and the tests rea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from cnnbuild.catalog import (
@@ -18,8 +18,8 @@ from cnnbuild.catalog import (
     loss_spec,
     output_activation,
 )
-from cnnbuild.config import INPUT, Node
-from cnnbuild.errors import Finding, shape_str
+from cnnbuild.config import INPUT, ModelConfig, Node
+from cnnbuild.errors import Finding, shape_str, suggest
 from cnnbuild.schema.sections import BUDGET_UNITS, DATASETS, Limit, format_amount
 from cnnbuild.trace import WEIGHT_DTYPES, Row, Trace
 
@@ -82,7 +82,6 @@ RULES["dead-layer"] = Rule(
     "warning",
     "a layer nothing reads: Keras leaves it out of the model, so it is not counted",
     "read it with `inputs:`, or remove it",
-    ignorable=False,
 )
 
 
@@ -148,7 +147,7 @@ def _dense_on_4d(trace: Trace):
         ):  # Dense on (1, 1, C) is the SE idiom
             yield (
                 row.node,
-                f"Dense receives a 4-D tensor (batch, *{shape_str(row.inputs[0])}) "
+                f"receives a 4-D tensor (batch, *{shape_str(row.inputs[0])}) "
                 "and will act on the channel axis only",
                 None,
             )
@@ -255,7 +254,7 @@ def _collapse(trace: Trace):
         if len(later) >= 2:
             yield (
                 row.node,
-                f"the feature map is 1x1 after {row.node.name!r}, yet "
+                "the feature map is 1x1 here, yet "
                 f"{len(later)} more convolution/pooling layers follow (from "
                 f"{later[0].node.name!r}); they see no spatial structure",
                 None,
@@ -299,18 +298,38 @@ def _window_exceeds(trace: Trace):
                 break
 
 
+def _merged(name: str, consumers: dict[str, list[Row]]) -> bool:
+    """Whether ``name``'s output goes into a merge (Add, Concatenate, ...), directly or
+    through normalisation and other linear layers: a 1x1 strided convolution there is
+    the projection shortcut of ResNet and Xception, not a layer that loses pixels."""
+    while True:
+        after = consumers.get(name, [])
+        if any(REGISTRY[r.node.kind].merge for r in after):
+            return True
+        if len(after) != 1:
+            return False
+        spec = REGISTRY[after[0].node.kind]
+        if not (spec.linear or spec.group == "norm"):
+            return False
+        name = after[0].node.name
+
+
 @rule(
     "stride-exceeds-kernel",
     "warning",
-    "a stride larger than the kernel: some pixels are never seen",
+    "a stride larger than the kernel: some pixels are never seen (a 1x1 projection shortcut "
+    "into a merge is not: the other path sees them)",
     "make strides <= kernel_size (or pool_size)",
 )
 def _stride_gap(trace: Trace):
+    consumers = _consumers(trace)
     for row in trace.rows:
         win = _window(row.node)
         if win is None:
             continue
         kernel, strides, arg = win
+        if arg == "kernel_size" and kernel == (1, 1) and _merged(row.node.name, consumers):
+            continue  # a projection shortcut: the other path sees every pixel
         if any(s > k for k, s in zip(kernel, strides, strict=True)):
             yield (
                 row.node,
@@ -319,18 +338,6 @@ def _stride_gap(trace: Trace):
                 "pixel(s) between windows are never seen",
                 "strides",
             )
-
-
-_PASS_LINEAR = {
-    "BatchNormalization",
-    "Dropout",
-    "SpatialDropout2D",
-    "ZeroPadding2D",
-    "AveragePooling2D",
-    "Cropping2D",
-    "UpSampling2D",
-    "Reshape",
-}
 
 
 @rule(
@@ -357,7 +364,7 @@ def _linear_stack(trace: Trace):
                 break
             nrow = nxt[0]
             kind = nrow.node.kind
-            if kind in _PASS_LINEAR or (
+            if REGISTRY[kind].linear or (
                 kind == "Activation"
                 and nrow.node.args is not None
                 and nrow.node.args.activation == "linear"
@@ -369,7 +376,7 @@ def _linear_stack(trace: Trace):
                 between = f" (through {', '.join(path)})" if path else ""
                 yield (
                     node,
-                    f"{node.name!r} has no activation and feeds "
+                    "no activation, and it feeds "
                     f"{nrow.node.name!r}{between}: two convolutions with no "
                     "nonlinearity collapse into one linear map",
                     None,
@@ -409,8 +416,7 @@ def _bias_bn(trace: Trace):
     for row in trace.rows:
         node = row.node
         if (
-            node.kind
-            not in ("Conv2D", "Conv2DTranspose", "Dense", "DepthwiseConv2D", "SeparableConv2D")
+            REGISTRY[node.kind].group not in LINEAR_GROUPS
             or node.args is None
             or not node.args.use_bias
         ):
@@ -423,7 +429,7 @@ def _bias_bn(trace: Trace):
         ):
             yield (
                 node,
-                f"{node.name!r} adds a bias that the next BatchNormalization removes",
+                "its bias is removed by the next BatchNormalization",
                 "use_bias",
             )
 
@@ -458,6 +464,7 @@ def _stacked_scaling(trace: Trace):
         while todo:
             name = todo.pop()
             if name in seen or name not in rows:
+                leading = leading and name == INPUT  # an unknown layer: not input handling
                 continue
             seen.add(name)
             node = rows[name].node
@@ -489,24 +496,36 @@ def _stacked_scaling(trace: Trace):
             )
 
 
+def ignore_problem(rid: str) -> str | None:
+    """Why ``rid`` cannot be ignored, or ``None`` when it can: the one message that
+    ``--ignore`` and the config's ``lint: {ignore: [...]}`` both give."""
+    if rid in RULES and RULES[rid].ignorable:
+        return None
+    ignorable = [r.id for r in RULES.values() if r.ignorable]
+    choices = " (rules that can be ignored: " + ", ".join(ignorable) + ")"
+    if rid in RULES:
+        return (
+            f"rule {rid!r} cannot be ignored: it reports what Keras cannot build or read{choices}"
+        )
+    return f"unknown rule id {rid!r}{suggest(str(rid), ignorable)}{choices}"
+
+
+def ignored(cfg: ModelConfig, ignore: Iterable[str] = ()) -> set[str]:
+    """The rule ids skipped for ``cfg``: ``ignore`` (``--ignore``) and ``lint.ignore``,
+    those that can be ignored."""
+    return {rid for rid in (*ignore, *cfg.lint.ignore) if ignore_problem(rid) is None}
+
+
 def lint(trace: Trace, ignore: set[str] | frozenset[str] = frozenset()) -> list[Finding]:
-    """Run every rule not in ``ignore`` (nor in the config's ``lint.ignore``)."""
+    """Run every rule not in ``ignore`` (nor in the config's ``lint.ignore``); an id in
+    ``lint.ignore`` that cannot be ignored is an error there."""
     cfg = trace.config
-    skip = set(ignore) | set(cfg.lint.ignore)
+    skip = ignored(cfg, ignore)
     findings: list[Finding] = []
     for i, rid in enumerate(cfg.lint.ignore):
-        if rid not in RULES:
-            from difflib import get_close_matches
-
-            close = get_close_matches(rid, list(RULES), n=1)
-            findings.append(
-                cfg.doc.finding(
-                    ("lint", "ignore", i),
-                    f"unknown rule id {rid!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
-                    rule="schema",
-                    severity="warning",
-                )
-            )
+        problem = ignore_problem(rid)
+        if problem is not None:
+            findings.append(cfg.doc.finding(("lint", "ignore", i), problem, rule="schema"))
     for r in RULES.values():
         if not r.lint or r.id in skip:
             continue

@@ -106,15 +106,12 @@ def validate(
     Prints FILE:LINE:COL: severity: message [RULE]. Exit 1 when a finding fails.
     """
     from cnnbuild import findings_format
-    from cnnbuild.checks import RULES
+    from cnnbuild.checks import ignore_problem
     from cnnbuild.validate import check_file, expand_paths
 
     for rid in ignore:
-        if rid not in RULES or not RULES[rid].ignorable:
-            raise UsageError(
-                f"--ignore {rid}: not a lint rule id; rules: "
-                + ", ".join(r.id for r in RULES.values() if r.ignorable)
-            )
+        if (problem := ignore_problem(rid)) is not None:
+            raise UsageError(f"--ignore {rid}: {problem}")
     files, findings = expand_paths(paths)
     review = _baseline(baseline, frozenset(ignore)) if baseline else None
     reviews = []

@@ -23,9 +23,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cnnbuild.catalog import PREPROCESS_GROUPS, REGISTRY, scales_input
+from cnnbuild.catalog import (
+    ALIASES,
+    PREPROCESS_GROUPS,
+    REGISTRY,
+    near_kinds,
+    resolve,
+    scales_input,
+)
 from cnnbuild.errors import UNKNOWN_KEY, Finding, closest, from_pydantic, suggest
-from cnnbuild.expression import MAX_NESTING, ExpressionError, evaluate
+from cnnbuild.expression import MAX_NESTING, ExpressionError, evaluate, interpolate
 from cnnbuild.schema.blocks import (
     BLOCK_KINDS,
     BLOCK_MODELS,
@@ -109,6 +116,7 @@ class _Graph:
     uses: dict[str, int] = field(default_factory=dict)
     seen: set[tuple] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)  # values whose template expression failed
+    built: set[PathKey] = field(default_factory=set)  # `name:`s built from parameters
     broken: bool = False  # a layer was left out for an unresolved input: connectivity is off
     work: int = 0  # layers and block uses expanded so far: a second bound after budget()
 
@@ -144,10 +152,11 @@ def expand(
         )
         return [], INPUT
     output = _seq(g, layers, ("layers",), INPUT, _Scope("", {INPUT: INPUT}))
-    g.nodes = _live(g, output)
+    unknown = output.startswith(UNKNOWN)  # the model ends in an unknown layer (an error)
+    g.nodes = _live(g, INPUT if unknown else output)
     if image and g.nodes:
         output = _add_input_scaling(g.nodes, output, g.taken)
-    return g.nodes, output
+    return g.nodes, INPUT if unknown else output
 
 
 # -- templates ------------------------------------------------------------------------------
@@ -366,11 +375,17 @@ def _item(g: _Graph, item: Any, path: PathKey, prev: str, scope: _Scope) -> str:
 
 
 def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
-    """Fill in ``$name`` and arithmetic; a bad expression is reported at its character."""
+    """Fill in ``$name`` and arithmetic (text only in a ``name``: ``conv_dw_$id``); a bad
+    expression is reported at its character."""
     if scope.params is None:
         return dict(value) if isinstance(value, dict) else value
     if isinstance(value, str) and "$" in value:
         try:
+            if path[-1] == "name":
+                g.built.add(path)
+                return interpolate(value, scope.params)
+            if _in_inputs(path) and not re.fullmatch(r"\s*\$\w+\s*", value):
+                return interpolate(value, scope.params)  # `$skip` alone may be a list
             return evaluate(value, scope.params)
         except ExpressionError as exc:
             _error(g, path, exc.message, scope, column=_column(g.doc, path, exc.offset))
@@ -381,6 +396,12 @@ def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
     if isinstance(value, list):
         return [_subst(g, v, (*path, i), scope) for i, v in enumerate(value)]
     return value
+
+
+def _in_inputs(path: PathKey) -> bool:
+    """Whether the value at ``path`` is ``inputs:`` or one of its items: layer names,
+    where text is built as in ``name:`` (arithmetic everywhere else)."""
+    return path[-1] == "inputs" or (len(path) > 1 and path[-2] == "inputs")
 
 
 def _column(doc: Document, path: PathKey, offset: int) -> int:
@@ -431,7 +452,7 @@ def _auto_name(g: _Graph, stem: str, scope: _Scope) -> str:
 def _claim(g: _Graph, user: str | None, stem: str, path: PathKey, scope: _Scope) -> str:
     if user is None:
         return _auto_name(g, stem, scope)
-    full = scope.prefix + user
+    full = user if (*path, "name") in g.built else scope.prefix + user
     if full in g.taken:
         first = g.taken[full]
         where = (
@@ -464,21 +485,10 @@ def _one(
         return _block(g, kind, args, args_path, sources, scope)
     if kind in g.templates:
         return _template(g, kind, args, path, args_path, sources, scope)
-    prev = sources[-1]
-    spec = REGISTRY.get(kind)
+    spec = resolve(kind)
     if spec is None:
-        options = [*REGISTRY, *BLOCK_KINDS, *g.templates]
-        short = kind.rsplit(".", 1)[-1]
-        if kind in CODE_LAYERS:
-            why = ": layers that run code are not allowed in configs"
-        elif short != kind:
-            why = "; configs name layers, not import paths" + (
-                f": use {short!r}" if short in options else suggest(short, options)
-            )
-        else:
-            why = suggest(kind, options)
-        _error(g, path, f"unknown layer {kind!r}{why}", scope, rule="unknown-layer", prefer="key")
-        return prev
+        return _unknown(g, kind, args, path, scope)
+    args = _python_habits(g, kind, args, args_path, scope)
     parsed = _layer_args(g, spec.args, kind, args, args_path, scope)
     if spec.merge and len(sources) < 2:
         _error(
@@ -500,8 +510,114 @@ def _one(
     g.taken[name] = args_path
     if user is not None:
         scope.names[user] = name
-    g.nodes.append(Node(name, kind, parsed, sources, args_path, scope.display, scope.use))
+    g.nodes.append(Node(name, spec.name, parsed, sources, args_path, scope.display, scope.use))
     return name
+
+
+UNKNOWN = "unknown:"
+"""The prefix of what an unknown layer gives the layers after it: no node has that name,
+so nothing after it gets a shape, and the lint rules do not reason through it."""
+
+
+def _unknown(g: _Graph, kind: str, args: dict, path: PathKey, scope: _Scope) -> str:
+    """Report a kind the registry does not know; the layers after it read a tensor no
+    node makes (not the layer before, as if the unknown one were the identity)."""
+    options = [*REGISTRY, *ALIASES, *BLOCK_KINDS, *g.templates]
+    short = kind.rsplit(".", 1)[-1]
+
+    def _suggest_kind(name: str, options: list[str]) -> str:
+        close = near_kinds(name, options)
+        return f"; did you mean {close[0]!r}?" if close else ""
+
+    if kind in CODE_LAYERS:
+        why = ": layers that run code are not allowed in configs"
+    elif short != kind:
+        why = "; configs name layers, not import paths" + (
+            f": use {short!r}" if short in options else _suggest_kind(short, options)
+        )
+    else:
+        why = _suggest_kind(kind, options)
+    _error(g, path, f"unknown layer {kind!r}{why}", scope, rule="unknown-layer", prefer="key")
+    g.broken = True  # keep every layer: the graph is cut here
+    out = UNKNOWN + kind
+    if isinstance(args.get("name"), str):
+        scope.names[args["name"]] = out
+    return out
+
+
+_INT = r"\s*[-+]?\d+\s*"
+_TUPLE = re.compile(rf"\s*\(({_INT}(?:,{_INT})*),?\s*\)\s*")
+_NUMBER = r"\s*(\d+\.?\d*|\.\d+)\s*"
+_FRACTION = re.compile(rf"{_NUMBER}/{_NUMBER}")
+_EXPONENT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")
+
+
+def _habit(text: str) -> tuple[Any, str] | None:
+    """What a Python spelling that YAML reads as text means, and how to write it in YAML:
+    ``(3, 3)``, ``None``, ``1./255``, ``1e-3``; ``None`` when ``text`` is none of them."""
+    if m := _TUPLE.fullmatch(text):
+        items = [int(v) for v in m.group(1).split(",")]
+        return items, f"write {items}: YAML has no tuples"
+    if text.strip() == "None":
+        return None, "write null, or leave the argument out: YAML's null is not None"
+    if (m := _FRACTION.fullmatch(text)) and float(m.group(2)) != 0:
+        value = float(m.group(1)) / float(m.group(2))
+        return value, f"write the number {_decimal(value)}: YAML does no arithmetic"
+    if _EXPONENT.fullmatch(text):
+        value = float(text)
+        return value, f"write {_decimal(value)}: YAML 1.1 reads {text.strip()} as text"
+    return None
+
+
+def _decimal(value: float) -> str:
+    """``value`` as YAML 1.1 reads a float (digits and a dot, no exponent)."""
+    from decimal import Decimal
+
+    text = format(Decimal(repr(value)), "f")
+    return text if "." in text else text + ".0"
+
+
+def _python_habits(g: _Graph, kind: str, args: dict, path: PathKey, scope: _Scope) -> dict:
+    """``args`` with Python spellings YAML reads as text (``kernel_size: (3, 3)``,
+    ``activation: None``, ``scale: 1./255``) read as meant, each reported once as an
+    error with the YAML way to write it.
+
+    In a flow mapping (``{kernel_size: (3, 3)}``) YAML splits a tuple at its commas into
+    the value ``'(3'`` and a key ``'3)'``; the pieces are put back together first.
+    """
+    items = list(args.items())
+    out: dict = {}
+    i = 0
+    while i < len(items):
+        key, value = items[i]
+        i += 1
+        if not isinstance(value, str):
+            out[key] = value
+            continue
+        text, j = value, i
+        while text.lstrip().startswith("(") and not text.rstrip().endswith(")"):
+            if j >= len(items) or items[j][1] is not None or not isinstance(items[j][0], str):
+                break
+            if not re.fullmatch(r"\s*[-+]?\d+\s*\)?\s*", items[j][0]):
+                break
+            text, j = f"{text}, {items[j][0].strip()}", j + 1
+        habit = _habit(text)
+        if habit is None:
+            out[key] = value
+            continue
+        i = j
+        out[key] = habit[0]
+        where = (*path, key)
+        if (where, "habit") not in g.seen:
+            g.seen.add((where, "habit"))
+            g.findings.append(
+                g.doc.finding(
+                    where,
+                    f"YAML reads {text.strip()!r} as text" + _note(g, scope),
+                    hint=habit[1],
+                )
+            )
+    return out
 
 
 def _layer_args(
@@ -580,16 +696,54 @@ def _template(
     sources: list[str],
     scope: _Scope,
 ) -> str:
+    """Expand one use of a template: check the use, bind its parameters, expand its layers."""
     x = sources[0]
+    if not _usable(g, kind, args, path, args_path, sources, scope):
+        return x
+    user_name = args.pop("name", None)
+    params = _bind(g, kind, args, path, args_path, scope)
+    if params is None:
+        return x
+    if isinstance(user_name, str):
+        instance = user_name if (*args_path, "name") in g.built else scope.prefix + user_name
+    else:
+        count = g.uses.get(kind, 0) + 1
+        g.uses[kind] = count
+        instance = f"{scope.prefix}{kind}_{count}"
+    inner = _Scope(
+        f"{instance}_",
+        dict(zip(g.templates[kind].input_names, sources, strict=True)) | {INPUT: x},
+        (*scope.display, instance),
+        params,
+        scope.use if scope.use is not None else args_path,
+        {},
+        (*scope.stack, kind),
+    )
+    out = _seq(g, g.templates[kind].layers, ("blocks", kind, "layers"), x, inner)
+    if isinstance(user_name, str):
+        scope.names[user_name] = out
+    return out
+
+
+def _usable(
+    g: _Graph,
+    kind: str,
+    args: dict,
+    path: PathKey,
+    args_path: PathKey,
+    sources: list[str],
+    scope: _Scope,
+) -> bool:
+    """Whether a template may be used here: not inside itself, not nested too deep, and
+    given as many inputs as it names (each problem reported)."""
     if kind in scope.stack:
         chain = " -> ".join((*scope.stack, kind))
         _error(g, path, f"block {kind!r} uses itself: {chain}", scope, prefer="key")
-        return x
+        return False
     if len(scope.stack) >= MAX_NESTING:
         _error(g, path, f"blocks nest more than {MAX_NESTING} levels deep", scope, prefer="key")
-        return x
-    spec = g.templates[kind]
-    names = spec.input_names
+        return False
+    names = g.templates[kind].input_names
     if len(sources) != len(names):
         _error(
             g,
@@ -601,9 +755,17 @@ def _template(
         )
         g.broken = True
         if isinstance(args.get("name"), str):
-            scope.names[args["name"]] = x  # one error, not one more per later reference
-        return x
-    user_name = args.pop("name", None)
+            scope.names[args["name"]] = sources[0]  # one error, not one per later reference
+        return False
+    return True
+
+
+def _bind(
+    g: _Graph, kind: str, args: dict, path: PathKey, args_path: PathKey, scope: _Scope
+) -> dict[str, Any] | None:
+    """The parameters of one use: its defaults, then the values given; ``None`` (with
+    the finding) when a required one is missing. Unknown parameters are reported."""
+    spec = g.templates[kind]
     params = {k: v for k, v in spec.params.items() if v is not REQUIRED}
     for key, value in args.items():
         if key not in spec.params:
@@ -622,26 +784,8 @@ def _template(
     if missing:
         needs = ", ".join(f"`{m}`" for m in missing)
         _error(g, path, f"block {kind!r} needs {needs}", scope, prefer="key")
-        return x
-    if isinstance(user_name, str):
-        instance = scope.prefix + user_name
-    else:
-        count = g.uses.get(kind, 0) + 1
-        g.uses[kind] = count
-        instance = f"{scope.prefix}{kind}_{count}"
-    inner = _Scope(
-        f"{instance}_",
-        dict(zip(names, sources, strict=True)) | {INPUT: x},
-        (*scope.display, instance),
-        params,
-        scope.use if scope.use is not None else args_path,
-        {},
-        (*scope.stack, kind),
-    )
-    out = _seq(g, spec.layers, ("blocks", kind, "layers"), x, inner)
-    if isinstance(user_name, str):
-        scope.names[user_name] = out
-    return out
+        return None
+    return params
 
 
 # -- after expansion --------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 A template value that holds ``$`` is a parameter (``$filters``, any type) or an integer
 expression over integer parameters with ``+ - * //`` and parentheses, read by a tiny
-recursive-descent parser whose depth is bounded.
+recursive-descent parser whose depth is bounded. A layer's ``name`` is the one place
+text is built instead: ``conv_dw_$id``, ``${stage}_${id}`` (:func:`interpolate`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,44 @@ def evaluate(text: str, params: dict[str, Any]) -> Any:
             tokens.append(("op", m.group(3), start))
         pos = m.end()
     return _Parser(text, tokens).run()
+
+
+_NAME_PARAM = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(text: str, params: dict[str, Any]) -> str:
+    """A templated layer name: each ``$name`` or ``${name}`` replaced by the parameter's
+    text (a string or an integer parameter).
+
+    >>> interpolate("conv_dw_$id", {"id": 3})
+    'conv_dw_3'
+    >>> interpolate("${stage}_${id}_relu", {"stage": "s1", "id": 2})
+    's1_2_relu'
+
+    Raises:
+        ExpressionError: an unknown parameter, one that is not text or an integer, or a
+            ``$`` that starts no parameter; with the offset of the character.
+    """
+    parts = []
+    pos = 0
+    for m in _NAME_PARAM.finditer(text):
+        stray = text.find("$", pos, m.start())
+        if stray >= 0:
+            break
+        name = m.group(1) or m.group(2)
+        value = _param(name, params, m.start())
+        if not (isinstance(value, str) or is_int(value)):
+            raise ExpressionError(
+                f"${name} is {value!r}; a name takes text or integer parameters", m.start()
+            )
+        parts += [text[pos : m.start()], str(value)]
+        pos = m.end()
+    stray = text.find("$", pos)
+    if stray >= 0:
+        raise ExpressionError(
+            f"unexpected '$' in the name {text!r}: write $param or ${{param}}", stray
+        )
+    return "".join(parts) + text[pos:]
 
 
 def _param(name: str, params: dict[str, Any], offset: int) -> Any:

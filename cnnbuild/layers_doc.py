@@ -7,11 +7,10 @@ so a layer or an argument added to the registry shows up here with no other chan
 
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any
 
-from cnnbuild.catalog import REGISTRY, LayerKind
+from cnnbuild.catalog import ALIASES, REGISTRY, LayerKind, near_kinds, resolve
 from cnnbuild.errors import UsageError
 
 _TYPES = {"integer": "int", "number": "float", "boolean": "bool", "string": "str", "null": "null"}
@@ -23,16 +22,37 @@ def lookup(name: str) -> LayerKind:
     Raises:
         UsageError: for an unknown name, with the closest names.
     """
-    if name in REGISTRY:
-        return REGISTRY[name]
-    folded = {key.lower(): kind for key, kind in REGISTRY.items()}
+    if resolve(name) is not None:
+        return resolve(name)
+    folded = {key.lower(): REGISTRY[ALIASES.get(key, key)] for key in (*REGISTRY, *ALIASES)}
     if name.lower() in folded:
         return folded[name.lower()]
-    close = difflib.get_close_matches(name, list(REGISTRY), n=3, cutoff=0.5)
+    near = near_kinds(name, n=6, cutoff=0.5)
+    close = list(dict.fromkeys(ALIASES.get(c, c) for c in near))[:3]
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UsageError(
         f"unknown layer {name!r}{hint} (`cnnbuild layers` lists the {len(REGISTRY)} layers)"
     )
+
+
+def readme_table() -> str:
+    """The README's layers table (Markdown), one row per registered kind.
+
+    ``tests/test_layers_doc.py`` checks that the README holds exactly this; after adding a
+    kind, paste the output of ``python -c "from cnnbuild.layers_doc import readme_table;
+    print(readme_table())"``.
+    """
+    rows = [
+        "| Layer | Group | What it does | Required | Keras aliases |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in REGISTRY.values():
+        required = [n for n, f in kind.args.model_fields.items() if f.is_required()]
+        rows.append(
+            f"| {kind.name} | {kind.group} | {kind.doc} | {', '.join(required) or '-'} | "
+            f"{', '.join(kind.aliases) or '-'} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def layer_list() -> list[dict]:
@@ -118,6 +138,7 @@ def layer_detail(kind: LayerKind) -> dict:
         "doc": kind.doc,
         "merge": kind.merge,
         "augment": kind.augment,
+        "aliases": list(kind.aliases),
         "args": args,
     }
 
@@ -138,7 +159,8 @@ def arg_table(detail: dict) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"{detail['name']} ({detail['group']}): {detail['doc']}"))
+    also = f"; Keras alias: {', '.join(detail['aliases'])}" if detail["aliases"] else ""
+    table = Table(title=Text(f"{detail['name']} ({detail['group']}): {detail['doc']}{also}"))
     for column in ("argument", "type / allowed values", "default"):
         table.add_column(column, overflow="fold")
     for arg in detail["args"]:

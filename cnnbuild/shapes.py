@@ -149,16 +149,25 @@ def conv2d(inputs: list[Shape], a: Any) -> LayerOut:
             arg="groups",
         )
     per = a.kernel_size[0] * a.kernel_size[1] * (cin // a.groups)
-    weights = per * a.filters + (a.filters if a.use_bias else 0)
+    trainable, frozen = _with_lora(per, a.filters, a.lora_rank)
     return LayerOut(
         _spatial(calcs) + (a.filters,),
-        weights,
-        0,
+        trainable + (a.filters if a.use_bias else 0),
+        frozen,
         _area(calcs) * a.filters * per,
         calcs,
         eff,
         a.strides,
     )
+
+
+def _with_lora(fan_in: int, units: int, rank: int | None) -> tuple[int, int]:
+    """(trainable, frozen) kernel weights: with ``lora_rank`` Keras freezes the
+    ``fan_in x units`` kernel and learns two factors, ``fan_in x rank`` and ``rank x units``
+    (the forward pass still multiplies by one merged kernel, so MACs do not change)."""
+    if not rank:
+        return fan_in * units, 0
+    return fan_in * rank + rank * units, fan_in * units
 
 
 def transpose_dim(
@@ -272,9 +281,14 @@ def dense(inputs: list[Shape], a: Any) -> LayerOut:
             f"Dense needs a known last axis; received {shape_str(inp)}",
             hint="add Flatten or GlobalAveragePooling2D before it",
         )
-    weights = inp[-1] * a.units + (a.units if a.use_bias else 0)
+    trainable, frozen = _with_lora(inp[-1], a.units, a.lora_rank)
     positions = math.prod(d or 0 for d in inp[:-1]) if len(inp) > 1 else 1
-    return LayerOut(inp[:-1] + (a.units,), weights, 0, positions * inp[-1] * a.units)
+    return LayerOut(
+        inp[:-1] + (a.units,),
+        trainable + (a.units if a.use_bias else 0),
+        frozen,
+        positions * inp[-1] * a.units,
+    )
 
 
 def identity(inputs: list[Shape], a: Any) -> LayerOut:
@@ -382,6 +396,80 @@ def _norm_axes(shape: Shape, axis: int | list[int], kind: str) -> list[int]:
             raise ShapeError(f"{kind} axis={ax} has a free size in {shape_str(shape)}", arg="axis")
         out.append(pos - 1)
     return out
+
+
+def _axes_in_range(shape: Shape, axis: int | list[int], kind: str) -> None:
+    """Keras counts the batch as axis 0; an axis beyond the input's rank is an error."""
+    rank = len(shape) + 1
+    for ax in [axis] if isinstance(axis, int) else axis:
+        if not -rank <= ax < rank:
+            raise ShapeError(
+                f"{kind} axis={ax} is out of range for input {shape_str(shape)} "
+                "(axis 0 is the batch)",
+                arg="axis",
+            )
+
+
+def softmax(inputs: list[Shape], a: Any) -> LayerOut:
+    _axes_in_range(inputs[0], a.axis, "Softmax")
+    return LayerOut(inputs[0])
+
+
+def unit_norm(inputs: list[Shape], a: Any) -> LayerOut:
+    _axes_in_range(inputs[0], a.axis, "UnitNormalization")
+    return LayerOut(inputs[0])
+
+
+def prelu(inputs: list[Shape], a: Any) -> LayerOut:
+    """One learnt alpha per value, except along ``shared_axes`` (1-based after the batch)."""
+    inp = inputs[0]
+    shared = [] if a.shared_axes is None else a.shared_axes
+    shared = [shared] if isinstance(shared, int) else shared
+    for ax in shared:
+        if ax > len(inp):
+            raise ShapeError(
+                f"PReLU shared_axes={list(shared)} names axis {ax}, but the input "
+                f"{shape_str(inp)} has {len(inp)} axes after the batch",
+                hint=f"use axes from 1 to {len(inp)}",
+                arg="shared_axes",
+            )
+    sizes = [1 if i + 1 in shared else d for i, d in enumerate(inp)]
+    if None in sizes:
+        raise ShapeError(
+            f"PReLU needs a known size on every axis it does not share; received {shape_str(inp)}",
+            hint="share the free axes: shared_axes: [1, 2]",
+            arg="shared_axes",
+        )
+    return LayerOut(inp, math.prod(sizes))
+
+
+def group_norm(inputs: list[Shape], a: Any) -> LayerOut:
+    """Keras' GroupNormalization: the axis splits into ``groups`` (``-1``: one per
+    channel); a gamma and a beta per channel."""
+    inp = inputs[0]
+    (ax,) = _norm_axes(inp, a.axis, "GroupNormalization")
+    dim = inp[ax]
+    groups = dim if a.groups == -1 else a.groups
+    if dim < groups or dim % groups:
+        raise ShapeError(
+            f"GroupNormalization groups={groups} must divide the {dim} channels of "
+            f"the input {shape_str(inp)}",
+            hint=f"choose groups that divides {dim}",
+            arg="groups",
+        )
+    return LayerOut(inp, dim * (int(a.center) + int(a.scale)))
+
+
+def permute(inputs: list[Shape], a: Any) -> LayerOut:
+    inp = inputs[0]
+    if len(a.dims) != len(inp):
+        raise ShapeError(
+            f"Permute dims={list(a.dims)} has {len(a.dims)} axes but the input "
+            f"{shape_str(inp)} has {len(inp)} (after the batch)",
+            hint=f"give a permutation of 1..{len(inp)}",
+            arg="dims",
+        )
+    return LayerOut(tuple(inp[d - 1] for d in a.dims))
 
 
 def batch_norm(inputs: list[Shape], a: Any) -> LayerOut:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from cnnbuild.checks import RULES, lint
+from cnnbuild.checks import RULES, ignored, lint
 from cnnbuild.config import ModelConfig, from_document
 from cnnbuild.errors import ConfigError, Finding, UsageError
 from cnnbuild.search_space import space_findings
@@ -82,7 +82,8 @@ def check_document(
         cfg.findings.extend(_fold(lint(tr, ignore)))
     if cfg.tune is not None:  # the search space of `cnnbuild tune`: paths and corners
         cfg.findings.extend(space_findings(cfg))
-    cfg.findings = _sorted(cfg.findings)
+    skip = ignored(cfg, ignore)  # rules found outside lint (dead-layer) are ignored here
+    cfg.findings = _sorted([f for f in cfg.findings if f.rule not in skip])
     return cfg, tr, cfg.findings
 
 

@@ -197,7 +197,7 @@ def test_ignore_in_config_and_on_the_command_line(cli, write):
     result = cli("validate", loud, "--strict")
     assert result.exit_code == 1
     result = cli("validate", loud, "--ignore", "no-such-rule")
-    assert result.exit_code == 2 and "not a lint rule id" in result.output
+    assert result.exit_code == 2 and "unknown rule id 'no-such-rule'" in result.output
 
 
 def test_unknown_rule_in_config_is_reported(write):
@@ -207,12 +207,52 @@ def test_unknown_rule_in_config_is_reported(write):
         (f.line, f.column, f.severity)
         for f in findings
         if "did you mean 'linear-stack'" in f.message
-    ] == [(9, 17, "warning")]
+    ] == [(9, 17, "error")]
 
 
 def test_core_rules_cannot_be_ignored(cli):
     result = cli("validate", LINT / "duplicate-key.yaml", "--ignore", "duplicate-key")
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("rid", ["schema", "duplicate-key", "linear-stak", "no-such-rule"])
+def test_cli_and_config_refuse_an_id_with_one_message(cli, write, rid):
+    """What cannot be ignored (a core rule) or is unknown: `--ignore` exits 2 and
+    `lint: {ignore: [...]}` is an error, and both say the same thing."""
+    from cnnbuild.checks import ignore_problem
+
+    problem = ignore_problem(rid)
+    assert problem is not None
+    text = (LINT / "linear-stack.yaml").read_text()
+    result = cli("validate", write(text, "plain.yaml"), "--ignore", rid)
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == f"error: --ignore {rid}: {problem}"
+    _, _, findings = check_file(write(text + f"lint: {{ignore: [{rid}]}}\n"))
+    assert [(f.rule, f.severity, f.message) for f in findings if f.path == "lint.ignore[0]"] == [
+        ("schema", "error", problem)
+    ]
+
+
+def test_every_rule_the_cli_reports_but_the_core_can_be_ignored(cli, write):
+    """dead-layer included: the README says the first seven cannot be ignored."""
+    from cnnbuild.checks import RULES, ignore_problem
+
+    core = [r.id for r in RULES.values() if not r.ignorable]
+    assert core == list(RULES)[:7]
+    assert all(ignore_problem(r) is None for r in list(RULES)[7:])
+    text = """
+        name: dead
+        input: [8, 8, 3]
+        layers:
+          - Conv2D: {filters: 2, kernel_size: 3, name: unused}
+          - Conv2D: {filters: 2, kernel_size: 3, inputs: input, activation: relu}
+    """
+    dead = write(text, "dead.yaml")
+    assert [f.rule for f in check_file(dead)[2]] == ["dead-layer"]
+    result = cli("validate", dead, "--ignore", "dead-layer", "--strict")
+    assert result.exit_code == 0, result.output
+    quiet = write(text.rstrip(" ") + "        lint: {ignore: [dead-layer]}\n", "quiet.yaml")
+    assert check_file(quiet)[2] == []
 
 
 def test_a_decoder_lints_like_keras_models_are_written(write):
@@ -231,3 +271,123 @@ def test_a_decoder_lints_like_keras_models_are_written(write):
     _, tr, findings = check_file(path)
     assert tr.output_shape == (8, 8, 2)
     assert [(f.rule, f.line) for f in findings] == [("linear-stack", 5)]
+
+
+RESNET_SHORTCUT = """
+    name: resnet_down
+    input: [32, 32, 16]
+    layers:
+      - Residual:
+          main:
+            - Conv2D: {filters: 32, kernel_size: 3, strides: 2, padding: same, use_bias: false}
+            - BatchNormalization
+            - ReLU
+            - Conv2D: {filters: 32, kernel_size: 3, padding: same, use_bias: false}
+            - BatchNormalization
+          shortcut:
+            - Conv2D: {filters: 32, kernel_size: 1, strides: 2, use_bias: false}
+            - BatchNormalization
+      - ReLU
+      - GlobalAveragePooling2D
+      - Dense: {units: 10}
+"""
+
+XCEPTION_SHORTCUT = """
+    name: xception_entry
+    input: [64, 64, 3]
+    layers:
+      - Conv2D: {filters: 32, kernel_size: 3, strides: 2, use_bias: false, name: b1c1}
+      - BatchNormalization
+      - Activation: {activation: relu, name: b1act}
+      - Conv2D: {filters: 128, kernel_size: 1, strides: 2, padding: same, use_bias: false,
+                 inputs: b1act}
+      - BatchNormalization: {name: residual}
+      - SeparableConv2D: {filters: 128, kernel_size: 3, padding: same, use_bias: false,
+                          inputs: b1act}
+      - BatchNormalization
+      - Activation: {activation: relu}
+      - SeparableConv2D: {filters: 128, kernel_size: 3, padding: same, use_bias: false}
+      - BatchNormalization
+      - MaxPooling2D: {pool_size: 3, strides: 2, padding: same, name: pooled}
+      - Add: {inputs: [pooled, residual]}
+      - GlobalAveragePooling2D
+      - Dense: {units: 2}
+"""
+
+
+@pytest.mark.parametrize("text", [RESNET_SHORTCUT, XCEPTION_SHORTCUT], ids=["resnet", "xception"])
+def test_a_projection_shortcut_passes_validate_strict(cli, write, text):
+    path = write(text)
+    assert findings_of(path, "stride-exceeds-kernel") == []
+    result = cli("validate", path, "--strict")
+    assert result.exit_code == 0, result.output
+
+
+def test_the_resnet20_zoo_model_passes_strict_without_ignoring_the_shortcut(cli, write):
+    text = (ROOT / "configs" / "zoo" / "resnet20.yaml").read_text()
+    assert "ignore: [stride-exceeds-kernel]" in text
+    path = write(text.replace("ignore: [stride-exceeds-kernel]", "ignore: []"))
+    result = cli("validate", path, "--strict")
+    assert result.exit_code == 0, result.output
+
+
+SHORTCUT_CONV = "- Conv2D: {filters: 32, kernel_size: 1, strides: 2, use_bias: false}"
+
+
+@pytest.mark.parametrize(
+    ("main_stride", "shortcut"),
+    [
+        (3, "- Conv2D: {filters: 32, kernel_size: 2, strides: 3, padding: same}"),
+        (2, "- MaxPooling2D: {pool_size: 1, strides: 2}"),
+    ],
+    ids=["kxk-conv", "pool"],
+)
+def test_a_pool_or_a_wider_conv_with_a_larger_stride_still_fires(write, main_stride, shortcut):
+    text = RESNET_SHORTCUT.replace(SHORTCUT_CONV, shortcut).replace(
+        "kernel_size: 3, strides: 2", f"kernel_size: 3, strides: {main_stride}"
+    )
+    if "MaxPooling2D" in shortcut:
+        text = text.replace(
+            "            - BatchNormalization\n      - ReLU",
+            "            - Conv2D: {filters: 32, kernel_size: 1}\n      - ReLU",
+        )
+    _, tr, findings = check_file(write(text))
+    assert tr.complete, [f.format() for f in findings]
+    assert [f.rule for f in findings if f.severity != "info"] == ["stride-exceeds-kernel"]
+
+
+def test_a_strided_1x1_conv_on_the_main_path_still_fires(write):
+    path = write("""
+        name: plain
+        input: [16, 16, 3]
+        layers:
+          - Conv2D: {filters: 8, kernel_size: 1, strides: 2, activation: relu}
+          - GlobalAveragePooling2D
+          - Dense: {units: 2}
+    """)
+    assert len(findings_of(path, "stride-exceeds-kernel")) == 1
+
+
+def test_an_unknown_layer_stops_the_rules_that_would_reason_through_it(write):
+    """An unknown layer is not the identity: no dense-on-4d for the Dense after an
+    unknown pooling, no linear-stack across an unknown activation, no dead layers."""
+    path = write("""
+        name: unknown
+        input: [16, 16, 3]
+        layers:
+          - Conv2D: {filters: 8, kernel_size: 3}
+          - Swish
+          - Conv2D: {filters: 8, kernel_size: 3, activation: relu}
+          - GlobalAveragePool2D
+          - Dense: {units: 2}
+    """)
+    _, _, findings = check_file(path)
+    assert [(f.rule, f.line) for f in findings] == [("unknown-layer", 5), ("unknown-layer", 7)]
+
+
+def test_lint_findings_name_their_layer_once(write):
+    for rule in ("linear-stack", "bias-before-bn", "collapse-1x1", "dense-on-4d"):
+        (found,) = findings_of(LINT / f"{rule}.yaml", rule)
+        name = found.message.split(":", 1)[0]
+        assert f"'{name}'" not in found.message.split(":", 1)[1], found.message
+        assert "Dense" not in found.message, found.message

@@ -306,3 +306,198 @@ def test_import_cnnbuild_is_lazy_and_still_exports_its_api():
         [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60
     )
     assert out.stdout.split() == ["False", "ModelConfig", "True"], out.stderr
+
+
+# -- names built from parameters (issue 18.5) ------------------------------------------
+
+MOBILE = """
+    name: mobile
+    input: [16, 16, 3]
+    blocks:
+      dw:
+        params: [filters, id, {strides: 1}]
+        layers:
+          - DepthwiseConv2D:
+              {kernel_size: 3, strides: $strides, padding: same, use_bias: false, name: conv_dw_$id}
+          - BatchNormalization: {name: "conv_dw_${id}_bn"}
+          - ReLU: {max_value: 6, name: "conv_dw_${id}_relu"}
+          - Conv2D: {filters: $filters, kernel_size: 1, name: conv_pw_$id}
+          - ReLU: {name: "conv_pw_${id}_relu"}
+      stage:
+        params: [stage, id]
+        layers:
+          - Conv2D: {filters: 8, kernel_size: 3, padding: same, name: "${stage}_${id}"}
+          - Add: {inputs: [input, "${stage}_${id}"], name: "${stage}_add"}
+    layers:
+      - Conv2D: {filters: 8, kernel_size: 3, padding: same, activation: relu}
+      - dw: {filters: 8, id: 1}
+      - dw: {filters: 8, id: 2, strides: 2}
+      - stage: {stage: s1, id: 7}
+      - GlobalAveragePooling2D
+      - Dense: {units: 10}
+"""
+
+
+def test_a_template_builds_keras_names_from_its_parameters(write):
+    """``conv_dw_$id`` and ``${stage}_${id}`` are text in ``name`` (and in ``inputs``),
+    used as written (no instance prefix), so a template keeps Keras' own layer names."""
+    cfg, tr, findings = check_file(write(MOBILE))
+    assert findings == []
+    names = [n.name for n in cfg.nodes]
+    assert names[2:7] == [
+        "conv_dw_1",
+        "conv_dw_1_bn",
+        "conv_dw_1_relu",
+        "conv_pw_1",
+        "conv_pw_1_relu",
+    ]
+    assert "conv_dw_2" in names and "s1_7" in names and "s1_add" in names
+    assert cfg.node("s1_add").inputs == ["conv_pw_2_relu", "s1_7"]
+    assert tr.row("conv_dw_2").shape == (8, 8, 8)
+
+
+def test_the_json_schema_takes_both_forms_and_no_text_in_numbers():
+    import jsonschema
+    import yaml
+
+    from cnnbuild.schema.jsonschema import json_schema
+
+    schema = json_schema()
+    doc = yaml.safe_load(MOBILE.replace("\n    ", "\n"))
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(doc)) == []
+    bad = yaml.safe_load(
+        MOBILE.replace("\n    ", "\n").replace("strides: $strides", "strides: s$strides")
+    )
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(bad))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "name: conv_dw_$id}",
+            "name: conv_dw_$idx}",
+            "unknown template parameter $idx; did you mean 'id'?",
+        ),
+        (
+            "filters: $filters, kernel_size: 1",
+            "filters: f$filters, kernel_size: 1",
+            "template arithmetic takes integers",
+        ),
+        ("name: conv_pw_$id}", "name: conv_pw_$}", "unexpected '$' in the name 'conv_pw_$'"),
+        (
+            "- dw: {filters: 8, id: 1}",
+            "- dw: {filters: 8, id: [1]}",
+            "$id is [1]; a name takes text or integer parameters",
+        ),
+    ],
+    ids=["unknown", "text-in-a-number", "stray-dollar", "a-list"],
+)
+def test_template_name_errors(write, old, new, message):
+    assert old in MOBILE
+    _, _, findings = check_file(write(MOBILE.replace(old, new, 1)))
+    assert any(message in f.message for f in findings), lines(findings)
+
+
+def test_two_uses_that_build_the_same_name_are_duplicates(write):
+    text = MOBILE.replace("- dw: {filters: 8, id: 2, strides: 2}", "- dw: {filters: 8, id: 1}")
+    _, _, findings = check_file(write(text))
+    assert {f.rule for f in findings if f.severity == "error"} == {"duplicate-name"}
+
+
+# -- Python habits and unknown names (issue 18.9, 18.4) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("layer", "arg", "hint"),
+    [
+        (
+            "Conv2D: {filters: 4, kernel_size: (3, 3)}",
+            "kernel_size",
+            "write [3, 3]: YAML has no tuples",
+        ),
+        (
+            "Conv2D: {filters: 4, kernel_size: (3,3), strides: (1, 2)}",
+            "kernel_size",
+            "write [3, 3]",
+        ),
+        ("Conv2D: {filters: 4, kernel_size: 3, activation: None}", "activation", "write null"),
+        ("Rescaling: {scale: 1./255}", "scale", "write the number 0.00392156862745098"),
+        ("Rescaling: {scale: 1/255}", "scale", "write the number 0.00392156862745098"),
+        (
+            "BatchNormalization: {epsilon: 1e-5}",
+            "epsilon",
+            "write 0.00001: YAML 1.1 reads 1e-5 as text",
+        ),
+    ],
+)
+def test_python_habits_get_one_finding_with_the_yaml_spelling(write, layer, arg, hint):
+    path = write(f"""
+        input: [8, 8, 3]
+        layers:
+          - {layer}
+          - Flatten
+    """)
+    cfg, tr, findings = check_file(path)
+    mine = [f for f in findings if f.path.endswith(f".{arg}")]
+    assert len(mine) == 1 and hint in mine[0].hint, lines(findings)
+    assert mine[0].message.startswith("YAML reads") and mine[0].severity == "error"
+    others = [f for f in findings if f not in mine and f.severity == "error"]
+    assert len(others) == layer.count("(1, 2)"), lines(findings)  # strides: (1, 2) too
+    assert tr is not None and tr.complete  # read as meant: the rest is still checked
+
+
+def test_block_style_tuples_get_the_same_hint(write):
+    path = write("""
+        input: [8, 8, 3]
+        layers:
+          - Conv2D:
+              filters: 4
+              kernel_size: (3, 3)
+          - Flatten
+    """)
+    _, _, findings = check_file(path)
+    assert [(f.line, f.column, f.hint) for f in findings] == [
+        (5, 20, "write [3, 3]: YAML has no tuples")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "suggestion"),
+    [
+        ("GroupNormalizaton", "GroupNormalization"),
+        ("Conv2d", "Conv2D"),
+        ("MaxPool2d", "MaxPool2D"),
+        ("GlobalAvgPooling2D", "GlobalAvgPool2D"),
+        ("InstanceNormalization", None),
+        ("SyncBatchNormalization", None),
+    ],
+)
+def test_unknown_layer_suggestions_do_not_mislead(write, kind, suggestion):
+    path = write(f"""
+        input: [8, 8, 3]
+        layers:
+          - {kind}
+          - Flatten
+    """)
+    _, _, findings = check_file(path)
+    (found,) = [f for f in findings if f.rule == "unknown-layer"]
+    if suggestion is None:  # never the preprocessing layer that only drops a word
+        assert "'Normalization'" not in found.message, found.message
+    else:
+        assert f"did you mean {suggestion!r}?" in found.message
+
+
+def test_a_model_that_ends_in_an_unknown_layer_is_one_error(write):
+    path = write("""
+        input: [8, 8, 3]
+        layers:
+          - Conv2D: {filters: 4, kernel_size: 3}
+          - Flatten
+          - Dens: {units: 10, activation: softmax}
+        compile: {from_logits: true}
+        train: {dataset: cifar10}
+    """)
+    _, _, findings = check_file(path)
+    assert [f.rule for f in findings] == ["unknown-layer"]
+    assert "did you mean 'Dense'?" in findings[0].message

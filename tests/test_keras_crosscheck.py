@@ -84,6 +84,36 @@ SHAPE_CASES = [
     ("Rescaling", {"scale": [0.5, 0.25, 2], "offset": 1}, (5, 6, 3)),
     ("Rescaling", {"scale": 0.5, "offset": [1, 2, 3]}, (5, 6, 3)),
     ("Rescaling", {"scale": [0.00392156862745098]}, (5, 6, 3)),
+    # issue 18: layers strangers use, and lora_rank (Keras' own conv test case: groups 2)
+    ("LeakyReLU", {}, (5, 6, 3)),
+    ("LeakyReLU", {"negative_slope": 0.1}, (5, 6, 3)),
+    ("PReLU", {}, (5, 6, 3)),
+    ("PReLU", {"shared_axes": [1, 2]}, (5, 6, 3)),
+    ("PReLU", {"shared_axes": 3, "trainable": False}, (5, 6, 3)),
+    ("ELU", {"alpha": 0.5}, (5, 6, 3)),
+    ("Softmax", {}, (5, 6, 3)),
+    ("Softmax", {"axis": 1}, (5, 6, 3)),
+    ("Softmax", {"axis": [1, 2]}, (5, 6, 3)),
+    ("GroupNormalization", {"groups": 2}, (5, 6, 4)),
+    ("GroupNormalization", {"groups": -1, "center": False}, (5, 6, 4)),
+    ("GroupNormalization", {"groups": 4}, (5, 6, 4)),
+    ("GroupNormalization", {"groups": 3, "axis": 1, "scale": False}, (6, 5, 4)),
+    ("UnitNormalization", {}, (5, 6, 3)),
+    ("UnitNormalization", {"axis": [1, 2]}, (5, 6, 3)),
+    ("GaussianNoise", {"stddev": 0.1}, (5, 6, 3)),
+    ("GaussianDropout", {"rate": 0.3, "seed": 1}, (5, 6, 3)),
+    ("Permute", {"dims": [2, 1, 3]}, (5, 6, 3)),
+    ("Permute", {"dims": [3, 1, 2]}, (5, 6, 3)),
+    ("Identity", {}, (5, 6, 3)),
+    ("CenterCrop", {"height": 3, "width": 4}, (5, 6, 3)),
+    ("CenterCrop", {"height": 8, "width": 7}, (5, 6, 3)),
+    ("RandomBrightness", {"factor": 0.2}, (5, 6, 3)),
+    ("RandomBrightness", {"factor": [-0.1, 0.3], "value_range": [0, 1]}, (5, 6, 3)),
+    ("Conv2D", {"filters": 4, "kernel_size": 3, "lora_rank": 2}, (5, 6, 3)),
+    ("Conv2D", {"filters": 6, "kernel_size": 2, "groups": 2, "lora_rank": 2}, (5, 5, 4)),
+    ("Conv2D", {"filters": 4, "kernel_size": 3, "lora_rank": 0}, (5, 6, 3)),
+    ("Dense", {"units": 5, "lora_rank": 3}, (5, 6, 3)),
+    ("Dense", {"units": 5, "lora_rank": 2, "lora_alpha": 4, "use_bias": False}, (1, 1, 7)),
 ]
 
 
@@ -91,7 +121,8 @@ def _keras_layer_figures(kind: str, kwargs: dict, input_shape: tuple) -> tuple:
     from cnnbuild.builder import keras_macs, layer_kwargs
 
     cfg, _ = _config(kind, kwargs, input_shape)
-    layer = REGISTRY[kind].make(keras, layer_kwargs(cfg.nodes[-1]))  # after input_scaling
+    node = next(n for n in cfg.nodes if n.name != "input_scaling")
+    layer = REGISTRY[node.kind].make(keras, layer_kwargs(node))
     inp = keras.Input(shape=input_shape)
     keras.Model(inp, layer(inp))
 
@@ -114,10 +145,78 @@ def test_static_figures_equal_keras(kind, kwargs, input_shape):
     assert ours == _keras_layer_figures(kind, kwargs, input_shape)
 
 
+ISSUE_18_LAYERS = {
+    "LeakyReLU",
+    "PReLU",
+    "ELU",
+    "Softmax",
+    "GroupNormalization",
+    "UnitNormalization",
+    "GaussianNoise",
+    "GaussianDropout",
+    "Permute",
+    "Identity",
+    "CenterCrop",
+    "RandomBrightness",
+}
+
+
 def test_shape_cases_cover_every_new_layer():
     assert {"Conv2DTranspose", "UpSampling2D", "Reshape", "Normalization", "Rescaling"} <= {
         kind for kind, _, _ in SHAPE_CASES
     }
+    assert {kind for kind, _, _ in SHAPE_CASES} >= ISSUE_18_LAYERS
+    assert ISSUE_18_LAYERS - {"Identity"} <= {kind for kind, _, _ in REFUSALS}  # no args
+    assert {kind for kind, a, _ in SHAPE_CASES if "lora_rank" in a} == {"Conv2D", "Dense"}
+
+
+ALIAS_CASES = [
+    ("MaxPool2D", {"pool_size": 2}),
+    ("AvgPool2D", {"pool_size": 3, "strides": 1}),
+    ("GlobalAvgPool2D", {"keepdims": True}),
+    ("GlobalMaxPool2D", {}),
+    ("Convolution2D", {"filters": 4, "kernel_size": 3, "strides": 2}),
+    ("SeparableConvolution2D", {"filters": 4, "kernel_size": 3, "depth_multiplier": 2}),
+]
+
+
+@pytest.mark.parametrize(("alias", "kwargs"), ALIAS_CASES, ids=str)
+def test_a_keras_alias_is_its_class_with_keras_figures(alias, kwargs):
+    """An alias is Keras' own second name of one class: the config accepts it, the node
+    is the canonical kind (what Keras serialises), and the figures equal the layer that
+    Keras builds from the alias."""
+    from cnnbuild.builder import keras_macs
+
+    cfg, tr = _config(alias, kwargs, (9, 9, 4))
+    assert tr is not None and not tr.findings
+    node = cfg.nodes[-1]  # after input_scaling
+    assert node.kind != alias and getattr(keras.layers, alias) is getattr(keras.layers, node.kind)
+    assert alias in REGISTRY[node.kind].aliases
+    layer = getattr(keras.layers, alias)(**kwargs)
+    inp = keras.Input(shape=(9, 9, 4))
+    keras.Model(inp, layer(inp))
+    assert type(layer).__name__ == node.kind
+    params = int(sum(np.prod(w.shape) for w in layer.weights))
+    assert (tr.output_shape, tr.total_params, tr.macs) == (
+        tuple(layer.output.shape[1:]),
+        params,
+        keras_macs(layer),
+    )
+
+
+def test_every_keras_alias_of_a_registered_class_is_accepted():
+    """Every name under which keras.layers exposes a registered class is a kind or an
+    alias here, so a Keras alias a user writes is never an unknown layer."""
+    from cnnbuild.catalog import ALIASES
+
+    classes = {id(getattr(keras.layers, kind)): kind for kind in REGISTRY}
+    found = set()
+    for name in dir(keras.layers):
+        kind = classes.get(id(getattr(keras.layers, name)))
+        if kind is not None and name != kind:
+            assert ALIASES.get(name) == kind, name
+            found.add(name)
+    assert found == set(ALIASES)
 
 
 def test_keras_macs_counts_a_convolution_by_hand():
@@ -258,6 +357,49 @@ REFUSALS = [
     # up_sampling2d
     ("UpSampling2D", {"size": 0}, True),
     ("UpSampling2D", {"size": [2, 1]}, False),
+    # issue 18: leaky_relu_test.py, prelu_test.py, softmax_test.py, ...
+    ("LeakyReLU", {"negative_slope": -0.1}, True),
+    ("LeakyReLU", {"negative_slope": None}, True),
+    ("LeakyReLU", {"negative_slope": 0.0}, False),
+    ("PReLU", {"shared_axes": 4}, True),
+    ("PReLU", {"shared_axes": [1, 2], "alpha_initializer": "ones"}, False),
+    ("ELU", {"alpha": 0.0}, False),
+    ("Softmax", {"axis": 4}, True),
+    ("Softmax", {"axis": -5}, True),
+    ("Softmax", {"axis": [-1, 1]}, False),
+    ("GroupNormalization", {"groups": 0}, True),
+    ("GroupNormalization", {"groups": -2}, True),
+    ("GroupNormalization", {"groups": 2}, True),  # 3 channels
+    ("GroupNormalization", {"groups": 4}, True),  # more groups than channels
+    ("GroupNormalization", {"groups": 3}, False),
+    ("GroupNormalization", {"groups": -1, "axis": 1}, False),
+    ("UnitNormalization", {"axis": "1"}, True),
+    ("UnitNormalization", {"axis": [1, 2]}, False),
+    ("GaussianNoise", {"stddev": 1.5}, True),
+    ("GaussianNoise", {"stddev": -0.1}, True),
+    ("GaussianNoise", {"stddev": 1.0}, False),
+    ("GaussianDropout", {"rate": 1.1}, True),
+    ("GaussianDropout", {"rate": 0.0}, False),
+    ("Permute", {"dims": [1, 2]}, True),
+    ("Permute", {"dims": [0, 1, 2]}, True),
+    ("Permute", {"dims": [1, 1, 2]}, True),
+    ("Permute", {"dims": [3, 1, 2]}, False),
+    ("CenterCrop", {"height": 4, "width": 12}, False),
+    ("CenterCrop", {"height": 4}, True),
+    ("RandomBrightness", {"factor": 1.5}, True),
+    ("RandomBrightness", {"factor": [1.5, 2.0]}, True),
+    ("RandomBrightness", {"factor": 0.2, "value_range": [0, 1, 2]}, True),
+    ("RandomBrightness", {"factor": [-0.2, 0.3], "value_range": [1, 0]}, False),
+    # lora_rank: Keras freezes the kernel; a kernel constraint is refused
+    (
+        "Conv2D",
+        {"filters": 2, "kernel_size": 2, "lora_rank": 2, "kernel_constraint": "non_neg"},
+        True,
+    ),
+    ("Conv2D", {"filters": 2, "kernel_size": 2, "lora_rank": -1}, True),
+    ("Conv2D", {"filters": 2, "kernel_size": 2, "lora_rank": 2, "lora_alpha": 0.5}, False),
+    ("Dense", {"units": 2, "lora_rank": 4}, False),
+    ("Dense", {"units": 2, "lora_rank": 4, "kernel_constraint": "max_norm"}, True),
     # integers beyond what TensorFlow holds
     ("Conv2D", {"filters": 1, "kernel_size": 2**64, "padding": "same"}, True),
     ("Dense", {"units": 2**64}, True),
@@ -270,7 +412,7 @@ def _keras_refuses(kind: str, kwargs: dict) -> bool:
         layer = getattr(keras.layers, kind)(**kwargs)
         layer(keras.Input(shape=IMAGE))  # build: the weights and the static shapes
         layer(np.zeros((1, *IMAGE), "float32"))  # and run once
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, IndexError):
         return True
     except Exception as exc:  # TensorFlow's own errors (InvalidArgumentError, ...)
         return "tensorflow" in type(exc).__module__
@@ -460,3 +602,35 @@ def test_per_channel_preprocessing_survives_save_and_plain_keras_load(tmp_path):
     standard = (scaled - scaled.mean(axis=(0, 1, 2))) / scaled.std(axis=(0, 1, 2))
     expected = (standard - np.array([1, 2, 3])) / np.array([1, 2, 3])
     np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-3)
+
+
+@st.composite
+def _new_layer_case(draw):
+    """One of the issue-18 layers with generated arguments on a small image: Keras must
+    give our figures, or refuse exactly when we do."""
+    h, w, c = (draw(st.integers(1, 7)), draw(st.integers(1, 7)), draw(st.integers(1, 6)))
+    kind = draw(st.sampled_from(["GroupNormalization", "PReLU", "Permute", "CenterCrop"]))
+    if kind == "GroupNormalization":
+        args = {"groups": draw(st.sampled_from([-1, 1, 2, 3, 4])), "center": draw(st.booleans())}
+    elif kind == "PReLU":
+        shared = draw(st.lists(st.integers(1, 3), unique=True, max_size=3))
+        args = {"shared_axes": shared} if shared else {}
+    elif kind == "Permute":
+        args = {"dims": draw(st.permutations([1, 2, 3]))}
+    else:
+        args = {"height": draw(st.integers(1, 9)), "width": draw(st.integers(1, 9))}
+    return kind, args, (h, w, c)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_new_layer_case())
+def test_generated_new_layer_cases_equal_keras(case):
+    kind, kwargs, input_shape = case
+    _, tr = _config(kind, kwargs, input_shape)
+    assert tr is not None
+    if tr.findings:  # the static engine refuses: Keras must refuse too
+        with pytest.raises(Exception):  # noqa: B017 - ValueError or a TF error
+            _keras_layer_figures(kind, kwargs, input_shape)
+        return
+    ours = (tr.output_shape, tr.trainable, tr.non_trainable, tr.macs)
+    assert ours == _keras_layer_figures(kind, kwargs, input_shape)

@@ -79,3 +79,20 @@ def test_unknown_layer_suggests(cli):
     result = cli("layers", "Conv2d3")
     assert result.exit_code == 2
     assert "unknown layer 'Conv2d3'; did you mean 'Conv2D'?" in result.stderr
+
+
+def test_the_readme_layers_table_is_the_registry():
+    """Regenerate with ``python -c "from cnnbuild.layers_doc import readme_table;
+    print(readme_table())"`` and paste it over the README's table."""
+    from cnnbuild.layers_doc import readme_table
+    from tests.conftest import ROOT
+
+    assert readme_table() in (ROOT / "README.md").read_text()
+
+
+def test_an_alias_shows_its_keras_class(cli):
+    result = cli("layers", "MaxPool2D", "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    assert detail["name"] == "MaxPooling2D" and "MaxPool2D" in detail["aliases"]
+    assert cli("layers", "maxpool2d", "--json").exit_code == 0

@@ -235,6 +235,13 @@ def test_static_engine_agrees_with_keras(strategy):
         ([7, 5, 3], {"Normalization": {"axis": None}}),
         ([7, 5, 3], {"Normalization": {"axis": [-3, -2, -1]}}),
         ([7, 5, 3], {"Rescaling": {"scale": [1, 2, 3], "offset": [0.5, 0, -1]}}),
+        ([None, None, 4], {"GroupNormalization": {"groups": 2}}),  # free sizes: fine
+        ([None, None, 4], {"PReLU": {"shared_axes": [1, 2]}}),
+        ([None, 5, 4], {"Permute": {"dims": [2, 1, 3]}}),
+        ([None, None, 3], {"CenterCrop": {"height": 4, "width": 4}}),
+        ([7, 5, 3], {"Softmax": {"axis": [-3, 0]}}),
+        ([7, 5, 6], {"Conv2D": {"filters": 4, "kernel_size": 3, "groups": 2, "lora_rank": 3}}),
+        ([1, 1, 9], {"Dense": {"units": 4, "lora_rank": 2, "trainable": False}}),
     ],
 )
 def test_table_of_edge_cases(input_shape, layer):
@@ -250,6 +257,32 @@ def test_invalid_shapes_are_rejected_by_both():
         shape, _, _, errors = static([3, 3, 1], layers)
         assert errors and errors[0].rule == "shape"
         agree([3, 3, 1], layers)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "layer", "message"),
+    [
+        ([None, None, 3], {"PReLU": {}}, "PReLU needs a known size on every axis"),
+        ([4, 4, 3], {"PReLU": {"shared_axes": 4}}, "names axis 4"),
+        ([4, 4, 6], {"GroupNormalization": {"groups": 4}}, "groups=4 must divide the 6"),
+        ([4, 4, 3], {"GroupNormalization": {"groups": 4}}, "groups=4 must divide the 3"),
+        ([4, 4, 3], {"Softmax": {"axis": 4}}, "Softmax axis=4 is out of range"),
+        ([4, 4, 3], {"UnitNormalization": {"axis": [1, -5]}}, "axis=-5 is out of range"),
+    ],
+)
+def test_new_layers_refuse_what_keras_cannot_build(input_shape, layer, message):
+    """Each refusal names the argument and says why; Keras refuses the same model when it
+    builds it or, for an axis out of range, the first time it runs it."""
+    _, _, _, errors = static(input_shape, [layer])
+    assert [e.rule for e in errors] == ["shape"] and message in errors[0].message
+    import keras
+
+    kind, args = next(iter(layer.items()))
+    shape = [4 if d is None else d for d in input_shape]
+    with pytest.raises(Exception):  # noqa: B017 - ValueError, IndexError or a TF error
+        built = getattr(keras.layers, kind)(**args)
+        built(keras.Input(shape=input_shape))
+        built(np.zeros((1, *shape), "float32"))
 
 
 @pytest.mark.parametrize(

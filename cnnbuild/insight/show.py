@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from cnnbuild.catalog import kinds
 from cnnbuild.errors import DataError, UsageError
 
-CONV_KINDS = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Conv2DTranspose")
+CONV_KINDS = kinds(group="conv")
 GAP = 2  # pixels between tiles
 TILE = 64  # a feature-map tile is upscaled to at least this many pixels
 OVERLAY = 256  # the Grad-CAM overlay's shorter side, at least

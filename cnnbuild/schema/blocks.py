@@ -13,9 +13,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
+from cnnbuild.schema.layers import merge_kinds
 from cnnbuild.schema.types import Choice, Int, LayerName
 
-MERGES = ("Add", "Concatenate", "Multiply")
+MERGES = merge_kinds()
 BLOCK_KINDS = ("Residual", "Parallel")
 STRUCTURAL = ("inputs", "repeat")
 MAX_REPEAT = 1_000

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cnnbuild.catalog import REGISTRY
+from cnnbuild.catalog import ALIASES, REGISTRY
 from cnnbuild.config import TOP_KEYS
 from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
@@ -50,10 +50,16 @@ def _model(model: type, defs: dict, extra: dict | None = None) -> dict:
     return schema
 
 
+_PARAM_NAME = r"\$[A-Za-z_][A-Za-z0-9_]*"
 PARAM = {
     "type": "string",
-    "pattern": r"\$[A-Za-z_][A-Za-z0-9_]*",
+    "pattern": rf"^[\s\d()+*/-]*(?:{_PARAM_NAME}[\s\d()+*/-]*)+$",
     "description": "a parameter of the block ($name) or integer arithmetic ($filters * 4)",
+}
+NAME_PARAM = {
+    "type": "string",
+    "pattern": rf"^(?=.*\$)(?:[A-Za-z0-9_.-]|{_PARAM_NAME}|\$\{{[A-Za-z_][A-Za-z0-9_]*\}})+$",
+    "description": "a layer name built from the block's parameters: conv_dw_$id, ${stage}_${id}",
 }
 
 
@@ -69,43 +75,54 @@ def _in_template(node: Any, templated: set[str], wrap: bool) -> Any:
             out[key] = "#/definitions/template_" + value.rsplit("/", 1)[-1]
         elif key == "properties" and wrap:
             out[key] = {
-                k: {"anyOf": [_in_template(v, templated, False), PARAM]} for k, v in value.items()
+                k: {
+                    "anyOf": [
+                        _in_template(v, templated, False),
+                        NAME_PARAM if k == "name" else PARAM,
+                    ]
+                }
+                for k, v in value.items()
             }
         else:
             out[key] = _in_template(value, templated, False)
     return out
 
 
-def json_schema() -> dict:
-    """The whole schema, as a dict."""
-    defs: dict[str, Any] = {}
-    structural = {
-        "inputs": {
-            "description": "names of earlier layers to read (default: the previous one)",
-            "oneOf": [
-                {"type": "string"},
-                {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            ],
-        },
-        "repeat": {"type": "integer", "minimum": 1, "description": "stack this layer N times"},
-    }
+STRUCTURAL = {
+    "inputs": {
+        "description": "names of earlier layers to read (default: the previous one)",
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        ],
+    },
+    "repeat": {"type": "integer", "minimum": 1, "description": "stack this layer N times"},
+}
+
+
+def _layer_kinds(defs: dict) -> dict:
+    """One definition per registered kind (into ``defs``); the layer-list properties, a
+    Keras alias taking its class's definition."""
     layer_props = {}
     for kind in REGISTRY.values():
-        schema = _model(kind.args, defs, structural)
+        schema = _model(kind.args, defs, STRUCTURAL)
         schema["description"] = f"keras.layers.{kind.name}: {kind.doc}"
         defs[kind.name] = schema
-        layer_props[kind.name] = {
-            "oneOf": [{"$ref": f"#/definitions/{kind.name}"}, {"type": "null"}]
-        }
-    layer_list = {"type": "array", "items": {"$ref": "#/definitions/layer"}}
-    for kind, model in BLOCK_MODELS.items():
-        defs[kind] = _model(model, defs, structural)
-        defs[kind]["description"] = (model.__doc__ or "").strip()
-    for kind in BLOCK_KINDS:
-        layer_props[kind] = {"$ref": f"#/definitions/{kind}"}
-    defs["layer"] = {
+        for name in (kind.name, *kind.aliases):
+            layer_props[name] = {
+                "oneOf": [{"$ref": f"#/definitions/{kind.name}"}, {"type": "null"}]
+            }
+    return layer_props
+
+
+def _layer_definition(layer_props: dict) -> dict:
+    """An item of a layer list: a bare name, or ``{KIND: {args}}``, or a block's use."""
+    return {
         "oneOf": [
-            {"type": "string", "anyOf": [{"enum": list(REGISTRY)}, {"pattern": TEMPLATE_NAME}]},
+            {
+                "type": "string",
+                "anyOf": [{"enum": [*REGISTRY, *ALIASES]}, {"pattern": TEMPLATE_NAME}],
+            },
             {
                 "type": "object",
                 "minProperties": 1,
@@ -121,6 +138,11 @@ def json_schema() -> dict:
             },
         ]
     }
+
+
+def _template_schema(defs: dict) -> dict:
+    """A template of ``blocks:``; its layers' definitions (``template_*``, where any
+    argument may be a ``$param``) go into ``defs``."""
     templated = {*REGISTRY, *BLOCK_KINDS, "layer"}
     for name in sorted(templated):
         defs[f"template_{name}"] = _in_template(defs[name], templated, name in REGISTRY)
@@ -128,6 +150,21 @@ def json_schema() -> dict:
     template = _model(Template, defs)
     template["properties"]["layers"] = template_list
     template["description"] = "a reusable block, used like a layer: `- NAME: {param: value}`"
+    return template
+
+
+def json_schema() -> dict:
+    """The whole schema, as a dict."""
+    defs: dict[str, Any] = {}
+    layer_props = _layer_kinds(defs)
+    layer_list = {"type": "array", "items": {"$ref": "#/definitions/layer"}}
+    for kind, model in BLOCK_MODELS.items():
+        defs[kind] = _model(model, defs, STRUCTURAL)
+        defs[kind]["description"] = (model.__doc__ or "").strip()
+    for kind in BLOCK_KINDS:
+        layer_props[kind] = {"$ref": f"#/definitions/{kind}"}
+    defs["layer"] = _layer_definition(layer_props)
+    template = _template_schema(defs)
     props = {
         "name": {"type": "string"},
         "description": {"type": "string"},

@@ -31,6 +31,7 @@ from cnnbuild.schema.types import (
     Pair,
     Regularizer,
     Seed,
+    is_int,
 )
 from cnnbuild.schema.types import Activation as ActivationName
 
@@ -57,6 +58,20 @@ def _strides_or_dilation(args: Any) -> None:
         )
 
 
+LoraRank = Int(0) | None
+LoraAlpha = Float(0.0, lo_open=True) | None
+
+
+def _lora_rules(args: Any) -> None:
+    """Keras' ``enable_lora``: the kernel is frozen and two low-rank factors learn; it
+    refuses a kernel constraint."""
+    if args.lora_rank and args.kernel_constraint is not None:
+        raise ValueError(
+            "LoRA is incompatible with kernel constraints; remove kernel_constraint or "
+            f"lora_rank; received lora_rank={args.lora_rank}"
+        )
+
+
 class Conv2D(LayerArgs):
     filters: PosInt
     kernel_size: Pair(1)
@@ -74,10 +89,13 @@ class Conv2D(LayerArgs):
     activity_regularizer: Regularizer = None
     kernel_constraint: Constraint = None
     bias_constraint: Constraint = None
+    lora_rank: LoraRank = None
+    lora_alpha: LoraAlpha = None
 
     @model_validator(mode="after")
     def _keras_rules(self) -> Conv2D:
         _strides_or_dilation(self)
+        _lora_rules(self)
         if self.filters % self.groups:
             raise ValueError(
                 "the number of filters must be evenly divisible by the number "
@@ -199,6 +217,13 @@ class Dense(LayerArgs):
     activity_regularizer: Regularizer = None
     kernel_constraint: Constraint = None
     bias_constraint: Constraint = None
+    lora_rank: LoraRank = None
+    lora_alpha: LoraAlpha = None
+
+    @model_validator(mode="after")
+    def _keras_rules(self) -> Dense:
+        _lora_rules(self)
+        return self
 
 
 Rate = Float(0.0, 1.0, hi_open=True)
@@ -427,21 +452,135 @@ class RandomContrast(LayerArgs):
     seed: Seed = None
 
 
-class Add(LayerArgs):
+class LeakyReLU(LayerArgs):
+    negative_slope: Float(0.0) = 0.3
+
+
+class PReLU(LayerArgs):
+    """``max(x, 0) + alpha * min(x, 0)`` with a learnt ``alpha`` per value; axes in
+    ``shared_axes`` (1-based, 1 = height) share one alpha."""
+
+    alpha_initializer: Initializer = "zeros"
+    alpha_regularizer: Regularizer = None
+    alpha_constraint: Constraint = None
+    shared_axes: Int(1) | list[Int(1)] | None = None
+
+
+class ELU(LayerArgs):
+    alpha: Float() = 1.0
+
+
+class Softmax(LayerArgs):
+    axis: AxisList = -1
+
+
+def _groups(value: Any) -> int:
+    if not is_int(value) or (value <= 0 and value != -1):
+        raise ValueError(
+            f"expected a positive integer (or -1 for instance normalization); received {value!r}"
+        )
+    return value
+
+
+class GroupNormalization(LayerArgs):
+    groups: Annotated[
+        int,
+        BeforeValidator(_groups),
+        WithJsonSchema({"oneOf": [{"type": "integer", "minimum": 1}, {"const": -1}]}),
+    ] = 32
+    axis: Int() = -1
+    epsilon: Float(0.0, lo_open=True) = 0.001
+    center: Bool = True
+    scale: Bool = True
+    beta_initializer: Initializer = "zeros"
+    gamma_initializer: Initializer = "ones"
+    beta_regularizer: Regularizer = None
+    gamma_regularizer: Regularizer = None
+    beta_constraint: Constraint = None
+    gamma_constraint: Constraint = None
+
+
+class UnitNormalization(LayerArgs):
+    axis: AxisList = -1
+
+
+class GaussianNoise(LayerArgs):
+    stddev: Float(0.0, 1.0)
+    seed: Seed = None
+
+
+class GaussianDropout(LayerArgs):
+    rate: Float(0.0, 1.0)
+    seed: Seed = None
+
+
+def _permutation(value: Any) -> tuple[int, ...]:
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(map(is_int, value))
+        or sorted(value) != list(range(1, len(value) + 1))
+    ):
+        raise ValueError(
+            "dims is a permutation of 1..rank (1 is the first axis after the batch); "
+            f"received {value!r}"
+        )
+    return tuple(value)
+
+
+class Permute(LayerArgs):
+    dims: Annotated[
+        tuple[int, ...],
+        BeforeValidator(_permutation),
+        WithJsonSchema({"type": "array", "items": {"type": "integer", "minimum": 1}}),
+    ]
+
+
+class Identity(LayerArgs):
     pass
 
 
-class Multiply(LayerArgs):
+class CenterCrop(LayerArgs):
+    height: PosInt
+    width: PosInt
+    data_format: DataFormat = None
+
+
+class RandomBrightness(LayerArgs):
+    factor: Factor(-1.0, 1.0, each=False)
+    value_range: tuple[Float(), Float()] = (0, 255)
+    seed: Seed = None
+
+
+class MergeArgs(LayerArgs):
+    """The arguments of a layer that merges a list of inputs (Add, Concatenate, ...);
+    the block syntax's ``merge:`` offers exactly the kinds whose model derives from it."""
+
+
+class Add(MergeArgs):
     pass
 
 
-class Concatenate(LayerArgs):
+class Multiply(MergeArgs):
+    pass
+
+
+class Concatenate(MergeArgs):
     axis: Int() = -1
 
 
 def args_model(kind: str) -> type[LayerArgs]:
     """The argument model of the layer called ``kind``."""
     return globals()[kind]
+
+
+def merge_kinds() -> tuple[str, ...]:
+    """The layer kinds that merge a list of inputs, in the order they are written here."""
+    return tuple(
+        name
+        for name, model in globals().items()
+        if isinstance(model, type) and issubclass(model, MergeArgs) and model is not MergeArgs
+    )
 
 
 def keras_kwargs(args: LayerArgs) -> dict[str, Any]:
