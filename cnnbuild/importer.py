@@ -26,7 +26,7 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -36,6 +36,11 @@ from cnnbuild.config import INPUT
 from cnnbuild.errors import CnnbuildError, UsageError
 from cnnbuild.schema.blocks import MERGES
 from cnnbuild.schema.types import KERAS_CLASS
+from cnnbuild.validate import load_traced
+
+if TYPE_CHECKING:
+    from cnnbuild.config import ModelConfig
+    from cnnbuild.trace import Trace
 
 APPLICATIONS = "keras.applications."
 MAX_CONFIG_BYTES = 64 * 2**20
@@ -714,9 +719,23 @@ def config_source(path: str | Path) -> tuple[str, str | None]:
     """What a command that takes a config reads: ``(label, text)``.
 
     A saved model (``.keras`` file, run directory, ``keras.applications.NAME``) is
-    imported first, and ``text`` holds the imported YAML; for a config file ``text`` is
-    ``None`` (read the file itself).
+    imported first: ``text`` holds the imported YAML and ``label`` names it in findings.
+    For a config file ``text`` is ``None``: read the file itself.
+
+    Raises:
+        UsageError: the saved model cannot be opened.
+        ImportRefused: it uses layers or arguments cnnbuild does not support.
     """
     if not is_saved_model(path):
         return str(path), None
     return f"{path} (imported)", import_text(path)
+
+
+def open_config(path: str | Path) -> tuple[ModelConfig, Trace]:
+    """A config file, or a saved model imported first, loaded for a view (summary, trace,
+    diff) with its static trace; see :func:`cnnbuild.validate.load_traced`.
+
+    Only the import of a saved model needs TensorFlow (and only for an application).
+    """
+    label, text = config_source(path)
+    return load_traced(label, text=text)

@@ -8,7 +8,7 @@ from pathlib import Path
 from cnnbuild.checks import RULES, lint
 from cnnbuild.config import ModelConfig, from_document
 from cnnbuild.errors import ConfigError, Finding, UsageError
-from cnnbuild.source import read_document
+from cnnbuild.source import parse_text, read_document
 from cnnbuild.trace import Trace, trace
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -56,15 +56,20 @@ def expand_paths(paths: list[str]) -> tuple[list[Path], list[Finding]]:
 
 
 def check_file(
-    path: str | Path, ignore: frozenset[str] = frozenset()
+    path: str | Path, ignore: frozenset[str] = frozenset(), text: str | None = None
 ) -> tuple[ModelConfig | None, Trace | None, list[Finding]]:
     """Read, schema-check, trace and lint one config.
+
+    Args:
+        path: the config file (with ``text``: the name its findings give).
+        ignore: lint rule ids to skip.
+        text: the config's YAML, when it is not read from ``path`` (an imported model).
 
     Returns:
         ``(config, trace, findings)`` sorted by position; ``config`` and ``trace`` are
         ``None`` when the file is not a readable mapping.
     """
-    doc = read_document(path)
+    doc = read_document(path) if text is None else parse_text(text, str(path))
     cfg = from_document(doc)
     if cfg is None:
         return None, None, _sorted(doc.findings)
@@ -117,11 +122,12 @@ def blocks_build(finding: Finding) -> bool:
     return spec is None or spec.check is None
 
 
-def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
+def load_traced(path: str | Path, text: str | None = None) -> tuple[ModelConfig, Trace]:
     """Load a config for a view or a build, with its static trace.
 
     Args:
-        path: a YAML config file.
+        path: a YAML config file (with ``text``: the name its findings give).
+        text: the config's YAML, when it is not read from ``path`` (an imported model).
 
     Returns:
         The config and its trace; lint findings (even errors) stay in
@@ -135,7 +141,7 @@ def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
         >>> cfg.input_shape, tr.output_shape
         ((32, 32, 3), (10,))
     """
-    cfg, tr, findings = check_file(_existing(path))
+    cfg, tr, findings = check_file(path if text is not None else _existing(path), text=text)
     blocking = [f for f in findings if blocks_build(f)]
     if cfg is None or tr is None or blocking:
         errors = [f for f in findings if f.severity == "error"]
