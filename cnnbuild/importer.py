@@ -198,8 +198,11 @@ def _call_inputs(g: Graph, entry: dict, alias: dict[str, str]) -> tuple[list[str
         g.refused[f"{cls}: a layer called {len(nodes)} times (shared weights)"] += 1
         return [], [], False
     args, kwargs = nodes[0].get("args", []), nodes[0].get("kwargs", {}) or {}
-    # Keras records `training=False` for a symbolic call; `fit` and `predict` override it
-    if any(v is not None and not (k == "training" and v is False) for k, v in kwargs.items()):
+    # A symbolic call records the layer's default `training` (True for augmentation);
+    # cnnbuild's builder makes the same call. Another value was passed on purpose.
+    spec = REGISTRY.get(cls)
+    default = spec is not None and spec.augment
+    if any(v is not None and not (k == "training" and v is default) for k, v in kwargs.items()):
         g.refused[f"{cls}: a call with arguments ({', '.join(kwargs)})"] += 1
     listed = len(args) == 1 and isinstance(args[0], (list, tuple))
     flat = list(args[0]) if listed else list(args)
