@@ -306,3 +306,23 @@ def test_import_of_what_build_produced_builds_the_same_model(path, tmp_path):
 @pytest.mark.parametrize("path", sorted((CONFIGS / "zoo").glob("*.yaml")), ids=lambda p: p.stem)
 def test_import_of_each_zoo_build_gives_the_same_layers(path, tmp_path):
     _build_import_rebuild(path, tmp_path)
+
+
+def test_the_readme_import_example_is_real_output(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("$ cnnbuild import keras.applications.MobileNetV3Small", 1)[1]
+    example = example.split("$ cnnbuild import keras.applications.ConvNeXtTiny", 1)[0]
+    yaml_part, summary_part = example.split("$ cnnbuild summary --static m.yaml\n")
+    yaml_lines = yaml_part.split("$ head -22 m.yaml\n")[1].splitlines()
+    out = tmp_path / "m.yaml"
+    result = run_cli(
+        "import", "keras.applications.MobileNetV3Small", "--input-shape", "224,224,3", "-o", out
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{result.stdout.strip()[:60]}" in yaml_part
+    assert out.read_text().splitlines()[:22] == yaml_lines
+    result = run_cli("summary", "--static", out)
+    assert result.exit_code == 0, result.output
+    shown = [line.rstrip() for line in result.stdout.splitlines()]
+    head, tail = (part.strip("\n").splitlines() for part in summary_part.split("...\n"))
+    assert shown[: len(head)] == head and shown[-len(tail) :] == tail
