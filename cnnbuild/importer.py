@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from cnnbuild.catalog import PREPROCESS_GROUPS, REGISTRY, scales_input
 from cnnbuild.config import INPUT
 from cnnbuild.errors import CnnbuildError, UsageError
+from cnnbuild.factoring import factor
 from cnnbuild.schema.blocks import MERGES
 from cnnbuild.schema.types import KERAS_CLASS
 from cnnbuild.validate import load_traced
@@ -113,6 +114,7 @@ def application_config(name: str, input_shape: tuple | None = None, classes: int
     factory = getattr(keras.applications, short, None)
     if not short.isidentifier() or not callable(factory) or not short[:1].isupper():
         raise UsageError(f"keras.applications has no model {short!r}")
+    keras.backend.clear_session()  # Keras' automatic names as in a fresh process
     try:
         model = factory(weights=None, input_shape=input_shape, classes=classes)
     except (ValueError, TypeError) as exc:
@@ -640,7 +642,10 @@ def import_config(serialized: dict) -> dict:
     config: dict[str, Any] = {"name": graph.name, "input": list(graph.input_shape)}
     if not _scales(graph, items):
         config["input_scaling"] = "none"
-    config["layers"] = structure(graph, items)
+    templates, layers = factor(structure(graph, items))
+    if templates:
+        config["blocks"] = templates
+    config["layers"] = layers
     return config
 
 
@@ -696,6 +701,11 @@ def to_yaml(config: dict, source: str = "") -> str:
         if key == "layers":
             lines.append("layers:")
             _emit(value, 2, lines)
+        elif key == "blocks":
+            lines.append("blocks:")
+            for name, template in value.items():
+                lines += [f"  {name}:", f"    params: {_flow(template['params'])}", "    layers:"]
+                _emit(template["layers"], 6, lines)
         else:
             lines.append(f"{key}: {_flow(value)}")
     return "\n".join(lines) + "\n"
