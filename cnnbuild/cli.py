@@ -312,10 +312,11 @@ def import_model(
     with os_errors(output):
         write_text(output, text)
     cfg, tr = load_traced(output)
-    blocks = text.count("- Residual:") + text.count("- Parallel:")
+    written = ", ".join(f"{text.count(f'- {kind}:')} {kind}" for kind in ("Residual", "Parallel"))
+    templates = len(cfg.doc.data.get("blocks") or {})
     _console().print(
-        f"imported {cfg.name}: {len(cfg.nodes)} layers ({blocks} Residual/Parallel blocks), "
-        f"{tr.total_params:,} parameters, to {output}"
+        f"imported {cfg.name}: {len(cfg.nodes)} layers, {tr.total_params:,} parameters, to "
+        f"{output} (written with {written} blocks and {templates} templates)"
     )
 
 

@@ -312,6 +312,9 @@ def test_the_readme_import_example_is_real_output(tmp_path):
     readme = (ROOT / "README.md").read_text()
     example = readme.split("$ cnnbuild import keras.applications.MobileNetV3Small", 1)[1]
     example = example.split("$ cnnbuild import keras.applications.ConvNeXtTiny", 1)[0]
+    example, v2_part = example.split(
+        "$ cnnbuild import keras.applications.MobileNetV2 -o v2.yaml\n"
+    )
     yaml_part, summary_part = example.split("$ cnnbuild summary --static m.yaml\n")
     yaml_lines = yaml_part.split("$ head -22 m.yaml\n")[1].splitlines()
     out = tmp_path / "m.yaml"
@@ -326,3 +329,9 @@ def test_the_readme_import_example_is_real_output(tmp_path):
     shown = [line.rstrip() for line in result.stdout.splitlines()]
     head, tail = (part.strip("\n").splitlines() for part in summary_part.split("...\n"))
     assert shown[: len(head)] == head and shown[-len(tail) :] == tail
+    said, v2_lines = v2_part.split("$ sed -n '5,9p;52,56p' v2.yaml\n")
+    result = run_cli("import", "keras.applications.MobileNetV2", "-o", tmp_path / "v2.yaml")
+    shown = result.stdout.replace(str(tmp_path) + "/", "")
+    assert result.exit_code == 0 and shown.split() == said.split()  # the console wraps
+    written = (tmp_path / "v2.yaml").read_text().splitlines()
+    assert written[4:9] + written[51:56] == v2_lines.splitlines()
