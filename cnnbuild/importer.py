@@ -623,17 +623,12 @@ def import_config(serialized: dict) -> dict:
     Raises:
         ImportRefused: with one line per unsupported layer class or argument, and its count.
     """
-    graph = flatten(serialized)
-    _check_input(graph)
-    _live(graph)
-    _topological(graph)
-    items: dict[str, tuple[str, dict]] = {}
-    for layer in graph.layers:
-        found = convert_layer(layer)
-        if isinstance(found, str):
-            graph.refused[found] += 1
-        else:
-            items[layer.name] = found
+    try:
+        graph, items = _converted(serialized)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError) as exc:
+        raise ImportRefused(
+            f"the saved model's config is not one Keras writes ({type(exc).__name__}: {exc})"
+        ) from None
     if graph.refused:
         lines = [f"  {what}: {n} layer{'s' * (n > 1)}" for what, n in sorted(graph.refused.items())]
         raise ImportRefused(
@@ -647,6 +642,22 @@ def import_config(serialized: dict) -> dict:
         config["blocks"] = templates
     config["layers"] = layers
     return config
+
+
+def _converted(serialized: dict) -> tuple[Graph, dict[str, tuple[str, dict]]]:
+    """The flattened graph and each supported layer's ``(kind, args)``."""
+    graph = flatten(serialized)
+    _check_input(graph)
+    _live(graph)
+    _topological(graph)
+    items: dict[str, tuple[str, dict]] = {}
+    for layer in graph.layers:
+        found = convert_layer(layer)
+        if isinstance(found, str):
+            graph.refused[found] += 1
+        else:
+            items[layer.name] = found
+    return graph, items
 
 
 def _scales(graph: Graph, items: dict[str, tuple[str, dict]]) -> bool:

@@ -335,3 +335,42 @@ def test_the_readme_import_example_is_real_output(tmp_path):
     assert result.exit_code == 0 and shown.split() == said.split()  # the console wraps
     written = (tmp_path / "v2.yaml").read_text().splitlines()
     assert written[4:9] + written[51:56] == v2_lines.splitlines()
+
+
+def _mutations(value, rng, depth=0):
+    """``value`` with one random node replaced by a hostile value."""
+    hostile = [None, 0, -1, "x", [], {}, [None], {"class_name": "__keras_tensor__"}, 1e308]
+    if isinstance(value, dict) and value and depth < 40:
+        key = list(value)[rng.integers(len(value))]
+        if rng.random() < 0.3:
+            return {**value, key: hostile[rng.integers(len(hostile))]}
+        return {**value, key: _mutations(value[key], rng, depth + 1)}
+    if isinstance(value, list) and value and depth < 40:
+        i = int(rng.integers(len(value)))
+        if rng.random() < 0.3:
+            return [*value[:i], hostile[rng.integers(len(hostile))], *value[i + 1 :]]
+        return [*value[:i], _mutations(value[i], rng, depth + 1), *value[i + 1 :]]
+    return hostile[rng.integers(len(hostile))]
+
+
+def test_a_mangled_config_is_refused_or_imported_never_a_traceback(saved_sequential, tmp_path):
+    """Random damage to a real config.json: import refuses it (exit 1 or 2) or writes a
+    config that validates; nothing else."""
+    from cnnbuild.errors import CnnbuildError
+    from cnnbuild.importer import read_keras_file
+
+    _, path = saved_sequential
+    serialized = read_keras_file(path)
+    rng = np.random.default_rng(0)
+    imported = 0
+    for i in range(300):
+        try:
+            config = import_config(_mutations(serialized, rng))
+        except CnnbuildError:
+            continue
+        out = tmp_path / f"m{i}.yaml"
+        out.write_text(to_yaml(config))
+        result = run_cli("validate", out)
+        assert result.exit_code == 0, result.output
+        imported += 1
+    assert 0 < imported < 300
