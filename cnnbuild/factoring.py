@@ -250,3 +250,67 @@ def _listed(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     return list(value) if isinstance(value, list) else []
+
+
+class _Names:
+    """cnnbuild's automatic layer names, replayed in expansion order (see
+    :func:`cnnbuild.expand._auto_name`): a written name equal to the one cnnbuild would
+    give anyway can be left out."""
+
+    def __init__(self, templates: dict[str, dict], keep: set[str]) -> None:
+        self.templates, self.keep = templates, keep
+        self.taken: set[str] = {"input"}
+        self.counters: Counter = Counter()
+
+    def auto(self, stem: str, commit: bool) -> str:
+        count = self.counters[stem]
+        while True:
+            name = stem + (f"_{count}" if count else "")
+            count += 1
+            if name not in self.taken:
+                if commit:
+                    self.counters[stem] = count
+                return name
+
+    def layer(self, kind: str, args: dict) -> dict:
+        name = args.get("name")
+        stem = REGISTRY[kind].snake
+        if isinstance(name, str) and name not in self.keep and self.auto(stem, False) == name:
+            self.auto(stem, True)
+            args = {k: v for k, v in args.items() if k != "name"}
+        self.taken.add(name if isinstance(name, str) else self.auto(stem, True))
+        return args
+
+    def items(self, items: list) -> list:
+        return [self.item(item) for item in items]
+
+    def item(self, item: dict) -> dict:
+        ((kind, args),) = item.items()
+        if kind in self.templates:
+            body = self.templates[kind]["layers"]
+            self.taken |= {f"{args['name']}_{n}" for inner in body for n in _names(inner)}
+            return item
+        if kind not in BLOCK_KINDS:
+            return {kind: self.layer(kind, args or {}) or None}
+        out = dict(args)
+        if "main" in args:  # expanded main path first, then the shortcut, then the merge
+            out["main"] = self.items(args["main"])
+            if "shortcut" in args:
+                out["shortcut"] = self.items(args["shortcut"])
+        else:
+            out["branches"] = [self.items(branch) for branch in args["branches"]]
+        merge = args.get("merge", "Add" if kind == "Residual" else "Concatenate")
+        named = self.layer(merge, {"name": args["name"]} if "name" in args else {})
+        if "name" not in named:
+            out.pop("name", None)
+        return {kind: out}
+
+
+def drop_automatic_names(items: list, templates: dict[str, dict]) -> list:
+    """``items`` without the names cnnbuild would give the same layers anyway
+    (``conv2d_3``, ``re_lu``): every layer keeps its name, fewer are written.
+
+    A name that ``inputs:`` reads stays written (only written names can be read).
+    """
+    keep = {n for item in items for n in _listed((next(iter(item.values())) or {}).get("inputs"))}
+    return _Names(templates, keep).items(items)

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from cnnbuild.catalog import PREPROCESS_GROUPS, REGISTRY, scales_input
 from cnnbuild.config import INPUT
 from cnnbuild.errors import CnnbuildError, UsageError
-from cnnbuild.factoring import factor
+from cnnbuild.factoring import drop_automatic_names, factor
 from cnnbuild.schema.blocks import MERGES
 from cnnbuild.schema.types import KERAS_CLASS
 from cnnbuild.validate import load_traced
@@ -424,6 +424,8 @@ def convert_layer(layer: KerasLayer) -> tuple[str, dict] | str:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         return f"{kind}: {where}: {first['msg'].removeprefix('Value error, ')}"
+    if "pool_size" in args and getattr(parsed, "strides", None) == parsed.pool_size:
+        args.pop("strides", None)  # Keras writes strides=pool_size for strides=None
     return kind, _without_defaults(model, args, parsed)
 
 
@@ -640,7 +642,7 @@ def import_config(serialized: dict) -> dict:
     templates, layers = factor(structure(graph, items))
     if templates:
         config["blocks"] = templates
-    config["layers"] = layers
+    config["layers"] = drop_automatic_names(layers, templates)
     return config
 
 
