@@ -66,3 +66,24 @@ def test_different_structures_and_single_runs_stay_as_written():
     one = stage("a1", 8)
     other = [{"Conv2D": {"filters": 8, "kernel_size": 3, "name": f"b1_c{i}"}} for i in range(5)]
     assert factor(one + other) == ({}, one + other)
+
+
+def test_automatic_names_are_left_out_unless_read_or_different(tmp_path):
+    from cnnbuild.factoring import drop_automatic_names
+
+    layers = [
+        {"Conv2D": {"filters": 4, "kernel_size": 3, "name": "conv2d"}},
+        {"ReLU": {"name": "re_lu_7"}},  # not what cnnbuild would call it: kept
+        {"Conv2D": {"filters": 4, "kernel_size": 1, "name": "conv2d_1"}},
+        {"Residual": {"main": [{"ReLU": {"name": "re_lu"}}], "name": "add"}},
+        {"Add": {"name": "add_1", "inputs": ["conv2d_1", "add"]}},
+    ]
+    out = drop_automatic_names(layers, {})
+    assert out == [
+        {"Conv2D": {"filters": 4, "kernel_size": 3}},
+        {"ReLU": {"name": "re_lu_7"}},
+        {"Conv2D": {"filters": 4, "kernel_size": 1, "name": "conv2d_1"}},  # read by inputs:
+        {"Residual": {"main": [{"ReLU": None}], "name": "add"}},
+        {"Add": {"inputs": ["conv2d_1", "add"]}},
+    ]
+    assert expanded_names(out, {}, tmp_path) == expanded_names(layers, {}, tmp_path)
