@@ -1,6 +1,10 @@
-"""Factor repeated runs of a layer list into templates (``blocks:``), where that is exact.
+"""What the importer need not write: repeated runs as templates, automatic names.
 
-Used by :mod:`cnnbuild.importer` on the layer list it writes. A run of consecutive
+Both keep the config exact: the same layers, with the same names and arguments.
+
+Used by :mod:`cnnbuild.importer` on the layer list it writes.
+
+Templates (:func:`factor`): a run of consecutive
 top-level items whose names all start with one prefix (``block_3_expand``,
 ``block_3_project_BN``, ...) is an instance named by that prefix (``block_3``): a
 template use named ``block_3`` gives its layers the names ``block_3_`` + the name written
@@ -8,8 +12,11 @@ in the template, which is how :mod:`cnnbuild.expand` names them. Runs with the s
 structure (kinds, names after the prefix, argument keys) become uses of one template;
 an argument whose value differs between uses becomes a parameter.
 
-It is exact by construction: every layer keeps its full name and its arguments, and a
-run is factored only when nothing outside it reads a layer inside it.
+A run is factored only when nothing outside it reads a layer inside it. ``repeat`` is
+not written: it would name the layers ``NAME_1``, ``NAME_2``, ... where Keras' differ.
+
+Names (:func:`drop_automatic_names`): a written name equal to the one cnnbuild would
+give the layer anyway is left out, unless ``inputs:`` reads it.
 """
 
 from __future__ import annotations

@@ -15,8 +15,12 @@ The steps:
 3. :func:`convert_layer`: each layer's Keras config as cnnbuild arguments, with Keras'
    defaults left out; an unsupported layer or argument is collected, not raised.
 4. :func:`structure`: chains as plain lists, single-entry single-exit branches as
-   ``Residual`` and ``Parallel`` blocks, named outputs (``inputs:``) elsewhere.
+   ``Residual`` and ``Parallel`` blocks, named outputs (``inputs:``) elsewhere; then
+   :mod:`cnnbuild.factoring`: repeated runs as templates, automatic names left out.
 5. :func:`to_yaml`: the config as readable YAML.
+
+Commands that take a config also take a saved model through :func:`open_config` (or
+:func:`config_source` for the YAML text).
 """
 
 from __future__ import annotations
