@@ -25,6 +25,7 @@ Commands that take a config also take a saved model through :func:`open_config` 
 
 from __future__ import annotations
 
+import heapq
 import json
 import zipfile
 from collections import Counter
@@ -576,26 +577,41 @@ def structure(graph: Graph, items: dict[str, tuple[str, dict]]) -> list:
 
 
 def _topological(graph: Graph) -> None:
-    """Order the layers so each comes after what it reads (Keras' order where it can)."""
+    """Order the layers so each comes after what it reads: where it can, the next layer
+    is one that reads the previous (fewer ``inputs:``), else the first in Keras' order.
+
+    A layer that reads an unknown layer, or a cycle, is refused (``graph.refused``).
+    """
     position = {layer.name: i for i, layer in enumerate(graph.layers)}
-    by_name = {layer.name: layer for layer in graph.layers}
-    done: set[str] = {INPUT}
-    order: list[KerasLayer] = []
+    waiting: dict[str, set[str]] = {}
+    readers: dict[str, list[str]] = {}
     for layer in graph.layers:
-        stack = [layer.name]
-        while stack:
-            name = stack[-1]
-            if name in done or name not in by_name:
-                stack.pop()
-                continue
-            todo = [s for s in by_name[name].inputs if s not in done and s in position]
-            if todo:
-                stack.extend(reversed(todo))
-                continue
-            done.add(name)
-            order.append(by_name[name])
-            stack.pop()
-    graph.layers = order
+        unknown = [s for s in layer.inputs if s != INPUT and s not in position]
+        if unknown:
+            graph.refused[f"{layer.cls}: reads {unknown[0]!r}, which is not in the model"] += 1
+        waiting[layer.name] = {s for s in layer.inputs if s in position}
+        for source in waiting[layer.name]:
+            readers.setdefault(source, []).append(layer.name)
+    ready = [(position[n], n) for n, w in waiting.items() if not w]
+    heapq.heapify(ready)
+    done: set[str] = set()
+    order: list[str] = []
+    while ready:
+        last = readers.get(order[-1], []) if order else []
+        follow = [r for r in last if not waiting[r] and r not in done]
+        name = min(follow, key=position.__getitem__) if follow else heapq.heappop(ready)[1]
+        if name in done:
+            continue
+        done.add(name)
+        order.append(name)
+        for reader in readers.get(name, []):
+            waiting[reader].discard(name)
+            if not waiting[reader]:
+                heapq.heappush(ready, (position[reader], reader))
+    if len(order) < len(position):
+        graph.refused[f"a cycle through {len(position) - len(order)} layers"] += 1
+    by_name = {layer.name: layer for layer in graph.layers}
+    graph.layers = [by_name[name] for name in order]
 
 
 def _live(graph: Graph) -> None:

@@ -385,3 +385,29 @@ def test_a_mangled_config_is_refused_or_imported_never_a_traceback(saved_sequent
         assert result.exit_code == 0, result.output
         imported += 1
     assert 0 < imported < 300
+
+
+def _tensor(name):
+    return {"class_name": "__keras_tensor__", "config": {"keras_history": [name, 0, 0]}}
+
+
+def _relu(name, source):
+    return {
+        "module": "keras.layers",
+        "class_name": "ReLU",
+        "config": {"name": name},
+        "name": name,
+        "inbound_nodes": [{"args": [_tensor(source)], "kwargs": {}}],
+    }
+
+
+def test_a_cycle_or_an_unknown_source_is_refused_not_followed():
+    inputs = {"class_name": "InputLayer", "config": {"batch_shape": [None, 8, 8, 3]}, "name": "x"}
+    for layers, why in (
+        ([_relu("a", "b"), _relu("b", "a")], "a cycle through 2 layers"),
+        ([_relu("a", "ghost"), _relu("b", "a")], "ReLU: reads 'ghost', which is not in the model"),
+    ):
+        config = {"name": "m", "layers": [inputs, *layers], "input_layers": [["x", 0, 0]]}
+        config["output_layers"] = [["b", 0, 0]]
+        with pytest.raises(ImportRefused, match=why):
+            import_config({"class_name": "Functional", "config": config})
