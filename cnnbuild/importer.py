@@ -93,6 +93,8 @@ def read_keras_file(path: Path) -> dict:
                 )
             with archive.open(info) as member:
                 raw = member.read(MAX_CONFIG_BYTES + 1)
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise UsageError(f"{path}: config.json is larger than {MAX_CONFIG_BYTES:,} bytes")
     except KeyError:
         raise UsageError(f"{path}: no config.json in this archive; is it a .keras file?") from None
     except (OSError, zipfile.BadZipFile) as exc:
