@@ -207,11 +207,14 @@ def summary(
     ] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Each layer's output shape, parameters and MACs, with totals and memory."""
-    from cnnbuild import render
-    from cnnbuild.validate import load_traced
+    """Each layer's output shape, parameters and MACs, with totals and memory.
 
-    cfg, tr = load_traced(config)
+    CONFIG may also be a .keras file or a run directory: it is imported first.
+    """
+    from cnnbuild import render
+    from cnnbuild.importer import open_config
+
+    cfg, tr = open_config(config)
     _notes(cfg.findings)
     if static:
         data = tr.summary_dict()
@@ -275,11 +278,14 @@ def trace(
         ),
     ] = None,
 ) -> None:
-    """The shape trace, layer by layer, with the arithmetic of every spatial size."""
-    from cnnbuild import render
-    from cnnbuild.validate import load_traced
+    """The shape trace, layer by layer, with the arithmetic of every spatial size.
 
-    cfg, tr = load_traced(config)
+    CONFIG may also be a .keras file or a run directory: it is imported first.
+    """
+    from cnnbuild import render
+    from cnnbuild.importer import open_config
+
+    cfg, tr = open_config(config)
     _notes(cfg.findings)
     if grads or weights is not None or data or mode is not None:
         mode_name = (mode or GradMode.training).value
@@ -340,6 +346,72 @@ def build(
     with os_errors(target):
         save_model(model, target)
     _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {target}")
+
+
+def _input_shape(value: str | None) -> tuple | None:
+    if value is None:
+        return None
+    parts = value.replace("x", ",").split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(
+            f"--input-shape takes HEIGHT,WIDTH,CHANNELS (e.g. 96,96,3); received {value!r}"
+        )
+    return tuple(int(p) for p in parts)
+
+
+@app.command("import")
+@handled
+def import_model(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A .keras file, a run directory, or keras.applications.NAME.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write the YAML; default: print it."),
+    ] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(help="For keras.applications: HEIGHT,WIDTH,CHANNELS.", show_default=False),
+    ] = None,
+    classes: Annotated[
+        int, typer.Option(help="For keras.applications: classes of the top.", min=1)
+    ] = 1000,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --output.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write the config of a saved Keras model: the same layers, names and arguments.
+
+    Exit 1, with one line per unsupported layer class or argument, when cnnbuild cannot
+    express the model exactly.
+    """
+    from cnnbuild.importer import APPLICATIONS, import_text
+    from cnnbuild.io import os_errors, write_text
+    from cnnbuild.validate import load_traced
+
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output} exists; give --force to overwrite it")
+    shape = _input_shape(input_shape)
+    if source.startswith(APPLICATIONS):
+        from cnnbuild.builder import keras_module
+
+        keras_module(verbose)
+    text = import_text(source, shape, classes)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with os_errors(output):
+        write_text(output, text)
+    cfg, tr = load_traced(output)
+    written = ", ".join(f"{text.count(f'- {kind}:')} {kind}" for kind in ("Residual", "Parallel"))
+    templates = len(cfg.doc.data.get("blocks") or {})
+    _console().print(
+        f"imported {cfg.name}: {len(cfg.nodes)} layers, {tr.total_params:,} parameters, to "
+        f"{output} (written with {written} blocks and {templates} templates)"
+    )
 
 
 class DeviceChoice(str, Enum):

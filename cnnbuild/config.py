@@ -23,10 +23,15 @@ from cnnbuild.source import Document
 
 __all__ = ["INPUT", "TOP_KEYS", "ModelConfig", "Node", "from_document"]
 
+INPUT_SCALING_MODES = ("auto", "none")
+"""``auto``: an image model without its own scaling gets ``Rescaling(1/255)`` named
+``input_scaling`` (see :func:`cnnbuild.expand.expand`); ``none``: inputs as they are."""
+
 TOP_KEYS = (
     "name",
     "description",
     "input",
+    "input_scaling",
     "layers",
     "blocks",
     "compile",
@@ -53,6 +58,7 @@ class ModelConfig:
     findings: list[Finding] = field(default_factory=list)
     tune: TuneSection | None = None  # the search space of `cnnbuild tune` (cnnbuild.tune)
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # the `budget` rule's limits
+    input_scaling: str = "auto"  # one of INPUT_SCALING_MODES
 
     @property
     def ok(self) -> bool:
@@ -93,6 +99,21 @@ def _valid_part(model: type[BaseModel], raw: dict) -> Any:
             continue
         good[name] = value
     return model(**good)
+
+
+def _parse_input_scaling(doc: Document, data: dict, findings: list[Finding]) -> str:
+    raw = data.get("input_scaling", "auto")
+    if raw in INPUT_SCALING_MODES:
+        return raw
+    hint = " (write none, not null)" if raw is None else ""
+    findings.append(
+        doc.finding(
+            ("input_scaling",),
+            "input_scaling must be 'auto' (add Rescaling(1/255) unless the model scales its "
+            f"inputs) or 'none' (take inputs as they are); received {raw!r}{hint}",
+        )
+    )
+    return "auto"
 
 
 def _section(
@@ -171,6 +192,7 @@ def from_document(doc: Document) -> ModelConfig | None:
         findings.append(doc.finding(("name",), f"name must be a string; received {name!r}"))
         name = Path(doc.file).stem
     input_shape = _parse_input(doc, data.get("input"), findings) if "input" in data else None
+    scaling = _parse_input_scaling(doc, data, findings)
     compile_cfg = _section(doc, data, "compile", CompileConfig, findings)
     train_cfg = _section(doc, data, "train", TrainConfig, findings)
     lint_cfg = _section(doc, data, "lint", LintConfig, findings)
@@ -184,7 +206,7 @@ def from_document(doc: Document) -> ModelConfig | None:
             findings.append(
                 doc.finding(("layers",), "layers is empty; a model needs at least one layer")
             )
-        image = input_shape is not None and len(input_shape) == 3
+        image = input_shape is not None and len(input_shape) == 3 and scaling == "auto"
         nodes, output = expand(doc, layers, data.get("blocks"), findings, image)
     return ModelConfig(
         doc.file,
@@ -199,4 +221,5 @@ def from_document(doc: Document) -> ModelConfig | None:
         findings,
         tune=tune_cfg,
         budget=budget_cfg,
+        input_scaling=scaling,
     )

@@ -9,7 +9,7 @@ from cnnbuild.checks import RULES, ignored, lint
 from cnnbuild.config import ModelConfig, from_document
 from cnnbuild.errors import ConfigError, Finding, UsageError
 from cnnbuild.search_space import space_findings
-from cnnbuild.source import Document, read_document
+from cnnbuild.source import Document, parse_text, read_document
 from cnnbuild.trace import Trace, trace
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -57,15 +57,21 @@ def expand_paths(paths: list[str]) -> tuple[list[Path], list[Finding]]:
 
 
 def check_file(
-    path: str | Path, ignore: frozenset[str] = frozenset()
+    path: str | Path, ignore: frozenset[str] = frozenset(), text: str | None = None
 ) -> tuple[ModelConfig | None, Trace | None, list[Finding]]:
     """Read, schema-check, trace and lint one config.
+
+    Args:
+        path: the config file (with ``text``: the name its findings give).
+        ignore: lint rule ids to skip.
+        text: the config's YAML, when it is not read from ``path`` (an imported model).
 
     Returns:
         ``(config, trace, findings)`` sorted by position; ``config`` and ``trace`` are
         ``None`` when the file is not a readable mapping.
     """
-    return check_document(read_document(path), ignore)
+    doc = read_document(path) if text is None else parse_text(text, str(path))
+    return check_document(doc, ignore)
 
 
 def check_document(
@@ -123,11 +129,12 @@ def blocks_build(finding: Finding) -> bool:
     return spec is None or not spec.lint
 
 
-def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
+def load_traced(path: str | Path, text: str | None = None) -> tuple[ModelConfig, Trace]:
     """Load a config for a view or a build, with its static trace.
 
     Args:
-        path: a YAML config file.
+        path: a YAML config file (with ``text``: the name its findings give).
+        text: the config's YAML, when it is not read from ``path`` (an imported model).
 
     Returns:
         The config and its trace; lint findings (even errors) stay in
@@ -141,7 +148,8 @@ def load_traced(path: str | Path) -> tuple[ModelConfig, Trace]:
         >>> cfg.input_shape, tr.output_shape
         ((32, 32, 3), (10,))
     """
-    return traced(read_document(_existing(path)))
+    doc = read_document(_existing(path)) if text is None else parse_text(text, str(path))
+    return traced(doc)
 
 
 def traced(doc: Document) -> tuple[ModelConfig, Trace]:

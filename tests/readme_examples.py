@@ -3,7 +3,11 @@
 A README code block holds ``$ cnnbuild ...`` lines, each followed by what the command
 printed. For the commands that never import TensorFlow (``validate``, ``summary --static``,
 ``trace`` without ``--run``/``--grads``, ``layers``, ``schema``, ``diff``), the pasted output
-must be what the command prints now; ``$ echo $?`` after one shows its exit code.
+must be what the command prints now; ``$ echo $?`` after one shows its exit code. Examples
+that depend on a state the repository does not hold are samples and are not run: those
+after another command in the same block (it made the state: ``cnnbuild import ... -o m.yaml``)
+and those that read a git revision (``HEAD:PATH``, ``--baseline REF``: a working copy with
+changes, as the README describes).
 ``tests/test_readme_examples.py`` checks that, and::
 
     python -m tests.readme_examples --update
@@ -53,6 +57,13 @@ def is_static(argv: list[str]) -> bool:
     return sub in _STATIC
 
 
+def reads_git(argv: list[str]) -> bool:
+    """Whether a command reads a git revision (``--baseline``, or a ``REF:PATH`` argument)."""
+    return "--baseline" in argv or any(
+        ":" in arg and not arg.startswith("-") and not (ROOT / arg).exists() for arg in argv[2:]
+    )
+
+
 def _command(line: str) -> list[str] | None:
     if not line.startswith("$ "):
         return None
@@ -75,9 +86,12 @@ def examples(text: str) -> list[Example]:
         i = 0
         while i < len(lines):
             argv = _command(lines[i])
-            if argv is None or not is_static(argv):
+            if argv is None:
                 i += 1
                 continue
+            if not is_static(argv) or reads_git(argv):
+                break  # a sample, and what follows it in this block depends on it
+
             j = i + 1
             while j < len(lines) and not lines[j].startswith("$ "):
                 j += 1

@@ -162,3 +162,22 @@ def test_input_scaling_goes_after_leading_augmentation_unless_the_config_scales(
     """)
     cfg, _, _ = check_file(path)
     assert "input_scaling" not in [n.name for n in cfg.nodes]
+
+
+def test_input_scaling_none_takes_inputs_as_they_are_and_other_values_are_refused(write):
+    body = """
+        input: [8, 8, 3]
+        input_scaling: {mode}
+        layers:
+          - Conv2D: {{filters: 4, kernel_size: 3, name: c}}
+    """
+    cfg, _, _ = check_file(write(body.format(mode="none")))
+    assert cfg.ok and cfg.input_scaling == "none"
+    assert [(n.name, n.inputs) for n in cfg.nodes] == [("c", ["input"])]
+    cfg, _, _ = check_file(write(body.format(mode="auto")))
+    assert [n.name for n in cfg.nodes] == ["input_scaling", "c"]
+    for bad in ("null", "off", "1"):
+        cfg, _, _ = check_file(write(body.format(mode=bad)))
+        (finding,) = [f for f in cfg.findings if f.severity == "error"]
+        assert finding.message.startswith("input_scaling must be 'auto'")
+        assert (finding.line, finding.path) == (2, "input_scaling")

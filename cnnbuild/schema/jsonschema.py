@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from cnnbuild.catalog import ALIASES, REGISTRY
-from cnnbuild.config import TOP_KEYS
+from cnnbuild.config import INPUT_SCALING_MODES, TOP_KEYS
 from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
 from cnnbuild.schema.sections import BudgetConfig, CompileConfig, LintConfig, TrainConfig
@@ -178,6 +178,11 @@ def json_schema() -> dict:
                 {"type": ["integer", "null"], "minimum": 1},
                 {"type": "integer", "minimum": 1},
             ],
+        },
+        "input_scaling": {
+            "enum": list(INPUT_SCALING_MODES),
+            "description": "auto: a Rescaling(1/255) named input_scaling is added unless the "
+            "model starts with its own Rescaling or Normalization; none: inputs as they are",
         },
         "layers": layer_list,
         "blocks": {
