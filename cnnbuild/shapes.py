@@ -602,7 +602,7 @@ class Field:
 
     def after(self, out: LayerOut) -> Field:
         """The field after a layer; ``r' = r + (k - 1) * j`` and ``j' = j * s``."""
-        if out.global_pool or self.whole:
+        if out.global_pool:
             return Field(self.size, self.jump, True)
         if out.kernel is None:
             return self
@@ -610,7 +610,7 @@ class Field:
             r + (k - 1) * j for r, k, j in zip(self.size, out.kernel, self.jump, strict=True)
         )
         jump = tuple(j * s for j, s in zip(self.jump, out.stride or (1, 1), strict=True))
-        return Field(size, jump)  # type: ignore[arg-type]
+        return Field(size, jump, self.whole)  # type: ignore[arg-type]
 
     @staticmethod
     def merge(fields: list[Field]) -> Field:

@@ -339,3 +339,22 @@ def test_receptive_field_and_jump_of_a_known_stack():
         ((4, 4), (2, 2)),
         ((8, 8), (2, 2)),
     ]
+
+
+def test_stride_keeps_counting_after_a_squeeze_and_excitation_branch():
+    """A global-pool branch makes the field the whole image; the stride still multiplies."""
+    from cnnbuild.config import from_document
+
+    text = """
+name: se
+input: [32, 32, 3]
+layers:
+  - Conv2D: {filters: 8, kernel_size: 3, strides: 2, padding: same, name: features}
+  - GlobalAveragePooling2D: {keepdims: true}
+  - Dense: {units: 8, activation: sigmoid, name: gate}
+  - Multiply: {inputs: [features, gate]}
+  - Conv2D: {filters: 8, kernel_size: 3, strides: 2, padding: same}
+"""
+    tr = trace(from_document(parse_text(text, "se.yaml")))
+    assert tr.summary_dict()["receptive_field"] == "whole"
+    assert tr.summary_dict()["cumulative_stride"] == [4, 4]
