@@ -662,12 +662,19 @@ def export(
         ),
     ] = None,
     images: Annotated[int, typer.Option(help="Test images to verify with.")] = 128,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an earlier export at the output.")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the verification as JSON.")
     ] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Export to SavedModel, LiteRT or ONNX, then verify the file with its own runtime.
+    """Export the inference function to SavedModel, LiteRT or ONNX, verify the file with its
+    own runtime, then move it into place (a failed one is not written).
+
+    An existing output is replaced only with --force and only when it is an earlier export
+    (a file of the format, or a SavedModel folder with its cnnbuild_export.json).
 
     Exit 1 when the outputs differ from Keras beyond the tolerance (float: 1e-4 x the
     largest output, at least 1e-4) or int8 top-1 agreement is below 98%.
@@ -682,6 +689,7 @@ def export(
         int8=int8,
         data=data,
         images=images,
+        force=force,
         verbose=verbose,
         quiet=as_json or not sys.stderr.isatty(),
     )
