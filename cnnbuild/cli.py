@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError
+from cnnbuild.escape import rich, terminal
 
 app = typer.Typer(
     name="cnnbuild",
@@ -50,7 +51,8 @@ def _fail(exc: CnnbuildError) -> None:
     _notes(exc.findings)
     if not exc.findings or not isinstance(exc, ConfigError):
         err = _console(stderr=True)
-        err.print(Text.assemble(("error:", "bold red"), " ", exc.message), soft_wrap=True)
+        message = "\n".join(terminal(line) for line in exc.message.split("\n"))
+        err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
 
 
 def handled(fn):
@@ -245,7 +247,7 @@ def build(
     model.optimizer.build(model.trainable_variables)  # saved with its (zero) state
     with os_errors(target):
         save_model(model, target)
-    _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {target}")
+    _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {rich(target)}")
 
 
 class DeviceChoice(str, Enum):
@@ -494,9 +496,9 @@ def show(
     )
     console = _console()
     for item in result["images"]:
-        ranked = "  ".join(f"{name} {p:.1%}" for name, p in item["top"])
-        console.print(f"{item['image']}: {ranked}", highlight=False)
-    console.print(f"filters, feature maps and Grad-CAM in {result['out_dir']}/", highlight=False)
+        ranked = "  ".join(f"{rich(name)} {p:.1%}" for name, p in item["top"])
+        console.print(f"{rich(item['image'])}: {ranked}", highlight=False)
+    console.print(f"filters, feature maps and Grad-CAM in {rich(result['out_dir'])}/")
 
 
 @app.command()
@@ -520,7 +522,7 @@ def plot(
     from cnnbuild.validate import load_config
 
     message = draw(load_config(config), output, engine=engine, verbose=verbose)
-    _console().print(message, highlight=False, soft_wrap=True)
+    _console().print(rich(message), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -536,7 +538,7 @@ def report(
     from cnnbuild.insight.run_report import write_report
 
     path = write_report(run_dir, verbose=verbose)
-    _console().print(f"wrote {path}", highlight=False)
+    _console().print(f"wrote {rich(path)}", highlight=False)
 
 
 def _trace_grads(cfg, tr, grads, weights, data, seed, as_json, verbose) -> None:
@@ -627,7 +629,8 @@ def predict(
     if result.failed:
         err = _console(stderr=True)
         for file, reason in result.failed:
-            err.print(f"error: {file}: {reason}", highlight=False, markup=False, soft_wrap=True)
+            line = f"error: {terminal(file)}: {terminal(reason)}"
+            err.print(line, highlight=False, markup=False, soft_wrap=True)
         err.print(f"{len(result.failed)} file(s) failed", highlight=False)
         raise typer.Exit(EXIT_INVALID)
 
@@ -699,7 +702,7 @@ def export(
         render_lines = report_lines(result)
         out = _console()
         for line in render_lines:
-            out.print(line, highlight=False, markup=False, soft_wrap=True)
+            out.print(terminal(line), highlight=False, markup=False, soft_wrap=True)
     if not result.passed:
         raise typer.Exit(EXIT_INVALID)
 

@@ -7,6 +7,7 @@ in :mod:`cnnbuild.expand` into a flat list of :class:`Node`. Every problem becom
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,12 @@ from cnnbuild.schema.tune import TuneSection
 from cnnbuild.schema.types import is_int
 from cnnbuild.source import Document
 
-__all__ = ["INPUT", "TOP_KEYS", "ModelConfig", "Node", "from_document"]
+__all__ = ["INPUT", "NAME_RULE", "TOP_KEYS", "ModelConfig", "Node", "from_document"]
+
+# A model name becomes a TensorFlow name scope (first character [A-Za-z0-9.], then
+# [A-Za-z0-9_.\\/>-]), a Keras name (no `/`) and part of file names (NAME.keras,
+# runs/NAME-...): letters, digits, `_`, `.` and `-`, starting with a letter or digit.
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 TOP_KEYS = (
     "name",
@@ -98,6 +104,27 @@ def _section(
     return model()
 
 
+def _name(doc: Document, data: dict, findings: list[Finding]) -> str:
+    """The model's name, checked against :data:`NAME_RULE`; without a ``name:``, the file's
+    stem with every other character replaced by ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(doc.file).stem)
+    default = stem if re.match(r"[A-Za-z0-9]", stem) else f"model{stem}"
+    name = data.get("name", default[:128])
+    if not isinstance(name, str) or not name:
+        findings.append(doc.finding(("name",), f"name must be a string; received {name!r}"))
+        return default
+    if NAME_RULE.fullmatch(name) is None:
+        findings.append(
+            doc.finding(
+                ("name",),
+                f"{name!r} is not a valid model name; use letters, digits, `_`, `.` and `-`, "
+                "starting with a letter or digit, at most 128 characters (TensorFlow name "
+                "scopes, Keras names and file names take these)",
+            )
+        )
+    return name
+
+
 def from_document(doc: Document) -> ModelConfig | None:
     """Check a parsed document and expand its layers into nodes.
 
@@ -138,10 +165,7 @@ def from_document(doc: Document) -> ModelConfig | None:
     for key in ("input", "layers"):
         if key not in data:
             findings.append(doc.finding((), f"missing `{key}:`", prefer="key"))
-    name = data.get("name", Path(doc.file).stem)
-    if not isinstance(name, str) or not name:
-        findings.append(doc.finding(("name",), f"name must be a string; received {name!r}"))
-        name = Path(doc.file).stem
+    name = _name(doc, data, findings)
     input_shape = _parse_input(doc, data.get("input"), findings) if "input" in data else None
     compile_cfg = _section(doc, data, "compile", CompileConfig, findings)
     train_cfg = _section(doc, data, "train", TrainConfig, findings)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cnnbuild.config import INPUT, ModelConfig
 from cnnbuild.errors import UsageError, shape_str
-from cnnbuild.io import write_text
+from cnnbuild.escape import dot, mathtext
+from cnnbuild.io import os_errors, write_text
 from cnnbuild.trace import trace
 
 ENGINES = ("auto", "keras", "matplotlib", "dot")
@@ -54,7 +55,7 @@ def boxes(cfg: ModelConfig) -> list[Box]:
 
 
 def _dot_id(name: str) -> str:
-    return '"' + name.replace('"', '\\"') + '"'
+    return f'"{dot(name)}"'
 
 
 def dot_text(cfg: ModelConfig) -> str:
@@ -75,14 +76,14 @@ def dot_text(cfg: ModelConfig) -> str:
 
     def emit(node: dict, indent: str) -> None:
         for box in node.get("", []):
-            label = f"{box.name}\\n{box.kind}  {box.shape}"
+            label = f"{dot(box.name)}\\n{dot(box.kind)}  {box.shape}"
             lines.append(f'{indent}{_dot_id(box.name)} [label="{label}"];')
         for key, child in node.items():
             if key == "":
                 continue
             counter[0] += 1
             lines.append(f"{indent}subgraph cluster_{counter[0]} {{")
-            lines.append(f'{indent}  label="{key}"; style=dashed; color="#888888";')
+            lines.append(f'{indent}  label="{dot(key)}"; style=dashed; color="#888888";')
             emit(child, indent + "  ")
             lines.append(f"{indent}}}")
 
@@ -146,7 +147,7 @@ def draw_matplotlib(cfg: ModelConfig, output: Path) -> None:
                 ec="#888888",
             )
         )
-        ax.text(left + 0.05, top - 0.02, scope[-1], fontsize=6, color="#555555", va="top")
+        ax.text(left + 0.05, top - 0.02, mathtext(scope[-1]), fontsize=6, color="#555555", va="top")
     side = 0
     for box in items:
         x, y = center(box)
@@ -177,9 +178,9 @@ def draw_matplotlib(cfg: ModelConfig, output: Path) -> None:
                 lw=0.8,
             )
         )
-        ax.text(x, y + 0.1, box.name, ha="center", va="center", fontsize=7, weight="bold")
+        ax.text(x, y + 0.1, mathtext(box.name), ha="center", va="center", fontsize=7, weight="bold")
         ax.text(x, y - 0.15, f"{box.kind}  {box.shape}", ha="center", va="center", fontsize=6.5)
-    ax.set_title(cfg.name, fontsize=10)
+    ax.set_title(mathtext(cfg.name), fontsize=10)
     save_figure(fig, output)
     plt.close(fig)
 
@@ -203,6 +204,7 @@ def plot(cfg: ModelConfig, output: Path, engine: str = "auto", verbose: bool = F
 
     Raises:
         UsageError: an unknown engine or suffix, or ``keras`` without Graphviz.
+        WriteError: ``output`` cannot be written (disk full, read-only, under a file).
     """
     if engine not in ENGINES:
         raise UsageError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
@@ -211,7 +213,8 @@ def plot(cfg: ModelConfig, output: Path, engine: str = "auto", verbose: bool = F
     if engine == "dot" or suffix == ".dot":
         if suffix != ".dot":
             raise UsageError("--engine dot writes DOT text; give an --output ending in .dot")
-        write_text(output, dot_text(cfg))
+        with os_errors(output):
+            write_text(output, dot_text(cfg))
         return (
             f"wrote {output} (Graphviz DOT text); render it with: "
             f"dot -Tsvg {output} -o {output.with_suffix('.svg')}"
@@ -233,19 +236,21 @@ def plot(cfg: ModelConfig, output: Path, engine: str = "auto", verbose: bool = F
 
         keras = keras_module(verbose)
         model = build_model(cfg, compile=False)
-        atomic_write(
-            output,
-            lambda tmp: keras.utils.plot_model(
-                model,
-                to_file=tmp,
-                show_shapes=True,
-                show_layer_names=True,
-                show_layer_activations=True,
-                dpi=72,
-            ),
-            suffix=Path(output).suffix,
-        )
+        with os_errors(output):
+            atomic_write(
+                output,
+                lambda tmp: keras.utils.plot_model(
+                    model,
+                    to_file=tmp,
+                    show_shapes=True,
+                    show_layer_names=True,
+                    show_layer_activations=True,
+                    dpi=72,
+                ),
+                suffix=Path(output).suffix,
+            )
         return f"wrote {output} with Keras' plot_model (Graphviz)"
-    draw_matplotlib(cfg, output)
+    with os_errors(output):
+        draw_matplotlib(cfg, output)
     why = f" ({missing}; install Graphviz and pydot for Keras' plot_model)" if missing else ""
     return f"wrote {output} with matplotlib from the static trace{why}"
