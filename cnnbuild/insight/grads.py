@@ -300,7 +300,8 @@ def trace_grads(
         ``{"objective", "value", "batch", "seed", "weights", "layers": {name: LayerGrads}}``.
 
     Raises:
-        UsageError: ``weights`` is not a run directory or a model of this config.
+        UsageError: ``weights`` is not a run directory or a .keras file.
+        CnnbuildError: its model does not load or does not fit this config.
     """
     from pathlib import Path
 
