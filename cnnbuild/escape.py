@@ -19,7 +19,9 @@ HTML is escaped by the report's template engine (Jinja2 with autoescape).
 from __future__ import annotations
 
 import os
+import re
 
+_RICH_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -49,11 +51,14 @@ def terminal(text: object) -> str:
 
 
 def rich(text: object) -> str:
-    """``text`` for a rich console with markup on: :func:`terminal`, then ``[`` escaped so
-    that ``mk[/]/x.png`` and ``[draft]`` print as written."""
-    from rich.markup import escape
+    """``text`` for a rich console with markup on: :func:`terminal`, then every ``[`` that
+    rich would read as a tag escaped (and the backslashes before it doubled), so that
+    ``mk[/]/x.png`` and ``[draft]`` print as written.
 
-    return escape(terminal(text))
+    Rich's own ``markup.escape`` also doubles a trailing backslash, which then prints
+    twice unless a tag follows; the fragments here are never followed by a tag.
+    """
+    return _RICH_TAG.sub(lambda m: f"{m[1]}{m[1]}\\{m[2]}", terminal(text))
 
 
 def mathtext(text: object) -> str:
