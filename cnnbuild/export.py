@@ -123,14 +123,18 @@ def _refuse(out: Path, what: str) -> UsageError:
     return UsageError(f"{out}: {what}; export never deletes or moves what it did not write")
 
 
+def _entries(folder: Path) -> set[str]:
+    """Every file, folder and link under ``folder``, as relative POSIX paths."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
 def _ours(folder: Path) -> bool:
-    """Whether ``folder`` is an earlier SavedModel export: our marker lists every file in it."""
+    """Whether ``folder`` is an earlier SavedModel export: our marker lists everything in it."""
     try:
-        listed = set(json.loads((folder / MARKER).read_text(encoding="utf-8"))["files"])
-        present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+        listed = set(json.loads((folder / MARKER).read_text(encoding="utf-8"))["entries"])
+        return _entries(folder) == listed | {MARKER}
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return present == listed | {MARKER}
 
 
 def check_output(out: Path, fmt: str, force: bool, opened: Target) -> None:
@@ -167,7 +171,7 @@ def check_output(out: Path, fmt: str, force: bool, opened: Target) -> None:
     elif not _ours(out):
         raise _refuse(
             out,
-            f"a folder that is not an earlier export (no {MARKER} listing its files)"
+            f"a folder that is not an earlier export (no {MARKER} listing all it holds)"
             "; choose a new -o",
         )
     if not force:
@@ -328,8 +332,7 @@ def write_artifact(
     if failure is not None:
         raise failure
     if fmt == "saved_model":
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-        marker = {"written_by": "cnnbuild export", "format": fmt, "files": files}
+        marker = {"written_by": "cnnbuild export", "format": fmt, "entries": sorted(_entries(tmp))}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return tmp
 

@@ -308,3 +308,29 @@ def test_tampered_run_gives_a_report_with_no_live_markup(tiny_run, tmp_path):
     assert "<h1>tiny_report</h1>" in dom.stdout, dom.stderr[-2000:]
     assert "data-pwned" not in dom.stdout.replace("setAttribute('data-pwned'", "")
     assert "<svg" not in dom.stdout and "<script" not in dom.stdout
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_report_on_a_full_or_read_only_disk_is_a_message(tiny_run, tmp_path, fault):
+    from tests.test_oserrors import _tmpfs
+
+    with _tmpfs(tmp_path / "disk", "4m") as disk:
+        run = disk / "run" / "copy"
+        shutil.copytree(tiny_run, run)
+        (run / "report.html").unlink()
+        if fault == "full":
+            with open(disk / "filler", "wb", buffering=0) as filler:
+                try:
+                    while True:
+                        filler.write(b"\0" * 4096)
+                except OSError:
+                    pass
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        result = _run("report", run)
+        assert result.exit_code == 1, result.output
+        reason = "No space left on device" if fault == "full" else "Read-only file system"
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0] and str(run) in lines[0], lines
+        assert not (run / "report.html").exists()
+        assert not [p.name for p in run.iterdir() if p.name.startswith(".report.html")]
