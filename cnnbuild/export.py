@@ -175,9 +175,8 @@ def check_output(out: Path, fmt: str, force: bool, opened: Target) -> None:
             "; choose a new -o",
         )
     if not force:
-        raise UsageError(
-            f"{out}: an earlier export is there; give --force to replace it, or another -o"
-        )
+        what = "an earlier export is there" if fmt == "saved_model" else "a file is there"
+        raise UsageError(f"{out}: {what}; give --force to replace it, or choose another -o")
 
 
 def _fsync_tree(path: Path) -> None:
