@@ -57,9 +57,11 @@ def _config(folder: Path, name: str, data: Path) -> Path:
 def named_run(tmp_path_factory) -> Path:
     """A tiny run whose class names hold `$`, rich markup and a formula."""
     root = tmp_path_factory.mktemp("named")
-    result = run_cli("train", _config(root, "tiny", _data(root)), "--out", root / "run")
+    run = root / "mk[/]" / "[draft]"
+    result = run_cli("train", _config(root, "tiny", _data(root)), "--out", run)
     assert result.exit_code == 0, result.output
-    return root / "run"
+    assert f"run directory: {run}\n" in result.stdout and f"saved to {run}/\n" in result.stdout
+    return run
 
 
 # -- the config-name rule --------------------------------------------------------------
@@ -205,6 +207,18 @@ def test_show_writes_one_set_of_pngs_per_image_even_with_the_same_file_name(name
     items = json.loads((out / "show.json").read_text())["images"]
     assert len({item["gradcam"] for item in items}) == 2
     assert all(Path(item["gradcam"]).is_file() for item in items)
+
+
+@pytest.mark.slow
+def test_build_and_report_print_markup_like_paths_as_written(named_run, tmp_path, write):
+    config = write("name: tiny\ninput: [8, 8, 3]\nlayers: [Flatten, {Dense: {units: 2}}]\n")
+    out = tmp_path / "mk[/]" / "[draft].keras"
+    result = run_cli("build", config, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith(f"to {out}\n") and out.is_file()
+    result = run_cli("report", named_run)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"wrote {named_run / 'report.html'}\n"
 
 
 def test_plot_paths_with_markup_and_under_a_file(tmp_path, write):
