@@ -25,8 +25,9 @@ __all__ = ["INPUT", "NAME_RULE", "TOP_KEYS", "ModelConfig", "Node", "from_docume
 
 # A model name becomes a TensorFlow name scope (first character [A-Za-z0-9.], then
 # [A-Za-z0-9_.\\/>-]), a Keras name (no `/`) and part of file names (NAME.keras,
-# runs/NAME-...): letters, digits, `_`, `.` and `-`, starting with a letter or digit.
-NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# runs/NAME-...): the layer-name rule (schema.types) without its leading `_`, which a root
+# name scope refuses: letters, digits, `_`, `.` and `-`, starting with a letter.
+NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,99}")
 
 TOP_KEYS = (
     "name",
@@ -108,8 +109,8 @@ def _name(doc: Document, data: dict, findings: list[Finding]) -> str:
     """The model's name, checked against :data:`NAME_RULE`; without a ``name:``, the file's
     stem with every other character replaced by ``_``."""
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(doc.file).stem)
-    default = stem if re.match(r"[A-Za-z0-9]", stem) else f"model{stem}"
-    name = data.get("name", default[:128])
+    default = (stem if re.match(r"[A-Za-z]", stem) else f"model_{stem}")[:100]
+    name = data.get("name", default)
     if not isinstance(name, str) or not name:
         findings.append(doc.finding(("name",), f"name must be a string; received {name!r}"))
         return default
@@ -118,8 +119,8 @@ def _name(doc: Document, data: dict, findings: list[Finding]) -> str:
             doc.finding(
                 ("name",),
                 f"{name!r} is not a valid model name; use letters, digits, `_`, `.` and `-`, "
-                "starting with a letter or digit, at most 128 characters (TensorFlow name "
-                "scopes, Keras names and file names take these)",
+                "starting with a letter, at most 100 characters (TensorFlow name scopes, "
+                "Keras names and file names take these)",
             )
         )
     return name

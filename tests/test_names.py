@@ -66,10 +66,10 @@ def named_run(tmp_path_factory) -> Path:
 
 # -- the config-name rule --------------------------------------------------------------
 
-REFUSED = ["my model", "_hidden", "héllo", "a/b", "trail\\", "price_$1", "[draft]", "-x", ".x"]
+REFUSED = ["my model", "_hidden", "héllo", "a/b", "trail\\", "price_$1", "[draft]", "-x", "3net"]
 
 
-@pytest.mark.parametrize("name", REFUSED + ["x" * 129])
+@pytest.mark.parametrize("name", REFUSED + ["x" * 101])
 def test_validate_refuses_names_keras_tf_or_files_cannot_take(tmp_path, name):
     config = _config(tmp_path, name, tmp_path / "none.npz")
     result = run_cli("validate", config)
@@ -78,7 +78,7 @@ def test_validate_refuses_names_keras_tf_or_files_cannot_take(tmp_path, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["v1.2-final", "3net", "A_b-c.d", "x" * 128])
+@pytest.mark.parametrize("name", ["v1.2-final", "net3", "A_b-c.d", "x" * 100])
 def test_every_accepted_name_goes_through_summary_plot_and_train(tmp_path, name):
     config = _config(tmp_path, name, _data(tmp_path))
     assert run_cli("validate", config).exit_code == 0
@@ -96,11 +96,11 @@ def test_every_accepted_name_goes_through_summary_plot_and_train(tmp_path, name)
 
 
 def test_file_stem_gives_a_valid_default_name(tmp_path):
-    config = tmp_path / "my model (copy).yaml"
+    config = tmp_path / "2nd model (copy).yaml"
     config.write_text("input: [8, 8, 3]\nlayers:\n  - Flatten\n", encoding="utf-8")
     result = run_cli("summary", config, "--static", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["name"] == "my_model__copy_"
+    assert json.loads(result.stdout)["name"] == "model_2nd_model__copy_"
 
 
 # -- escaping, unit by unit ------------------------------------------------------------

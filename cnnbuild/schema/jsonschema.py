@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from cnnbuild.catalog import REGISTRY
-from cnnbuild.config import TOP_KEYS
+from cnnbuild.config import NAME_RULE, TOP_KEYS
 from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
 from cnnbuild.schema.sections import CompileConfig, LintConfig, TrainConfig
@@ -129,7 +129,7 @@ def json_schema() -> dict:
     template["properties"]["layers"] = template_list
     template["description"] = "a reusable block, used like a layer: `- NAME: {param: value}`"
     props = {
-        "name": {"type": "string"},
+        "name": {"type": "string", "pattern": f"^{NAME_RULE.pattern}$"},
         "description": {"type": "string"},
         "input": {
             "type": "array",
