@@ -115,6 +115,22 @@ def test_terminal_makes_control_characters_and_undecodable_bytes_visible():
     assert escape.terminal(Path("a b/c.png")) == "a b/c.png"
 
 
+def test_findings_show_hostile_names_as_text(tmp_path):
+    from rich.console import Console
+
+    from cnnbuild.findings_format import text_lines
+    from cnnbuild.validate import check_file
+
+    config = _config(tmp_path, "[/]x\x1b[2J\\", tmp_path / "none.npz")
+    _, _, findings = check_file(config)
+    for color in (False, True):
+        [line] = [t for t in text_lines(findings, color=color) if "model name" in t]
+        console = Console(file=io.StringIO(), width=500, highlight=False)
+        console.print(line, markup=color)
+        shown = console.file.getvalue()
+        assert "\x1b" not in shown and "'[/]x\\x1b[2J\\\\' is not a valid" in shown
+
+
 def test_rich_prints_markup_in_names_as_written():
     from rich.console import Console
 
