@@ -141,7 +141,7 @@ def check_output(out: Path, fmt: str, force: bool, opened: Target) -> None:
     """Refuse an output path whose current content is not an earlier export of ours.
 
     Nothing at ``out``: fine. An earlier export (a file of the format's suffix, or a
-    SavedModel folder whose marker lists every file in it): replaced with ``--force``.
+    SavedModel folder whose marker lists everything in it): replaced with ``--force``.
     Anything else (a folder of the user's, the run directory, a symlink, a file where a
     folder goes) is refused, ``--force`` or not.
 
@@ -216,8 +216,14 @@ def place(tmp: Path, out: Path) -> None:
         if os.path.lexists(out):
             os.replace(tmp, out)
         else:
-            os.link(tmp, out)  # fails if something appeared at out meanwhile
-            tmp.unlink()
+            try:
+                os.link(tmp, out)  # fails if something appeared at out meanwhile
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links
+                os.rename(tmp, out)
+            else:
+                tmp.unlink()
     elif not os.path.lexists(out):
         if not _rename(tmp, out, _RENAME_NOREPLACE):
             os.rename(tmp, out)
@@ -285,8 +291,8 @@ def _onnx(model: Any, path: Path) -> None:
 
 def _failure(exc: BaseException, model: Any, fmt: str, out: Path) -> CnnbuildError:
     """A converter's exception as one message (an OS error names the path and the fix)."""
-    if isinstance(exc, OSError):
-        return WriteError(os_error_message(exc, out))
+    if isinstance(exc, OSError):  # named by the output, not by the temp file
+        return WriteError(os_error_message(OSError(exc.errno, exc.strerror or str(exc)), out))
     text = str(exc).strip()
     for code, words in ((errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file")):
         if words in text:
@@ -566,13 +572,14 @@ def export(
         out.parent.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TEMP_MARK}"))
     try:
-        with os_errors(out):
-            cal = calibration if int8 else None
-            tmp = write_artifact(keras, model, fmt, workdir, out.name, cal, verbose)
-            checked = verify(tmp, fmt, test, reference, int8, verbose)
-            if checked["passed"]:
-                check_output(out, fmt, force, opened)  # nothing of the user's appeared meanwhile
-                place(tmp, out)
+        cal = calibration if int8 else None
+        tmp = write_artifact(keras, model, fmt, workdir, out.name, cal, verbose)
+        checked = verify(tmp, fmt, test, reference, int8, verbose)
+        if checked["passed"]:
+            check_output(out, fmt, force, opened)  # nothing of the user's appeared meanwhile
+            place(tmp, out)
+    except OSError as exc:
+        raise _failure(exc, model, fmt, out) from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return Verification(
