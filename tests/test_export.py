@@ -315,27 +315,29 @@ def test_failed_verification_leaves_nothing_at_the_final_path(
     assert list(tmp_path.iterdir()) == []  # neither the artefact nor its temp folder
 
 
-def test_sigkill_during_export_leaves_the_previous_artefact(flowers_run, tmp_path, cli):
+@pytest.mark.parametrize(("fmt", "name"), [("onnx", "m.onnx"), ("saved_model", "sm")])
+def test_sigkill_during_export_leaves_the_previous_artefact(flowers_run, tmp_path, cli, fmt, name):
     import os
     import signal
     import time
 
-    out = tmp_path / "m.onnx"
-    assert cli("export", flowers_run, "-f", "onnx", "-o", out, "--images", 4).exit_code == 0
-    before = out.read_bytes()
+    out = tmp_path / name
+    assert cli("export", flowers_run, "-f", fmt, "-o", out, "--images", 4).exit_code == 0
+    before = _listing(out) if out.is_dir() else out.read_bytes()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnbuild", "export", str(flowers_run), "-f", "onnx", "-o",
+        [sys.executable, "-m", "cnnbuild", "export", str(flowers_run), "-f", fmt, "-o",
          str(out), "--images", "4", "--force"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     deadline = time.monotonic() + 240
-    while not [p for p in tmp_path.iterdir() if p.name.startswith(".m.onnx.tmp-")]:
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}.tmp-")]:
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
+    time.sleep(0.5)  # inside the conversion
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert out.read_bytes() == before
+    assert proc.wait() == -signal.SIGKILL  # killed mid-export, not after it
+    assert (_listing(out) if out.is_dir() else out.read_bytes()) == before
 
 
 def test_output_under_a_file_or_onto_a_folder_is_a_message(flowers_run, tmp_path, cli):
