@@ -226,6 +226,14 @@ def test_show_writes_one_set_of_pngs_per_image_even_with_the_same_file_name(name
 
 
 @pytest.mark.slow
+def test_evaluate_prints_markup_like_class_names_and_paths_as_written(named_run):
+    result = run_cli("evaluate", named_run)
+    assert result.exit_code == 0, result.output
+    assert f"{named_run / 'model.keras'} on " in result.stdout
+    assert "[draft] mk[/]" in result.stdout and "price_$1_to_$5" in result.stdout
+
+
+@pytest.mark.slow
 def test_build_and_report_print_markup_like_paths_as_written(named_run, tmp_path, write):
     config = write("name: tiny\ninput: [8, 8, 3]\nlayers: [Flatten, {Dense: {units: 2}}]\n")
     out = tmp_path / "mk[/]" / "[draft].keras"
