@@ -1,4 +1,7 @@
-"""Training plots with matplotlib (Agg backend, no display needed), saved atomically."""
+"""Training plots with matplotlib (Agg backend, no display needed), saved atomically.
+
+Titles and class names are shown through :func:`cnnbuild.escape.mathtext` (a ``$`` in a
+class name is text, not mathtext)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnbuild.escape import mathtext
 from cnnbuild.io import save_figure
 
 
@@ -38,7 +42,7 @@ def curves(history: list[dict], path: Path, title: str) -> None:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(mathtext(title))
     save_figure(fig, path)
     plt.close(fig)
 
@@ -53,8 +57,9 @@ def confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> N
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     step = max(1, n // 25)
     ticks = np.arange(0, n, step)
-    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=8)
+    labels = [mathtext(names[i]) for i in ticks]
+    ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(ticks, labels, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 20:
@@ -71,6 +76,6 @@ def confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> N
                         fontsize=7,
                         color="white" if matrix[i, j] > top / 2 else "black",
                     )
-    ax.set_title(title)
+    ax.set_title(mathtext(title))
     save_figure(fig, path)
     plt.close(fig)

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError
+from cnnbuild.escape import rich, terminal
 
 app = typer.Typer(
     name="cnnbuild",
@@ -50,7 +51,8 @@ def _fail(exc: CnnbuildError) -> None:
     _notes(exc.findings)
     if not exc.findings or not isinstance(exc, ConfigError):
         err = _console(stderr=True)
-        err.print(Text.assemble(("error:", "bold red"), " ", exc.message), soft_wrap=True)
+        message = "\n".join(terminal(line) for line in exc.message.split("\n"))
+        err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
 
 
 def handled(fn):
@@ -345,7 +347,7 @@ def build(
     model.optimizer.build(model.trainable_variables)  # saved with its (zero) state
     with os_errors(target):
         save_model(model, target)
-    _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {target}")
+    _console().print(f"saved {cfg.name} ({model.count_params():,} parameters) to {rich(target)}")
 
 
 def _input_shape(value: str | None) -> tuple | None:
@@ -660,9 +662,9 @@ def show(
     )
     console = _console()
     for item in result["images"]:
-        ranked = "  ".join(f"{name} {p:.1%}" for name, p in item["top"])
-        console.print(f"{item['image']}: {ranked}", highlight=False)
-    console.print(f"filters, feature maps and Grad-CAM in {result['out_dir']}/", highlight=False)
+        ranked = "  ".join(f"{rich(name)} {p:.1%}" for name, p in item["top"])
+        console.print(f"{rich(item['image'])}: {ranked}", highlight=False)
+    console.print(f"filters, feature maps and Grad-CAM in {rich(result['out_dir'])}/")
 
 
 @app.command()
@@ -686,7 +688,7 @@ def plot(
     from cnnbuild.validate import load_config
 
     message = draw(load_config(config), output, engine=engine, verbose=verbose)
-    _console().print(message, highlight=False, soft_wrap=True)
+    _console().print(rich(message), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -702,7 +704,7 @@ def report(
     from cnnbuild.insight.run_report import write_report
 
     path = write_report(run_dir, verbose=verbose)
-    _console().print(f"wrote {path}", highlight=False)
+    _console().print(f"wrote {rich(path)}", highlight=False)
 
 
 def _trace_grads(cfg, tr, grads, weights, data, seed, mode, as_json, verbose) -> None:
@@ -793,7 +795,8 @@ def predict(
     if result.failed:
         err = _console(stderr=True)
         for file, reason in result.failed:
-            err.print(f"error: {file}: {reason}", highlight=False, markup=False, soft_wrap=True)
+            line = f"error: {terminal(file)}: {terminal(reason)}"
+            err.print(line, highlight=False, markup=False, soft_wrap=True)
         err.print(f"{len(result.failed)} file(s) failed", highlight=False)
         raise typer.Exit(EXIT_INVALID)
 
@@ -828,12 +831,19 @@ def export(
         ),
     ] = None,
     images: Annotated[int, typer.Option(help="Test images to verify with.")] = 128,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an earlier export at the output.")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the verification as JSON.")
     ] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Export to SavedModel, LiteRT or ONNX, then verify the file with its own runtime.
+    """Export the inference function to SavedModel, LiteRT or ONNX, verify the file with its
+    own runtime, then move it into place (a failed one is not written).
+
+    An existing output is replaced only with --force and only when it is an earlier export
+    (a file of the format, or a SavedModel folder with its cnnbuild_export.json).
 
     Exit 1 when the outputs differ from Keras beyond the tolerance (float: 1e-4 x the
     largest output, at least 1e-4) or int8 top-1 agreement is below 98%.
@@ -848,6 +858,7 @@ def export(
         int8=int8,
         data=data,
         images=images,
+        force=force,
         verbose=verbose,
         quiet=as_json or not sys.stderr.isatty(),
     )
@@ -857,7 +868,7 @@ def export(
         render_lines = report_lines(result)
         out = _console()
         for line in render_lines:
-            out.print(line, highlight=False, markup=False, soft_wrap=True)
+            out.print(terminal(line), highlight=False, markup=False, soft_wrap=True)
     if not result.passed:
         raise typer.Exit(EXIT_INVALID)
 

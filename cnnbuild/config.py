@@ -8,6 +8,7 @@ raises on bad input.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,13 @@ from cnnbuild.schema.tune import TuneSection
 from cnnbuild.schema.types import is_int
 from cnnbuild.source import Document
 
-__all__ = ["INPUT", "TOP_KEYS", "ModelConfig", "Node", "from_document"]
+__all__ = ["INPUT", "NAME_RULE", "TOP_KEYS", "ModelConfig", "Node", "from_document"]
+
+# A model name becomes a TensorFlow name scope (first character [A-Za-z0-9.], then
+# [A-Za-z0-9_.\\/>-]), a Keras name (no `/`) and part of file names (NAME.keras,
+# runs/NAME-...): the layer-name rule (schema.types) without its leading `_`, which a root
+# name scope refuses: letters, digits, `_`, `.` and `-`, starting with a letter.
+NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,99}")
 
 INPUT_SCALING_MODES = ("auto", "none")
 """``auto``: an image model without its own scaling gets ``Rescaling(1/255)`` named
@@ -160,6 +167,27 @@ def _top_keys(doc: Document, data: dict, findings: list[Finding]) -> None:
             findings.append(doc.finding((), f"missing `{key}:`", prefer="key"))
 
 
+def _name(doc: Document, data: dict, findings: list[Finding]) -> str:
+    """The model's name, checked against :data:`NAME_RULE`; without a ``name:``, the file's
+    stem with every other character replaced by ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(doc.file).stem)
+    default = (stem if re.match(r"[A-Za-z]", stem) else f"model_{stem}")[:100]
+    name = data.get("name", default)
+    if not isinstance(name, str) or not name:
+        findings.append(doc.finding(("name",), f"name must be a string; received {name!r}"))
+        return default
+    if NAME_RULE.fullmatch(name) is None:
+        findings.append(
+            doc.finding(
+                ("name",),
+                f"{name!r} is not a valid model name; use letters, digits, `_`, `.` and `-`, "
+                "starting with a letter, at most 100 characters (TensorFlow name scopes, "
+                "Keras names and file names take these)",
+            )
+        )
+    return name
+
+
 def from_document(doc: Document) -> ModelConfig | None:
     """Check a parsed document and expand its layers into nodes.
 
@@ -187,10 +215,7 @@ def from_document(doc: Document) -> ModelConfig | None:
         doc.findings = findings
         return None
     _top_keys(doc, data, findings)
-    name = data.get("name", Path(doc.file).stem)
-    if not isinstance(name, str) or not name:
-        findings.append(doc.finding(("name",), f"name must be a string; received {name!r}"))
-        name = Path(doc.file).stem
+    name = _name(doc, data, findings)
     input_shape = _parse_input(doc, data.get("input"), findings) if "input" in data else None
     scaling = _parse_input_scaling(doc, data, findings)
     compile_cfg = _section(doc, data, "compile", CompileConfig, findings)

@@ -10,13 +10,20 @@ onnxruntime for ONNX) and compares with Keras on the same float32 0..255 pixels:
   on training images) pass when top-1 agrees with Keras on at least
   :data:`INT8_MIN_AGREEMENT` of the images.
 
+Every format holds the inference function, ``model(x, training=False)``: augmentation
+layers and Dropout are identity. The artefact is written under a temp name beside the
+output, verified, and only then moved into place (see :func:`place`); an output path
+holding anything but an earlier export of ours is refused (see :func:`check_output`).
+
 Mixed-precision models are exported in float32: the model is rebuilt under the float32
 policy and the weights copied (onnxruntime rejects half-precision convolutions).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -26,7 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnbuild.errors import CnnbuildError, DataError, UsageError, shape_str
+from cnnbuild.errors import CnnbuildError, DataError, UsageError, WriteError, shape_str
+from cnnbuild.io import TEMP_MARK, fsync_path, os_error_message, os_errors
 from cnnbuild.predict import Target, load_keras_model, open_target
 
 if TYPE_CHECKING:
@@ -104,66 +112,234 @@ def float32_model(keras: Any, model: Any) -> Any:
     return rebuilt
 
 
+# -- placing ---------------------------------------------------------------------------
+
+MARKER = "cnnbuild_export.json"
+_AT_FDCWD = -100
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def _refuse(out: Path, what: str) -> UsageError:
+    return UsageError(f"{out}: {what}; export never deletes or moves what it did not write")
+
+
+def _entries(folder: Path) -> set[str]:
+    """Every file, folder and link under ``folder``, as relative POSIX paths."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+def _ours(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier SavedModel export: our marker lists everything in it."""
+    try:
+        listed = set(json.loads((folder / MARKER).read_text(encoding="utf-8"))["entries"])
+        return _entries(folder) == listed | {MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def check_output(out: Path, fmt: str, force: bool, opened: Target) -> None:
+    """Refuse an output path whose current content is not an earlier export of ours.
+
+    Nothing at ``out``: fine. An earlier export (a file of the format's suffix, or a
+    SavedModel folder whose marker lists everything in it): replaced with ``--force``.
+    Anything else (a folder of the user's, the run directory, a symlink, a file where a
+    folder goes) is refused, ``--force`` or not.
+
+    Raises:
+        UsageError: what is at ``out`` is kept (exit 2).
+        WriteError: a parent of ``out`` is a file, or a folder where a file goes (exit 1).
+    """
+    for folder in (out.parent, *out.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                err = NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+                raise WriteError(os_error_message(err))
+            break
+    if not os.path.lexists(out):
+        return
+    protected = {opened.model_path.resolve(), opened.model_path.parent.resolve()}
+    if out.resolve() in protected:
+        raise _refuse(out, "it holds the model being exported; choose another -o")
+    if out.is_symlink():
+        raise _refuse(out, "a symbolic link is there; choose another -o")
+    if fmt != "saved_model":
+        if out.is_dir():
+            err = IsADirectoryError(errno.EISDIR, "Is a directory", str(out))
+            raise WriteError(os_error_message(err) + f" (a {out.suffix} file goes there)")
+    elif not out.is_dir():
+        raise _refuse(out, "a file is there and a SavedModel is a folder; choose another -o")
+    elif not _ours(out):
+        raise _refuse(
+            out,
+            f"a folder that is not an earlier export (no {MARKER} listing all it holds)"
+            "; choose a new -o",
+        )
+    if not force:
+        what = "an earlier export is there" if fmt == "saved_model" else "a file is there"
+        raise UsageError(f"{out}: {what}; give --force to replace it, or choose another -o")
+
+
+def _fsync_tree(path: Path) -> None:
+    items = [path] if path.is_file() else [*path.rglob("*"), path]
+    for item in items:
+        fsync_path(item)
+
+
+def _rename(src: Path, dst: Path, flags: int) -> bool:
+    """``renameat2(src, dst, flags)``; False where the system lacks it (then the caller
+    falls back to ``os.rename``)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    if call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(dst))
+
+
+def place(tmp: Path, out: Path) -> None:
+    """Move a verified artefact from its temp name to ``out`` atomically.
+
+    A file replaces an earlier one with ``os.replace``. A folder is renamed into a free
+    path, or swapped with the earlier export in one ``renameat2(RENAME_EXCHANGE)`` (then
+    the earlier one, now at the temp name, is removed). At every instant ``out`` holds the
+    earlier artefact or the new one.
+    """
+    _fsync_tree(tmp)
+    if tmp.is_file():
+        if os.path.lexists(out):
+            os.replace(tmp, out)
+        else:
+            try:
+                os.link(tmp, out)  # fails if something appeared at out meanwhile
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links
+                os.rename(tmp, out)
+            else:
+                tmp.unlink()
+    elif not os.path.lexists(out):
+        if not _rename(tmp, out, _RENAME_NOREPLACE):
+            os.rename(tmp, out)
+    elif _rename(tmp, out, _RENAME_EXCHANGE):
+        shutil.rmtree(tmp)
+    else:
+        old = tmp.with_name(tmp.name + ".old")
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old)
+    fsync_path(out.parent)
+
+
 # -- writing ----------------------------------------------------------------------------
 
 
-def _place(tmp: Path, out: Path) -> None:
-    """Flush a finished artefact to disk and move it into place; an older one is
-    replaced only then."""
-    for path in [tmp] if tmp.is_file() else [p for p in tmp.rglob("*") if p.is_file()]:
-        with open(path, "rb+") as handle:
-            os.fsync(handle.fileno())
-    if tmp.is_dir() and out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.replace(out)
+def inference_saved_model(keras: Any, model: Any, path: Path) -> None:
+    """The model's inference function, ``model(x, training=False)``, as a SavedModel with
+    one ``serve`` endpoint (also ``serving_default``) taking float32 images of any batch.
 
-
-def _int8_tflite(model: Any, calibration: np.ndarray, workdir: Path) -> bytes:
-    """Full-integer LiteRT: int8 weights, activations, input and output."""
+    In inference mode augmentation layers (RandomFlip, RandomRotation...) and Dropout are
+    identity, so no random op is traced.
+    """
     import tensorflow as tf
 
-    saved = workdir / "calibration_saved_model"
-    model.export(str(saved), format="tf_saved_model", verbose=False)
+    spec = tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name="inputs")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
+    archive.write_out(str(path), verbose=False)
+
+
+def _tflite(saved: Path, calibration: np.ndarray | None) -> bytes:
+    """LiteRT from the inference SavedModel; full-integer (int8 weights, activations, input
+    and output) when calibration images are given."""
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: (
-        [calibration[i : i + 1]] for i in range(len(calibration))
-    )
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    if calibration is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [calibration[i : i + 1]] for i in range(len(calibration))
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
     return converter.convert()
 
 
+def _onnx(model: Any, path: Path) -> None:
+    """ONNX of the inference function with tf2onnx (as Keras' own ONNX export does)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    try:
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx  # numpy 2 fixes Keras applies
+    except ImportError:
+        pass
+    else:
+        patch_tf2onnx()
+    spec = tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name="inputs")
+    call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    tf2onnx.convert.from_function(call, input_signature=[spec], output_path=str(path))
+
+
+def _failure(exc: BaseException, model: Any, fmt: str, out: Path) -> CnnbuildError:
+    """A converter's exception as one message (an OS error names the path and the fix)."""
+    if isinstance(exc, OSError):  # named by the output, not by the temp file
+        return WriteError(os_error_message(OSError(exc.errno, exc.strerror or str(exc)), out))
+    text = str(exc).strip()
+    for code, words in ((errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file")):
+        if words in text:
+            return WriteError(os_error_message(OSError(code, os.strerror(code)), out))
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return CnnbuildError(
+        f"exporting {model.name} to {fmt} failed: {first[:300]}; run with --verbose for "
+        "the converter's log"
+    )
+
+
 def write_artifact(
-    model: Any, fmt: str, out: Path, int8: bool, calibration: np.ndarray | None
-) -> None:
-    """Write the artefact to a temporary name beside ``out``, then move it into place."""
+    keras: Any, model: Any, fmt: str, workdir: Path, name: str, int8: Any, verbose: bool
+) -> Path:
+    """Write the artefact into ``workdir`` (a temp folder beside the output).
+
+    Args:
+        name: the output's file name (for messages and the artefact's own name).
+        int8: calibration images for a full-integer LiteRT, else None.
+        verbose: copy the converters' log to stderr.
+
+    Returns:
+        The artefact's path inside ``workdir``.
+    """
     from cnnbuild.builder import captured_fds
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
-        workdir = Path(work)
-        tmp = workdir / ("artefact" + out.suffix if fmt != "saved_model" else "saved_model")
+    saved = workdir / ("saved_model" if fmt == "saved_model" else "inference_saved_model")
+    tmp = saved if fmt == "saved_model" else workdir / name
+    failure = None
+    with captured_fds() as log:
         try:
-            with captured_fds() as log:
-                if fmt == "litert" and int8:
-                    tmp.write_bytes(_int8_tflite(model, calibration, workdir))
-                else:
-                    kind = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}
-                    model.export(str(tmp), format=kind[fmt], verbose=False)
+            if fmt == "onnx":
+                _onnx(model, tmp)
+            else:
+                inference_saved_model(keras, model, saved)
+            if fmt == "litert":
+                tmp.write_bytes(_tflite(saved, int8))
         except Exception as exc:  # converters raise many types
-            detail = (log[0].strip().splitlines() or [""])[-1] if log else ""
-            raise CnnbuildError(
-                f"exporting {model.name} to {fmt} failed: {exc}"
-                + (f" ({detail})" if detail else "")
-            ) from None
-        _place(tmp, out)
+            failure = _failure(exc, model, fmt, workdir.parent / name)
+    if verbose and log:
+        sys.stderr.write(log[0])
+    if failure is not None:
+        raise failure
+    if fmt == "saved_model":
+        marker = {"written_by": "cnnbuild export", "format": fmt, "entries": sorted(_entries(tmp))}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    return tmp
 
 
 # -- running ----------------------------------------------------------------------------
@@ -244,6 +420,7 @@ class Verification:
     ms_per_image: float
     keras_ms_per_image: float
     passed: bool
+    written: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -276,6 +453,72 @@ def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool)
     return dataset.name, test, calibration
 
 
+def _reference(model: Any, test: np.ndarray) -> tuple[np.ndarray, float]:
+    """Keras' inference output on the test images and the seconds of one timed call."""
+    import numpy as np
+
+    model.predict(test, batch_size=len(test), verbose=0)  # built and traced
+    start = time.perf_counter()
+    reference = np.asarray(model.predict(test, batch_size=len(test), verbose=0), dtype=np.float32)
+    return reference, time.perf_counter() - start
+
+
+def verify(
+    path: Path, fmt: str, test: np.ndarray, reference: np.ndarray, int8: bool, verbose: bool
+) -> dict:
+    """Run the artefact at ``path`` with its own runtime and compare with Keras.
+
+    Returns:
+        The comparison fields of :class:`Verification`.
+
+    Raises:
+        CnnbuildError: the runtime refuses the file.
+    """
+    import numpy as np
+
+    from cnnbuild.builder import captured_fds
+
+    failure = None
+    with captured_fds((2,)) as log:  # runtimes' C++ notes (XNNPACK delegate...)
+        try:
+            got, seconds = run_artifact(path, fmt, test)
+        except Exception as exc:  # a runtime that refuses the file is a failed export
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            failure = CnnbuildError(f"the {fmt} runtime cannot run the exported model: {first}")
+    if verbose and log:
+        sys.stderr.write(log[0])
+    if failure is not None:
+        raise failure
+    n = len(test)
+    got = got.reshape(reference.shape)
+    diff = float(np.max(np.abs(got - reference)))
+    flat_ref, flat_got = reference.reshape(n, -1), got.reshape(n, -1)
+    if flat_ref.shape[1] == 1:
+        threshold = 0.5 if float(flat_ref.min()) >= 0 and float(flat_ref.max()) <= 1 else 0.0
+        agree = np.mean((flat_ref[:, 0] > threshold) == (flat_got[:, 0] > threshold))
+    else:
+        agree = np.mean(flat_ref.argmax(axis=1) == flat_got.argmax(axis=1))
+    limit = None if int8 else FLOAT_TOLERANCE * max(1.0, float(np.max(np.abs(reference))))
+    return {
+        "bytes": artefact_bytes(path),
+        "max_abs_diff": diff,
+        "limit": limit,
+        "top1_agreement": float(agree),
+        "min_agreement": INT8_MIN_AGREEMENT if int8 else None,
+        "ms_per_image": seconds * 1000 / n,
+        "passed": bool(agree >= INT8_MIN_AGREEMENT) if int8 else diff <= limit,
+    }
+
+
+def _output(opened: Target, output: Path | None, fmt: str, int8: bool, force: bool) -> Path:
+    out = output or default_output(opened, fmt, int8)
+    suffix = {"litert": ".tflite", "onnx": ".onnx"}.get(fmt)
+    if suffix and out.suffix != suffix:
+        raise UsageError(f"--output for --format {fmt} must end in {suffix}; received {str(out)!r}")
+    check_output(out, fmt, force, opened)
+    return out
+
+
 def export(
     target: Path,
     fmt: str,
@@ -284,10 +527,15 @@ def export(
     int8: bool = False,
     data: str | None = None,
     images: int = 128,
+    force: bool = False,
     verbose: bool = False,
     quiet: bool = True,
 ) -> Verification:
-    """Write ``target``'s model as ``fmt`` and verify the file with its runtime.
+    """Write ``target``'s inference function as ``fmt``, verify it, then move it into place.
+
+    The artefact is written under a temp name beside the output (``.NAME.tmp-XXXX``), run
+    by its own runtime against ``model(x, training=False)``, and moved to the output only
+    when it passes; a failed one is removed (``written`` is False).
 
     Args:
         target: a run directory or a ``.keras`` file.
@@ -296,72 +544,54 @@ def export(
         int8: full-integer quantization (LiteRT only).
         data: the dataset of the test images (default: the run's).
         images: how many test images to verify with.
-        verbose: show TensorFlow's start-up messages.
+        force: replace an earlier export at the output (see :func:`check_output`).
+        verbose: show TensorFlow's start-up messages and the converters' log.
         quiet: no download progress.
 
     Returns:
         The verification; ``passed`` is False beyond the tolerance.
 
     Raises:
-        UsageError: bad flags, missing packages, no dataset.
+        UsageError: bad flags, missing packages, no dataset, an output that is not ours.
+        WriteError: the output cannot be written (disk full, read-only, not a folder).
     """
     require(fmt)
-    import numpy as np
-
     if int8 and fmt != "litert":
         raise UsageError(f"--int8 is for --format litert; received --format {fmt}")
     if images < 1:
         raise UsageError(f"--images must be at least 1; received {images}")
     opened = open_target(target)
-    out = output or default_output(opened, fmt, int8)
-    suffix = {"litert": ".tflite", "onnx": ".onnx"}.get(fmt)
-    if suffix and out.suffix != suffix:
-        raise UsageError(f"--output for --format {fmt} must end in {suffix}; received {str(out)!r}")
+    out = _output(opened, output, fmt, int8, force)
     from cnnbuild.builder import keras_module
 
     keras = keras_module(verbose)
     model = float32_model(keras, load_keras_model(opened.model_path, verbose))
-    shape = tuple(model.input.shape[1:])
-    name, test, calibration = _images(opened, data, shape, images, quiet)
-    model.predict(test, batch_size=len(test), verbose=0)  # built and traced (ONNX needs it)
-    start = time.perf_counter()
-    reference = np.asarray(model.predict(test, batch_size=len(test), verbose=0), dtype=np.float32)
-    keras_seconds = time.perf_counter() - start
-    write_artifact(model, fmt, out, int8, calibration)
-    from cnnbuild.builder import captured_fds
-
+    name, test, calibration = _images(opened, data, tuple(model.input.shape[1:]), images, quiet)
+    reference, keras_seconds = _reference(model, test)
+    with os_errors(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TEMP_MARK}"))
     try:
-        with captured_fds((2,)) as log:  # runtimes' C++ notes (XNNPACK delegate...)
-            got, seconds = run_artifact(out, fmt, test)
-    except Exception as exc:  # a runtime that refuses the file is a failed export
-        raise CnnbuildError(f"{out}: the {fmt} runtime cannot run it: {exc}") from None
-    if verbose and log:
-        sys.stderr.write(log[0])
-    got = got.reshape(reference.shape)
-    diff = float(np.max(np.abs(got - reference)))
-    flat_ref, flat_got = reference.reshape(len(test), -1), got.reshape(len(test), -1)
-    if flat_ref.shape[1] == 1:
-        threshold = 0.5 if float(flat_ref.min()) >= 0 and float(flat_ref.max()) <= 1 else 0.0
-        agree = np.mean((flat_ref[:, 0] > threshold) == (flat_got[:, 0] > threshold))
-    else:
-        agree = np.mean(flat_ref.argmax(axis=1) == flat_got.argmax(axis=1))
-    limit = None if int8 else FLOAT_TOLERANCE * max(1.0, float(np.max(np.abs(reference))))
-    passed = bool(agree >= INT8_MIN_AGREEMENT) if int8 else diff <= limit
+        cal = calibration if int8 else None
+        tmp = write_artifact(keras, model, fmt, workdir, out.name, cal, verbose)
+        checked = verify(tmp, fmt, test, reference, int8, verbose)
+        if checked["passed"]:
+            check_output(out, fmt, force, opened)  # nothing of the user's appeared meanwhile
+            place(tmp, out)
+    except OSError as exc:
+        raise _failure(exc, model, fmt, out) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return Verification(
         format=fmt,
         int8=int8,
         path=str(out),
-        bytes=artefact_bytes(out),
         keras_bytes=opened.model_path.stat().st_size,
         images=len(test),
         data=name,
-        max_abs_diff=diff,
-        limit=limit,
-        top1_agreement=float(agree),
-        min_agreement=INT8_MIN_AGREEMENT if int8 else None,
-        ms_per_image=seconds * 1000 / len(test),
         keras_ms_per_image=keras_seconds * 1000 / len(test),
-        passed=passed,
+        written=checked["passed"],
+        **checked,
     )
 
 
@@ -373,11 +603,14 @@ def report_lines(v: Verification) -> list[str]:
         if v.int8
         else f"max abs diff {v.max_abs_diff:.3g} (limit {v.limit:.3g})"
     )
+    head = "exported" if v.written else "checked (not written)"
     return [
-        f"exported {kind} to {v.path} ({v.bytes:,} bytes; model.keras {v.keras_bytes:,})",
+        f"{head} {kind} to {v.path} ({v.bytes:,} bytes; model.keras {v.keras_bytes:,})",
         f"verified on {v.images} {v.data} test images with its own runtime: {check}",
         f"  max abs diff {v.max_abs_diff:.3g}, top-1 agreement {v.top1_agreement:.1%}, "
         f"{v.ms_per_image:.3f} ms/image (Keras {v.keras_ms_per_image:.3f} ms/image, "
         f"batch of {v.images})",
-        "passed" if v.passed else "FAILED: the exported model does not match Keras",
+        "passed"
+        if v.passed
+        else f"FAILED: the exported model does not match Keras; nothing was written at {v.path}",
     ]

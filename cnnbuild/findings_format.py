@@ -17,10 +17,11 @@ _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 def text_lines(findings: list[Finding], color: bool = False) -> list[str]:
     """``FILE:LINE:COL: severity: message [RULE]``, with rich markup when ``color``."""
-    if not color:
-        return [f.format() for f in findings]
-    from rich.markup import escape
+    from cnnbuild.escape import rich as escape
+    from cnnbuild.escape import terminal
 
+    if not color:
+        return [terminal(f.format()) for f in findings]
     out = []
     for f in findings:
         where = f"{f.path}: " if f.path else ""

@@ -326,29 +326,43 @@ def predict(
 
 
 def csv_lines(result: PredictResult) -> list[str]:
-    """``file,rank,index,class,probability`` rows (RFC 4180 quoting)."""
+    """``file,rank,index,class,probability`` rows (RFC 4180 quoting), one string per row.
+
+    File and class names go through :func:`cnnbuild.escape.csv_cell`: control characters
+    and line separators shown as escapes, a leading ``= + - @`` neutralised with ``'``.
+    """
     import csv
     import io
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["file", "rank", "index", "class", "probability"])
+    from cnnbuild.escape import csv_cell
+
+    rows = [["file", "rank", "index", "class", "probability"]]
     for p in result.predictions:
         for rank, (i, name, prob) in enumerate(p.top, 1):
-            writer.writerow([p.file, rank, i, name, f"{prob:.6f}"])
-    return buf.getvalue().splitlines()
+            rows.append([csv_cell(p.file), str(rank), str(i), csv_cell(name), f"{prob:.6f}"])
+    lines = []
+    for row in rows:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="").writerow(row)
+        lines.append(buf.getvalue())
+    return lines
 
 
 def table(result: PredictResult) -> Any:
-    """A rich table: one row per file, its top classes with probabilities."""
+    """A rich table: one row per file, its top classes with probabilities (every name shown
+    through :func:`cnnbuild.escape.terminal`)."""
     from rich.table import Table
     from rich.text import Text
 
+    from cnnbuild.escape import terminal
+
     k = max((len(p.top) for p in result.predictions), default=0)
-    tab = Table(title=Text(f"{result.model}: top {k}" if k else result.model))
+    model = terminal(result.model)
+    tab = Table(title=Text(f"{model}: top {k}" if k else model))
     tab.add_column("file")
     for rank in range(1, k + 1):
         tab.add_column(f"#{rank}")
     for p in result.predictions:
-        tab.add_row(Text(p.file), *(Text(f"{name} {prob:.1%}") for _, name, prob in p.top))
+        cells = (Text(f"{terminal(name)} {prob:.1%}") for _, name, prob in p.top)
+        tab.add_row(Text(terminal(p.file)), *cells)
     return tab

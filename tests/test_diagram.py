@@ -110,3 +110,31 @@ def test_plot_usage_errors(cli, tmp_path):
     result = cli("plot", config, "-o", tmp_path / "m.svg", "--engine", "dot")
     assert result.exit_code == 2
     assert "ending in .dot" in result.stderr
+
+
+@pytest.mark.parametrize(("size", "readonly"), [("4k", False), ("1m", True)])
+def test_full_or_read_only_disk_is_a_message(tmp_path, cli, size, readonly):
+    from tests.test_oserrors import _tmpfs
+
+    with _tmpfs(tmp_path / "disk", size, readonly=readonly) as disk:
+        out = disk / "run" / "model.png"
+        result = cli("plot", CONFIGS / "shapes_demo.yaml", "-o", out, "--engine", "matplotlib")
+        assert result.exit_code == 1, result.output
+        reason = "Read-only file system" if readonly else "No space left on device"
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0] and str(disk / "run") in lines[0], lines
+        assert list((disk / "run").iterdir()) == []
+
+
+def test_dot_text_escapes_names(write):
+    """validate refuses such names; a name from elsewhere (an imported model) is escaped."""
+    config = write(
+        """
+        name: tiny
+        input: [8, 8, 3]
+        layers: [Flatten, {Dense: {units: 2}}]
+        """
+    )
+    cfg = load_config(config)
+    cfg.name = 'say "hi" \\'
+    assert dot_text(cfg).splitlines()[0] == 'digraph "say \\"hi\\" \\\\" {'

@@ -171,3 +171,197 @@ def test_usage_errors(demo_run, cli, tmp_path):
     result = cli("export", bare, "--format", "onnx", "--data", f"npz:{tmp_path / 'small.npz'}")
     assert result.exit_code == 1
     assert "has images of shape (28, 28, 3) but the model takes (32, 32, 3)" in result.stderr
+
+
+# -- the inference function (issue 18) and placement (issue 17) --------------------------
+
+FLOWERS = """
+name: tiny_flowers
+input: [16, 16, 3]
+layers:
+  - RandomFlip: {mode: horizontal}
+  - RandomRotation: {factor: 0.1}
+  - RandomZoom: {height_factor: 0.1}
+  - Rescaling: {scale: 0.00392156862745098}
+  - Conv2D: {filters: 8, kernel_size: 3, padding: same, activation: relu}
+  - MaxPooling2D: {pool_size: 2}
+  - Conv2D: {filters: 8, kernel_size: 3, padding: same, activation: relu}
+  - Dropout: {rate: 0.3}
+  - Flatten
+  - Dense: {units: 3}
+compile: {optimizer: adam, loss: sparse_categorical_crossentropy, from_logits: true}
+train: {dataset: {npz: DATA}, epochs: 1, batch_size: 16, validation_split: 0, seed: 3}
+"""
+
+
+@pytest.fixture(scope="module")
+def flowers_run(tmp_path_factory):
+    """The TF flowers tutorial's pattern (augmentation, Rescaling, convs, Dropout, Dense)
+    trained one epoch on 48 random 16x16 images: a real run directory."""
+    root = tmp_path_factory.mktemp("flowers")
+    rng = np.random.default_rng(0)
+    np.savez(
+        root / "data.npz",
+        x_train=rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
+        y_train=np.arange(48) % 3,
+        x_test=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+        y_test=np.arange(16) % 3,
+    )
+    config = root / "flowers.yaml"
+    config.write_text(FLOWERS.replace("DATA", str(root / "data.npz")), encoding="utf-8")
+    result = run_cli("train", config, "--out", root / "run", "--no-mixed-precision")
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def _runtime(fmt: str, path, x: np.ndarray) -> np.ndarray:
+    """The artefact run by its own runtime: TF's SavedModel loader, onnxruntime, LiteRT."""
+    if fmt == "saved_model":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(path))
+        return loaded.serve(tf.constant(x)).numpy()
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+@pytest.mark.parametrize("fmt", ["saved_model", "onnx", "litert"])
+def test_augmenting_model_exports_its_inference_function(flowers_run, tmp_path, fmt):
+    import keras
+
+    out = tmp_path / {"saved_model": "sm", "onnx": "m.onnx", "litert": "m.tflite"}[fmt]
+    result = run_cli("export", flowers_run, "--format", fmt, "-o", out, "--images", 16, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["written"] and report["path"] == str(out)
+    if fmt == "onnx":
+        import onnx
+
+        ops = {node.op_type for node in onnx.load(out).graph.node}
+        assert not {op for op in ops if "Random" in op}, ops
+    x = np.random.default_rng(1).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+    model = keras.saving.load_model(flowers_run / "model.keras", compile=False)
+    want = np.asarray(model(x, training=False))
+    first, second = _runtime(fmt, out, x), _runtime(fmt, out, x)
+    np.testing.assert_array_equal(first, second)  # no augmentation at inference
+    np.testing.assert_allclose(first, want, atol=FLOAT_TOLERANCE * max(1, np.abs(want).max()))
+    assert not np.allclose(want, np.asarray(model(x, training=True)))  # augmentation is real
+
+
+def _listing(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes()) for p in folder.rglob("*")
+                  if p.is_file())  # fmt: skip
+
+
+def test_export_never_replaces_what_it_did_not_write(flowers_run, tmp_path, cli):
+    thesis = tmp_path / "v"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("\\documentclass{article}")
+    run_before = _listing(flowers_run)
+    for args in (["-o", thesis], ["-o", thesis, "--force"], ["-o", flowers_run, "--force"]):
+        result = cli("export", flowers_run, "--format", "saved_model", *args, "--images", 4)
+        assert result.exit_code == 2, result.output
+        assert "export never deletes or moves what it did not write" in result.stderr
+    assert (thesis / "thesis.tex").read_text() == "\\documentclass{article}"
+    assert sorted(p.name for p in thesis.iterdir()) == ["thesis.tex"]
+    assert _listing(flowers_run) == run_before
+    mine = tmp_path / "mine.onnx"
+    mine.write_text("my own file")
+    result = cli("export", flowers_run, "--format", "onnx", "-o", mine, "--images", 4)
+    assert result.exit_code == 2 and "give --force to replace it" in result.stderr
+    assert mine.read_text() == "my own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.onnx", "v"]  # no .old, no temp
+
+
+def test_force_replaces_an_earlier_export_but_not_a_file_added_to_it(flowers_run, tmp_path, cli):
+    out = tmp_path / "sm"
+    assert cli("export", flowers_run, "-f", "saved_model", "-o", out, "--images", 4).exit_code == 0
+    result = cli("export", flowers_run, "-f", "saved_model", "-o", out, "--images", 4)
+    assert result.exit_code == 2 and "give --force" in result.stderr
+    result = cli("export", flowers_run, "-f", "saved_model", "-o", out, "--images", 4, "--force")
+    assert result.exit_code == 0, result.output
+    assert (out / "cnnbuild_export.json").is_file() and (out / "saved_model.pb").is_file()
+    (out / "notes.txt").write_text("mine")
+    result = cli("export", flowers_run, "-f", "saved_model", "-o", out, "--images", 4, "--force")
+    assert result.exit_code == 2 and "not an earlier export" in result.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
+
+
+def test_failed_verification_leaves_nothing_at_the_final_path(
+    flowers_run, tmp_path, cli, monkeypatch
+):
+    import cnnbuild.export
+
+    monkeypatch.setattr(cnnbuild.export, "FLOAT_TOLERANCE", -1.0)  # no output can pass
+    for fmt, name in (("onnx", "m.onnx"), ("saved_model", "sm")):
+        result = cli("export", flowers_run, "--format", fmt, "-o", tmp_path / name, "--images", 4)
+        assert result.exit_code == 1, result.output
+        assert "FAILED: the exported model does not match Keras; nothing was written at " in (
+            result.stdout
+        )
+    assert list(tmp_path.iterdir()) == []  # neither the artefact nor its temp folder
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("onnx", "m.onnx"), ("saved_model", "sm")])
+def test_sigkill_during_export_leaves_the_previous_artefact(flowers_run, tmp_path, cli, fmt, name):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / name
+    assert cli("export", flowers_run, "-f", fmt, "-o", out, "--images", 4).exit_code == 0
+    before = _listing(out) if out.is_dir() else out.read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnbuild", "export", str(flowers_run), "-f", fmt, "-o",
+         str(out), "--images", "4", "--force"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}.tmp-")]:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the conversion
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed mid-export, not after it
+    assert (_listing(out) if out.is_dir() else out.read_bytes()) == before
+
+
+def test_output_under_a_file_or_onto_a_folder_is_a_message(flowers_run, tmp_path, cli):
+    (tmp_path / "file").write_text("x")
+    result = cli("export", flowers_run, "-f", "onnx", "-o", tmp_path / "file" / "x.onnx")
+    assert result.exit_code == 1, result.output
+    assert f"{tmp_path / 'file'}: Not a directory; it is a file, not a folder" in result.stderr
+    (tmp_path / "dir.onnx").mkdir()
+    result = cli("export", flowers_run, "-f", "onnx", "-o", tmp_path / "dir.onnx")
+    assert result.exit_code == 1, result.output
+    assert f"{tmp_path / 'dir.onnx'}: Is a directory; it is a folder" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("fmt", "size", "readonly"), [("onnx", "4k", False),
+                         ("saved_model", "24k", False), ("litert", "1m", True)])  # fmt: skip
+def test_full_or_read_only_disk_is_a_message(flowers_run, tmp_path, cli, fmt, size, readonly):
+    from tests.test_oserrors import _tmpfs
+
+    with _tmpfs(tmp_path / "disk", size, readonly=readonly) as disk:
+        out = disk / "run" / {"onnx": "m.onnx", "saved_model": "sm", "litert": "m.tflite"}[fmt]
+        result = cli("export", flowers_run, "-f", fmt, "-o", out, "--images", 4)
+        assert result.exit_code == 1, result.output
+        reason = "Read-only file system" if readonly else "No space left on device"
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0] and str(disk / "run") in lines[0], lines
+        assert list((disk / "run").iterdir()) == []

@@ -226,5 +226,113 @@ def test_trace_grads_with_trained_weights_and_dataset_batch(demo_run):
     assert fresh["grads"]["data"] == "training images of shapes"
     assert trained["grads"]["value"] < fresh["grads"]["value"] / 10  # it learned the batch
     wrong = _run("trace", CONFIGS / "seed_shape_watch.yaml", "--grads", "--weights", demo_run)
-    assert wrong.exit_code == 2
+    assert wrong.exit_code == 1  # a model that does not fit is a bad input, as elsewhere
     assert "its weights do not fit" in wrong.stderr
+
+
+# -- a run directory someone else wrote (issue 17) ---------------------------------------
+
+TINY_RUN = """
+name: tiny_report
+input: [16, 16, 3]
+layers:
+  - Conv2D: {filters: 4, kernel_size: 3, padding: same, activation: relu}
+  - MaxPooling2D: {pool_size: 2}
+  - Conv2D: {filters: 4, kernel_size: 3, padding: same, activation: relu}
+  - GlobalAveragePooling2D
+  - Dense: {units: 3, activation: softmax}
+compile: {optimizer: adam, loss: sparse_categorical_crossentropy}
+train: {dataset: {npz: DATA}, epochs: 1, batch_size: 16, validation_split: 0, seed: 2}
+"""
+LIVE = "document.body.setAttribute('data-pwned','yes')"
+HOSTILE = f'<svg onload="{LIVE}"><script>{LIVE}</script>'
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    np.savez(
+        root / "data.npz",
+        x_train=rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
+        y_train=np.arange(48) % 3,
+        x_test=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8),
+        y_test=np.arange(12) % 3,
+    )
+    config = root / "tiny.yaml"
+    config.write_text(TINY_RUN.replace("DATA", str(root / "data.npz")), encoding="utf-8")
+    result = _run("train", config, "--out", root / "run")
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def _tamper(run: Path, outside: Path) -> None:
+    grads = json.loads((run / "gradients.json").read_text())
+    layers = grads["layers"]
+    grads["layers"] = [HOSTILE + name for name in layers]
+    grads["batch"] = HOSTILE
+    grads["objective"] = HOSTILE
+    for epoch in grads["epochs"]:
+        epoch["layers"] = {HOSTILE + k: v for k, v in epoch["layers"].items()}
+        for entry in epoch["layers"].values():
+            entry["weight_grad_norms"] = {HOSTILE: 1.0, "kernel": HOSTILE}
+            entry["output_grad_norm"] = HOSTILE
+            entry["dead_fraction"] = HOSTILE
+    bad_epoch = dict(grads["epochs"][0], epoch=HOSTILE)
+    grads["epochs"].append(bad_epoch)
+    grads["warnings"] = [{"epoch": HOSTILE, "kind": "x", "text": HOSTILE}]
+    (run / "gradients.json").write_text(json.dumps(grads))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.update(dataset=HOSTILE, device_name=HOSTILE, status=HOSTILE, epochs=HOSTILE)
+    metrics["test_accuracy"] = HOSTILE
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "curves.png").unlink()
+    (run / "curves.png").symlink_to(outside)
+
+
+def test_tampered_run_gives_a_report_with_no_live_markup(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.full((8, 8, 3), 7, dtype=np.uint8)).save(secret)
+    _tamper(run, secret)
+    result = _run("report", run)
+    assert result.exit_code == 0, result.output
+    text = (run / "report.html").read_text()
+    assert "<svg" not in text and "<script" not in text
+    assert "&lt;svg onload=" in text and "&lt;script&gt;" in text
+    assert "not a number: " in text  # the epoch, batch and norms are shown as text
+    assert "curves.png skipped" in text
+    assert base64.b64encode(secret.read_bytes()).decode() not in text
+    assert "<h2>Confusion matrix</h2>" in text and "<h2>Gradient flow</h2>" in text
+    dom = _chromium("--virtual-time-budget=3000", "--dump-dom", (run / "report.html").as_uri(),
+                    cwd=tmp_path)  # fmt: skip
+    assert "<h1>tiny_report</h1>" in dom.stdout, dom.stderr[-2000:]
+    assert "data-pwned" not in dom.stdout.replace("setAttribute('data-pwned'", "")
+    assert "<svg" not in dom.stdout and "<script" not in dom.stdout
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_report_on_a_full_or_read_only_disk_is_a_message(tiny_run, tmp_path, fault):
+    from tests.test_oserrors import _tmpfs
+
+    with _tmpfs(tmp_path / "disk", "4m") as disk:
+        run = disk / "run" / "copy"
+        shutil.copytree(tiny_run, run)
+        (run / "report.html").unlink()
+        if fault == "full":
+            with open(disk / "filler", "wb", buffering=0) as filler:
+                try:
+                    while True:
+                        filler.write(b"\0" * 4096)
+                except OSError:
+                    pass
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        result = _run("report", run)
+        assert result.exit_code == 1, result.output
+        reason = "No space left on device" if fault == "full" else "Read-only file system"
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0] and str(run) in lines[0], lines
+        assert not (run / "report.html").exists()
+        assert not [p.name for p in run.iterdir() if p.name.startswith(".report.html")]

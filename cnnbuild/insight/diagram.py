@@ -10,10 +10,12 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cnnbuild.config import INPUT, ModelConfig
 from cnnbuild.errors import UsageError, shape_str
-from cnnbuild.io import write_text
+from cnnbuild.escape import dot, mathtext
+from cnnbuild.io import os_errors, write_text
 from cnnbuild.trace import trace
 
 ENGINES = ("auto", "keras", "matplotlib", "dot")
@@ -54,7 +56,7 @@ def boxes(cfg: ModelConfig) -> list[Box]:
 
 
 def _dot_id(name: str) -> str:
-    return '"' + name.replace('"', '\\"') + '"'
+    return f'"{dot(name)}"'
 
 
 def dot_text(cfg: ModelConfig) -> str:
@@ -75,14 +77,14 @@ def dot_text(cfg: ModelConfig) -> str:
 
     def emit(node: dict, indent: str) -> None:
         for box in node.get("", []):
-            label = f"{box.name}\\n{box.kind}  {box.shape}"
+            label = f"{dot(box.name)}\\n{dot(box.kind)}  {box.shape}"
             lines.append(f'{indent}{_dot_id(box.name)} [label="{label}"];')
         for key, child in node.items():
             if key == "":
                 continue
             counter[0] += 1
             lines.append(f"{indent}subgraph cluster_{counter[0]} {{")
-            lines.append(f'{indent}  label="{key}"; style=dashed; color="#888888";')
+            lines.append(f'{indent}  label="{dot(key)}"; style=dashed; color="#888888";')
             emit(child, indent + "  ")
             lines.append(f"{indent}}}")
 
@@ -94,8 +96,71 @@ def dot_text(cfg: ModelConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+DX, DY, BW, BH = 3.4, 1.0, 2.6, 0.62  # spacing and box size, in axis units
+
+
+def _center(box: Box) -> tuple[float, float]:
+    return box.x * DX, -box.level * DY
+
+
+def _frames(ax: Any, items: list[Box]) -> None:
+    """A dashed frame around each block's layers, labelled with the block's name."""
+    from matplotlib.patches import FancyBboxPatch
+
+    scopes: dict[tuple[str, ...], list[Box]] = {}
+    for box in items:
+        for k in range(1, len(box.scope) + 1):
+            scopes.setdefault(box.scope[:k], []).append(box)
+    deepest = max((len(s) for s in scopes), default=0)
+    for scope, members in scopes.items():
+        pad = 0.06 * (deepest - len(scope) + 1)
+        xs = [_center(b)[0] for b in members]
+        ys = [_center(b)[1] for b in members]
+        left, right = min(xs) - BW / 2 - pad, max(xs) + BW / 2 + pad
+        bottom, top = min(ys) - BH / 2 - pad, max(ys) + BH / 2 + pad
+        frame = FancyBboxPatch(
+            (left, bottom), right - left, top - bottom, boxstyle="round,pad=0.02",
+            fill=False, ls="--", lw=0.8, ec="#888888",
+        )  # fmt: skip
+        ax.add_patch(frame)
+        ax.text(left + 0.05, top - 0.02, mathtext(scope[-1]), fontsize=6, color="#555555", va="top")
+
+
+def _layers(ax: Any, items: list[Box]) -> None:
+    """Each layer as a box with its name, kind and shape, and an arrow from each input."""
+    from matplotlib.patches import FancyBboxPatch
+
+    at = {b.name: b for b in items}
+    side = 0
+    arrow = {"arrowstyle": "->", "lw": 0.8, "color": "#444444"}
+    for box in items:
+        x, y = _center(box)
+        for src in box.inputs:
+            sx, sy = _center(at[src])
+            if box.level - at[src].level > 1 and sx == x:
+                # a skip connection: around the column, on the right
+                side += 1
+                off = x + BW / 2 + 0.25 + 0.12 * (side % 3)
+                ax.plot([sx + BW / 2, off, off], [sy, sy, y], lw=0.8, color="#aa4444")
+                skip = {**arrow, "color": "#aa4444"}
+                ax.annotate("", xy=(x + BW / 2, y), xytext=(off, y), arrowprops=skip)
+                continue
+            ax.annotate("", xy=(x, y + BH / 2), xytext=(sx, sy - BH / 2), arrowprops=arrow)
+        fill = "#eef4fb" if box.name != INPUT else "#fff4e0"
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - BW / 2, y - BH / 2), BW, BH, boxstyle="round,pad=0.02",
+                fc=fill, ec="#33557a", lw=0.8,
+            )
+        )  # fmt: skip
+        ax.text(x, y + 0.1, mathtext(box.name), ha="center", va="center", fontsize=7, weight="bold")
+        label = f"{mathtext(box.kind)}  {box.shape}"
+        ax.text(x, y - 0.15, label, ha="center", va="center", fontsize=6.5)
+
+
 def draw_matplotlib(cfg: ModelConfig, output: Path) -> None:
-    """Draw the graph with matplotlib (no system binary, no TensorFlow)."""
+    """Draw the graph with matplotlib (no system binary, no TensorFlow); names are text,
+    never mathtext."""
     try:
         import matplotlib
     except ImportError:
@@ -105,81 +170,19 @@ def draw_matplotlib(cfg: ModelConfig, output: Path) -> None:
         ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
 
     from cnnbuild.io import save_figure
 
     items = boxes(cfg)
-    at = {b.name: b for b in items}
     levels = max(b.level for b in items) + 1
     width = max(sum(1 for b in items if b.level == lv) for lv in range(levels))
-    dx, dy, bw, bh = 3.4, 1.0, 2.6, 0.62
-    fig_w, fig_h = 1.5 + width * dx * 0.9, 0.6 + levels * dy * 0.62
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
-    ax.set_xlim(-width * dx / 2 - 0.2, width * dx / 2 + 0.5)
-    ax.set_ylim(-levels * dy, 0.6)
+    fig, ax = plt.subplots(figsize=(1.5 + width * DX * 0.9, 0.6 + levels * DY * 0.62))
+    ax.set_xlim(-width * DX / 2 - 0.2, width * DX / 2 + 0.5)
+    ax.set_ylim(-levels * DY, 0.6)
     ax.axis("off")
-
-    def center(box: Box) -> tuple[float, float]:
-        return box.x * dx, -box.level * dy
-
-    scopes: dict[tuple[str, ...], list[Box]] = {}
-    for box in items:
-        for k in range(1, len(box.scope) + 1):
-            scopes.setdefault(box.scope[:k], []).append(box)
-    deepest = max((len(s) for s in scopes), default=0)
-    for scope, members in scopes.items():
-        pad = 0.06 * (deepest - len(scope) + 1)
-        xs = [center(b)[0] for b in members]
-        ys = [center(b)[1] for b in members]
-        left, right = min(xs) - bw / 2 - pad, max(xs) + bw / 2 + pad
-        bottom, top = min(ys) - bh / 2 - pad, max(ys) + bh / 2 + pad
-        ax.add_patch(
-            FancyBboxPatch(
-                (left, bottom),
-                right - left,
-                top - bottom,
-                boxstyle="round,pad=0.02",
-                fill=False,
-                ls="--",
-                lw=0.8,
-                ec="#888888",
-            )
-        )
-        ax.text(left + 0.05, top - 0.02, scope[-1], fontsize=6, color="#555555", va="top")
-    side = 0
-    for box in items:
-        x, y = center(box)
-        for src in box.inputs:
-            sx, sy = center(at[src])
-            arrow = {"arrowstyle": "->", "lw": 0.8, "color": "#444444"}
-            if box.level - at[src].level > 1 and sx == x:
-                # a skip connection: around the column, on the right
-                side += 1
-                off = x + bw / 2 + 0.25 + 0.12 * (side % 3)
-                ax.plot([sx + bw / 2, off, off], [sy, sy, y], lw=0.8, color="#aa4444")
-                ax.annotate(
-                    "",
-                    xy=(x + bw / 2, y),
-                    xytext=(off, y),
-                    arrowprops={**arrow, "color": "#aa4444"},
-                )
-                continue
-            ax.annotate("", xy=(x, y + bh / 2), xytext=(sx, sy - bh / 2), arrowprops=arrow)
-        ax.add_patch(
-            FancyBboxPatch(
-                (x - bw / 2, y - bh / 2),
-                bw,
-                bh,
-                boxstyle="round,pad=0.02",
-                fc="#eef4fb" if box.name != INPUT else "#fff4e0",
-                ec="#33557a",
-                lw=0.8,
-            )
-        )
-        ax.text(x, y + 0.1, box.name, ha="center", va="center", fontsize=7, weight="bold")
-        ax.text(x, y - 0.15, f"{box.kind}  {box.shape}", ha="center", va="center", fontsize=6.5)
-    ax.set_title(cfg.name, fontsize=10)
+    _frames(ax, items)
+    _layers(ax, items)
+    ax.set_title(mathtext(cfg.name), fontsize=10)
     save_figure(fig, output)
     plt.close(fig)
 
@@ -203,6 +206,7 @@ def plot(cfg: ModelConfig, output: Path, engine: str = "auto", verbose: bool = F
 
     Raises:
         UsageError: an unknown engine or suffix, or ``keras`` without Graphviz.
+        WriteError: ``output`` cannot be written (disk full, read-only, under a file).
     """
     if engine not in ENGINES:
         raise UsageError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
@@ -211,7 +215,8 @@ def plot(cfg: ModelConfig, output: Path, engine: str = "auto", verbose: bool = F
     if engine == "dot" or suffix == ".dot":
         if suffix != ".dot":
             raise UsageError("--engine dot writes DOT text; give an --output ending in .dot")
-        write_text(output, dot_text(cfg))
+        with os_errors(output):
+            write_text(output, dot_text(cfg))
         return (
             f"wrote {output} (Graphviz DOT text); render it with: "
             f"dot -Tsvg {output} -o {output.with_suffix('.svg')}"
@@ -233,19 +238,21 @@ def plot(cfg: ModelConfig, output: Path, engine: str = "auto", verbose: bool = F
 
         keras = keras_module(verbose)
         model = build_model(cfg, compile=False)
-        atomic_write(
-            output,
-            lambda tmp: keras.utils.plot_model(
-                model,
-                to_file=tmp,
-                show_shapes=True,
-                show_layer_names=True,
-                show_layer_activations=True,
-                dpi=72,
-            ),
-            suffix=Path(output).suffix,
-        )
+        with os_errors(output):
+            atomic_write(
+                output,
+                lambda tmp: keras.utils.plot_model(
+                    model,
+                    to_file=tmp,
+                    show_shapes=True,
+                    show_layer_names=True,
+                    show_layer_activations=True,
+                    dpi=72,
+                ),
+                suffix=Path(output).suffix,
+            )
         return f"wrote {output} with Keras' plot_model (Graphviz)"
-    draw_matplotlib(cfg, output)
+    with os_errors(output):
+        draw_matplotlib(cfg, output)
     why = f" ({missing}; install Graphviz and pydot for Keras' plot_model)" if missing else ""
     return f"wrote {output} with matplotlib from the static trace{why}"

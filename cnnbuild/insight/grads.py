@@ -378,7 +378,8 @@ def trace_grads(
         "layers": {name: LayerGrads}}``.
 
     Raises:
-        UsageError: ``weights`` is not a run directory or a model of this config.
+        UsageError: ``weights`` is not a run directory or a .keras file.
+        CnnbuildError: its model does not load or does not fit this config.
     """
     from pathlib import Path
 
@@ -421,16 +422,16 @@ def copy_weights(model: Any, path: Any, what: str, config: Any) -> None:
     """Give ``model`` the weights of the saved model at ``path``, layer by layer by name.
 
     Raises:
-        UsageError: the file does not load, or its weighted layers are not the model's
-            (names and weight shapes).
+        CnnbuildError: the file does not load, or its weighted layers are not the model's
+            (names and weight shapes): exit 1, as for any bad model.
     """
-    from cnnbuild.errors import UsageError
+    from cnnbuild.errors import CnnbuildError
     from cnnbuild.predict import load_keras_model
 
     try:
         saved = load_keras_model(path)
     except Exception as exc:  # a CnnbuildError with Keras' reason
-        raise UsageError(f"{what}: {getattr(exc, 'message', exc)}") from None
+        raise CnnbuildError(f"{what}: {getattr(exc, 'message', exc)}") from None
     ours = {layer.name: layer for layer in model.layers if layer.weights}
     theirs = {layer.name: layer for layer in saved.layers if layer.weights}
     problems = sorted(set(ours) ^ set(theirs))
@@ -439,7 +440,7 @@ def copy_weights(model: Any, path: Any, what: str, config: Any) -> None:
         if mine != [tuple(w.shape) for w in theirs[name].weights]:
             problems.append(name)
     if problems:
-        raise UsageError(
+        raise CnnbuildError(
             f"{what}: its weights do not fit {config} (layers that differ: "
             f"{', '.join(problems[:8])}{', ...' if len(problems) > 8 else ''})"
         )

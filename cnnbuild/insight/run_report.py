@@ -4,25 +4,38 @@ inline CSS, no JavaScript, nothing fetched from the network).
 It holds the config, the summary table, the curves, the confusion matrix, the gradient
 flow per layer over the epochs, feature maps and Grad-CAM for a few test images, and the
 test images the model got wrong with the most confidence.
+
+A run directory may come from someone else, so everything read from it is untrusted:
+
+- the page is rendered by Jinja2 with autoescape on: every value is text, never markup;
+- numbers from ``gradients.json`` and ``metrics.json`` are checked as numbers (anything
+  else is shown as text, and left out of the chart);
+- images are read only as regular PNG files directly inside the run directory, opened
+  without following a symbolic link (a symlinked ``curves.png`` is skipped with a note).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
+import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnnbuild.errors import UsageError
-from cnnbuild.io import write_text
+from cnnbuild.escape import mathtext
+from cnnbuild.io import os_errors, write_text
 
 REPORT = "report.html"
 EXAMPLES = 4
 MISTAKES = 8
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
@@ -37,98 +50,224 @@ border-radius:4px}.card p{margin:.3em 0;font-size:.9em}.warn{color:#a50}
 """
 
 
-def png_uri(array_or_path: Any) -> str:
-    """A ``data:`` URI of a PNG file or of an image array (uint8)."""
-    if isinstance(array_or_path, Path):
-        blob = array_or_path.read_bytes()
-    else:
-        from PIL import Image
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{{ name }}: cnnbuild run report</title><style>{{ style }}</style></head><body>
+<h1>{{ name }}</h1>
+<p class="muted">{{ headline }}</p>
+<h2>Config</h2><pre>{{ config_text }}</pre>
+<h2>Summary</h2>
+<table><tr><th>Layer</th><th>Type</th><th>Output shape</th><th>Params</th><th>MACs</th></tr>
+{% for row in summary.rows %}<tr><td>{{ row.name }}</td><td>{{ row.type }}</td>
+<td>{{ row.shape }}</td><td class="n">{{ row.params }}</td><td class="n">{{ row.macs }}</td></tr>
+{% endfor %}<tr><th>Total</th><th></th><th></th><th class="n">{{ summary.params }}</th>
+<th class="n">{{ summary.macs }}</th></tr></table>
+{% for figure in figures %}<h2>{{ figure.title }}</h2>
+{% if figure.uri %}<img src="{{ figure.uri }}" alt="{{ figure.title }}">
+{% else %}<p class="muted">{{ figure.note }}</p>{% endif %}
+{% endfor %}<h2>Gradient flow</h2>
+{% if flow is none %}<p class="muted">no gradients.json in this run</p>
+{% else %}{% if flow.uri %}<img src="{{ flow.uri }}" alt="gradient norms per layer over the epochs">
+{% endif %}{% for w in flow.warnings %}
+<p class="warn">warning (epoch {{ w.epoch }}): {{ w.text }}</p>
+{% endfor %}<p>Epoch {{ flow.epoch }}, on a fixed batch of {{ flow.batch }} training images
+({{ flow.objective }}).</p>
+<table><tr><th>Layer</th><th>|dL/d out|</th><th>weight gradient norms</th>
+<th>dead ReLU units</th></tr>
+{% for row in flow.rows %}<tr><td>{{ row.name }}</td><td class="n">{{ row.out }}</td>
+<td>{{ row.weights }}</td><td class="n">{{ row.dead }}</td></tr>
+{% endfor %}</table>{% endif %}
+{% if examples %}<h2>Feature maps and Grad-CAM</h2><p>Feature maps of {{ examples.first }};
+heat map of {{ examples.last }} for the predicted class (HiResCAM: gradient times activation
+at each position, the element-wise form of Grad-CAM).</p>
+{% for card in examples.cards %}<div class="cards"><div class="card">
+<img src="{{ card.image }}" alt="test image {{ card.index }}"><p>{{ card.caption }}</p></div>
+<div class="card"><img src="{{ card.cam }}" alt="Grad-CAM"><p>heat map (HiResCAM)</p></div>
+<div class="card"><img src="{{ card.maps }}" alt="feature maps"><p>{{ examples.first }}</p>
+</div></div>
+{% endfor %}{% endif %}<h2>Most confidently misclassified</h2>
+{% if not mistakes %}<p>no test image is misclassified</p>
+{% else %}<div class="cards">{% for card in mistakes %}<div class="card">
+<img src="{{ card.image }}" alt="{{ card.caption }}"><p>{{ card.caption }}</p></div>
+{% endfor %}</div>{% endif %}
+</body></html>
+"""
 
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(array_or_path, dtype=np.uint8)).save(buf, format="PNG")
-        blob = buf.getvalue()
+
+def _uri(blob: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(blob).decode("ascii")
 
 
-def _img(src: str, alt: str) -> str:
-    return f'<img src="{src}" alt="{html.escape(alt)}">'
+def png_uri(array: Any) -> str:
+    """A ``data:`` URI of an image array (uint8)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    return _uri(buf.getvalue())
+
+
+def read_regular(path: Path, limit: int) -> tuple[bytes | None, str]:
+    """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes, opened
+    with ``O_NOFOLLOW`` (a symbolic link is refused); else None and why it was skipped."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None, f"no {path.name} in this run"
+    except OSError as exc:
+        return None, f"{path.name} skipped: {exc.strerror} (only a regular file is read)"
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None, f"{path.name} skipped: not a regular file"
+        if info.st_size > limit:
+            return None, f"{path.name} skipped: {info.st_size:,} bytes (limit {limit:,})"
+        return handle.read(limit + 1), ""
+
+
+def run_png(run_dir: Path, name: str) -> tuple[str | None, str]:
+    """A PNG file of the run directory as a data URI, or None and why it was skipped.
+
+    Only a regular file directly inside ``run_dir`` is read (:func:`read_regular`: no
+    symbolic link, so no file outside the run ends up in the page), at most
+    :data:`MAX_IMAGE_BYTES`, and starting with the PNG signature.
+    """
+    blob, note = read_regular(run_dir / name, MAX_IMAGE_BYTES)
+    if blob is None:
+        return None, note
+    if not blob.startswith(PNG_MAGIC):
+        return None, f"{name} skipped: not a PNG file"
+    return _uri(blob), ""
 
 
 def _figure_uri(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _uri(buf.getvalue())
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a float when it is a JSON number (not a bool, not a string), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def shown(value: Any, spec: str = ".3g") -> str:
+    """A number formatted with ``spec``; anything else as its JSON text (escaped later)."""
+    x = number(value)
+    if x is None:
+        return "" if value is None else f"not a number: {json.dumps(value)[:80]}"
+    if spec == "d" and x.is_integer():
+        return f"{int(x)}"
+    return f"{x:{spec}}" if math.isfinite(x) else str(x)
+
+
+def _entries(grads: dict) -> tuple[list[str], list[dict]]:
+    """The layer names and the epoch records of ``gradients.json``, malformed parts dropped."""
+    names = [str(n) for n in grads.get("layers") or [] if isinstance(n, (str, int))]
+    epochs = [e for e in grads.get("epochs") or [] if isinstance(e, dict)]
+    for e in epochs:
+        if not isinstance(e.get("layers"), dict):
+            e["layers"] = {}
+    return names, epochs
+
+
+def _layer(epoch: dict, name: str) -> dict:
+    entry = epoch["layers"].get(name)
+    return entry if isinstance(entry, dict) else {}
 
 
 def flow_figure(grads: dict) -> str | None:
-    """Gradient norms per layer over the epochs (log scale), as a data URI."""
-    epochs = grads.get("epochs") or []
+    """Gradient norms per layer over the epochs (log scale), as a data URI; only numbers
+    are plotted, and layer names are text (no mathtext)."""
+    names, epochs = _entries(grads)
+    epochs = [e for e in epochs if number(e.get("epoch")) is not None]
     if not epochs:
         return None
     from cnnbuild.charts import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    xs = [e["epoch"] for e in epochs]
-    for name in grads["layers"]:
-        weights = [e["layers"].get(name, {}).get("weight_grad_norms", {}) for e in epochs]
+    xs = [number(e["epoch"]) for e in epochs]
+    for name in names:
+        label = mathtext(name)
+        weights = [_layer(e, name).get("weight_grad_norms") for e in epochs]
+        weights = [w if isinstance(w, dict) else {} for w in weights]
         if any(weights):
-            axes[0].plot(xs, [max(w.values(), default=np.nan) for w in weights], "-o", label=name)
-        outs = [e["layers"].get(name, {}).get("output_grad_norm", np.nan) for e in epochs]
-        axes[1].plot(xs, outs, "-o", label=name, markersize=3)
-    titles = ("largest weight-gradient norm per layer", "norm of dL/d(output) per layer")
-    for ax, title in zip(axes, titles, strict=True):
+            tops = [max((number(v) or np.nan for v in w.values()), default=np.nan) for w in weights]
+            axes[0].plot(xs, tops, "-o", label=label)
+        outs = [number(_layer(e, name).get("output_grad_norm")) for e in epochs]
+        axes[1].plot(xs, [np.nan if v is None else v for v in outs], "-o", label=label, ms=3)
+    for ax, title in zip(axes, ("largest weight-gradient norm per layer",
+                                "norm of dL/d(output) per layer"), strict=True):  # fmt: skip
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].axhline(grads["thresholds"]["vanishing"], color="red", ls=":", lw=1)
+    thresholds = grads.get("thresholds")
+    vanishing = number(thresholds.get("vanishing")) if isinstance(thresholds, dict) else None
+    if vanishing is not None and vanishing > 0:
+        axes[0].axhline(vanishing, color="red", ls=":", lw=1)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     uri = _figure_uri(fig)
     plt.close(fig)
     return uri
 
 
-def _summary_table(cfg: Any) -> str:
+def flow_context(grads: Any) -> dict | None:
+    """The gradient-flow section: the chart, warnings and the last epoch's table."""
+    if not isinstance(grads, dict):
+        return None
+    names, epochs = _entries(grads)
+    last = epochs[-1] if epochs else {"layers": {}}
+    rows = []
+    for name in names:
+        entry = _layer(last, name)
+        if not entry:
+            continue
+        norms = entry.get("weight_grad_norms")
+        norms = norms if isinstance(norms, dict) else {}
+        dead = entry.get("dead_fraction")
+        rows.append(
+            {
+                "name": name,
+                "out": shown(entry.get("output_grad_norm")),
+                "weights": ", ".join(f"{k} {shown(v)}" for k, v in norms.items()),
+                "dead": "" if dead is None else shown(dead, ".0%"),
+            }
+        )
+    warnings = [w for w in grads.get("warnings") or [] if isinstance(w, dict)]
+    return {
+        "uri": flow_figure(grads),
+        "warnings": [
+            {"epoch": shown(w.get("epoch"), "d"), "text": str(w.get("text", ""))} for w in warnings
+        ],  # fmt: skip
+        "epoch": shown(last.get("epoch"), "d"),
+        "batch": shown(grads.get("batch"), "d"),
+        "objective": str(grads.get("objective", "")),
+        "rows": rows,
+    }
+
+
+def _summary(cfg: Any) -> dict:
     from cnnbuild.errors import shape_str
     from cnnbuild.render import human
     from cnnbuild.trace import trace
 
     data = trace(cfg).to_dict()
-    rows = "".join(
-        f"<tr><td>{html.escape(layer['name'])}</td><td>{layer['type']}</td>"
-        f"<td>{shape_str(layer['output_shape']) if layer['output_shape'] else '?'}</td>"
-        f'<td class="n">{layer["params"]:,}</td><td class="n">{human(layer["macs"])}</td></tr>'
+    rows = [
+        {
+            "name": layer["name"],
+            "type": layer["type"],
+            "shape": shape_str(layer["output_shape"]) if layer["output_shape"] else "?",
+            "params": f"{layer['params']:,}",
+            "macs": human(layer["macs"]),
+        }
         for layer in data["layers"]
-    )
-    return (
-        "<table><tr><th>Layer</th><th>Type</th><th>Output shape</th><th>Params</th>"
-        f"<th>MACs</th></tr>{rows}<tr><th>Total</th><th></th><th></th>"
-        f'<th class="n">{data["total_params"]:,}</th><th class="n">{human(data["macs"])}</th>'
-        "</tr></table>"
-    )
-
-
-def _flow_table(grads: dict) -> str:
-    last = grads["epochs"][-1]
-    rows = []
-    for name in grads["layers"]:
-        entry = last["layers"].get(name)
-        if entry is None:
-            continue
-        weights = ", ".join(f"{k} {v:.3g}" for k, v in entry["weight_grad_norms"].items())
-        dead = "" if entry["dead_fraction"] is None else f"{entry['dead_fraction']:.0%}"
-        rows.append(
-            f'<tr><td>{html.escape(name)}</td><td class="n">{entry["output_grad_norm"]:.3g}</td>'
-            f'<td>{weights}</td><td class="n">{dead}</td></tr>'
-        )
-    return (
-        f"<p>Epoch {last['epoch']}, on a fixed batch of {grads['batch']} training images "
-        f"({html.escape(grads['objective'])}).</p><table><tr><th>Layer</th>"
-        "<th>|dL/d out|</th><th>weight gradient norms</th><th>dead ReLU units</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
+    ]
+    return {"rows": rows, "params": f"{data['total_params']:,}", "macs": human(data["macs"])}
 
 
 def _upscale(image: np.ndarray, size: int = 96) -> np.ndarray:
@@ -141,123 +280,104 @@ def _upscale(image: np.ndarray, size: int = 96) -> np.ndarray:
     return image.repeat(s, axis=0).repeat(s, axis=1)
 
 
-def _score(value: float | None) -> str:
+def _score(value: Any) -> str:
     """A test score, or "none" when the run had no test images."""
-    return "none" if value is None else f"{value:.4f}"
+    return "none" if value is None else shown(value, ".4f")
+
+
+def headline(metrics: dict, data: Any, n_test: int) -> str:
+    """The line under the title: scores, epochs, dataset, device and status."""
+    return (
+        f"test accuracy {_score(metrics.get('test_accuracy'))} · test loss "
+        f"{_score(metrics.get('test_loss'))} · {shown(metrics.get('epochs', '?'), 'd')} epochs"
+        f" · dataset {metrics.get('dataset', data.name)} · {n_test:,} test images · "
+        f"device {metrics.get('device_name', '?')} · status {metrics.get('status', '?')}"
+    )
+
+
+def examples(model: Any, x_test: np.ndarray, captions: list[str]) -> dict | None:
+    """Feature maps of the first convolution and Grad-CAM of the last, for a few images."""
+    from cnnbuild.insight.show import conv_layers, feature_grid, gradcam, overlay
+
+    convs = conv_layers(model)
+    if not convs or not len(x_test):
+        return None
+    from cnnbuild.builder import keras_module
+
+    keras = keras_module()
+    n = min(EXAMPLES, len(x_test))
+    first = keras.Model(model.input, convs[0].output)
+    maps = np.asarray(first(x_test[:n], training=False), dtype="float32")
+    cams, _, _ = gradcam(model, x_test[:n], convs[-1])
+    cards = [
+        {
+            "index": i,
+            "caption": f"test image {i}: {captions[i]}",
+            "image": png_uri(_upscale(x_test[i])),
+            "cam": png_uri(overlay(x_test[i].astype(np.uint8), cams[i])),
+            "maps": png_uri(feature_grid(maps[i])),
+        }
+        for i in range(n)
+    ]
+    return {"first": convs[0].name, "last": convs[-1].name, "cards": cards}
+
+
+def mistakes(x_test: np.ndarray, wrong: np.ndarray, captions: list[str]) -> list[dict]:
+    """The misclassified test images ``wrong`` (most confident first), as cards."""
+    return [
+        {"image": png_uri(_upscale(x_test[i])), "caption": f"#{i}: {captions[i]}"}
+        for i in wrong[:MISTAKES]
+    ]
 
 
 def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int = 256) -> str:
     """The page's HTML text (see the module docstring)."""
-    from cnnbuild.insight.show import (
-        Loaded,
-        conv_layers,
-        feature_grid,
-        gradcam,
-        overlay,
-        probabilities,
-    )
+    import jinja2
 
-    name = cfg.name
-    metrics = _read_json(run_dir / "metrics.json") or {}
-    grads = _read_json(run_dir / "gradients.json")
-    config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    names = list(data.class_names)
+    from cnnbuild.insight.show import Loaded, probabilities
     from cnnbuild.predict import outputs_are_probabilities
 
+    metrics = _read_json(run_dir / "metrics.json")
+    metrics = metrics if isinstance(metrics, dict) else {}
+    names = [str(n) for n in data.class_names]
     target = Loaded(model, cfg, names, run_dir, outputs_are_probabilities(model, cfg))
     x_test = np.asarray(data.x_test, dtype="float32")
+    probs = np.zeros((0, len(names)))
     if len(x_test):
         probs = probabilities(target, model.predict(x_test, batch_size=batch_size, verbose=0))
-    else:
-        probs = np.zeros((0, len(names)))
     predicted = probs.argmax(axis=1)
-    parts = [
-        f"<h1>{html.escape(name)}</h1>",
-        '<p class="muted">'
-        + html.escape(
-            f"test accuracy {_score(metrics.get('test_accuracy'))} · test loss "
-            f"{_score(metrics.get('test_loss'))} · {metrics.get('epochs', '?')} epochs"
-            f" · dataset {metrics.get('dataset', data.name)} · {len(x_test):,} test images · "
-            f"device {metrics.get('device_name', '?')} · status {metrics.get('status', '?')}"
-        )
-        + "</p>",
-        "<h2>Config</h2><pre>" + html.escape(config_text) + "</pre>",
-        "<h2>Summary</h2>" + _summary_table(cfg),
+    captions = [
+        f"true {names[t]}, predicted {names[p]} ({probs[i, p]:.2f})"
+        for i, (t, p) in enumerate(zip(data.y_test, predicted, strict=False))
     ]
-    for title, file in (("Curves", "curves.png"), ("Confusion matrix", "confusion.png")):
-        if (run_dir / file).is_file():
-            parts.append(f"<h2>{title}</h2>" + _img(png_uri(run_dir / file), title))
-    parts.append("<h2>Gradient flow</h2>")
-    uri = flow_figure(grads) if grads else None
-    if uri is None:
-        parts.append('<p class="muted">no gradients.json in this run</p>')
-    else:
-        parts.append(_img(uri, "gradient norms per layer over the epochs"))
-        parts += [
-            f'<p class="warn">warning (epoch {w["epoch"]}): {html.escape(w["text"])}</p>'
-            for w in grads.get("warnings", [])
-        ]
-        parts.append(_flow_table(grads))
-    convs = conv_layers(model)
-    if convs and len(x_test):
-        from cnnbuild.builder import keras_module
-
-        keras = keras_module()
-        n = min(EXAMPLES, len(x_test))
-        first = keras.Model(model.input, convs[0].output)
-        maps = np.asarray(first(x_test[:n], training=False), dtype="float32")
-        cams, _, _ = gradcam(model, x_test[:n], convs[-1])
-        parts.append(
-            f"<h2>Feature maps and Grad-CAM</h2><p>Feature maps of {convs[0].name}; heat map "
-            f"of {convs[-1].name} for the predicted class (HiResCAM: gradient times "
-            "activation at each position, the element-wise form of Grad-CAM).</p>"
-        )
-        for i in range(n):
-            caption = (
-                f"test image {i}: true {names[data.y_test[i]]}, predicted "
-                f"{names[predicted[i]]} ({probs[i, predicted[i]]:.2f})"
-            )
-            parts.append(
-                '<div class="cards"><div class="card">'
-                + _img(png_uri(_upscale(x_test[i])), f"test image {i}")
-                + f"<p>{html.escape(caption)}</p></div>"
-                + '<div class="card">'
-                + _img(png_uri(overlay(x_test[i].astype(np.uint8), cams[i])), "Grad-CAM")
-                + "<p>heat map (HiResCAM)</p></div>"
-                + '<div class="card">'
-                + _img(png_uri(feature_grid(maps[i])), "feature maps")
-                + f"<p>{convs[0].name}</p></div></div>"
-            )
-    parts.append("<h2>Most confidently misclassified</h2>")
     wrong = np.flatnonzero(predicted != data.y_test)
-    if not len(wrong):
-        parts.append("<p>no test image is misclassified</p>")
-    else:
-        order = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:MISTAKES]
-        cards = []
-        for i in order:
-            caption = (
-                f"#{i}: true {names[data.y_test[i]]}, predicted {names[predicted[i]]} "
-                f"({probs[i, predicted[i]]:.2f})"
-            )
-            cards.append(
-                '<div class="card">'
-                + _img(png_uri(_upscale(x_test[i])), caption)
-                + f"<p>{html.escape(caption)}</p></div>"
-            )
-        parts.append('<div class="cards">' + "".join(cards) + "</div>")
-    body = "\n".join(parts)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(name)}: cnnbuild run report</title><style>{STYLE}</style>"
-        f"</head><body>\n{body}\n</body></html>\n"
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")]
+    figures = []
+    for title, file in (("Curves", "curves.png"), ("Confusion matrix", "confusion.png")):
+        uri, note = run_png(run_dir, file)
+        if uri or "skipped" in note:
+            figures.append({"title": title, "uri": uri, "note": note})
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(TEMPLATE).render(
+        name=cfg.name,
+        style=STYLE,
+        headline=headline(metrics, data, len(x_test)),
+        config_text=(read_regular(run_dir / "config.yaml", MAX_IMAGE_BYTES)[0] or b"").decode(
+            "utf-8", "replace"
+        ),
+        summary=_summary(cfg),
+        figures=figures,
+        flow=flow_context(_read_json(run_dir / "gradients.json")),
+        examples=examples(model, x_test, captions),
+        mistakes=mistakes(x_test, wrong, captions),
     )
 
 
 def _read_json(path: Path) -> Any:
+    blob, _ = read_regular(path, MAX_IMAGE_BYTES)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return None if blob is None else json.loads(blob.decode("utf-8"))
+    except ValueError:
         return None
 
 
@@ -268,6 +388,7 @@ def write_report(
 
     Raises:
         UsageError: ``run_dir`` is not a run directory.
+        WriteError: the page cannot be written (disk full, read-only).
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "model.keras").is_file():
@@ -290,5 +411,7 @@ def write_report(
 
         data = load_data(cfg.input_shape, resolve_train(cfg, {}), quiet=True)
     path = run_dir / REPORT
-    write_text(path, build_html(run_dir, model, cfg, data))
+    text = build_html(run_dir, model, cfg, data)
+    with os_errors(path):
+        write_text(path, text)
     return path

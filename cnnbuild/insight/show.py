@@ -216,6 +216,21 @@ def save_png(array: np.ndarray, path: Path) -> None:
 # -- the command ------------------------------------------------------------------------
 
 
+def unique_stems(paths: list[Path]) -> list[str]:
+    """Each image's file stem for its PNGs; a stem already taken (``a/x.png`` and
+    ``b/x.png``) gets ``-2``, ``-3``... so no image's PNGs overwrite another's."""
+    taken: set[str] = set()
+    out = []
+    for path in paths:
+        stem, n = path.stem, 1
+        while stem in taken:
+            n += 1
+            stem = f"{path.stem}-{n}"
+        taken.add(stem)
+        out.append(stem)
+    return out
+
+
 def show(
     target: Path,
     images: list[Path],
@@ -271,19 +286,19 @@ def show(
     filters = out / "filters.png"
     save_png(filter_tiles(convs[0].kernel.numpy()), filters)
     report: dict[str, Any] = {"out_dir": str(out), "filters": str(filters), "images": []}
-    for path, x in zip(images, xs, strict=True):
+    for path, stem, x in zip(images, unique_stems(images), xs, strict=True):
         batch = x[None]
         maps = features(batch, training=False)
         maps = maps if isinstance(maps, (list, tuple)) else [maps]
         written = []
         for conv, m in zip(chosen, maps, strict=True):
-            file = out / f"{path.stem}-features-{conv.name}.png"
+            file = out / f"{stem}-features-{conv.name}.png"
             save_png(feature_grid(np.asarray(m, dtype="float32")[0]), file)
             written.append(str(file))
         cams, used, outputs = gradcam(
             t.model, batch, cam_layer, None if wanted is None else np.array([wanted]), cam
         )
-        cam_file = out / f"{path.stem}-gradcam.png"
+        cam_file = out / f"{stem}-gradcam.png"
         save_png(overlay(x.astype(np.uint8), cams[0]), cam_file)
         probs = probabilities(t, outputs)[0]
         order = np.argsort(-probs)[:top]

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from cnnbuild.catalog import ALIASES, REGISTRY
-from cnnbuild.config import INPUT_SCALING_MODES, TOP_KEYS
+from cnnbuild.config import INPUT_SCALING_MODES, NAME_RULE, TOP_KEYS
 from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
 from cnnbuild.schema.sections import BudgetConfig, CompileConfig, LintConfig, TrainConfig
@@ -166,7 +166,7 @@ def json_schema() -> dict:
     defs["layer"] = _layer_definition(layer_props)
     template = _template_schema(defs)
     props = {
-        "name": {"type": "string"},
+        "name": {"type": "string", "pattern": f"^{NAME_RULE.pattern}$"},
         "description": {"type": "string"},
         "input": {
             "type": "array",

@@ -222,8 +222,10 @@ def evaluate(
 def print_evaluation(console: Console, result: dict) -> None:
     from rich.table import Table
 
+    from cnnbuild.escape import rich
+
     console.print(
-        f"{result['model']} on {result['dataset']} ({result['test_images']:,} test "
+        f"{rich(result['model'])} on {rich(result['dataset'])} ({result['test_images']:,} test "
         f"images): test accuracy {result['accuracy']:.4f}  test loss "
         f"{result['loss']:.4f}",
         highlight=False,
@@ -234,6 +236,6 @@ def print_evaluation(console: Console, result: dict) -> None:
     table.add_column("images", justify="right")
     for i, (name, acc) in enumerate(result["per_class"].items()):
         table.add_row(
-            name, "-" if acc is None else f"{acc:.4f}", f"{sum(result['confusion'][i]):,}"
+            rich(name), "-" if acc is None else f"{acc:.4f}", f"{sum(result['confusion'][i]):,}"
         )
     console.print(table)

@@ -34,6 +34,7 @@ from cnnbuild.catalog import one_hot_classes
 from cnnbuild.config import ModelConfig
 from cnnbuild.data import Data, describe
 from cnnbuild.errors import DataError, Interrupted, RunError, UsageError
+from cnnbuild.escape import rich
 from cnnbuild.io import os_errors, write_json, write_text
 from cnnbuild.schema.sections import TrainConfig
 from cnnbuild.train.evaluate import evaluate_model, load_model
@@ -540,7 +541,7 @@ def _fit(
         f"; steps/execution {device.steps_per_execution}; seed {seed}",
         highlight=False,
     )
-    console.print(f"run directory: {run_dir.path}", highlight=False)
+    console.print(f"run directory: {rich(run_dir.path)}", highlight=False)
     if run.initial_epoch >= settings.epochs:
         console.print(f"already trained {run.initial_epoch} epochs", highlight=False)
     from cnnbuild.insight.flow import gradient_flow
@@ -636,7 +637,7 @@ def _fit(
         f"{metrics['images_per_second']:,.0f} img/s on {device.kind})",
         highlight=False,
     )
-    console.print(f"saved to {run_dir.path}/", highlight=False)
+    console.print(f"saved to {rich(run_dir.path)}/", highlight=False)
     return metrics
 
 

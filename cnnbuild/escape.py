@@ -1,0 +1,83 @@
+"""One escaping function per place a name or a path is shown to a person.
+
+Names come from users and from files (config names, layer names, class names, image
+file names): any of them may hold markup, control characters or bytes that are not
+UTF-8. Each output has its own hazards:
+
+- the terminal: escape sequences and control characters (``\\x1b[2J``), line separators
+  (U+2028), and file names that are not UTF-8 (Python holds their bytes as lone
+  surrogates, which a strict UTF-8 stdout refuses): :func:`terminal` shows them as
+  ``\\xNN`` / ``\\uNNNN``;
+- rich markup (``mk[/]/x.png``, ``[draft]``): :func:`rich`;
+- matplotlib text, where ``$...$`` is mathtext (``price_$1_to_$5``): :func:`mathtext`;
+- Graphviz DOT strings (a ``"`` or a trailing ``\\``): :func:`dot`;
+- CSV cells that a spreadsheet would run as a formula (``=1+2``): :func:`csv_cell`.
+
+HTML is escaped by the report's template engine (Jinja2 with autoescape).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+_RICH_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _visible(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def terminal(text: object) -> str:
+    """``text`` with every character a terminal would act on, or cannot encode, made visible.
+
+    Printable characters (letters of any script, digits, punctuation, the space) are kept;
+    control characters, line and paragraph separators, format characters (bidirectional
+    overrides) and lone surrogates become ``\\xNN``, ``\\uNNNN`` escapes.
+
+    >>> terminal("a\\x1b[31mb\\u2028c")
+    'a\\\\x1b[31mb\\\\u2028c'
+    """
+    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    return "".join(ch if ch == " " or ch.isprintable() else _visible(ch) for ch in text)
+
+
+def rich(text: object) -> str:
+    """``text`` for a rich console with markup on: :func:`terminal`, then every ``[`` that
+    rich would read as a tag escaped (and the backslashes before it doubled), so that
+    ``mk[/]/x.png`` and ``[draft]`` print as written.
+
+    Rich's own ``markup.escape`` also doubles a trailing backslash, which then prints
+    twice unless a tag follows; the fragments here are never followed by a tag.
+    """
+    return _RICH_TAG.sub(lambda m: f"{m[1]}{m[1]}\\{m[2]}", terminal(text))
+
+
+def mathtext(text: object) -> str:
+    """``text`` for matplotlib: every ``$`` escaped so no mathtext is parsed."""
+    return terminal(text).replace("$", r"\$")
+
+
+def dot(text: object) -> str:
+    """``text`` for the inside of a double-quoted Graphviz DOT string.
+
+    Backslashes are doubled (a trailing ``\\`` would escape the closing quote), quotes
+    escaped, and line breaks made visible.
+    """
+    return terminal(text).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def csv_cell(text: object) -> str:
+    """``text`` for a CSV cell: :func:`terminal` (so a U+2028 or a newline cannot start a
+    new row in any reader), and a leading ``= + - @`` (a spreadsheet formula) neutralised
+    with a ``'`` before it, as OWASP advises."""
+    text = terminal(text)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
