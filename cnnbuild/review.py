@@ -141,7 +141,10 @@ def read_side(spec: str) -> Document:
     if path.exists():
         return read_document(path)
     ref, colon, inner = spec.partition(":")
-    if not colon or _DRIVE.match(spec) or not inner:
+    if colon and ref and not inner:
+        message = f"no such config file: {spec!r}; read as REF:PATH, it names no path"
+        raise UsageError(f"{message} (e.g. {ref}:configs/model.yaml)")
+    if not colon or _DRIVE.match(spec):
         raise UsageError(f"no such config file: {spec!r} (or give REF:PATH, e.g. HEAD:{spec})")
     try:
         verify_ref(ref)
@@ -447,6 +450,10 @@ def review_against(
         return BaselineReview(name, "skipped")
     inner = _repo_path(file, top)
     doc = None if inner is None else read_git(ref, inner)
+    notes = []
+    if doc is None and inner is not None and (before := renamed_from(ref, inner)) is not None:
+        doc = read_git(ref, before)
+        notes.append(_note(name, f"renamed from {before} since {ref}: compared with it"))
     if doc is None:
         where = "outside the repository" if inner is None else f"not in {ref}"
         note = _note(name, f"{where}: a new config, no baseline to compare with")
@@ -455,10 +462,29 @@ def review_against(
         _, old = traced(doc)
     except CnnbuildError:
         note = _note(name, f"its version at {ref} does not validate; growth limits not checked")
-        return BaselineReview(name, "skipped", findings=[note])
+        return BaselineReview(name, "skipped", findings=[*notes, note])
     result = compare(old, tr, doc.file, name)
     growth = growth_findings(tr, old, ref, ignore)
-    return BaselineReview(name, "changed" if is_changed(result) else "unchanged", result, growth)
+    status = "changed" if is_changed(result) else "unchanged"
+    return BaselineReview(name, status, result, [*notes, *growth])
+
+
+def renamed_from(ref: str, inner: str) -> str | None:
+    """The path the file ``inner`` had at ``ref``, when git's rename detection sees it as
+    renamed since (``git diff -M REF``: ``REF`` against the work tree's tracked files);
+    ``None`` when it does not. Paths are relative to the repository's root.
+
+    Without this a renamed config would be "new" and escape its growth limits.
+    """
+    result = _git(["diff", "--name-status", "-z", "-M", "--diff-filter=R", ref, "--"])
+    if result.returncode != 0:
+        return None
+    parts = result.stdout.split(b"\0")
+    for i in range(0, len(parts) - 2, 3):
+        status, old, new = parts[i : i + 3]
+        if status.startswith(b"R") and os.fsdecode(new) == inner:
+            return os.fsdecode(old)
+    return None
 
 
 def _baseline_cell(result: dict, path: tuple[str, ...], kind: str) -> str:

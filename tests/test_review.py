@@ -143,6 +143,7 @@ def test_text_and_markdown(cli, repo):
         (["--", "-x:model.yaml", "model.yaml"], 2, "is not a git revision"),
         (["C:\\models\\a.yaml", "model.yaml"], 2, "no such config file"),
         (["model.yaml"], 2, "Missing argument"),
+        (["HEAD:", "model.yaml"], 2, "'HEAD:'; read as REF:PATH, it names no path (e.g. HEAD:"),
         (["model.yaml", "model.yaml", "--format", "html"], 2, "Invalid value"),
     ],
 )
@@ -228,6 +229,29 @@ def test_growth_below_the_real_growth_fails(cli, repo):
     assert "model.yaml: against HEAD: parameters 122,570 → 173,930 (+51,360, +41.9%)" in (
         result.stdout
     )
+
+
+def test_a_renamed_config_is_compared_with_its_old_path(cli, repo):
+    # found by the stranger tests: `git mv` made the config "new", escaping its growth limit
+    with_growth(repo, "10%")
+    git(repo, "mv", "model.yaml", "renamed.yaml")
+    result = cli("validate", "--baseline", "HEAD", "renamed.yaml")
+    assert result.exit_code == 1, result.output
+    assert "renamed.yaml:0:0: info: renamed from model.yaml since HEAD: compared with it" in (
+        result.stdout
+    )
+    assert "renamed.yaml:26:12: error: budget.growth.params: parameters grew +41.9%" in (
+        result.stdout
+    )
+
+
+def test_an_empty_baseline_is_a_usage_error_not_no_baseline(cli, repo):
+    # found by the stranger tests: `--baseline "$BASE_SHA"` with an empty variable ran
+    # without any baseline, so no growth limit was checked, and passed
+    with_growth(repo, "10%")
+    result = cli("validate", "--baseline", "", "model.yaml")
+    assert result.exit_code == 2, result.output
+    assert "'' is not a git revision" in result.output
 
 
 def test_growth_above_the_real_growth_passes(cli, repo):
