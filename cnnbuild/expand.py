@@ -17,6 +17,7 @@ here raises on bad input.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -335,13 +336,15 @@ def _item(g: _Graph, item: Any, path: PathKey, prev: str, scope: _Scope) -> str:
         return prev
     args_path = path if isinstance(item, str) else (*path, kind)
     if isinstance(item, dict) and not isinstance(item[kind], dict | None):
-        _error(
-            g,
-            args_path,
-            f"the arguments of {kind} must be a mapping; received {item[kind]!r}",
-            scope,
-        )
-        return prev
+        if resolve(kind) is not None:  # Keras' positional habit: `Dropout: 0.5`
+            args = _positional(g, kind, item[kind], args_path, scope)
+            if args is None:
+                g.broken = True  # not read as the identity: the graph is cut here
+                return UNKNOWN + kind
+        else:
+            message = f"the arguments of {kind} must be a mapping; received {item[kind]!r}"
+            _error(g, args_path, message, scope)
+            return prev
     if kind.startswith("$"):
         _error(
             g, path, f"a layer kind cannot be a template parameter ({kind})", scope, prefer="key"
@@ -372,6 +375,24 @@ def _item(g: _Graph, item: Any, path: PathKey, prev: str, scope: _Scope) -> str:
             sources = [prev, *sources[1:]]
         prev = _one(g, kind, dict(args), path, args_path, sources, scope)
     return prev
+
+
+def _positional(g: _Graph, kind: str, value: Any, path: PathKey, scope: _Scope) -> dict | None:
+    """``Dropout: 0.5``, Keras' positional argument: an error that names the argument.
+    A kind with one required argument (Keras' first) is read as meant, so the layers after
+    it are still checked; for another kind, ``None``."""
+    required = [n for n, f in resolve(kind).args.model_fields.items() if f.is_required()]
+    shown = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(required) == 1:
+        write = f"write `{kind}: {{{required[0]}: {shown}}}`"
+    else:
+        write = f"`{kind}: {{{', '.join(f'{n}: ...' for n in required) or 'argument: value'}}}`"
+    message = (
+        f"the arguments of {kind} must be a mapping; received {value!r} "
+        f"(YAML names each argument: {write})"
+    )
+    _error(g, path, message, scope)
+    return {required[0]: value} if len(required) == 1 else None
 
 
 def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:

@@ -501,3 +501,32 @@ def test_a_model_that_ends_in_an_unknown_layer_is_one_error(write):
     _, _, findings = check_file(path)
     assert [f.rule for f in findings] == ["unknown-layer"]
     assert "did you mean 'Dense'?" in findings[0].message
+
+
+def test_keras_positional_arguments_are_named_and_not_read_as_the_identity(write):
+    # found by the stranger tests: keras.io writes Activation("relu"); `Activation: relu`
+    # dropped the layer, so lint saw SeparableConv2D -> BN -> SeparableConv2D (linear-stack)
+    path = write("""
+        input: [16, 16, 3]
+        layers:
+          - SeparableConv2D: {filters: 8, kernel_size: 3, padding: same}
+          - BatchNormalization
+          - Activation: relu
+          - SeparableConv2D: {filters: 8, kernel_size: 3, padding: same}
+          - MaxPooling2D: 2
+          - Conv2D: {filters: 8, kernel_size: 1}
+          - GlobalAveragePooling2D
+          - Dense: 10
+    """)
+    _, _, findings = check_file(path)
+    assert [(f.line, f.rule, f.severity) for f in findings if f.severity != "info"] == [
+        (5, "schema", "error"),
+        (7, "schema", "error"),
+        (10, "schema", "error"),
+    ]
+    messages = [f.message for f in findings if f.rule == "schema"]
+    assert messages[0].endswith(
+        "received 'relu' (YAML names each argument: write `Activation: {activation: relu}`)"
+    )
+    assert messages[1].endswith("(YAML names each argument: `MaxPooling2D: {argument: value}`)")
+    assert messages[2].endswith("(YAML names each argument: write `Dense: {units: 10}`)")

@@ -290,7 +290,8 @@ def parse_amount(value: Any, unit: str) -> float:
     example = {"count": "1.5M", "bytes": "64MiB", "percent": "10%"}[unit]
     match = _AMOUNT.match(value) if isinstance(value, str) else None
     if match is None or (match[3] and unit != "percent") or (match[2] and match[3]):
-        where = " (a percent is a growth limit: budget.growth)" if match and match[3] else ""
+        percent = match is not None and match[3] and not match[2]
+        where = " (a percent is a growth limit: budget.growth)" if percent else ""
         raise ValueError(f"expected a number or a string like {example}; received {value!r}{where}")
     number, suffix = _finite(match[1]), match[2]
     if number is None:
