@@ -49,6 +49,10 @@ from cnnbuild.source import Document, PathKey, format_path
 INPUT = "input"
 MAX_NODES = 5_000
 CODE_LAYERS = ("Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
+INPUT_LAYERS = ("Input", "InputLayer")
+INPUT_ARGS = ("input_shape", "batch_input_shape", "input_dim")
+"""Keras' ways to give the input on a layer (Sequential's first layer, Keras 2)."""
+INPUT_WAY = "give it once, at the top: `input: [height, width, channels]`"
 INPUT_SCALING = "input_scaling"
 PIXEL_SCALE = 1 / 255
 
@@ -510,6 +514,11 @@ def _one(
     if spec is None:
         return _unknown(g, kind, args, path, scope)
     args = _python_habits(g, kind, args, args_path, scope)
+    for key in INPUT_ARGS:
+        if key in args:  # Keras' Sequential habit: refused with the config's way
+            args.pop(key)
+            message = f"{key} is not a layer argument in a config: {INPUT_WAY}"
+            _error(g, (*args_path, key), message, scope, prefer="key")
     parsed = _layer_args(g, spec.args, kind, args, args_path, scope)
     if spec.merge and len(sources) < 2:
         _error(
@@ -552,6 +561,8 @@ def _unknown(g: _Graph, kind: str, args: dict, path: PathKey, scope: _Scope) -> 
 
     if kind in CODE_LAYERS:
         why = ": layers that run code are not allowed in configs"
+    elif kind in INPUT_LAYERS:
+        why = f"; a config's input is not a layer: {INPUT_WAY}"
     elif short != kind:
         why = "; configs name layers, not import paths" + (
             f": use {short!r}" if short in options else _suggest_kind(short, options)

@@ -530,3 +530,24 @@ def test_keras_positional_arguments_are_named_and_not_read_as_the_identity(write
     )
     assert messages[1].endswith("(YAML names each argument: `MaxPooling2D: {argument: value}`)")
     assert messages[2].endswith("(YAML names each argument: write `Dense: {units: 10}`)")
+
+
+def test_keras_ways_of_giving_the_input_point_at_the_top_level_input(write):
+    # found by the stranger tests: Sequential's habits were a bare "unknown layer 'Input'"
+    # and "unknown argument 'input_shape'", with no word on where the input goes
+    path = write("""
+        input: [28, 28, 1]
+        layers:
+          - InputLayer: {shape: [28, 28, 1]}
+          - Conv2D: {filters: 8, kernel_size: 3, input_shape: [28, 28, 1]}
+    """)
+    _, _, findings = check_file(path)
+    assert [(f.line, f.column, f.rule) for f in findings] == [
+        (3, 5, "unknown-layer"),
+        (4, 42, "schema"),
+    ]
+    top = "give it once, at the top: `input: [height, width, channels]`"
+    assert findings[0].message == (
+        f"unknown layer 'InputLayer'; a config's input is not a layer: {top}"
+    )
+    assert findings[1].message == f"input_shape is not a layer argument in a config: {top}"
