@@ -3,8 +3,8 @@
 Each YAML in ``tests/data/strangers/`` is a well-known model as a stranger writes it from
 its source (keras.io, the TensorFlow tutorials, keras.applications), in Keras' idioms:
 aliases, no ``compile:``, its own scaling first. Each must pass ``validate --strict``, and
-``summary --static`` must give the parameter counts and output shapes of the model built
-here with ``keras.layers`` as the source writes it (not through cnnbuild's builder).
+``summary --static`` and cnnbuild's builder must give the layers, parameter counts and
+output shapes of the model built here with ``keras.layers`` as the source writes it.
 """
 
 from __future__ import annotations
@@ -117,7 +117,85 @@ def _mobilenet_templates(keras, layers):
     return keras.Model(inputs, net(layers.Rescaling(1 / 127.5, offset=-1)(inputs))), net
 
 
+def _unet_oxford_pets(keras, layers):
+    """keras.io "Image segmentation with a U-Net-like architecture": get_model((160, 160), 3)."""
+    inputs = keras.Input(shape=(160, 160, 3))
+    x = layers.Conv2D(32, 3, strides=2, padding="same")(inputs)
+    x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    previous = x
+    for filters in [64, 128, 256]:
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = layers.Conv2D(filters, 1, strides=2, padding="same")(previous)
+        x = previous = layers.add([x, residual])
+    for filters in [256, 128, 64, 32]:
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2DTranspose(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2DTranspose(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.UpSampling2D(2)(x)
+        residual = layers.Conv2D(filters, 1, padding="same")(layers.UpSampling2D(2)(previous))
+        x = previous = layers.add([x, residual])
+    outputs = layers.Conv2D(3, 3, activation="softmax", padding="same")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _dcgan_discriminator(keras, layers):
+    """keras.io "DCGAN to generate face images": the discriminator."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=(64, 64, 3)),
+            layers.Conv2D(64, kernel_size=4, strides=2, padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Conv2D(128, kernel_size=4, strides=2, padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Conv2D(128, kernel_size=4, strides=2, padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Flatten(),
+            layers.Dropout(0.2),
+            layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
+def _new_layers_mix(keras, layers):
+    """The issue 18 layers and aliases, as keras.layers spells them."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=(40, 40, 3)),
+            layers.RandomBrightness(0.2),
+            layers.CenterCrop(32, 32),
+            layers.Rescaling(1.0 / 255),
+            layers.GaussianNoise(0.1),
+            layers.Convolution2D(16, 3, padding="same", use_bias=False),
+            layers.GroupNormalization(groups=4),
+            layers.PReLU(shared_axes=[1, 2]),
+            layers.AvgPool2D(2),
+            layers.SeparableConvolution2D(32, 3, padding="same"),
+            layers.ELU(alpha=1.0),
+            layers.GaussianDropout(0.1),
+            layers.Permute((2, 1, 3)),
+            layers.Identity(),
+            layers.GlobalMaxPool2D(),
+            layers.UnitNormalization(),
+            layers.Dense(64, activation="relu", lora_rank=4),
+            layers.Dense(10),
+            layers.Softmax(),
+        ]
+    )
+
+
 KERAS_MODELS = {
+    "unet_oxford_pets": _unet_oxford_pets,
+    "dcgan_discriminator": _dcgan_discriminator,
+    "new_layers_mix": _new_layers_mix,
     "mnist_convnet": _mnist_convnet,
     "flowers_tutorial": _flowers_tutorial,
     "xception_small": _xception_small,
@@ -170,3 +248,25 @@ def test_stranger_static_counts_equal_keras(name):
     if inner is not None:  # keras.applications' own layer names, built by the templates
         names = {layer.name for layer in inner.layers} - {inner.layers[0].name}
         assert names <= {row.node.name for row in st.rows}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_MODELS))
+def test_stranger_built_by_cnnbuild_equals_keras(name):
+    """The builder's model against the one written in Keras: the same layers (class,
+    output shape, parameters) and weights count, and Keras' own names where the config
+    gives them (keras.applications' MobileNet names through templates)."""
+    keras = pytest.importorskip("keras")
+    from cnnbuild.builder import build_model
+
+    keras.backend.clear_session()
+    built = KERAS_MODELS[name](keras, keras.layers)
+    model, inner = built if isinstance(built, tuple) else (built, None)
+    cfg, _ = load_traced(DATA / f"{name}.yaml")
+    ours = build_model(cfg, compile=False)
+    extra = Counter(_keras_rows(ours)) - Counter(_keras_rows(model))
+    assert all(kind == "Rescaling" and params == 0 for kind, _, params in extra), extra
+    assert Counter(_keras_rows(model)) - Counter(_keras_rows(ours)) == Counter()
+    assert ours.count_params() == model.count_params()
+    if inner is not None:
+        names = {layer.name for layer in inner.layers} - {inner.layers[0].name}
+        assert names <= {layer.name for layer in ours.layers}
