@@ -195,6 +195,16 @@ def _arguments(row: Row) -> dict:
     return row.node.args.model_dump(mode="json", exclude={"name"})
 
 
+def _compared(old: Row, new: Row) -> tuple[dict, dict]:
+    """Both layers' arguments, with the names when the config gives one on either side:
+    a renamed layer is changed, while automatic names, which shift when a layer is
+    inserted, never change a row (nor align one: see :func:`_signature`)."""
+    a, b = _arguments(old), _arguments(new)
+    if any(r.node.args is not None and r.node.args.name is not None for r in (old, new)):
+        a["name"], b["name"] = old.node.name, new.node.name
+    return a, b
+
+
 def _signature(row: Row) -> str:
     return json.dumps([row.node.kind, _arguments(row)], sort_keys=True, default=str)
 
@@ -232,7 +242,7 @@ def _layer_rows(old: Trace, new: Trace) -> list[dict]:
         if before is None or after is None:
             row["change"] = "added" if before is None else "removed"
         else:
-            a, b = _arguments(old.rows[i]), _arguments(new.rows[j])
+            a, b = _compared(old.rows[i], new.rows[j])
             args = {k: {"old": a.get(k), "new": b.get(k)} for k in {*a, *b} if a.get(k) != b.get(k)}
             same = all(before[k] == after[k] for k in ("output_shape", "params", "macs"))
             row["change"] = "unchanged" if same and not args else "changed"

@@ -390,3 +390,22 @@ def test_shifted_automatic_names_do_not_decide_the_alignment(tmp_path):
     assert renamed == [("conv2d_1", "conv2d_2"), ("conv2d_2", "conv2d_3")]
     added = next(r["new"] for r in data["layers"] if r["change"] == "added")
     assert added["name"] == "conv2d_1" and added["output_shape"] == [15, 15, 32]
+
+
+def test_a_layer_renamed_in_the_config_is_changed_an_automatic_name_is_not(tmp_path):
+    # found by the stranger tests: `name: outputs` -> `name: logits` on the output layer
+    # (the model's output name) was "14 unchanged"
+    last = "  - Dense: {units: 10}\n"
+    _, old = load_traced(CONFIGS / "cifar10_tutorial.yaml")
+    for written, change in [("logits", "changed"), ("dense_1", "unchanged")]:
+        path = tmp_path / f"{written}.yaml"
+        path.write_text(TUTORIAL.replace(last, last.replace("10}", f"10, name: {written}}}")))
+        _, new = load_traced(path)
+        data = compare(old, new, "old", "new")
+        assert data["layers"][-1]["change"] == change
+        assert data["counts"]["unchanged"] == len(data["layers"]) - (change == "changed")
+    assert data["layers"][-1].get("arguments") is None
+    path = tmp_path / "logits.yaml"
+    _, new = load_traced(path)
+    row = compare(old, new, "old", "new")["layers"][-1]
+    assert row["arguments"] == {"name": {"old": "dense_1", "new": "logits"}}
