@@ -415,7 +415,9 @@ def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
         except ExpressionError as exc:
             _error(g, path, exc.message, scope, column=_column(g.doc, path, exc.offset))
             g.failed.add(format_path(path))
-            return value
+            # a name not built is left out (an automatic one), never the raw `c_$id` that
+            # every other failed use would then duplicate
+            return None if path[-1] == "name" else value
     if isinstance(value, dict):
         return {k: _subst(g, v, (*path, k), scope) for k, v in value.items()}
     if isinstance(value, list):

@@ -551,3 +551,23 @@ def test_keras_ways_of_giving_the_input_point_at_the_top_level_input(write):
         f"unknown layer 'InputLayer'; a config's input is not a layer: {top}"
     )
     assert findings[1].message == f"input_shape is not a layer argument in a config: {top}"
+
+
+def test_a_name_that_cannot_be_built_is_not_also_a_duplicate(write):
+    # found by the stranger tests: two uses with float ids left the raw 'c_$id' twice,
+    # which added a false duplicate-name error to the two real ones
+    path = write("""
+        input: [8, 8, 1]
+        blocks:
+          b:
+            params: [id]
+            layers:
+              - Conv2D: {filters: 4, kernel_size: 3, padding: same, activation: relu, name: c_$id}
+        layers:
+          - b: {id: 1.5}
+          - b: {id: 2.5}
+          - GlobalAveragePooling2D
+    """)
+    _, _, findings = check_file(path)
+    assert [f.rule for f in findings] == ["schema", "schema"]
+    assert all("a name takes text or integer parameters" in f.message for f in findings)
