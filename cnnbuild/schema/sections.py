@@ -246,10 +246,18 @@ class TrainConfig(Strict):
         return self
 
 
+def _rule_ids(value: Any) -> Any:
+    if isinstance(value, str):  # `ignore: dead-layer`: a list in YAML is [dead-layer]
+        raise ValueError(f"ignore is a list of rule ids: write [{value}]; received {value!r}")
+    if not isinstance(value, list):
+        raise ValueError(f"ignore is a list of rule ids, e.g. [dead-layer]; received {value!r}")
+    return value
+
+
 class LintConfig(Strict):
     """Per-config lint settings."""
 
-    ignore: list[str] = []
+    ignore: Annotated[list[str], BeforeValidator(_rule_ids)] = []
     max_dense_params_million: Float(0.0, lo_open=True) = 5.0
 
 
