@@ -367,7 +367,14 @@ def diff_tables(result: dict) -> tuple[Table, Table]:
 
 
 def _md(text: str) -> str:
+    """``text`` for a markdown table cell or a code span (``|`` escaped, one line)."""
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_text(text: str) -> str:
+    """:func:`_md` for text outside a code span: HTML is escaped too, so a config's name
+    such as ``x <!--`` cannot hide the rest of a PR comment (the verdict, the findings)."""
+    return _md(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
 def diff_markdown(result: dict) -> str:
@@ -523,13 +530,13 @@ def _baseline_row(r: BaselineReview) -> str:
         return f"| `{_md(r.file)}` | new config |" + " |" * len(_BASELINE_FIGURES)
     cells = [_baseline_cell(r.result, path, kind) for _, path, kind in _BASELINE_FIGURES]
     cells.append(_counts_text(r.result))
-    model = _md(r.result["new"]["name"])
+    model = _md_text(r.result["new"]["name"])
     return f"| `{_md(r.file)}` ({model}) | " + " | ".join(map(_md, cells)) + " |"
 
 
 def _finding_item(f: Finding) -> str:
     where = f"{f.file}:{f.line}:{f.column}"
-    return f"- `{_md(where)}` {f.severity}: {_md(f.message)} [{f.rule}]"
+    return f"- `{_md(where)}` {f.severity}: {_md_text(f.message)} [{f.rule}]"
 
 
 def baseline_markdown(

@@ -409,3 +409,15 @@ def test_a_layer_renamed_in_the_config_is_changed_an_automatic_name_is_not(tmp_p
     _, new = load_traced(path)
     row = compare(old, new, "old", "new")["layers"][-1]
     assert row["arguments"] == {"name": {"old": "dense_1", "new": "logits"}}
+
+
+def test_markdown_escapes_html_from_the_config(cli, repo):
+    # found by the stranger tests: a model named `x <!--` opened an HTML comment in the PR
+    # comment, hiding the verdict and the findings after it
+    (repo / "model.yaml").write_text(edited().replace("name: cifar10_tutorial", "name: x <!--"))
+    (repo / "bad.yaml").write_text("input: [8, 8, 1]\nlayers:\n  - '<!--'\n")
+    md = cli("validate", "--baseline", "HEAD", ".", "--format", "markdown").stdout
+    assert "<!--" not in md
+    assert "| `model.yaml` (x &lt;!--) |" in md
+    assert "error: unknown layer '&lt;!--' [unknown-layer]" in md
+    assert "**validate fails**" in md
