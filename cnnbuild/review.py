@@ -372,9 +372,9 @@ def _md(text: str) -> str:
 
 
 def _md_text(text: str) -> str:
-    """:func:`_md` for text outside a code span: HTML is escaped too, so a config's name
-    such as ``x <!--`` cannot hide the rest of a PR comment (the verdict, the findings)."""
-    return _md(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    """:func:`_md` for text outside a code span: no HTML tag opens (``<`` escaped), so a
+    config's name such as ``x <!--`` cannot hide the rest of a PR comment (the verdict)."""
+    return _md(text.replace("<", "&lt;"))
 
 
 def diff_markdown(result: dict) -> str:
