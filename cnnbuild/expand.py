@@ -26,6 +26,9 @@ from pydantic import ValidationError
 
 from cnnbuild.catalog import (
     ALIASES,
+    INPUT_ARGS,
+    INPUT_LAYERS,
+    INPUT_WAY,
     PREPROCESS_GROUPS,
     REGISTRY,
     near_kinds,
@@ -49,10 +52,6 @@ from cnnbuild.source import Document, PathKey, format_path
 INPUT = "input"
 MAX_NODES = 5_000
 CODE_LAYERS = ("Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
-INPUT_LAYERS = ("Input", "InputLayer")
-INPUT_ARGS = ("input_shape", "batch_input_shape", "input_dim")
-"""Keras' ways to give the input on a layer (Sequential's first layer, Keras 2)."""
-INPUT_WAY = "give it once, at the top: `input: [height, width, channels]`"
 INPUT_SCALING = "input_scaling"
 PIXEL_SCALE = 1 / 255
 
