@@ -61,6 +61,8 @@ def test_amounts(value, unit, expected):
         (10**400, "count", "expected a number >= 0; received an integer too big"),
         ("9" * 400, "count", "expected a finite number; received 400 digits"),
         ("10%", "count", "(a percent is a growth limit: budget.growth)"),
+        ("2e6", "count", "received '2e6' (YAML 1.1 reads 2e6 as text: write 2000000 or 1.5M)"),
+        ("1e-3", "percent", "(YAML 1.1 reads 1e-3 as text: write 0.001 or 10%)"),
     ],
 )
 def test_bad_amounts(value, unit, message):

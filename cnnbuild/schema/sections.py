@@ -265,6 +265,7 @@ class LintConfig(Strict):
 
 COUNT_SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 SIZE_SUFFIXES = {**COUNT_SUFFIXES, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_EXPONENT = re.compile(r"\s*(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")
 _AMOUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*(%?)\s*$")
 
 
@@ -300,6 +301,9 @@ def parse_amount(value: Any, unit: str) -> float:
     if match is None or (match[3] and unit != "percent") or (match[2] and match[3]):
         percent = match is not None and match[3] and not match[2]
         where = " (a percent is a growth limit: budget.growth)" if percent else ""
+        if isinstance(value, str) and _EXPONENT.fullmatch(value) and float(value) < 1e15:
+            plain = f"{float(value):f}".rstrip("0").rstrip(".")
+            where = f" (YAML 1.1 reads {value.strip()} as text: write {plain} or {example})"
         raise ValueError(f"expected a number or a string like {example}; received {value!r}{where}")
     number, suffix = _finite(match[1]), match[2]
     if number is None:
