@@ -192,7 +192,35 @@ def _new_layers_mix(keras, layers):
     )
 
 
+def _densenet_cifar(keras, layers):
+    """A DenseNet-BC for 32x32 with keras.applications.densenet's conv_block, growth 12."""
+
+    def conv_block(x, growth):
+        y = layers.BatchNormalization(epsilon=1.001e-5)(x)
+        y = layers.Conv2D(4 * growth, 1, use_bias=False)(layers.Activation("relu")(y))
+        y = layers.BatchNormalization(epsilon=1.001e-5)(y)
+        y = layers.Conv2D(growth, 3, padding="same", use_bias=False)(layers.Activation("relu")(y))
+        return layers.Concatenate()([x, y])
+
+    def transition(x, filters):
+        x = layers.Activation("relu")(layers.BatchNormalization(epsilon=1.001e-5)(x))
+        x = layers.Conv2D(filters, 1, use_bias=False)(x)
+        return layers.AveragePooling2D(2, strides=2)(x)
+
+    inputs = keras.Input(shape=(32, 32, 3))
+    x = layers.Conv2D(24, 3, padding="same", use_bias=False)(layers.Rescaling(1 / 255)(inputs))
+    for filters in (36, 42, None):
+        for _ in range(4):
+            x = conv_block(x, 12)
+        if filters:
+            x = transition(x, filters)
+    x = layers.Activation("relu")(layers.BatchNormalization(epsilon=1.001e-5)(x))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(10, activation="softmax")(x))
+
+
 KERAS_MODELS = {
+    "densenet_cifar": _densenet_cifar,
     "unet_oxford_pets": _unet_oxford_pets,
     "dcgan_discriminator": _dcgan_discriminator,
     "new_layers_mix": _new_layers_mix,
