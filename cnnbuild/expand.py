@@ -454,12 +454,13 @@ def _resolve(g: _Graph, inputs: Any, path: PathKey, prev: str, scope: _Scope) ->
     for i, n in enumerate(names):
         if n not in scope.names:
             where = (*path, "inputs", i) if isinstance(inputs, list) else (*path, "inputs")
-            _error(
-                g,
-                where,
-                f"unknown input {n!r}: no earlier layer has that name{suggest(n, scope.names)}",
-                scope,
-            )
+            why = f"no earlier layer has that name{suggest(n, scope.names)}"
+            if scope.params is not None and n in g.taken:  # a layer outside the template
+                why = (
+                    "a block reads only its own layers and its inputs (`input`, or the "
+                    "names in the block's `inputs:`); pass it in through `inputs:`"
+                )
+            _error(g, where, f"unknown input {n!r}: {why}", scope)
             g.broken = True
             return None
         out.append(scope.names[n])

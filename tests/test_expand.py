@@ -571,3 +571,26 @@ def test_a_name_that_cannot_be_built_is_not_also_a_duplicate(write):
     _, _, findings = check_file(path)
     assert [f.rule for f in findings] == ["schema", "schema"]
     assert all("a name takes text or integer parameters" in f.message for f in findings)
+
+
+def test_a_block_reading_a_layer_outside_it_says_how_to_pass_it_in(write):
+    # found by the stranger tests: "unknown input 'stem': no earlier layer has that name"
+    # for a layer that does exist, outside the block
+    path = write("""
+        input: [8, 8, 1]
+        blocks:
+          b:
+            layers:
+              - Conv2D: {filters: 4, kernel_size: 1, name: c}
+              - Add: {inputs: [stem, c]}
+        layers:
+          - Conv2D: {filters: 4, kernel_size: 1, name: stem}
+          - b
+    """)
+    _, _, findings = check_file(path)
+    errors = [f for f in findings if f.severity == "error"]
+    assert [(f.line, f.path) for f in errors] == [(6, "blocks.b.layers[1].Add.inputs[0]")]
+    assert errors[0].message.startswith(
+        "unknown input 'stem': a block reads only its own layers and its inputs (`input`, or "
+        "the names in the block's `inputs:`); pass it in through `inputs:`"
+    )
