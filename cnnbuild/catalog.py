@@ -136,6 +136,13 @@ def _words(name: str) -> set[str]:
     return {w.lower() for w in re.findall(r"[A-Z]+[a-z0-9]*|[a-z0-9]+", name)}
 
 
+INPUT_LAYERS = ("Input", "InputLayer")
+"""Keras' input "layers": not kinds; a config gives its input once, as ``input:``."""
+INPUT_ARGS = ("input_shape", "batch_input_shape", "input_dim")
+"""Keras' ways to give the input on a layer (Sequential's first layer, Keras 2)."""
+INPUT_WAY = "give it once, at the top: `input: [height, width, channels]`"
+
+
 def near_kinds(
     name: str, options: Iterable[str] | None = None, n: int = 1, cutoff: float = 0.6
 ) -> list[str]:

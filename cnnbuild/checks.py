@@ -588,8 +588,31 @@ def _budget_finding(trace: Trace, path: tuple, message: str, severity: str) -> F
     )
 
 
+SIZE_DEPENDENT = ("macs", "activation_memory")
+"""The figures that depend on the image size: unknown with a free height or width."""
+
+
+def _free_size(trace: Trace) -> bool:
+    return any(d is None for d in trace.config.input_shape[:2])
+
+
+def _unchecked(trace: Trace, path: tuple, limit: Limit, free: Trace) -> Finding:
+    """A limit on a figure a free input size leaves unknown: never a silent pass."""
+    message = (
+        f"cannot check {BUDGET_LABELS[path[-1]]}: it depends on the image size, and the "
+        f"input {shape_str(free.config.input_shape)} of {free.config.doc.file} has a free "
+        "height or width"
+    )
+    severity = "error" if limit.fail is not None else "warning"
+    hint = "give the input a fixed size, or remove the limit"
+    return trace.config.doc.finding(
+        path, message, rule="budget", severity=severity, hint=hint, prefer="key"
+    )
+
+
 def budget_findings(trace: Trace) -> list[Finding]:
-    """The ``budget:`` ceilings the traced model is over, at the position of each key."""
+    """The ``budget:`` ceilings the traced model is over, at the position of each key; a
+    limit on MACs or activation memory of a model with a free input size cannot be met."""
     if not trace.complete:
         return []
     budget = trace.config.budget
@@ -597,6 +620,9 @@ def budget_findings(trace: Trace) -> list[Finding]:
     out = []
     for key, unit in BUDGET_UNITS.items():
         limit = getattr(budget, key)
+        if limit is not None and key in SIZE_DEPENDENT and _free_size(trace):
+            out.append(_unchecked(trace, ("budget", key), limit, trace))
+            continue
         broken = None if limit is None else _broken(values[key], limit)
         if broken is None:
             continue
@@ -636,6 +662,10 @@ def growth_findings(
     out = []
     for key, unit in BUDGET_UNITS.items():
         limit = getattr(growth, key)
+        free = next((t for t in (new, old) if _free_size(t)), None)
+        if limit is not None and key in SIZE_DEPENDENT and free is not None:
+            out.append(_unchecked(new, ("budget", "growth", key), limit, free))
+            continue
         pct = growth_percent(before[key], after[key])
         broken = None if limit is None else _broken(float("inf") if pct is None else pct, limit)
         if broken is None:

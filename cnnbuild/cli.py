@@ -115,7 +115,7 @@ def validate(
         if (problem := ignore_problem(rid)) is not None:
             raise UsageError(f"--ignore {rid}: {problem}")
     files, findings = expand_paths(paths)
-    review = _baseline(baseline, frozenset(ignore)) if baseline else None
+    review = None if baseline is None else _baseline(baseline, frozenset(ignore))
     reviews = []
     for file in files:
         checked = check_file(file, frozenset(ignore))
@@ -131,7 +131,7 @@ def validate(
 
         sys.stdout.write(baseline_markdown(reviews, findings, baseline))
     elif fmt is Format.text:
-        if baseline:
+        if baseline is not None:
             from cnnbuild.review import baseline_lines
 
             render_lines = baseline_lines(reviews, baseline)

@@ -17,6 +17,7 @@ here raises on bad input.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,9 @@ from pydantic import ValidationError
 
 from cnnbuild.catalog import (
     ALIASES,
+    INPUT_ARGS,
+    INPUT_LAYERS,
+    INPUT_WAY,
     PREPROCESS_GROUPS,
     REGISTRY,
     near_kinds,
@@ -335,13 +339,15 @@ def _item(g: _Graph, item: Any, path: PathKey, prev: str, scope: _Scope) -> str:
         return prev
     args_path = path if isinstance(item, str) else (*path, kind)
     if isinstance(item, dict) and not isinstance(item[kind], dict | None):
-        _error(
-            g,
-            args_path,
-            f"the arguments of {kind} must be a mapping; received {item[kind]!r}",
-            scope,
-        )
-        return prev
+        if resolve(kind) is not None:  # Keras' positional habit: `Dropout: 0.5`
+            args = _positional(g, kind, item[kind], args_path, scope)
+            if args is None:
+                g.broken = True  # not read as the identity: the graph is cut here
+                return UNKNOWN + kind
+        else:
+            message = f"the arguments of {kind} must be a mapping; received {item[kind]!r}"
+            _error(g, args_path, message, scope)
+            return prev
     if kind.startswith("$"):
         _error(
             g, path, f"a layer kind cannot be a template parameter ({kind})", scope, prefer="key"
@@ -374,6 +380,24 @@ def _item(g: _Graph, item: Any, path: PathKey, prev: str, scope: _Scope) -> str:
     return prev
 
 
+def _positional(g: _Graph, kind: str, value: Any, path: PathKey, scope: _Scope) -> dict | None:
+    """``Dropout: 0.5``, Keras' positional argument: an error that names the argument.
+    A kind with one required argument (Keras' first) is read as meant, so the layers after
+    it are still checked; for another kind, ``None``."""
+    required = [n for n, f in resolve(kind).args.model_fields.items() if f.is_required()]
+    shown = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(required) == 1:
+        write = f"write `{kind}: {{{required[0]}: {shown}}}`"
+    else:
+        write = f"`{kind}: {{{', '.join(f'{n}: ...' for n in required) or 'argument: value'}}}`"
+    message = (
+        f"the arguments of {kind} must be a mapping; received {value!r} "
+        f"(YAML names each argument: {write})"
+    )
+    _error(g, path, message, scope)
+    return {required[0]: value} if len(required) == 1 else None
+
+
 def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
     """Fill in ``$name`` and arithmetic (text only in a ``name``: ``conv_dw_$id``); a bad
     expression is reported at its character."""
@@ -390,7 +414,9 @@ def _subst(g: _Graph, value: Any, path: PathKey, scope: _Scope) -> Any:
         except ExpressionError as exc:
             _error(g, path, exc.message, scope, column=_column(g.doc, path, exc.offset))
             g.failed.add(format_path(path))
-            return value
+            # a name not built is left out (an automatic one), never the raw `c_$id` that
+            # every other failed use would then duplicate
+            return None if path[-1] == "name" else value
     if isinstance(value, dict):
         return {k: _subst(g, v, (*path, k), scope) for k, v in value.items()}
     if isinstance(value, list):
@@ -428,12 +454,13 @@ def _resolve(g: _Graph, inputs: Any, path: PathKey, prev: str, scope: _Scope) ->
     for i, n in enumerate(names):
         if n not in scope.names:
             where = (*path, "inputs", i) if isinstance(inputs, list) else (*path, "inputs")
-            _error(
-                g,
-                where,
-                f"unknown input {n!r}: no earlier layer has that name{suggest(n, scope.names)}",
-                scope,
-            )
+            why = f"no earlier layer has that name{suggest(n, scope.names)}"
+            if scope.params is not None and n in g.taken:  # a layer outside the template
+                why = (
+                    "a block reads only its own layers and its inputs (`input`, or the "
+                    "names in the block's `inputs:`); pass it in through `inputs:`"
+                )
+            _error(g, where, f"unknown input {n!r}: {why}", scope)
             g.broken = True
             return None
         out.append(scope.names[n])
@@ -489,6 +516,11 @@ def _one(
     if spec is None:
         return _unknown(g, kind, args, path, scope)
     args = _python_habits(g, kind, args, args_path, scope)
+    for key in INPUT_ARGS:
+        if key in args:  # Keras' Sequential habit: refused with the config's way
+            args.pop(key)
+            message = f"{key} is not a layer argument in a config: {INPUT_WAY}"
+            _error(g, (*args_path, key), message, scope, prefer="key")
     parsed = _layer_args(g, spec.args, kind, args, args_path, scope)
     if spec.merge and len(sources) < 2:
         _error(
@@ -531,6 +563,8 @@ def _unknown(g: _Graph, kind: str, args: dict, path: PathKey, scope: _Scope) -> 
 
     if kind in CODE_LAYERS:
         why = ": layers that run code are not allowed in configs"
+    elif kind in INPUT_LAYERS:
+        why = f"; a config's input is not a layer: {INPUT_WAY}"
     elif short != kind:
         why = "; configs name layers, not import paths" + (
             f": use {short!r}" if short in options else _suggest_kind(short, options)

@@ -10,7 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cnnbuild.catalog import ALIASES, REGISTRY, LayerKind, near_kinds, resolve
+from cnnbuild.catalog import (
+    ALIASES,
+    INPUT_LAYERS,
+    INPUT_WAY,
+    REGISTRY,
+    LayerKind,
+    near_kinds,
+    resolve,
+)
 from cnnbuild.errors import UsageError
 
 _TYPES = {"integer": "int", "number": "float", "boolean": "bool", "string": "str", "null": "null"}
@@ -30,6 +38,8 @@ def lookup(name: str) -> LayerKind:
     near = near_kinds(name, n=6, cutoff=0.5)
     close = list(dict.fromkeys(ALIASES.get(c, c) for c in near))[:3]
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    if name in INPUT_LAYERS:
+        hint = f"; a config's input is not a layer: {INPUT_WAY}"
     raise UsageError(
         f"unknown layer {name!r}{hint} (`cnnbuild layers` lists the {len(REGISTRY)} layers)"
     )

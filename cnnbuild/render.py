@@ -86,16 +86,20 @@ def summary_table(
 
 
 def summary_footer(summary: dict, activation_bytes: int) -> list[str]:
-    """The totals under the ``summary`` table; ``summary`` holds :meth:`Trace.figures`."""
+    """The totals under the ``summary`` table; ``summary`` holds :meth:`Trace.figures`.
+    With a free input height or width, the MACs and the activation memory count only the
+    layers of a known size, and say so."""
+    free = any(d is None for d in summary["input_shape"][:2])
+    partial = "; without the layers of a free height or width" if free else ""
     return [
         f"Total params: {summary['total_params']:,} "
         f"({mib(summary['total_params'] * 4)} as float32)",
         f"Trainable params: {summary['trainable_params']:,}",
         f"Non-trainable params: {summary['non_trainable_params']:,}",
-        f"MACs per image: {summary['macs']:,} ({human(summary['macs'])}); "
+        f"MACs per image: {summary['macs']:,} ({human(summary['macs'])}{partial}); "
         f"training FLOPs per image ~ {human(6 * summary['macs'])} (3 x 2 x MACs)",
         f"Activation memory per training image: {mib(activation_bytes)} "
-        "(every layer's output, float32)",
+        f"(every layer's output, float32{partial})",
         *figure_lines(summary),
     ]
 

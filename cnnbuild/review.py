@@ -141,7 +141,10 @@ def read_side(spec: str) -> Document:
     if path.exists():
         return read_document(path)
     ref, colon, inner = spec.partition(":")
-    if not colon or _DRIVE.match(spec) or not inner:
+    if colon and ref and not inner:
+        message = f"no such config file: {spec!r}; read as REF:PATH, it names no path"
+        raise UsageError(f"{message} (e.g. {ref}:configs/model.yaml)")
+    if not colon or _DRIVE.match(spec):
         raise UsageError(f"no such config file: {spec!r} (or give REF:PATH, e.g. HEAD:{spec})")
     try:
         verify_ref(ref)
@@ -192,6 +195,16 @@ def _arguments(row: Row) -> dict:
     return row.node.args.model_dump(mode="json", exclude={"name"})
 
 
+def _compared(old: Row, new: Row) -> tuple[dict, dict]:
+    """Both layers' arguments, with the names when the config gives one on either side:
+    a renamed layer is changed, while automatic names, which shift when a layer is
+    inserted, never change a row (nor align one: see :func:`_signature`)."""
+    a, b = _arguments(old), _arguments(new)
+    if any(r.node.args is not None and r.node.args.name is not None for r in (old, new)):
+        a["name"], b["name"] = old.node.name, new.node.name
+    return a, b
+
+
 def _signature(row: Row) -> str:
     return json.dumps([row.node.kind, _arguments(row)], sort_keys=True, default=str)
 
@@ -229,7 +242,7 @@ def _layer_rows(old: Trace, new: Trace) -> list[dict]:
         if before is None or after is None:
             row["change"] = "added" if before is None else "removed"
         else:
-            a, b = _arguments(old.rows[i]), _arguments(new.rows[j])
+            a, b = _compared(old.rows[i], new.rows[j])
             args = {k: {"old": a.get(k), "new": b.get(k)} for k in {*a, *b} if a.get(k) != b.get(k)}
             same = all(before[k] == after[k] for k in ("output_shape", "params", "macs"))
             row["change"] = "unchanged" if same and not args else "changed"
@@ -354,7 +367,14 @@ def diff_tables(result: dict) -> tuple[Table, Table]:
 
 
 def _md(text: str) -> str:
+    """``text`` for a markdown table cell or a code span (``|`` escaped, one line)."""
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_text(text: str) -> str:
+    """:func:`_md` for text outside a code span: no HTML tag opens (``<`` escaped), so a
+    config's name such as ``x <!--`` cannot hide the rest of a PR comment (the verdict)."""
+    return _md(text.replace("<", "&lt;"))
 
 
 def diff_markdown(result: dict) -> str:
@@ -447,6 +467,10 @@ def review_against(
         return BaselineReview(name, "skipped")
     inner = _repo_path(file, top)
     doc = None if inner is None else read_git(ref, inner)
+    notes = []
+    if doc is None and inner is not None and (before := renamed_from(ref, inner)) is not None:
+        doc = read_git(ref, before)
+        notes.append(_note(name, f"renamed from {before} since {ref}: compared with it"))
     if doc is None:
         where = "outside the repository" if inner is None else f"not in {ref}"
         note = _note(name, f"{where}: a new config, no baseline to compare with")
@@ -455,10 +479,29 @@ def review_against(
         _, old = traced(doc)
     except CnnbuildError:
         note = _note(name, f"its version at {ref} does not validate; growth limits not checked")
-        return BaselineReview(name, "skipped", findings=[note])
+        return BaselineReview(name, "skipped", findings=[*notes, note])
     result = compare(old, tr, doc.file, name)
     growth = growth_findings(tr, old, ref, ignore)
-    return BaselineReview(name, "changed" if is_changed(result) else "unchanged", result, growth)
+    status = "changed" if is_changed(result) else "unchanged"
+    return BaselineReview(name, status, result, [*notes, *growth])
+
+
+def renamed_from(ref: str, inner: str) -> str | None:
+    """The path the file ``inner`` had at ``ref``, when git's rename detection sees it as
+    renamed since (``git diff -M REF``: ``REF`` against the work tree's tracked files);
+    ``None`` when it does not. Paths are relative to the repository's root.
+
+    Without this a renamed config would be "new" and escape its growth limits.
+    """
+    result = _git(["diff", "--name-status", "-z", "-M", "--diff-filter=R", ref, "--"])
+    if result.returncode != 0:
+        return None
+    parts = result.stdout.split(b"\0")
+    for i in range(0, len(parts) - 2, 3):
+        status, old, new = parts[i : i + 3]
+        if status.startswith(b"R") and os.fsdecode(new) == inner:
+            return os.fsdecode(old)
+    return None
 
 
 def _baseline_cell(result: dict, path: tuple[str, ...], kind: str) -> str:
@@ -487,13 +530,13 @@ def _baseline_row(r: BaselineReview) -> str:
         return f"| `{_md(r.file)}` | new config |" + " |" * len(_BASELINE_FIGURES)
     cells = [_baseline_cell(r.result, path, kind) for _, path, kind in _BASELINE_FIGURES]
     cells.append(_counts_text(r.result))
-    model = _md(r.result["new"]["name"])
+    model = _md_text(r.result["new"]["name"])
     return f"| `{_md(r.file)}` ({model}) | " + " | ".join(map(_md, cells)) + " |"
 
 
 def _finding_item(f: Finding) -> str:
     where = f"{f.file}:{f.line}:{f.column}"
-    return f"- `{_md(where)}` {f.severity}: {_md(f.message)} [{f.rule}]"
+    return f"- `{_md(where)}` {f.severity}: {_md_text(f.message)} [{f.rule}]"
 
 
 def baseline_markdown(

@@ -57,12 +57,33 @@ def test_amounts(value, unit, expected):
         ("", "bytes", "expected a number or a string like 64MiB"),
         ([1], "count", "received [1]"),
         (float("nan"), "count", "expected a number >= 0"),
+        # found by the stranger tests: a YAML integer too big for a float was a traceback
+        (10**400, "count", "expected a number >= 0; received an integer too big"),
+        ("9" * 400, "count", "expected a finite number; received 400 digits"),
+        ("10%", "count", "(a percent is a growth limit: budget.growth)"),
+        ("2e6", "count", "received '2e6' (YAML 1.1 reads 2e6 as text: write 2000000 or 1.5M)"),
+        ("1e-3", "percent", "(YAML 1.1 reads 1e-3 as text: write 0.001 or 10%)"),
     ],
 )
 def test_bad_amounts(value, unit, message):
     with pytest.raises(ValueError) as exc:
         parse_amount(value, unit)
     assert message in str(exc.value)
+
+
+def test_a_growth_that_is_not_a_mapping_says_what_it_takes(write):
+    _, _, findings = check_file(write(MODEL + "budget:\n  growth: 10%\n"))
+    assert [(f.line, f.column, f.path) for f in findings] == [(8, 11, "budget.growth")]
+    assert findings[0].message == (
+        "growth must be a mapping of a figure to a percent, e.g. {params: 10%, macs: 5%}; "
+        "received '10%'"
+    )
+
+
+def test_a_huge_integer_limit_is_a_finding_not_a_traceback(cli, write):
+    result = cli("validate", write(MODEL + "budget:\n  params: " + "9" * 400 + "\n"))
+    assert result.exit_code == 1
+    assert "8:11: error: budget.params: expected a number >= 0" in result.stdout
 
 
 def test_tiers():
@@ -151,3 +172,35 @@ def test_summary_and_trace_show_weight_bytes_and_receptive_field(cli, write):
     tjson = json.loads(cli("trace", "--json", path).stdout)
     assert tjson["weight_bytes"]["int8"] == 1226
     assert tjson["receptive_field"] == "whole"
+
+
+FREE = MODEL.replace("input: [32, 32, 3]", "input: [null, null, 3]")
+
+
+def test_a_size_limit_on_a_free_input_size_is_never_a_silent_pass(write):
+    # found by the stranger tests: with a free height/width the free-size layers count 0
+    # MACs, so `macs: 100` passed a model whose convolution costs 864 MACs per pixel
+    budget = "budget:\n  params: 1.5K\n  macs: 100\n  activation_memory: {warn: 1KiB}\n"
+    _, _, findings = check_file(write(FREE + budget))
+    found = [f for f in findings if f.rule == "budget"]
+    assert [(f.line, f.path, f.severity) for f in found] == [
+        (9, "budget.macs", "error"),
+        (10, "budget.activation_memory", "warning"),
+    ]
+    assert found[0].message.startswith(
+        "cannot check MACs per image: it depends on the image size, and the input "
+        "(None, None, 3) of "
+    )
+    assert found[0].hint == "give the input a fixed size, or remove the limit"
+
+
+def test_a_growth_limit_on_a_free_input_size_is_never_a_silent_pass(write):
+    from cnnbuild.checks import growth_findings
+    from cnnbuild.validate import load_traced
+
+    budget = "budget:\n  growth: {params: 500%, macs: {warn: 10%}}\n"
+    _, old = load_traced(write(FREE + budget, "old.yaml"))
+    _, new = load_traced(write(FREE.replace("units: 10", "units: 20") + budget, "new.yaml"))
+    found = growth_findings(new, old, "HEAD")
+    assert [(f.path, f.severity) for f in found] == [("budget.growth.macs", "warning")]
+    assert "cannot check MACs per image" in found[0].message

@@ -181,3 +181,20 @@ def test_input_scaling_none_takes_inputs_as_they_are_and_other_values_are_refuse
         (finding,) = [f for f in cfg.findings if f.severity == "error"]
         assert finding.message.startswith("input_scaling must be 'auto'")
         assert (finding.line, finding.path) == (2, "input_scaling")
+
+
+@pytest.mark.parametrize(
+    ("ignore", "message"),
+    [
+        ("dead-layer", "ignore is a list of rule ids: write [dead-layer]; received 'dead-layer'"),
+        ("5", "ignore is a list of rule ids, e.g. [dead-layer]; received 5"),
+    ],
+)
+def test_lint_ignore_that_is_not_a_list_says_how_to_write_it(write, ignore, message):
+    # found by the stranger tests: `ignore: dead-layer` gave pydantic's "Input should be a
+    # valid list"
+    text = f"input: [8, 8, 1]\nlayers:\n  - Flatten\nlint: {{ignore: {ignore}}}\n"
+    _, _, findings = check_file(write(text))
+    assert [(f.line, f.column, f.path, f.message) for f in findings] == [
+        (4, 16, "lint.ignore", message)
+    ]

@@ -501,3 +501,96 @@ def test_a_model_that_ends_in_an_unknown_layer_is_one_error(write):
     _, _, findings = check_file(path)
     assert [f.rule for f in findings] == ["unknown-layer"]
     assert "did you mean 'Dense'?" in findings[0].message
+
+
+def test_keras_positional_arguments_are_named_and_not_read_as_the_identity(write):
+    # found by the stranger tests: keras.io writes Activation("relu"); `Activation: relu`
+    # dropped the layer, so lint saw SeparableConv2D -> BN -> SeparableConv2D (linear-stack)
+    path = write("""
+        input: [16, 16, 3]
+        layers:
+          - SeparableConv2D: {filters: 8, kernel_size: 3, padding: same}
+          - BatchNormalization
+          - Activation: relu
+          - SeparableConv2D: {filters: 8, kernel_size: 3, padding: same}
+          - MaxPooling2D: 2
+          - Conv2D: {filters: 8, kernel_size: 1}
+          - GlobalAveragePooling2D
+          - Dense: 10
+    """)
+    _, _, findings = check_file(path)
+    assert [(f.line, f.rule, f.severity) for f in findings if f.severity != "info"] == [
+        (5, "schema", "error"),
+        (7, "schema", "error"),
+        (10, "schema", "error"),
+    ]
+    messages = [f.message for f in findings if f.rule == "schema"]
+    assert messages[0].endswith(
+        "received 'relu' (YAML names each argument: write `Activation: {activation: relu}`)"
+    )
+    assert messages[1].endswith("(YAML names each argument: `MaxPooling2D: {argument: value}`)")
+    assert messages[2].endswith("(YAML names each argument: write `Dense: {units: 10}`)")
+
+
+def test_keras_ways_of_giving_the_input_point_at_the_top_level_input(write):
+    # found by the stranger tests: Sequential's habits were a bare "unknown layer 'Input'"
+    # and "unknown argument 'input_shape'", with no word on where the input goes
+    path = write("""
+        input: [28, 28, 1]
+        layers:
+          - InputLayer: {shape: [28, 28, 1]}
+          - Conv2D: {filters: 8, kernel_size: 3, input_shape: [28, 28, 1]}
+    """)
+    _, _, findings = check_file(path)
+    assert [(f.line, f.column, f.rule) for f in findings] == [
+        (3, 5, "unknown-layer"),
+        (4, 42, "schema"),
+    ]
+    top = "give it once, at the top: `input: [height, width, channels]`"
+    assert findings[0].message == (
+        f"unknown layer 'InputLayer'; a config's input is not a layer: {top}"
+    )
+    assert findings[1].message == f"input_shape is not a layer argument in a config: {top}"
+
+
+def test_a_name_that_cannot_be_built_is_not_also_a_duplicate(write):
+    # found by the stranger tests: two uses with float ids left the raw 'c_$id' twice,
+    # which added a false duplicate-name error to the two real ones
+    path = write("""
+        input: [8, 8, 1]
+        blocks:
+          b:
+            params: [id]
+            layers:
+              - Conv2D: {filters: 4, kernel_size: 3, padding: same, activation: relu, name: c_$id}
+        layers:
+          - b: {id: 1.5}
+          - b: {id: 2.5}
+          - GlobalAveragePooling2D
+    """)
+    _, _, findings = check_file(path)
+    assert [f.rule for f in findings] == ["schema", "schema"]
+    assert all("a name takes text or integer parameters" in f.message for f in findings)
+
+
+def test_a_block_reading_a_layer_outside_it_says_how_to_pass_it_in(write):
+    # found by the stranger tests: "unknown input 'stem': no earlier layer has that name"
+    # for a layer that does exist, outside the block
+    path = write("""
+        input: [8, 8, 1]
+        blocks:
+          b:
+            layers:
+              - Conv2D: {filters: 4, kernel_size: 1, name: c}
+              - Add: {inputs: [stem, c]}
+        layers:
+          - Conv2D: {filters: 4, kernel_size: 1, name: stem}
+          - b
+    """)
+    _, _, findings = check_file(path)
+    errors = [f for f in findings if f.severity == "error"]
+    assert [(f.line, f.path) for f in errors] == [(6, "blocks.b.layers[1].Add.inputs[0]")]
+    assert errors[0].message.startswith(
+        "unknown input 'stem': a block reads only its own layers and its inputs (`input`, or "
+        "the names in the block's `inputs:`); pass it in through `inputs:`"
+    )

@@ -81,6 +81,17 @@ def test_unknown_layer_suggests(cli):
     assert "unknown layer 'Conv2d3'; did you mean 'Conv2D'?" in result.stderr
 
 
+@pytest.mark.parametrize("name", ["Input", "InputLayer"])
+def test_keras_input_is_not_a_layer_and_says_where_it_goes(cli, name):
+    # found by the stranger tests: `layers Input` suggested 'Dropout'
+    result = cli("layers", name)
+    assert result.exit_code == 2
+    assert f"unknown layer '{name}'; a config's input is not a layer: give it once" in (
+        result.stderr
+    )
+    assert "Dropout" not in result.stderr
+
+
 def test_the_readme_layers_table_is_the_registry():
     """Regenerate with ``python -c "from cnnbuild.layers_doc import readme_table;
     print(readme_table())"`` and paste it over the README's table."""

@@ -143,6 +143,7 @@ def test_text_and_markdown(cli, repo):
         (["--", "-x:model.yaml", "model.yaml"], 2, "is not a git revision"),
         (["C:\\models\\a.yaml", "model.yaml"], 2, "no such config file"),
         (["model.yaml"], 2, "Missing argument"),
+        (["HEAD:", "model.yaml"], 2, "'HEAD:'; read as REF:PATH, it names no path (e.g. HEAD:"),
         (["model.yaml", "model.yaml", "--format", "html"], 2, "Invalid value"),
     ],
 )
@@ -228,6 +229,29 @@ def test_growth_below_the_real_growth_fails(cli, repo):
     assert "model.yaml: against HEAD: parameters 122,570 → 173,930 (+51,360, +41.9%)" in (
         result.stdout
     )
+
+
+def test_a_renamed_config_is_compared_with_its_old_path(cli, repo):
+    # found by the stranger tests: `git mv` made the config "new", escaping its growth limit
+    with_growth(repo, "10%")
+    git(repo, "mv", "model.yaml", "renamed.yaml")
+    result = cli("validate", "--baseline", "HEAD", "renamed.yaml")
+    assert result.exit_code == 1, result.output
+    assert "renamed.yaml:0:0: info: renamed from model.yaml since HEAD: compared with it" in (
+        result.stdout
+    )
+    assert "renamed.yaml:26:12: error: budget.growth.params: parameters grew +41.9%" in (
+        result.stdout
+    )
+
+
+def test_an_empty_baseline_is_a_usage_error_not_no_baseline(cli, repo):
+    # found by the stranger tests: `--baseline "$BASE_SHA"` with an empty variable ran
+    # without any baseline, so no growth limit was checked, and passed
+    with_growth(repo, "10%")
+    result = cli("validate", "--baseline", "", "model.yaml")
+    assert result.exit_code == 2, result.output
+    assert "'' is not a git revision" in result.output
 
 
 def test_growth_above_the_real_growth_passes(cli, repo):
@@ -366,3 +390,34 @@ def test_shifted_automatic_names_do_not_decide_the_alignment(tmp_path):
     assert renamed == [("conv2d_1", "conv2d_2"), ("conv2d_2", "conv2d_3")]
     added = next(r["new"] for r in data["layers"] if r["change"] == "added")
     assert added["name"] == "conv2d_1" and added["output_shape"] == [15, 15, 32]
+
+
+def test_a_layer_renamed_in_the_config_is_changed_an_automatic_name_is_not(tmp_path):
+    # found by the stranger tests: `name: outputs` -> `name: logits` on the output layer
+    # (the model's output name) was "14 unchanged"
+    last = "  - Dense: {units: 10}\n"
+    _, old = load_traced(CONFIGS / "cifar10_tutorial.yaml")
+    for written, change in [("logits", "changed"), ("dense_1", "unchanged")]:
+        path = tmp_path / f"{written}.yaml"
+        path.write_text(TUTORIAL.replace(last, last.replace("10}", f"10, name: {written}}}")))
+        _, new = load_traced(path)
+        data = compare(old, new, "old", "new")
+        assert data["layers"][-1]["change"] == change
+        assert data["counts"]["unchanged"] == len(data["layers"]) - (change == "changed")
+    assert data["layers"][-1].get("arguments") is None
+    path = tmp_path / "logits.yaml"
+    _, new = load_traced(path)
+    row = compare(old, new, "old", "new")["layers"][-1]
+    assert row["arguments"] == {"name": {"old": "dense_1", "new": "logits"}}
+
+
+def test_markdown_escapes_html_from_the_config(cli, repo):
+    # found by the stranger tests: a model named `x <!--` opened an HTML comment in the PR
+    # comment, hiding the verdict and the findings after it
+    (repo / "model.yaml").write_text(edited().replace("name: cifar10_tutorial", "name: x <!--"))
+    (repo / "bad.yaml").write_text("input: [8, 8, 1]\nlayers:\n  - '<!--'\n")
+    md = cli("validate", "--baseline", "HEAD", ".", "--format", "markdown").stdout
+    assert "<!--" not in md
+    assert "| `model.yaml` (x &lt;!--) |" in md
+    assert "error: unknown layer '&lt;!--' [unknown-layer]" in md
+    assert "**validate fails**" in md

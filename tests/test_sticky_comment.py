@@ -20,6 +20,7 @@ from tests.conftest import ROOT
 SCRIPT = ROOT / ".github" / "scripts" / "sticky_comment.py"
 WORKFLOW = ROOT / ".github" / "workflows" / "model-review.yml"
 MARKER = "<!-- cnnbuild-model-review -->"
+BOT = "github-actions[bot]"
 
 
 class FakeGitHub:
@@ -31,9 +32,9 @@ class FakeGitHub:
         self.fail_with: int | None = None
         self.next_id = 1000
 
-    def add(self, body: str) -> int:
+    def add(self, body: str, login: str = "someone") -> int:
         self.next_id += 1
-        self.comments.append({"id": self.next_id, "body": body})
+        self.comments.append({"id": self.next_id, "body": body, "user": {"login": login}})
         return self.next_id
 
     def handler(self):
@@ -61,7 +62,7 @@ class FakeGitHub:
                     per, page = int(query["per_page"][0]), int(query["page"][0])
                     return self._answer(200, fake.comments[(page - 1) * per : page * per])
                 if self.command == "POST" and url.path == "/repos/o/r/issues/7/comments":
-                    new = fake.add(body["body"])
+                    new = fake.add(body["body"], BOT)
                     return self._answer(201, {"id": new, "body": body["body"]})
                 prefix = "/repos/o/r/issues/comments/"
                 if self.command == "PATCH" and url.path.startswith(prefix):
@@ -133,10 +134,28 @@ def test_first_run_creates_second_run_updates_the_same_comment(github, tmp_path)
     ]
 
 
+def test_a_comment_by_someone_else_holding_the_marker_is_left_alone(github, tmp_path):
+    # found by the stranger tests: a reviewer's comment quoting the marker was taken for the
+    # sticky one; editing it fails with HTTP 403 for the job's token, on every run
+    theirs = github.add(f"{MARKER}\nnot the bot", "someone")
+    body = tmp_path / "review.md"
+    body.write_text("review")
+    for expected in ("created comment 1002", "updated comment 1002"):
+        result = run_script(github, body, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected
+    assert github.comments[0] == {
+        "id": theirs,
+        "body": f"{MARKER}\nnot the bot",
+        "user": {"login": "someone"},
+    }
+    assert [r[0] for r in github.requests] == ["GET", "POST", "GET", "PATCH"]
+
+
 def test_the_comment_is_found_on_a_later_page(github, tmp_path):
     for i in range(130):
         github.add(f"comment {i}")
-    sticky = github.add(f"{MARKER}\nold")
+    sticky = github.add(f"{MARKER}\nold", BOT)
     body = tmp_path / "review.md"
     body.write_text("new")
     result = run_script(github, body, tmp_path, PR_NUMBER="7")

@@ -2,9 +2,11 @@
 
 Used by .github/workflows/model-review.yml after `cnnbuild validate --baseline ... --format
 markdown`. The comment carries a hidden marker; a later run finds the comment holding it
-and edits it in place instead of adding another. Standard library only.
+and edits it in place instead of adding another. Only a comment by the job's own account
+counts (``github-actions[bot]``, or ``--author``): anyone can post a comment holding the
+marker, and editing theirs would fail (HTTP 403) on every run. Standard library only.
 
-Usage: python sticky_comment.py BODY.md [--marker TEXT]
+Usage: python sticky_comment.py BODY.md [--marker TEXT] [--author LOGIN]
 
 Environment: GITHUB_TOKEN, GITHUB_REPOSITORY (owner/name), GITHUB_EVENT_PATH (the
 pull_request event; or PR_NUMBER), GITHUB_API_URL (default https://api.github.com).
@@ -22,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 MARKER = "<!-- cnnbuild-model-review -->"
+AUTHOR = "github-actions[bot]"  # the account GITHUB_TOKEN posts as
 MAX_BODY = 65_000  # GitHub refuses comments over 65,536 characters
 TIMEOUT_S = 30
 PER_PAGE = 100
@@ -69,22 +72,29 @@ def pr_number(env: dict) -> int:
         raise Failure(f"{path}: no pull_request.number ({exc})") from None
 
 
-def find_comment(api: str, repo: str, number: int, token: str, marker: str) -> int | None:
-    """The id of the first comment on the PR whose body holds ``marker``, if any."""
+def find_comment(
+    api: str, repo: str, number: int, token: str, marker: str, author: str = AUTHOR
+) -> int | None:
+    """The id of the first comment by ``author`` on the PR whose body starts with
+    ``marker``, if any."""
     for page in range(1, MAX_PAGES + 1):
         url = f"{api}/repos/{repo}/issues/{number}/comments?per_page={PER_PAGE}&page={page}"
         comments = _request("GET", url, token)
         if not isinstance(comments, list):
             raise Failure(f"GET {url}: expected a list of comments")
         for comment in comments:
-            if marker in str(comment.get("body", "")):
+            user = comment.get("user") if isinstance(comment.get("user"), dict) else {}
+            mine = user.get("login") == author
+            if mine and str(comment.get("body", "")).startswith(marker):
                 return int(comment["id"])
         if len(comments) < PER_PAGE:
             return None
     return None
 
 
-def upsert(body_text: str, env: dict, marker: str = MARKER) -> tuple[str, int]:
+def upsert(
+    body_text: str, env: dict, marker: str = MARKER, author: str = AUTHOR
+) -> tuple[str, int]:
     """Create the comment, or update the one holding ``marker``.
 
     Returns:
@@ -99,7 +109,7 @@ def upsert(body_text: str, env: dict, marker: str = MARKER) -> tuple[str, int]:
     if len(body_text) > MAX_BODY:
         body_text = body_text[:MAX_BODY] + "\n\n(truncated; the job summary has it all)\n"
     body = {"body": f"{marker}\n{body_text}"}
-    found = find_comment(api, repo, number, token, marker)
+    found = find_comment(api, repo, number, token, marker, author)
     if found is None:
         made = _request("POST", f"{api}/repos/{repo}/issues/{number}/comments", token, body)
         return "created", int(made["id"]) if isinstance(made, dict) else -1
@@ -111,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("body", type=Path, help="the markdown file to post")
     parser.add_argument("--marker", default=MARKER, help="the hidden text that marks the comment")
+    parser.add_argument("--author", default=AUTHOR, help="the login the token posts as")
     args = parser.parse_args(argv)
     try:
         text = args.body.read_text(encoding="utf-8")
-        action, comment = upsert(text, dict(os.environ), args.marker)
+        action, comment = upsert(text, dict(os.environ), args.marker, args.author)
     except OSError as exc:
         print(f"error: {args.body}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -246,10 +246,18 @@ class TrainConfig(Strict):
         return self
 
 
+def _rule_ids(value: Any) -> Any:
+    if isinstance(value, str):  # `ignore: dead-layer`: a list in YAML is [dead-layer]
+        raise ValueError(f"ignore is a list of rule ids: write [{value}]; received {value!r}")
+    if not isinstance(value, list):
+        raise ValueError(f"ignore is a list of rule ids, e.g. [dead-layer]; received {value!r}")
+    return value
+
+
 class LintConfig(Strict):
     """Per-config lint settings."""
 
-    ignore: list[str] = []
+    ignore: Annotated[list[str], BeforeValidator(_rule_ids)] = []
     max_dense_params_million: Float(0.0, lo_open=True) = 5.0
 
 
@@ -257,6 +265,7 @@ class LintConfig(Strict):
 
 COUNT_SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 SIZE_SUFFIXES = {**COUNT_SUFFIXES, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_EXPONENT = re.compile(r"\s*(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")
 _AMOUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*(%?)\s*$")
 
 
@@ -281,18 +290,38 @@ def parse_amount(value: Any, unit: str) -> float:
     """
     suffixes = {"count": COUNT_SUFFIXES, "bytes": SIZE_SUFFIXES, "percent": {}}[unit]
     if is_number(value):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"expected a number >= 0; received {value!r}")
-        return float(value)
+        number = _finite(value)
+        if number is None or number < 0:
+            big = number is None and not isinstance(value, float)
+            shown = "an integer too big for a float" if big else repr(value)
+            raise ValueError(f"expected a number >= 0; received {shown}")
+        return number
     example = {"count": "1.5M", "bytes": "64MiB", "percent": "10%"}[unit]
     match = _AMOUNT.match(value) if isinstance(value, str) else None
     if match is None or (match[3] and unit != "percent") or (match[2] and match[3]):
-        raise ValueError(f"expected a number or a string like {example}; received {value!r}")
-    number, suffix = float(match[1]), match[2]
+        percent = match is not None and match[3] and not match[2]
+        where = " (a percent is a growth limit: budget.growth)" if percent else ""
+        if isinstance(value, str) and _EXPONENT.fullmatch(value) and float(value) < 1e15:
+            plain = f"{float(value):f}".rstrip("0").rstrip(".")
+            where = f" (YAML 1.1 reads {value.strip()} as text: write {plain} or {example})"
+        raise ValueError(f"expected a number or a string like {example}; received {value!r}{where}")
+    number, suffix = _finite(match[1]), match[2]
+    if number is None:
+        raise ValueError(f"expected a finite number; received {len(match[1])} digits")
     if suffix and suffix not in suffixes:
         allowed = ", ".join(suffixes) if suffixes else "none (a number or N%)"
         raise ValueError(f"unknown suffix {suffix!r} in {value!r}; suffixes: {allowed}")
     return number * suffixes.get(suffix, 1)
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` when it is NaN, infinite or too big for a float
+    (an integer of hundreds of digits)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _limit(unit: str):
@@ -350,6 +379,16 @@ BUDGET_UNITS = {
 
 class Growth(Strict):
     """Growth limits in percent against a baseline (``validate --baseline REF``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(
+                "growth must be a mapping of a figure to a percent, e.g. "
+                f"{{params: 10%, macs: 5%}}; received {value!r}"
+            )
+        return value
 
     params: LimitType("percent") | None = None
     trainable_params: LimitType("percent") | None = None

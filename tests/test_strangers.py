@@ -1,0 +1,300 @@
+"""Configs nobody on the team wrote, against the same models built directly in Keras.
+
+Each YAML in ``tests/data/strangers/`` is a well-known model as a stranger writes it from
+its source (keras.io, the TensorFlow tutorials, keras.applications), in Keras' idioms:
+aliases, no ``compile:``, its own scaling first. Each must pass ``validate --strict``, and
+``summary --static`` and cnnbuild's builder must give the layers, parameter counts and
+output shapes of the model built here with ``keras.layers`` as the source writes it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cnnbuild.validate import check_file, load_traced
+
+DATA = Path(__file__).parent / "data" / "strangers"
+
+
+def _mnist_convnet(keras, layers):
+    """keras.io "Simple MNIST convnet" (the data scaled outside the model)."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+            layers.MaxPooling2D(pool_size=(2, 2)),
+            layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
+            layers.MaxPooling2D(pool_size=(2, 2)),
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+def _flowers_tutorial(keras, layers):
+    """TensorFlow "Image classification" tutorial, with its augmentation."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=(180, 180, 3)),
+            layers.RandomFlip("horizontal"),
+            layers.RandomRotation(0.1),
+            layers.RandomZoom(0.1),
+            layers.Rescaling(1.0 / 255),
+            layers.Conv2D(16, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Dropout(0.2),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(5, name="outputs"),
+        ]
+    )
+
+
+def _xception_small(keras, layers):
+    """keras.io "Image classification from scratch": make_model((180, 180, 3), 2)."""
+    inputs = keras.Input(shape=(180, 180, 3))
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(128, 3, strides=2, padding="same")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    previous = x
+    for size in [256, 512, 728]:
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(size, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(size, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = layers.Conv2D(size, 1, strides=2, padding="same")(previous)
+        x = layers.add([x, residual])
+        previous = x
+    x = layers.SeparableConv2D(1024, 3, padding="same")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.25)(x)
+    outputs = layers.Dense(1, activation=None)(x)
+    return keras.Model(inputs, outputs)
+
+
+def _resnet18_cifar(keras, layers):
+    """ResNet-18 for 32x32 inputs with 1x1 projection shortcuts (option B)."""
+
+    def block(x, filters, strides):
+        y = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+        y = layers.ReLU()(layers.BatchNormalization()(y))
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+        y = layers.BatchNormalization()(y)
+        if strides != 1:
+            x = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+        return layers.ReLU()(layers.Add()([y, x]))
+
+    inputs = keras.Input(shape=(32, 32, 3))
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(64, 3, padding="same", use_bias=False)(x)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    for filters, strides in [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1)]:
+        x = block(x, filters, strides)
+    x = block(block(x, 512, 2), 512, 1)
+    x = layers.GlobalAvgPool2D()(x)
+    return keras.Model(inputs, layers.Dense(10, activation="softmax")(x))
+
+
+def _mobilenet_templates(keras, layers):
+    """keras.applications.MobileNet itself, with a [-1, 1] Rescaling in front."""
+    net = keras.applications.MobileNet(input_shape=(128, 128, 3), weights=None)
+    inputs = keras.Input(shape=(128, 128, 3))
+    return keras.Model(inputs, net(layers.Rescaling(1 / 127.5, offset=-1)(inputs))), net
+
+
+def _unet_oxford_pets(keras, layers):
+    """keras.io "Image segmentation with a U-Net-like architecture": get_model((160, 160), 3)."""
+    inputs = keras.Input(shape=(160, 160, 3))
+    x = layers.Conv2D(32, 3, strides=2, padding="same")(inputs)
+    x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    previous = x
+    for filters in [64, 128, 256]:
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = layers.Conv2D(filters, 1, strides=2, padding="same")(previous)
+        x = previous = layers.add([x, residual])
+    for filters in [256, 128, 64, 32]:
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2DTranspose(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2DTranspose(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.UpSampling2D(2)(x)
+        residual = layers.Conv2D(filters, 1, padding="same")(layers.UpSampling2D(2)(previous))
+        x = previous = layers.add([x, residual])
+    outputs = layers.Conv2D(3, 3, activation="softmax", padding="same")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _dcgan_discriminator(keras, layers):
+    """keras.io "DCGAN to generate face images": the discriminator."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=(64, 64, 3)),
+            layers.Conv2D(64, kernel_size=4, strides=2, padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Conv2D(128, kernel_size=4, strides=2, padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Conv2D(128, kernel_size=4, strides=2, padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Flatten(),
+            layers.Dropout(0.2),
+            layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
+def _new_layers_mix(keras, layers):
+    """The issue 18 layers and aliases, as keras.layers spells them."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=(40, 40, 3)),
+            layers.RandomBrightness(0.2),
+            layers.CenterCrop(32, 32),
+            layers.Rescaling(1.0 / 255),
+            layers.GaussianNoise(0.1),
+            layers.Convolution2D(16, 3, padding="same", use_bias=False),
+            layers.GroupNormalization(groups=4),
+            layers.PReLU(shared_axes=[1, 2]),
+            layers.AvgPool2D(2),
+            layers.SeparableConvolution2D(32, 3, padding="same"),
+            layers.ELU(alpha=1.0),
+            layers.GaussianDropout(0.1),
+            layers.Permute((2, 1, 3)),
+            layers.Identity(),
+            layers.GlobalMaxPool2D(),
+            layers.UnitNormalization(),
+            layers.Dense(64, activation="relu", lora_rank=4),
+            layers.Dense(10),
+            layers.Softmax(),
+        ]
+    )
+
+
+def _densenet_cifar(keras, layers):
+    """A DenseNet-BC for 32x32 with keras.applications.densenet's conv_block, growth 12."""
+
+    def conv_block(x, growth):
+        y = layers.BatchNormalization(epsilon=1.001e-5)(x)
+        y = layers.Conv2D(4 * growth, 1, use_bias=False)(layers.Activation("relu")(y))
+        y = layers.BatchNormalization(epsilon=1.001e-5)(y)
+        y = layers.Conv2D(growth, 3, padding="same", use_bias=False)(layers.Activation("relu")(y))
+        return layers.Concatenate()([x, y])
+
+    def transition(x, filters):
+        x = layers.Activation("relu")(layers.BatchNormalization(epsilon=1.001e-5)(x))
+        x = layers.Conv2D(filters, 1, use_bias=False)(x)
+        return layers.AveragePooling2D(2, strides=2)(x)
+
+    inputs = keras.Input(shape=(32, 32, 3))
+    x = layers.Conv2D(24, 3, padding="same", use_bias=False)(layers.Rescaling(1 / 255)(inputs))
+    for filters in (36, 42, None):
+        for _ in range(4):
+            x = conv_block(x, 12)
+        if filters:
+            x = transition(x, filters)
+    x = layers.Activation("relu")(layers.BatchNormalization(epsilon=1.001e-5)(x))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(10, activation="softmax")(x))
+
+
+KERAS_MODELS = {
+    "densenet_cifar": _densenet_cifar,
+    "unet_oxford_pets": _unet_oxford_pets,
+    "dcgan_discriminator": _dcgan_discriminator,
+    "new_layers_mix": _new_layers_mix,
+    "mnist_convnet": _mnist_convnet,
+    "flowers_tutorial": _flowers_tutorial,
+    "xception_small": _xception_small,
+    "resnet18_cifar": _resnet18_cifar,
+    "mobilenet_templates": _mobilenet_templates,
+}
+
+
+def test_every_stranger_config_has_a_keras_model():
+    assert sorted(p.stem for p in DATA.glob("*.yaml")) == sorted(KERAS_MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_MODELS))
+def test_stranger_passes_validate_strict(name):
+    _, _, findings = check_file(DATA / f"{name}.yaml")
+    assert [f.message for f in findings if f.severity in ("error", "warning")] == []
+
+
+def _keras_rows(model) -> list[tuple]:
+    """(type, output shape, params) of every layer of ``model``, nested models flattened."""
+    rows = []
+    for layer in model.layers:
+        if layer.__class__.__name__ == "InputLayer":
+            continue
+        if hasattr(layer, "layers") and layer.layers:
+            rows.extend(_keras_rows(layer))
+            continue
+        shape = tuple(layer.output.shape[1:])
+        rows.append((layer.__class__.__name__, shape, layer.count_params()))
+    return rows
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_MODELS))
+def test_stranger_static_counts_equal_keras(name):
+    keras = pytest.importorskip("keras")
+    keras.backend.clear_session()
+    built = KERAS_MODELS[name](keras, keras.layers)
+    model, inner = built if isinstance(built, tuple) else (built, None)
+    _, st = load_traced(DATA / f"{name}.yaml")
+    ours = [(row.node.kind, tuple(row.shape), row.out.params) for row in st.rows]
+    theirs = _keras_rows(model)
+    extra = Counter(ours) - Counter(theirs)
+    # The automatic input_scaling of a config that does not scale (keras.io MNIST scales
+    # outside the model): a Rescaling with no parameters, the one layer Keras lacks.
+    assert all(kind == "Rescaling" and params == 0 for kind, _, params in extra), extra
+    assert Counter(theirs) - Counter(ours) == Counter()
+    trainable = sum(int(w.shape.num_elements()) for w in model.trainable_weights)
+    assert (st.total_params, st.trainable) == (model.count_params(), trainable)
+    assert tuple(st.output_shape) == theirs[-1][1]
+    if inner is not None:  # keras.applications' own layer names, built by the templates
+        names = {layer.name for layer in inner.layers} - {inner.layers[0].name}
+        assert names <= {row.node.name for row in st.rows}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_MODELS))
+def test_stranger_built_by_cnnbuild_equals_keras(name):
+    """The builder's model against the one written in Keras: the same layers (class,
+    output shape, parameters) and weights count, and Keras' own names where the config
+    gives them (keras.applications' MobileNet names through templates)."""
+    keras = pytest.importorskip("keras")
+    from cnnbuild.builder import build_model
+
+    keras.backend.clear_session()
+    built = KERAS_MODELS[name](keras, keras.layers)
+    model, inner = built if isinstance(built, tuple) else (built, None)
+    cfg, _ = load_traced(DATA / f"{name}.yaml")
+    ours = build_model(cfg, compile=False)
+    extra = Counter(_keras_rows(ours)) - Counter(_keras_rows(model))
+    assert all(kind == "Rescaling" and params == 0 for kind, _, params in extra), extra
+    assert Counter(_keras_rows(model)) - Counter(_keras_rows(ours)) == Counter()
+    assert ours.count_params() == model.count_params()
+    if inner is not None:
+        names = {layer.name for layer in inner.layers} - {inner.layers[0].name}
+        assert names <= {layer.name for layer in ours.layers}
