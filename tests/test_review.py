@@ -413,11 +413,12 @@ def test_a_layer_renamed_in_the_config_is_changed_an_automatic_name_is_not(tmp_p
 
 def test_markdown_escapes_html_from_the_config(cli, repo):
     # found by the stranger tests: a model named `x <!--` opened an HTML comment in the PR
-    # comment, hiding the verdict and the findings after it
+    # comment, hiding the verdict and the findings after it (such a name is refused now,
+    # and the refusal quotes it)
     (repo / "model.yaml").write_text(edited().replace("name: cifar10_tutorial", "name: x <!--"))
     (repo / "bad.yaml").write_text("input: [8, 8, 1]\nlayers:\n  - '<!--'\n")
     md = cli("validate", "--baseline", "HEAD", ".", "--format", "markdown").stdout
     assert "<!--" not in md
-    assert "| `model.yaml` (x &lt;!--) |" in md
+    assert "'x &lt;!--' is not a valid model name" in md
     assert "error: unknown layer '&lt;!--' [unknown-layer]" in md
     assert "**validate fails**" in md
