@@ -359,6 +359,7 @@ def train(
     """
     if workers is not None:
         raise typer.Exit(_launch_workers(ctx, workers, config, out, seed))
+    from cnnbuild.insight.hooks import training_hooks
     from cnnbuild.train import stdout_console
     from cnnbuild.train import train as run_training
 
@@ -378,7 +379,13 @@ def train(
         "strategy": strategy.value if strategy else None,
     }
     run_training(
-        config, overrides, out=out, resume=resume, console=stdout_console(), verbose=verbose
+        config,
+        overrides,
+        out=out,
+        resume=resume,
+        console=stdout_console(),
+        verbose=verbose,
+        hooks=training_hooks(),
     )
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnbuild.errors import CnnbuildError, DataError, UsageError, shape_str
-from cnnbuild.predict import Target, load_keras_model, open_target
+from cnnbuild.runs import Target, open_target
+from cnnbuild.runs import load_model as load_keras_model
 
 if TYPE_CHECKING:
     import numpy as np

@@ -778,6 +778,7 @@ def _params_text(s: Study, params: dict[str, Any]) -> str:
 
 
 def _run_trial(optuna: Any, study: Any, trial: Any, s: Study) -> None:
+    from cnnbuild.insight.hooks import training_hooks
     from cnnbuild.train import train
 
     study.sampler = _sampler(optuna, s, trial.number)
@@ -807,6 +808,7 @@ def _run_trial(optuna: Any, study: Any, trial: Any, s: Study) -> None:
                     live=False,
                     verbose=s.verbose,
                     extra_callbacks=[watch.callback()],
+                    hooks=training_hooks(),
                 )
         except KeyboardInterrupt:
             s.stopping = s.stopping or "Ctrl-C"

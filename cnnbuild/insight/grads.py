@@ -346,7 +346,7 @@ def copy_weights(model: Any, path: Any, what: str, config: Any) -> None:
             (names and weight shapes).
     """
     from cnnbuild.errors import UsageError
-    from cnnbuild.predict import load_keras_model
+    from cnnbuild.runs import load_model as load_keras_model
 
     try:
         saved = load_keras_model(path)

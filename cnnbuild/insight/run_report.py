@@ -162,9 +162,9 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
     grads = _read_json(run_dir / "gradients.json")
     config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
     names = list(data.class_names)
-    from cnnbuild.predict import outputs_are_probabilities
+    from cnnbuild.runs import output_kind
 
-    target = Loaded(model, cfg, names, run_dir, outputs_are_probabilities(model, cfg))
+    target = Loaded(model, cfg, names, run_dir, output_kind(model, cfg).probabilities)
     x_test = np.asarray(data.x_test, dtype="float32")
     if len(x_test):
         probs = probabilities(target, model.predict(x_test, batch_size=batch_size, verbose=0))
@@ -276,15 +276,15 @@ def write_report(
         )
     from cnnbuild.builder import keras_module
 
-    keras = keras_module(verbose)
+    keras_module(verbose)
     if cfg is None:
         from cnnbuild.validate import load_config
 
         cfg = load_config(run_dir / "config.yaml")
     if model is None:
-        from cnnbuild.train.evaluate import load_model
+        from cnnbuild.runs import load_model
 
-        model = load_model(keras, run_dir / "model.keras")
+        model = load_model(run_dir / "model.keras")
     if data is None:
         from cnnbuild.train import load_data, resolve_train
 
