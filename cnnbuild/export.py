@@ -254,7 +254,7 @@ def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool)
     """``n`` test images and some training images (int8 calibration) as float32."""
     import numpy as np
 
-    from cnnbuild.train import load_data, resolve_train
+    from cnnbuild.runs import load_data, resolve_train
 
     if opened.config is None and data is None:
         raise UsageError(

@@ -5,6 +5,8 @@ Every command that opens a saved model goes through this module: ``predict``, ``
 
 - :func:`open_target`: a run directory (its best ``model.keras``, ``config.yaml`` and
   class names) or a bare ``.keras`` file;
+- :func:`resolve_train` and :func:`load_data`: a run's ``train:`` settings and the
+  dataset they name;
 - :func:`load_model`: the one loader, with Keras' safe_mode on, room for deep models
   (a 2,000-layer model needs more recursion than Python's default) and a bound on the
   model's size read from its saved config before Keras allocates anything;
@@ -42,8 +44,12 @@ from cnnbuild.backend import keras_module, recursion_room
 from cnnbuild.errors import RunError, UsageError
 
 if TYPE_CHECKING:
-    import numpy as np
+    from cnnbuild.config import ModelConfig
+    from cnnbuild.data.base import Data
+    from cnnbuild.schema.sections import TrainConfig
 
+if TYPE_CHECKING:
+    import numpy as np
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 50_000_000
 MAX_MODEL_BYTES = 2 * 1024**3
@@ -122,6 +128,49 @@ def output_dir(target: Target, command: str) -> Path:
     if target.run_dir is not None:
         return target.run_dir / command
     return target.model_path.with_name(f"{target.model_path.stem}-{command}")
+
+
+# -- the data a run reads ----------------------------------------------------------------
+
+
+def resolve_train(cfg: ModelConfig | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The config's ``train:`` section (defaults without a config) with CLI overrides
+    applied and checked.
+
+    Raises:
+        UsageError: an override is out of range or of the wrong type.
+    """
+    base = cfg.doc.data.get("train") if cfg and isinstance(cfg.doc.data, dict) else None
+    merged = {**(base or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    from pydantic import ValidationError
+
+    from cnnbuild.schema.sections import TrainConfig
+
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise UsageError(problems) from None
+
+
+def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:
+    """The dataset ``settings`` name, read for a model whose input is ``shape``."""
+    from cnnbuild.data import load_dataset
+
+    data = load_dataset(
+        settings.dataset,
+        data_dir=settings.data_dir,
+        image_size=shape[:2] if len(shape) == 3 else None,
+        channels=shape[-1] or 3,
+        test_split=settings.test_split,
+        seed=settings.seed if settings.seed is not None else 1337,
+        quiet=quiet,
+    )
+    return data.limited(settings.limit)
 
 
 # -- the model --------------------------------------------------------------------------

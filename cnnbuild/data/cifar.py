@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnbuild.data import Data, tidy
+from cnnbuild.data.base import Data, tidy
 from cnnbuild.errors import DataError
 
 MIRROR_ENV = "CNNBUILD_DATA_MIRROR"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnbuild.data import Data, tidy
+from cnnbuild.data.base import Data, tidy
 from cnnbuild.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")

@@ -370,7 +370,7 @@ def copy_weights(model: Any, path: Any, what: str, config: Any) -> None:
 
 def dataset_batch(cfg: ModelConfig, units: int | None, seed: int, batch: int):
     """``batch`` training images of the config's dataset, chosen by ``seed``."""
-    from cnnbuild.train import load_data, resolve_train
+    from cnnbuild.runs import load_data, resolve_train
 
     data = load_data(cfg.input_shape, resolve_train(cfg, {}), quiet=True)
     pick = np.random.default_rng(seed).choice(len(data.x_train), min(batch, len(data.x_train)))

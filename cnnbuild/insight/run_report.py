@@ -286,7 +286,7 @@ def write_report(
 
         model = load_model(run_dir / "model.keras")
     if data is None:
-        from cnnbuild.train import load_data, resolve_train
+        from cnnbuild.runs import load_data, resolve_train
 
         data = load_data(cfg.input_shape, resolve_train(cfg, {}), quiet=True)
     path = run_dir / REPORT

@@ -16,11 +16,9 @@ from cnnbuild.catalog import one_hot_classes
 from cnnbuild.data import Data
 from cnnbuild.errors import DataError, shape_str
 from cnnbuild.io import os_errors, write_json
-from cnnbuild.runs import load_model, open_target, output_dir, output_kind
+from cnnbuild.runs import load_data, load_model, open_target, output_dir, output_kind, resolve_train
 from cnnbuild.train.settings import (
     check_data,
-    load_data,
-    resolve_train,
     stdout_console,
 )
 from cnnbuild.validate import load_config

@@ -38,16 +38,14 @@ from cnnbuild.config import ModelConfig
 from cnnbuild.data import Data, describe
 from cnnbuild.errors import DataError, Interrupted, RunError, UsageError
 from cnnbuild.io import os_errors, write_json, write_text
-from cnnbuild.runs import load_model
+from cnnbuild.runs import load_data, load_model, resolve_train
 from cnnbuild.schema.sections import TrainConfig
 from cnnbuild.train.evaluate import evaluate_model
 from cnnbuild.train.rundir import STATE, RunDir, Signals, State, StopSignal
 from cnnbuild.train.settings import (
     Device,
     check_data,
-    load_data,
     make_schedule,
-    resolve_train,
     resolved_config,
     select_device,
     split_validation,
