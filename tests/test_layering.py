@@ -103,9 +103,9 @@ def _rank(module: str) -> int:
     best: tuple[int, int] | None = None
     for rank, layer in enumerate(LAYERS):
         for name in layer:
-            if module == name or (name and module.startswith(name + ".")):
-                if best is None or len(name) > best[0]:
-                    best = (len(name), rank)
+            covers = module == name or (name and module.startswith(name + "."))
+            if covers and (best is None or len(name) > best[0]):
+                best = (len(name), rank)
     assert best is not None, f"cnnbuild.{module} has no layer in LAYERS; add it"
     return best[1]
 
@@ -170,9 +170,8 @@ def test_the_layer_test_sees_imports_inside_functions():
 def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     body = fn.body
     first = body[0]
-    if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant):
-        if isinstance(first.value.value, str):
-            body = body[1:]
+    if isinstance(first, ast.Expr) and isinstance(getattr(first.value, "value", None), str):
+        body = body[1:]
     if not body:
         return 0
     return body[-1].end_lineno - body[0].lineno + 1
