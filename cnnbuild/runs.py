@@ -244,8 +244,9 @@ def _kernel(config: dict) -> int:
     return math.prod(s for s in sizes if isinstance(s, int) and s > 0) or 1
 
 
-def _layer_parameters(config: dict, width: int) -> int:
+def _layer_parameters(layer: dict, width: int) -> int:
     """Parameters of one layer from its Keras config, given its input's last dim."""
+    config = layer["config"]
     units, filters = _int(config, "units"), _int(config, "filters")
     if units:
         return units * (width + 1)
@@ -257,7 +258,7 @@ def _layer_parameters(config: dict, width: int) -> int:
         return depthwise + full + filters + width * depth
     if _int(config, "input_dim") and _int(config, "output_dim"):
         return config["input_dim"] * config["output_dim"]
-    if "epsilon" in config:  # BatchNormalization and the other normalizations
+    if "Normalization" in layer["class_name"]:  # at most 4 per channel (BatchNormalization)
         return 4 * width
     return 0
 
@@ -294,7 +295,7 @@ def estimate_parameters(tree: Any) -> int:
         build = layer.get("build_config")
         shape = _dims(build.get("input_shape")) if isinstance(build, dict) else None
         width = shape[-1] if shape else widest
-        total += _layer_parameters(layer["config"], width)
+        total += _layer_parameters(layer, width)
     return total
 
 
@@ -432,10 +433,12 @@ def _open_regular(path: Path) -> Any:
     return os.fdopen(fd, "rb")
 
 
-def _pixels(img: Any, channels: int) -> np.ndarray:
-    """A decoded Pillow image as (H, W, channels) uint8, its header checked first."""
-    import numpy as np
+def _checked(img: Any, channels: int) -> Any:
+    """A Pillow image in the model's channel mode, its header checked before decoding.
 
+    Raises:
+        ImageError: another format, too many pixels, or 16-bit or float pixels.
+    """
     if img.format not in IMAGE_FORMATS:
         raise ImageError(f"a {img.format} image; expected PNG, JPEG, BMP or GIF")
     width, height = img.size
@@ -445,33 +448,63 @@ def _pixels(img: Any, channels: int) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I", "F"):
         raise ImageError(f"a {img.mode} image (16-bit or float); expected 8 bits")
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
-    return np.asarray(img.convert(mode), dtype=np.uint8).reshape(height, width, channels)
+    if img.mode == mode:
+        img.load()
+        return img
+    return img.convert(mode)
+
+
+def _weights(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices below and above each output position, and the weight of the one
+    above, as TensorFlow's bilinear resize computes them (half-pixel centres, float32)."""
+    import numpy as np
+
+    scale = np.float32(in_size / out_size)
+    where = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(where)
+    lower = np.maximum(floor, 0).astype(np.int64)
+    upper = np.minimum(np.ceil(where), in_size - 1).astype(np.int64)
+    return lower, upper, (where - floor).astype(np.float32)
+
+
+def _bilinear_rows(rows: Any, size: tuple[int, int], height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an image of ``size`` (H, W), given ``rows(indices)`` -> the
+    image's rows at those indices as an (n, W, C) array."""
+    import numpy as np
+
+    top, bottom, y_lerp = _weights(height, size[0])
+    left, right, x_lerp = _weights(width, size[1])
+    x_lerp = x_lerp[None, :, None]
+    blended = []
+    for index in (top, bottom):
+        band = np.asarray(rows(index), dtype=np.float32)
+        lo, hi = band[:, left], band[:, right]
+        blended.append(lo + (hi - lo) * x_lerp)
+    upper, lower = blended
+    return upper + (lower - upper) * y_lerp[:, None, None]
 
 
 def bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize (H, W, C) to (height, width, C) float32 as ``tf.image.resize`` does
-    (bilinear, half-pixel centres, no antialiasing), reading only the rows and columns
-    it samples, so a large image is never converted to float32 whole."""
+    """Resize (H, W, C) to (height, width, C) float32 exactly as ``tf.image.resize``
+    does (bilinear, half-pixel centres, no antialiasing), reading only the rows and
+    columns it samples."""
+    return _bilinear_rows(lambda index: image[index], image.shape[:2], height, width)
+
+
+def _pillow_rows(img: Any, channels: int) -> Any:
+    """``rows(indices)`` of a decoded Pillow image, copying out only those rows."""
     import numpy as np
 
-    def weights(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        scale = np.float32(in_size / out_size)
-        where = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-        floor = np.floor(where)
-        lower = np.maximum(floor, 0).astype(np.int64)
-        upper = np.minimum(np.ceil(where), in_size - 1).astype(np.int64)
-        return lower, upper, (where - floor).astype(np.float32)
+    width = img.size[0]
 
-    top, bottom, y_lerp = weights(height, image.shape[0])
-    left, right, x_lerp = weights(width, image.shape[1])
-    x_lerp = x_lerp[None, :, None]
-    rows = []
-    for r in (top, bottom):
-        band = image[r].astype(np.float32)
-        lo, hi = band[:, left], band[:, right]
-        rows.append(lo + (hi - lo) * x_lerp)
-    upper_row, lower_row = rows
-    return upper_row + (lower_row - upper_row) * y_lerp[:, None, None]
+    def rows(index: np.ndarray) -> np.ndarray:
+        wanted = np.unique(index)
+        band = np.stack(
+            [np.asarray(img.crop((0, int(r), width, int(r) + 1))) for r in wanted]
+        ).reshape(len(wanted), width, channels)
+        return band[np.searchsorted(wanted, index)]
+
+    return rows
 
 
 def decode_image(path: Path, shape: tuple) -> np.ndarray:
@@ -506,8 +539,9 @@ def decode_sized(path: Path, shape: tuple) -> tuple[np.ndarray, tuple[int, int]]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(file) as img:
-                    pixels = _pixels(img, channels)
+                with Image.open(file) as opened:
+                    img = _checked(opened, channels)
+                    return _resized(img, height, width, channels)
         except ImageError:
             raise
         except UnidentifiedImageError:
@@ -516,10 +550,20 @@ def decode_sized(path: Path, shape: tuple) -> tuple[np.ndarray, tuple[int, int]]
             raise ImageError(f"too many pixels ({exc})") from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError(f"cannot decode: {exc}") from None
-    h, w = pixels.shape[:2]
+
+
+def _resized(
+    img: Any, height: int | None, width: int | None, channels: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """A decoded image at the model's size (a ``None`` dim keeps the image's own), and
+    the size it had."""
+    import numpy as np
+
+    w, h = img.size
     if (height or h, width or w) == (h, w):
-        return pixels.astype("float32"), (h, w)
-    return bilinear(pixels, height or h, width or w), (h, w)
+        return np.asarray(img, dtype=np.float32).reshape(h, w, channels), (h, w)
+    rows = _pillow_rows(img, channels)
+    return _bilinear_rows(rows, (h, w), height or h, width or w), (h, w)
 
 
 def require_pillow(command: str) -> None:
