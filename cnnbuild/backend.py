@@ -15,6 +15,10 @@ from typing import Any
 
 from cnnbuild.errors import UsageError
 
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
+"""The tf.distribute strategies a run may ask for (see :mod:`cnnbuild.distribute`): the
+config schema, the ``--strategy`` flag and the planner all read this tuple."""
+
 _STARTUP_LOG: list[str] = []
 
 

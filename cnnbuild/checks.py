@@ -19,7 +19,7 @@ from cnnbuild.catalog import (
     output_activation,
 )
 from cnnbuild.config import INPUT, Node
-from cnnbuild.errors import Finding, shape_str
+from cnnbuild.errors import Finding, shape_str, suggest
 from cnnbuild.schema.sections import DATASETS
 from cnnbuild.trace import Row, Trace
 
@@ -489,13 +489,10 @@ def lint(trace: Trace, ignore: set[str] | frozenset[str] = frozenset()) -> list[
     findings: list[Finding] = []
     for i, rid in enumerate(cfg.lint.ignore):
         if rid not in RULES:
-            from difflib import get_close_matches
-
-            close = get_close_matches(rid, list(RULES), n=1)
             findings.append(
                 cfg.doc.finding(
                     ("lint", "ignore", i),
-                    f"unknown rule id {rid!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+                    f"unknown rule id {rid!r}{suggest(rid, RULES)}",
                     rule="schema",
                     severity="warning",
                 )

@@ -118,7 +118,7 @@ def os_error_message(exc: OSError, path: str | Path | None = None) -> str:
     where = exc.filename if exc.filename is not None else path
     advice = _ADVICE.get(exc.errno or -1) or (exc.strerror or str(exc))
     reason = exc.strerror or type(exc).__name__
-    return f"{where}: {reason}; {advice}"
+    return f"{where}: {reason}; {advice}" if where is not None else f"{reason}; {advice}"
 
 
 @contextlib.contextmanager

@@ -7,12 +7,11 @@ so a layer or an argument added to the registry shows up here with no other chan
 
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any
 
 from cnnbuild.catalog import REGISTRY, LayerKind
-from cnnbuild.errors import UsageError
+from cnnbuild.errors import UsageError, suggest
 
 _TYPES = {"integer": "int", "number": "float", "boolean": "bool", "string": "str", "null": "null"}
 
@@ -28,8 +27,7 @@ def lookup(name: str) -> LayerKind:
     folded = {key.lower(): kind for key, kind in REGISTRY.items()}
     if name.lower() in folded:
         return folded[name.lower()]
-    close = difflib.get_close_matches(name, list(REGISTRY), n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = suggest(name, REGISTRY, n=3, cutoff=0.5)
     raise UsageError(
         f"unknown layer {name!r}{hint} (`cnnbuild layers` lists the {len(REGISTRY)} layers)"
     )

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnbuild.backend import keras_module, recursion_room
-from cnnbuild.errors import RunError, UsageError
+from cnnbuild.data.base import MAX_PIXELS
+from cnnbuild.errors import RunError, UsageError, pydantic_problems
 
 if TYPE_CHECKING:
     from cnnbuild.config import ModelConfig
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     import numpy as np
 MAX_FILE_BYTES = 64 * 1024 * 1024
-MAX_PIXELS = 50_000_000
 MAX_MODEL_BYTES = 2 * 1024**3
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 MAX_ARCHIVE_BYTES = 4 * MAX_MODEL_BYTES + MAX_CONFIG_BYTES
@@ -149,12 +149,8 @@ def resolve_train(cfg: ModelConfig | None, overrides: dict[str, Any]) -> TrainCo
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise UsageError(problems) from None
+        flag = lambda loc: "--" + "-".join(map(str, loc)).replace("_", "-")  # noqa: E731
+        raise UsageError(pydantic_problems(exc, flag)) from None
 
 
 def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:

@@ -11,6 +11,9 @@ import numpy as np
 from cnnbuild.errors import DataError
 
 MAX_CLASSES = 100_000
+MAX_PIXELS = 50_000_000
+"""The most pixels an image file may declare: checked from its header, before decoding
+(a folder dataset, ``predict`` and ``show`` alike)."""
 
 
 @dataclass

@@ -76,9 +76,8 @@ def _in_template(node: Any, templated: set[str], wrap: bool) -> Any:
     return out
 
 
-def json_schema() -> dict:
-    """The whole schema, as a dict."""
-    defs: dict[str, Any] = {}
+def _layers(defs: dict[str, Any]) -> None:
+    """Definitions of every layer kind and block form, and of ``layer`` (one of them)."""
     structural = {
         "inputs": {
             "description": "names of earlier layers to read (default: the previous one)",
@@ -97,7 +96,6 @@ def json_schema() -> dict:
         layer_props[kind.name] = {
             "oneOf": [{"$ref": f"#/definitions/{kind.name}"}, {"type": "null"}]
         }
-    layer_list = {"type": "array", "items": {"$ref": "#/definitions/layer"}}
     for kind, model in BLOCK_MODELS.items():
         defs[kind] = _model(model, defs, structural)
         defs[kind]["description"] = (model.__doc__ or "").strip()
@@ -121,6 +119,10 @@ def json_schema() -> dict:
             },
         ]
     }
+
+
+def _top_properties(defs: dict[str, Any]) -> dict[str, Any]:
+    """The schema of each top-level key; ``blocks:`` holds templates of templated layers."""
     templated = {*REGISTRY, *BLOCK_KINDS, "layer"}
     for name in sorted(templated):
         defs[f"template_{name}"] = _in_template(defs[name], templated, name in REGISTRY)
@@ -142,7 +144,7 @@ def json_schema() -> dict:
                 {"type": "integer", "minimum": 1},
             ],
         },
-        "layers": layer_list,
+        "layers": {"type": "array", "items": {"$ref": "#/definitions/layer"}},
         "blocks": {
             "type": "object",
             "propertyNames": {"pattern": TEMPLATE_NAME},
@@ -154,6 +156,14 @@ def json_schema() -> dict:
         "tune": _model(TuneSection, defs),
     }
     assert set(props) == set(TOP_KEYS)
+    return props
+
+
+def json_schema() -> dict:
+    """The whole schema, as a dict."""
+    defs: dict[str, Any] = {}
+    _layers(defs)
+    props = _top_properties(defs)
     return {
         "$schema": DRAFT,
         "$id": "https://cnnbuild.dev/schema/cnnbuild.schema.json",

@@ -152,10 +152,27 @@ class Run:
         self.dir.save(self.state)
 
 
-def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any]:
-    """Progress display, per-epoch seeds, non-finite-loss guard and the epoch commit."""
+def _epoch_progress(run: Run, epoch: int) -> tuple[Any, Any]:
+    """A started rich progress bar for one epoch, with its task (see make_callbacks)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    progress = Progress(
+        TextColumn(f"epoch {epoch + 1}/{run.settings.epochs}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[metrics]}"),
+        TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(),
+        console=run.console,
+        transient=True,
+    )
+    task = progress.add_task("", total=run.steps, metrics="", speed="")
+    progress.start()
+    return progress, task
+
+
+def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any]:
+    """Progress display, per-epoch seeds, non-finite-loss guard and the epoch commit."""
     seed = run.state.seed
 
     class Reporter(keras.callbacks.Callback):
@@ -171,18 +188,7 @@ def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any
             run.epoch_start = time.perf_counter()
             run.train_end = None
             if live:
-                self.progress = Progress(
-                    TextColumn(f"epoch {epoch + 1}/{run.settings.epochs}"),
-                    BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[metrics]}"),
-                    TextColumn("{task.fields[speed]}"),
-                    TimeRemainingColumn(),
-                    console=run.console,
-                    transient=True,
-                )
-                self.task = self.progress.add_task("", total=run.steps, metrics="", speed="")
-                self.progress.start()
+                self.progress, self.task = _epoch_progress(run, epoch)
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
