@@ -84,12 +84,24 @@ def keras_module(verbose: bool = False) -> Any:
     return keras
 
 
+def room_for(depth: int) -> int:
+    """The recursion limit a ``depth``-layer model needs: Keras builds, saves, loads,
+    calls and differentiates a functional graph recursively, a few frames per layer."""
+    return 50 * depth + 1000
+
+
+def keep_recursion_room(depth: int) -> None:
+    """Raise the recursion limit for a ``depth``-layer model for the rest of the process
+    (never lowering it): a loaded model stays deep when a command later builds a sub-model
+    of it (Grad-CAM, feature maps) or traces it."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), room_for(depth)))
+
+
 @contextmanager
 def recursion_room(depth: int):
-    """Keras builds, saves and loads a functional graph recursively (a few frames per
-    layer): give a ``depth``-layer model room, and restore the limit after."""
+    """Room for a ``depth``-layer model while the block runs; the limit is restored after."""
     old = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(old, 50 * depth + 1000))
+    sys.setrecursionlimit(max(old, room_for(depth)))
     try:
         yield
     finally:

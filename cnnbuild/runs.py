@@ -8,7 +8,8 @@ Every command that opens a saved model goes through this module: ``predict``, ``
 - :func:`resolve_train` and :func:`load_data`: a run's ``train:`` settings and the
   dataset they name;
 - :func:`load_model`: the one loader, with Keras' safe_mode on, room for deep models
-  (a 2,000-layer model needs more recursion than Python's default) and a bound on the
+  (a 2,000-layer model needs more recursion than Python's default, to load it and to
+  build sub-models of it or trace it later, so the room is kept) and a bound on the
   model's size read from its saved config before Keras allocates anything;
 - :func:`decode_image`: an image file, bounded before it is decoded and resized to the
   model's input as it is decoded;
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnbuild.backend import keras_module, recursion_room
+from cnnbuild.backend import keep_recursion_room, keras_module
 from cnnbuild.data.base import MAX_PIXELS
 from cnnbuild.errors import RunError, UsageError, pydantic_problems
 
@@ -332,10 +333,9 @@ def load_model(path: str | os.PathLike, verbose: bool = False, *, compile: bool 
     """
     path = Path(path)
     keras = keras_module(verbose)
-    depth = check_model_size(path)
+    keep_recursion_room(check_model_size(path))
     try:
-        with recursion_room(depth):
-            return keras.saving.load_model(path, safe_mode=True, compile=compile)
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
     except Exception as exc:  # Keras raises many types for a bad file
         raise RunError(f"{path}: cannot load the model: {exc}") from None
 
