@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnbuild.backend import keep_recursion_room, keras_module
+from cnnbuild.catalog import PROBABILITY_ACTIVATIONS
 from cnnbuild.data.base import MAX_PIXELS
 from cnnbuild.errors import RunError, UsageError, pydantic_problems
 
@@ -57,7 +58,6 @@ MAX_MODEL_BYTES = 2 * 1024**3
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 MAX_ARCHIVE_BYTES = 4 * MAX_MODEL_BYTES + MAX_CONFIG_BYTES
 IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")  # MPO: a camera's JPEG
-_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
 
 
 # -- targets ----------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def output_kind(model: Any, config: Any = None) -> Outputs:
     units = int(model.output.shape[-1] or 0)
     if config is not None and getattr(config.compile, "from_logits", None) is not None:
         return Outputs(units, activation, not config.compile.from_logits)
-    return Outputs(units, activation, activation in _PROBABILITY_ACTIVATIONS)
+    return Outputs(units, activation, activation in PROBABILITY_ACTIVATIONS)
 
 
 def probabilities(outputs: np.ndarray, already: bool) -> np.ndarray:
