@@ -441,7 +441,8 @@ def _checked(img: Any, channels: int) -> Any:
     if width * height > MAX_PIXELS:
         raise ImageError(f"{width} x {height} pixels; the limit is {MAX_PIXELS:,} pixels")
     img.seek(0)
-    if img.mode in ("I;16", "I;16B", "I", "F"):
+    sixteen = any(";16" in str(tile[3]) for tile in img.tile)  # Pillow reads RGB;16B as RGB
+    if img.mode in ("I;16", "I;16B", "I", "F") or sixteen:
         raise ImageError(f"a {img.mode} image (16-bit or float); expected 8 bits")
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
     if img.mode == mode:

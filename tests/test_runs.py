@@ -284,3 +284,19 @@ def test_a_bad_file_is_a_message(tmp_path):
     os.mkfifo(fifo)
     with deadline(30), pytest.raises(RunError, match="not a regular file"):
         load_model(fifo)
+
+
+def test_a_16_bit_rgb_png_is_refused_as_the_readme_says(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    rows = b"".join(b"\x00" + np.full((4, 3), 1000, ">u2").tobytes() for _ in range(4))
+    header = struct.pack(">IIBBBBB", 4, 4, 16, 2, 0, 0, 0)  # 16 bits, RGB
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+    (tmp_path / "deep.png").write_bytes(png + chunk(b"IEND", b""))
+    with pytest.raises(ImageError, match="16-bit or float"):
+        decode_sized(tmp_path / "deep.png", (4, 4, 3))
