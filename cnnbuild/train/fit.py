@@ -1,5 +1,10 @@
-"""The fit orchestrator: open the run, load the data, build or restore the model, fit
-with progress and committed checkpoints, evaluate, write the results.
+"""The fit orchestrator: a run :class:`Session` in phases, ``prepare`` (settings, device,
+data, the run directory), ``build`` (the model, fresh or restored), ``fit`` (progress and
+committed checkpoints) and ``finish`` (evaluate, write the results).
+
+Training imports no presentation: what a run shows beside itself (gradient flow, the
+report) comes in as :class:`Hook` objects from the caller (the CLI attaches
+:func:`cnnbuild.insight.hooks.training_hooks`).
 
 SIGINT and SIGTERM behave the same: a save in progress completes, ``state.json`` records
 ``interrupted``, the resume command is printed and the process exits with 130.
