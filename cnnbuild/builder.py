@@ -1,88 +1,20 @@
-"""Config -> compiled Keras model. The only module that imports TensorFlow to build.
+"""Config -> compiled Keras model.
 
-TensorFlow is imported lazily, inside :func:`keras_module`, with its C++ start-up
-chatter (oneDNN notes, CUDA-driver probes) captured at the file-descriptor level; pass
-``verbose=True`` to see it.
+Keras comes from :func:`cnnbuild.backend.keras_module` (imported lazily and quietly);
+a saved model is opened by :func:`cnnbuild.runs.load_model`.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-from contextlib import contextmanager
 from typing import Any
 
+from cnnbuild.backend import captured_fds as captured_fds  # re-exported for callers
+from cnnbuild.backend import keras_module as keras_module
+from cnnbuild.backend import recursion_room
 from cnnbuild.catalog import REGISTRY, loss_spec, resolved_compile
 from cnnbuild.config import INPUT, ModelConfig, Node
-from cnnbuild.errors import UsageError
 from cnnbuild.schema.layers import keras_kwargs
 from cnnbuild.schema.types import KERAS_CLASS
-
-_STARTUP_LOG: list[str] = []
-
-
-@contextmanager
-def captured_fds(fds: tuple[int, ...] = (1, 2)):
-    """Send what C code writes to ``fds`` into a buffer while the block runs.
-
-    Yields:
-        A list that receives the captured text when the block ends.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in fds}
-    out: list[str] = []
-    with tempfile.TemporaryFile() as tmp:
-        try:
-            for fd in fds:
-                os.dup2(tmp.fileno(), fd)
-            yield out
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-            tmp.seek(0)
-            out.append(tmp.read().decode("utf-8", "replace"))
-
-
-def keras_module(verbose: bool = False) -> Any:
-    """Import TensorFlow and Keras quietly, once.
-
-    Args:
-        verbose: print TensorFlow's start-up messages to stderr.
-
-    Returns:
-        The ``keras`` module (Keras 3 on the TensorFlow backend).
-
-    Raises:
-        UsageError: when TensorFlow or Keras is not installed (the light install), with
-            the command that installs them.
-    """
-    if "keras" in sys.modules and "tensorflow" in sys.modules:
-        if verbose and _STARTUP_LOG:
-            sys.stderr.write(_STARTUP_LOG[0])
-        return sys.modules["keras"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    with captured_fds() as log:
-        try:
-            import keras
-            import tensorflow as tf
-        except ImportError as exc:
-            raise UsageError(
-                f"this command needs TensorFlow and Keras ({exc.name or exc} is not "
-                "installed); install them with: pip install 'cnnbuild[train]'"
-            ) from None
-
-        tf.config.list_physical_devices("GPU")  # probes CUDA now, while captured
-    _STARTUP_LOG[:] = log
-    if verbose:
-        sys.stderr.write(log[0])
-    return keras
-
 
 _FAMILY = {
     "_initializer": "initializers",
@@ -117,18 +49,6 @@ def make_layer(node: Node, dtype: str | None = None) -> Any:
     if dtype is not None:
         kwargs["dtype"] = dtype
     return REGISTRY[node.kind].make(keras, kwargs)
-
-
-@contextmanager
-def recursion_room(depth: int):
-    """Keras builds, saves and loads a functional graph recursively (a few frames per
-    layer): give a ``depth``-layer model room, and restore the limit after."""
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(old, 50 * depth + 1000))
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(old)
 
 
 def build_model(
@@ -174,30 +94,6 @@ def build_model(
             model, cfg, lr=lr, steps_per_execution=steps_per_execution, jit_compile=jit_compile
         )
     return model
-
-
-def load_model(path: str | os.PathLike, *, compile: bool = False, safe_mode: bool = True) -> Any:
-    """``keras.saving.load_model`` with room for deep models (a 2,000-layer model
-    otherwise fails with RecursionError while Keras rebuilds its graph).
-
-    Args:
-        path: a ``.keras`` file.
-        compile: restore the optimizer and its state.
-        safe_mode: Keras' safe_mode (no Lambda or arbitrary code).
-
-    Returns:
-        The loaded model.
-    """
-    import zipfile
-
-    keras = keras_module()
-    try:
-        with zipfile.ZipFile(path) as archive:
-            depth = archive.read("config.json").count(b'"class_name"')
-    except (OSError, KeyError, zipfile.BadZipFile):
-        depth = 0  # not a readable archive: Keras says what is wrong with it
-    with recursion_room(depth):
-        return keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
 
 
 def make_loss(cfg: ModelConfig) -> Any:

@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError
+from cnnbuild.backend import STRATEGIES
+from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError, WriteError
 from cnnbuild.escape import rich, terminal
 
 app = typer.Typer(
@@ -56,7 +57,12 @@ def _fail(exc: CnnbuildError) -> None:
 
 
 def handled(fn):
-    """Turn :class:`CnnbuildError` into a message and its exit code (never a traceback)."""
+    """Turn :class:`CnnbuildError` into a message and its exit code (never a traceback).
+
+    An :class:`OSError` that reaches a command (a full disk, a read-only folder, a path
+    under a file) is the same :class:`~cnnbuild.errors.WriteError` every command raises:
+    the path, what happened and what to do, exit 1.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -65,6 +71,12 @@ def handled(fn):
         except CnnbuildError as exc:
             _fail(exc)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            from cnnbuild.io import os_error_message
+
+            error = WriteError(os_error_message(exc))
+            _fail(error)
+            raise typer.Exit(error.exit_code) from None
 
     return wrapper
 
@@ -252,7 +264,12 @@ def trace(
     run: Annotated[
         bool, typer.Option("--run", help="Also run a real forward pass in Keras and compare.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the random batch for --run.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the random batch for --run, 0 to 4294967295.", min=0, max=2**32 - 1
+        ),
+    ] = 0,
     verbose: Verbose = False,
     grads: Annotated[
         bool,
@@ -422,11 +439,9 @@ class DeviceChoice(str, Enum):
     gpu = "gpu"
 
 
-class StrategyChoice(str, Enum):
-    auto = "auto"
-    one = "one"
-    mirrored = "mirrored"
-    multi_worker = "multi-worker"
+StrategyChoice = Enum(
+    "StrategyChoice", {name.replace("-", "_"): name for name in STRATEGIES}, type=str
+)
 
 
 @app.command()
@@ -527,6 +542,7 @@ def train(
     """
     if workers is not None:
         raise typer.Exit(_launch_workers(ctx, workers, config, out, seed))
+    from cnnbuild.insight.hooks import training_hooks
     from cnnbuild.train import stdout_console
     from cnnbuild.train import train as run_training
 
@@ -546,7 +562,13 @@ def train(
         "strategy": strategy.value if strategy else None,
     }
     run_training(
-        config, overrides, out=out, resume=resume, console=stdout_console(), verbose=verbose
+        config,
+        overrides,
+        out=out,
+        resume=resume,
+        console=stdout_console(),
+        verbose=verbose,
+        hooks=training_hooks(),
     )
 
 

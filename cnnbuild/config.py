@@ -149,22 +149,33 @@ def _section(
     return model()
 
 
-def _top_keys(doc: Document, data: dict, findings: list[Finding]) -> None:
-    """Unknown top-level keys (with a suggestion) and missing ``input``/``layers``."""
-    for key in data:
-        if key not in TOP_KEYS:
-            findings.append(
-                doc.finding(
-                    (key,),
-                    f"unknown key {key!r}"
-                    f"{suggest(str(key), TOP_KEYS)}; expected one "
-                    f"of {', '.join(TOP_KEYS)}",
-                    prefer="key",
-                )
-            )
+def _not_a_mapping(doc: Document, data: Any, parsed_with_findings: bool) -> list[Finding]:
+    """What to say about a document that is not a mapping (empty, or a list, a number...)."""
+    if data is None:
+        if parsed_with_findings:  # the YAML error says it already
+            return []
+        message = "the file is empty; expected a mapping with `input:` and `layers:`"
+        return [doc.finding((), message, rule="yaml")]
+    message = f"a config is a mapping with `input:` and `layers:`; received a {type(data).__name__}"
+    return [doc.finding((), message)]
+
+
+def _top_keys(doc: Document, data: dict) -> list[Finding]:
+    """Unknown top-level keys (with a suggestion) and missing ``input:``/``layers:``."""
+    findings = [
+        doc.finding(
+            (key,),
+            f"unknown key {key!r}{suggest(str(key), TOP_KEYS)}; expected one "
+            f"of {', '.join(TOP_KEYS)}",
+            prefer="key",
+        )
+        for key in data
+        if key not in TOP_KEYS
+    ]
     for key in ("input", "layers"):
         if key not in data:
             findings.append(doc.finding((), f"missing `{key}:`", prefer="key"))
+    return findings
 
 
 def _name(doc: Document, data: dict, findings: list[Finding]) -> str:
@@ -197,24 +208,10 @@ def from_document(doc: Document) -> ModelConfig | None:
     """
     findings = list(doc.findings)
     data = doc.data
-    if data is None and not findings:
-        findings.append(
-            doc.finding(
-                (), "the file is empty; expected a mapping with `input:` and `layers:`", rule="yaml"
-            )
-        )
     if not isinstance(data, dict):
-        if data is not None:
-            findings.append(
-                doc.finding(
-                    (),
-                    "a config is a mapping with `input:` and "
-                    f"`layers:`; received a {type(data).__name__}",
-                )
-            )
-        doc.findings = findings
+        doc.findings = findings + _not_a_mapping(doc, data, bool(findings))
         return None
-    _top_keys(doc, data, findings)
+    findings += _top_keys(doc, data)
     name = _name(doc, data, findings)
     input_shape = _parse_input(doc, data.get("input"), findings) if "input" in data else None
     scaling = _parse_input_scaling(doc, data, findings)

@@ -44,7 +44,6 @@ from typing import Any
 
 from cnnbuild.errors import RunError, UsageError
 
-STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 BACKUP = "backup"
 
 
@@ -243,11 +242,6 @@ def shard(dataset: Any) -> Any:
 def backup_dir(run_dir: Path) -> Path:
     """The ``BackupAndRestore`` folder inside this worker's own directory."""
     return run_dir / BACKUP
-
-
-def can_relaunch(run_dir: Path) -> bool:
-    """True when ``run_dir`` holds an unfinished multi-worker run that left a backup."""
-    return (backup_dir(run_dir) / "training_metadata.json").is_file()
 
 
 def backup_callbacks(keras: Any, run_dir: Path, strategy: Any, on_restore: Any) -> list[Any]:

@@ -7,7 +7,7 @@ can report every problem in every file at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,9 @@ class RunError(CnnbuildError):
 
 
 class WriteError(CnnbuildError):
-    """A file could not be written or a folder made (disk full, read-only, not a folder)."""
+    """What the OS refused, in every command: a file that could not be written or read,
+    or a folder not made (disk full, read-only, a path under a file). The message names
+    the path and what to do (see :func:`cnnbuild.io.os_error_message`); exit 1."""
 
 
 class Interrupted(RunError):
@@ -136,10 +138,34 @@ def closest(word: str, options: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
-def suggest(word: str, options: Iterable[str]) -> str:
-    """``"; did you mean 'Conv2D'?"`` for the closest option, or ``""``."""
-    close = closest(word, options)
-    return f"; did you mean {close!r}?" if close else ""
+def suggest(word: str, options: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> str:
+    """``"; did you mean 'Conv2D'?"`` for the closest option (up to ``n`` of them, joined
+    by "or"), or ``""``. The one "did you mean" of every command and message."""
+    from difflib import get_close_matches
+
+    options = [str(o) for o in options]
+    close = get_close_matches(word, options, n=n, cutoff=cutoff)
+    if not close:
+        close = [o for o in options if o.lower() == word.lower()][:1]
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def pydantic_message(error: dict) -> str:
+    """pydantic's message for one error, without its ``Value error, `` prefix."""
+    return error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def pydantic_problems(
+    exc: ValidationError, where: Callable[[tuple], str], limit: int | None = None
+) -> str:
+    """``WHERE: message; WHERE: message`` for the errors of a pydantic ValidationError.
+
+    Args:
+        exc: the error.
+        where: names an error's location (``loc``) as the user knows it, e.g. a flag.
+        limit: at most this many errors.
+    """
+    return "; ".join(f"{where(e['loc'])}: {pydantic_message(e)}" for e in exc.errors()[:limit])
 
 
 def from_pydantic(
@@ -197,6 +223,5 @@ def from_pydantic(
         elif typ == "missing":
             out.append(doc.finding(full, f"{what} needs `{loc[-1]}`{note}", prefer="key"))
         else:
-            msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-            out.append(doc.finding(full, msg + note))
+            out.append(doc.finding(full, pydantic_message(err) + note))
     return out

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnbuild.errors import CnnbuildError, DataError, UsageError, WriteError, shape_str
 from cnnbuild.io import TEMP_MARK, fsync_path, os_error_message, os_errors
-from cnnbuild.predict import Target, load_keras_model, open_target
+from cnnbuild.runs import Target, load_model, open_target
 
 if TYPE_CHECKING:
     import numpy as np
@@ -430,7 +430,7 @@ def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool)
     """``n`` test images and some training images (int8 calibration) as float32."""
     import numpy as np
 
-    from cnnbuild.train import load_data, resolve_train
+    from cnnbuild.runs import load_data, resolve_train
 
     if opened.config is None and data is None:
         raise UsageError(
@@ -565,7 +565,7 @@ def export(
     from cnnbuild.builder import keras_module
 
     keras = keras_module(verbose)
-    model = float32_model(keras, load_keras_model(opened.model_path, verbose))
+    model = float32_model(keras, load_model(opened.model_path, verbose))
     name, test, calibration = _images(opened, data, tuple(model.input.shape[1:]), images, quiet)
     reference, keras_seconds = _reference(model, test)
     with os_errors(out.parent):

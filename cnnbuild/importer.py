@@ -26,8 +26,6 @@ Commands that take a config also take a saved model through :func:`open_config` 
 from __future__ import annotations
 
 import heapq
-import json
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +47,6 @@ if TYPE_CHECKING:
     from cnnbuild.trace import Trace
 
 APPLICATIONS = "keras.applications."
-MAX_CONFIG_BYTES = 64 * 2**20
-"""The largest ``config.json`` read from a ``.keras`` archive (its declared size)."""
 MODEL_CLASSES = ("Functional", "Sequential", "Model")
 LAYER_MODULES = ("keras.layers", "keras.src.layers")
 OP_MODULES = ("keras.src.ops.numpy", "keras.ops")
@@ -72,40 +68,6 @@ class ImportRefused(CnnbuildError):
 
 
 # -- 1. opening a model -------------------------------------------------------------------
-
-
-def read_keras_file(path: Path) -> dict:
-    """The serialized model of a ``.keras`` archive, read from its ``config.json``.
-
-    The member's declared size is checked before it is read, and nothing in it is
-    deserialized: it stays JSON data.
-
-    Raises:
-        UsageError: not a readable ``.keras`` archive, or its config is too large.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo("config.json")
-            if info.file_size > MAX_CONFIG_BYTES:
-                raise UsageError(
-                    f"{path}: config.json declares {info.file_size:,} bytes; the limit is "
-                    f"{MAX_CONFIG_BYTES:,}"
-                )
-            with archive.open(info) as member:
-                raw = member.read(MAX_CONFIG_BYTES + 1)
-            if len(raw) > MAX_CONFIG_BYTES:
-                raise UsageError(f"{path}: config.json is larger than {MAX_CONFIG_BYTES:,} bytes")
-    except KeyError:
-        raise UsageError(f"{path}: no config.json in this archive; is it a .keras file?") from None
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise UsageError(f"{path}: not a readable .keras file ({exc})") from None
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise UsageError(f"{path}: config.json is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: config.json does not describe a model")
-    return data
 
 
 def application_config(name: str, input_shape: tuple | None = None, classes: int = 1000) -> dict:
@@ -146,14 +108,12 @@ def saved_model_config(
     text = str(source)
     if text.startswith(APPLICATIONS):
         return application_config(text, input_shape, classes)
+    from cnnbuild.runs import open_target, saved_config
+
     path = Path(source)
-    if path.is_dir():
-        path = path / "model.keras"
-        if not path.is_file():
-            raise UsageError(f"{source}: no model.keras in this folder; is it a run directory?")
-    elif not path.is_file():
+    if not path.exists():
         raise UsageError(f"{source}: no such file")
-    return read_keras_file(path)
+    return saved_config(open_target(path).model_path)
 
 
 # -- 2. the graph ---------------------------------------------------------------------------

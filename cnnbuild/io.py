@@ -19,6 +19,10 @@ from typing import Any
 
 from cnnbuild.errors import WriteError
 
+MAX_PIXELS = 50_000_000
+"""The most pixels an image file may declare: checked from its header, before decoding
+(a folder dataset, ``predict`` and ``show`` alike)."""
+
 TEMP_MARK = ".tmp-"
 
 
@@ -118,7 +122,7 @@ def os_error_message(exc: OSError, path: str | Path | None = None) -> str:
     where = exc.filename if exc.filename is not None else path
     advice = _ADVICE.get(exc.errno or -1) or (exc.strerror or str(exc))
     reason = exc.strerror or type(exc).__name__
-    return f"{where}: {reason}; {advice}"
+    return f"{where}: {reason}; {advice}" if where is not None else f"{reason}; {advice}"
 
 
 @contextlib.contextmanager

@@ -347,6 +347,20 @@ def test_folder_refuses_non_regular_and_undecodable_files_naming_them(tmp_path):
     assert f"{root / 'b' / 'pipe.png'} (not a regular file)" in message
 
 
+def test_folder_refuses_an_image_declaring_too_many_pixels_before_decoding(tmp_path):
+    from cnnbuild.io import MAX_PIXELS
+    from tests.test_predict import _bomb_png
+
+    root = _image_folder(tmp_path / "imgs", {"a": 3, "b": 3})
+    _bomb_png(root / "a" / "huge.png", 13_000, 13_000)  # 169 M pixels, below Pillow's limit
+    with pytest.raises(DataError) as err:
+        load_dataset({"folder": str(root)}, image_size=(12, 10), test_split=0.3, seed=1)
+    assert (
+        f"{root / 'a' / 'huge.png'} (13000 x 13000 pixels; the limit is {MAX_PIXELS:,} pixels)"
+        in err.value.message
+    )
+
+
 def test_folder_with_free_input_size_needs_one_image_size(tmp_path):
     root = _image_folder(tmp_path / "imgs", {"a": 3})
     _image_folder(tmp_path / "imgs2", {"b": 3}, size=(9, 9))

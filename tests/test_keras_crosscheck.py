@@ -473,8 +473,9 @@ def test_an_integer_learning_rate_beyond_int64_builds(tmp_path):
 
 @pytest.mark.slow
 def test_a_2000_layer_stack_builds_saves_and_loads_without_recursion_error(tmp_path):
-    from cnnbuild.builder import build_model, keras_summary, load_model
+    from cnnbuild.builder import build_model, keras_summary
     from cnnbuild.io import save_model
+    from cnnbuild.runs import load_model
 
     text = yaml.safe_dump(
         {

@@ -88,3 +88,59 @@ def test_seed_outside_32_bits_in_the_config_is_refused(cli, write, tmp_path):
     assert result.exit_code in (1, 2)
     assert "expected an integer <= 4294967295" in result.output
     assert not (tmp_path / "run").exists()
+
+
+CONV = """
+name: conv
+input: [16, 16, 3]
+layers:
+  - Conv2D: {filters: 4, kernel_size: 3}
+  - GlobalAveragePooling2D
+  - Dense: {units: 2}
+"""
+
+
+@pytest.fixture
+def model_and_image(cli, write, tmp_path):
+    """A saved conv model (``cnnbuild build``) and one PNG to show it."""
+    from PIL import Image
+
+    model = tmp_path / "conv.keras"
+    result = cli("build", write(CONV), "-o", model)
+    assert result.exit_code == 0, result.output
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "x.png")
+    return model, tmp_path / "x.png"
+
+
+def test_show_out_is_a_file(cli, model_and_image, tmp_path):
+    model, image = model_and_image
+    (tmp_path / "taken").write_text("mine")
+    result = cli("show", model, image, "-o", tmp_path / "taken")
+    assert result.exit_code == 1, result.output
+    assert f"{tmp_path / 'taken'}: Not a directory; it is a file, not a folder" in result.output
+    assert "Traceback" not in result.output
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("size", "readonly", "message"),
+    [
+        ("8k", False, "No space left on device; the disk is full"),
+        ("1m", True, "Read-only file system; the file system is read-only"),
+    ],
+)
+def test_show_on_a_full_or_read_only_disk_is_a_message(
+    cli, model_and_image, tmp_path, size, readonly, message
+):
+    model, image = model_and_image
+    with _tmpfs(tmp_path / "disk", size, readonly=readonly) as disk:
+        result = cli("show", model, image, "-o", disk / "run" / "show")
+        assert result.exit_code == 1, result.output
+        assert message in result.output and str(disk / "run") in result.output
+        assert "Traceback" not in result.output
+
+
+def test_trace_run_with_a_negative_seed_is_a_usage_error(cli, write):
+    result = cli("trace", write(TINY), "--run", "--seed", "-1")
+    assert result.exit_code == 2
+    assert "--seed" in result.output and "Traceback" not in result.output

@@ -25,13 +25,13 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnnbuild.data import Data, tidy
+from cnnbuild.data.base import Data, tidy
 from cnnbuild.errors import DataError
 
 MIRROR_ENV = "CNNBUILD_DATA_MIRROR"
@@ -145,14 +145,6 @@ def safe_loads(blob: bytes) -> Any:
 # -- download ---------------------------------------------------------------------------
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(
     url: str,
     target: Path,
@@ -177,61 +169,19 @@ def download(
         DataError: network or protocol failure, a stall, the deadline, a short read, or a
             checksum mismatch.
     """
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
-    digest = hashlib.sha256()
-    received = 0
-    start = time.monotonic()
+    transfer = _Transfer(url, stall, deadline)
     try:
         with urllib.request.urlopen(url, timeout=stall) as response, open(part, "wb") as out:
             total = response.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
-            progress = Progress(
-                TextColumn("[bold]downloading[/bold] {task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                disable=quiet,
-                transient=False,
-            )
-            window_start, window_bytes = time.monotonic(), 0
-            with progress:
+            with _progress(quiet) as progress:
                 task = progress.add_task(target.name, total=total)
-                while True:
-                    chunk = response.read1(CHUNK)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    window_bytes += len(chunk)
-                    progress.update(task, advance=len(chunk))
-                    now = time.monotonic()
-                    if now - start > deadline:
-                        raise DataError(
-                            f"download of {url} took more than {deadline:.0f}s "
-                            f"({received:,} bytes received); giving up"
-                        )
-                    if window_bytes >= CHUNK:
-                        window_start, window_bytes = now, 0
-                    elif now - window_start > stall:
-                        raise DataError(
-                            f"download of {url} stalled: less than {CHUNK:,} bytes in "
-                            f"{stall:.0f}s ({received:,} bytes received)"
-                        )
-        if total is not None and received != total:
+                transfer.copy(response, out, lambda n: progress.update(task, advance=n))
+        if total is not None and transfer.received != total:
             raise DataError(
-                f"download of {url} was cut short: received {received:,} of "
+                f"download of {url} was cut short: received {transfer.received:,} of "
                 f"{total:,} bytes; run the command again to retry"
             )
     except DataError:
@@ -239,21 +189,11 @@ def download(
         raise
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         part.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", None) or exc
-        if isinstance(exc, http.client.IncompleteRead):
-            raise DataError(
-                f"download of {url} was cut short after {received:,} bytes; "
-                "run the command again to retry"
-            ) from None
-        if isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
-            reason = f"no data for {stall:.0f}s"
-        raise DataError(
-            f"could not download {url}: {type(exc).__name__}: {reason}".rstrip(": ")
-        ) from None
+        raise _failure(exc, transfer) from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    got = digest.hexdigest()
+    got = transfer.digest.hexdigest()
     if got != sha256:
         part.unlink(missing_ok=True)
         raise DataError(
@@ -263,6 +203,82 @@ def download(
         )
     os.replace(part, target)
     return target
+
+
+@dataclass
+class _Transfer:
+    """One download in progress: its bytes so far, against its stall and deadline."""
+
+    url: str
+    stall: float
+    deadline: float
+    digest: Any = field(default_factory=hashlib.sha256)
+    received: int = 0
+    start: float = field(default_factory=time.monotonic)
+
+    def copy(self, response: Any, out: Any, advance: Any) -> None:
+        """Copy ``response`` into ``out`` until its end, hashing and counting.
+
+        Raises:
+            DataError: past the deadline, or less than :data:`CHUNK` bytes in ``stall``
+                seconds.
+        """
+        window_start, window_bytes = time.monotonic(), 0
+        while chunk := response.read1(CHUNK):
+            out.write(chunk)
+            self.digest.update(chunk)
+            self.received += len(chunk)
+            window_bytes += len(chunk)
+            advance(len(chunk))
+            now = time.monotonic()
+            if now - self.start > self.deadline:
+                raise DataError(
+                    f"download of {self.url} took more than {self.deadline:.0f}s "
+                    f"({self.received:,} bytes received); giving up"
+                )
+            if window_bytes >= CHUNK:
+                window_start, window_bytes = now, 0
+            elif now - window_start > self.stall:
+                raise DataError(
+                    f"download of {self.url} stalled: less than {CHUNK:,} bytes in "
+                    f"{self.stall:.0f}s ({self.received:,} bytes received)"
+                )
+
+
+def _progress(quiet: bool) -> Any:
+    """The download's progress bar (nothing shown when ``quiet``)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]downloading[/bold] {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        disable=quiet,
+        transient=False,
+    )
+
+
+def _failure(exc: BaseException, transfer: _Transfer) -> DataError:
+    """The message for a network, protocol or file error during a download."""
+    url = transfer.url
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(exc, http.client.IncompleteRead):
+        return DataError(
+            f"download of {url} was cut short after {transfer.received:,} bytes; "
+            "run the command again to retry"
+        )
+    if isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
+        reason = f"no data for {transfer.stall:.0f}s"
+    return DataError(f"could not download {url}: {type(exc).__name__}: {reason}".rstrip(": "))
 
 
 def offline_help(archive: Archive, target: Path, reason: str) -> str:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnbuild.data import Data, tidy
+from cnnbuild.data.base import Data, tidy
 from cnnbuild.errors import DataError
+from cnnbuild.io import MAX_PIXELS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_IMAGE_BYTES = 64 << 20
@@ -145,17 +146,52 @@ def _image_files(path: Path) -> tuple[list[str], dict[str, list[Path]], list[str
     return classes, files, refused, ignored
 
 
+class TooManyPixels(Exception):
+    """An image whose header declares more than :data:`MAX_PIXELS` pixels."""
+
+
 def _decode(item: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     """One image as uint8 (H, W, C), converted to ``mode``, resized to ``size`` (h, w)."""
     from PIL import Image
 
     with Image.open(item) as image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise TooManyPixels(f"{width} x {height} pixels; the limit is {MAX_PIXELS:,} pixels")
         image.load()
         image = image.convert(mode)
         if size is not None and image.size != (size[1], size[0]):
             image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         pixels = np.asarray(image, dtype=np.uint8)
     return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _stratified(
+    path: Path,
+    classes: list[str],
+    images: dict[str, list[np.ndarray]],
+    test_split: float,
+    seed: int,
+) -> dict[str, list[tuple[np.ndarray, int]]]:
+    """``test_split`` of each class for the test set, the rest for training (by ``seed``).
+
+    Raises:
+        DataError: a split with no image.
+    """
+    rng = np.random.default_rng(seed)
+    split: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "test": []}
+    for label, name in enumerate(classes):
+        order = rng.permutation(len(images[name]))
+        n_test = int(round(len(order) * test_split))
+        for rank, i in enumerate(order):
+            split["test" if rank < n_test else "train"].append((images[name][i], label))
+    for part, items in split.items():
+        if not items:
+            raise DataError(
+                f"folder:{path}: the {part} split holds no images; add more images or "
+                "change train.test_split"
+            )
+    return split
 
 
 def load_folder(
@@ -185,6 +221,8 @@ def load_folder(
         for item in files[name]:
             try:
                 images[name].append(_decode(item, mode, size))
+            except TooManyPixels as exc:
+                refused.append(f"{item} ({exc})")
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
                 refused.append(f"{item} (not a readable image)")
     if refused:
@@ -200,19 +238,7 @@ def load_folder(
             f"{', '.join(str(s) for s in sorted(shapes)[:3])}) and the model's input size is "
             "free; give the config a fixed input size (images are resized to it)"
         )
-    rng = np.random.default_rng(seed)
-    split: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "test": []}
-    for label, name in enumerate(classes):
-        order = rng.permutation(len(images[name]))
-        n_test = int(round(len(order) * test_split))
-        for rank, i in enumerate(order):
-            split["test" if rank < n_test else "train"].append((images[name][i], label))
-    for part, items in split.items():
-        if not items:
-            raise DataError(
-                f"folder:{path}: the {part} split holds no images; add more images or "
-                "change train.test_split"
-            )
+    split = _stratified(path, classes, images, test_split, seed)
     data = tidy(
         path.name,
         np.stack([x for x, _ in split["train"]]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnbuild.data import Data, tidy
+from cnnbuild.data.base import Data, tidy
 
 CLASSES = [
     "circle",

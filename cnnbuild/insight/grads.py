@@ -384,7 +384,7 @@ def trace_grads(
     from pathlib import Path
 
     from cnnbuild.builder import build_model, keras_module
-    from cnnbuild.predict import open_target
+    from cnnbuild.runs import open_target
     from cnnbuild.trace import trace
 
     keras = keras_module(verbose)
@@ -392,7 +392,7 @@ def trace_grads(
     model = build_model(cfg, compile=False)
     source, data_cfg = "a fresh initialisation", cfg
     if weights is not None:
-        target = open_target(Path(weights))
+        target = open_target(Path(weights), "--weights")
         copy_weights(model, target.model_path, f"--weights {weights}", cfg.file)
         source, data_cfg = str(target.model_path), target.config or cfg
     out = trace(cfg).output_shape
@@ -426,10 +426,10 @@ def copy_weights(model: Any, path: Any, what: str, config: Any) -> None:
             (names and weight shapes): exit 1, as for any bad model.
     """
     from cnnbuild.errors import CnnbuildError
-    from cnnbuild.predict import load_keras_model
+    from cnnbuild.runs import load_model
 
     try:
-        saved = load_keras_model(path)
+        saved = load_model(path)
     except Exception as exc:  # a CnnbuildError with Keras' reason
         raise CnnbuildError(f"{what}: {getattr(exc, 'message', exc)}") from None
     ours = {layer.name: layer for layer in model.layers if layer.weights}
@@ -451,7 +451,7 @@ def copy_weights(model: Any, path: Any, what: str, config: Any) -> None:
 def dataset_batch(cfg: ModelConfig, data_cfg: ModelConfig, seed: int, batch: int):
     """``batch`` training images of the dataset ``data_cfg``'s ``train:`` names (read for
     ``cfg``'s input), chosen by ``seed``: images, integer class ids, words naming it."""
-    from cnnbuild.train import load_data, resolve_train
+    from cnnbuild.runs import load_data, resolve_train
 
     data = load_data(cfg.input_shape, resolve_train(data_cfg, {}), quiet=True)
     pick = np.sort(

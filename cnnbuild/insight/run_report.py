@@ -335,12 +335,12 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
     import jinja2
 
     from cnnbuild.insight.show import Loaded, probabilities
-    from cnnbuild.predict import outputs_are_probabilities
+    from cnnbuild.runs import output_kind
 
     metrics = _read_json(run_dir / "metrics.json")
     metrics = metrics if isinstance(metrics, dict) else {}
     names = [str(n) for n in data.class_names]
-    target = Loaded(model, cfg, names, run_dir, outputs_are_probabilities(model, cfg))
+    target = Loaded(model, cfg, names, run_dir, output_kind(model, cfg).probabilities)
     x_test = np.asarray(data.x_test, dtype="float32")
     probs = np.zeros((0, len(names)))
     if len(x_test):
@@ -397,17 +397,17 @@ def write_report(
         )
     from cnnbuild.builder import keras_module
 
-    keras = keras_module(verbose)
+    keras_module(verbose)
     if cfg is None:
         from cnnbuild.validate import load_config
 
         cfg = load_config(run_dir / "config.yaml")
     if model is None:
-        from cnnbuild.train.evaluate import load_model
+        from cnnbuild.runs import load_model
 
-        model = load_model(keras, run_dir / "model.keras")
+        model = load_model(run_dir / "model.keras")
     if data is None:
-        from cnnbuild.train import load_data, resolve_train
+        from cnnbuild.runs import load_data, resolve_train
 
         data = load_data(cfg.input_shape, resolve_train(cfg, {}), quiet=True)
     path = run_dir / REPORT

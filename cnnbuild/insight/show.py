@@ -14,8 +14,20 @@ from typing import Any
 
 import numpy as np
 
+from cnnbuild.backend import keras_module
 from cnnbuild.catalog import kinds
 from cnnbuild.errors import DataError, UsageError
+from cnnbuild.io import atomic_write, os_errors, write_json
+from cnnbuild.runs import (
+    ImageError,
+    class_names,
+    decode_image,
+    load_model,
+    open_target,
+    output_dir,
+    output_kind,
+)
+from cnnbuild.runs import probabilities as to_probabilities
 
 CONV_KINDS = kinds(group="conv")
 GAP = 2  # pixels between tiles
@@ -35,25 +47,18 @@ class Loaded:
 
 
 def load_target(target: Path, verbose: bool = False) -> Loaded:
-    """A run directory (its best ``model.keras``) or a ``.keras`` file, loaded safely,
-    as ``predict`` loads it (class names from the run's ``metrics.json``).
+    """A run directory (its best ``model.keras``) or a ``.keras`` file, opened by
+    :mod:`cnnbuild.runs` as every command opens it.
 
     Raises:
         UsageError: ``target`` is neither.
     """
-    from cnnbuild.predict import class_names, load_keras_model, open_target
-    from cnnbuild.predict import outputs_are_probabilities as already
-
     found = open_target(target)
-    model = load_keras_model(found.model_path, verbose)
+    model = load_model(found.model_path, verbose=verbose)
     units = int(model.output.shape[-1])
-    out_dir = (
-        found.run_dir / "show"
-        if found.run_dir is not None
-        else target.with_name(target.stem + "-show")
-    )
     names = class_names(found, max(units, 2))
-    return Loaded(model, found.config, names, out_dir, already(model, found.config))
+    already = output_kind(model, found.config).probabilities
+    return Loaded(model, found.config, names, output_dir(found, "show"), already)
 
 
 def read_image(path: Path, shape: tuple) -> np.ndarray:
@@ -63,14 +68,10 @@ def read_image(path: Path, shape: tuple) -> np.ndarray:
     Raises:
         DataError: the file is missing, too large or not a readable image.
     """
-    from cnnbuild.predict import ImageError, resize
-    from cnnbuild.predict import read_image as decode
-
     try:
-        image = decode(path, shape[-1])
+        return decode_image(path, shape)
     except ImageError as exc:
         raise DataError(f"{path}: {exc}") from None
-    return resize([image], shape[0], shape[1])[0]
 
 
 def conv_layers(model: Any) -> list[Any]:
@@ -80,8 +81,6 @@ def conv_layers(model: Any) -> list[Any]:
 
 def probabilities(target: Loaded, outputs: np.ndarray) -> np.ndarray:
     """Class probabilities (N, classes) from the model's outputs."""
-    from cnnbuild.predict import probabilities as to_probabilities
-
     return to_probabilities(outputs, target.probabilities)
 
 
@@ -118,8 +117,6 @@ def gradcam(
         and the model's outputs.
     """
     import tensorflow as tf
-
-    from cnnbuild.builder import keras_module
 
     keras = keras_module()
     both = keras.Model(model.input, [layer.output, model.output])
@@ -208,8 +205,6 @@ def save_png(array: np.ndarray, path: Path) -> None:
     """Write an image array atomically as PNG."""
     from PIL import Image
 
-    from cnnbuild.io import atomic_write
-
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
@@ -231,6 +226,84 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return out
 
 
+def _layers(t: Loaded, target: Path, layer: str | None) -> tuple[list[Any], Any, Any]:
+    """The convolutions to draw, the one for Grad-CAM, and the first (for its filters).
+
+    Raises:
+        UsageError: the model has no convolution, or ``layer`` is not one of them.
+    """
+    convs = conv_layers(t.model)
+    if not convs:
+        raise UsageError(f"{target}: the model has no convolution layer to show")
+    names = [c.name for c in convs]
+    if layer is not None and layer not in names:
+        raise UsageError(
+            f"--layer {layer}: not a convolution layer of the model; "
+            f"choose one of: {', '.join(names)}"
+        )
+    chosen = [c for c in convs if c.name == layer] if layer else convs
+    return chosen, chosen[-1] if layer else convs[-1], convs[0]
+
+
+def _class_index(t: Loaded, class_name: str | None) -> int | None:
+    """The class ``--class`` names (by name or index), or None for the predicted one.
+
+    Raises:
+        UsageError: not a class of the model.
+    """
+    if class_name is None:
+        return None
+    if class_name in t.class_names:
+        return t.class_names.index(class_name)
+    if class_name.isdigit() and int(class_name) < len(t.class_names):
+        return int(class_name)
+    raise UsageError(
+        f"--class {class_name}: not a class of the model; classes: " + ", ".join(t.class_names)
+    )
+
+
+@dataclass
+class _Views:
+    """What ``show`` draws for every image: the layers, the class, the method."""
+
+    target: Loaded
+    features: Any  # a keras.Model from the input to the chosen layers' outputs
+    chosen: list[Any]
+    cam_layer: Any
+    wanted: int | None
+    cam: str
+    top: int
+
+
+def _show_image(v: _Views, path: Path, stem: str, x: np.ndarray, out: Path) -> dict:
+    """Feature maps, Grad-CAM and the top classes of one image, written under ``out`` as
+    ``STEM-*.png``."""
+    batch = x[None]
+    maps = v.features(batch, training=False)
+    maps = maps if isinstance(maps, (list, tuple)) else [maps]
+    written = []
+    for conv, m in zip(v.chosen, maps, strict=True):
+        file = out / f"{stem}-features-{conv.name}.png"
+        save_png(feature_grid(np.asarray(m, dtype="float32")[0]), file)
+        written.append(str(file))
+    wanted = None if v.wanted is None else np.array([v.wanted])
+    cams, used, outputs = gradcam(v.target.model, batch, v.cam_layer, wanted, v.cam)
+    cam_file = out / f"{stem}-gradcam.png"
+    save_png(overlay(x.astype(np.uint8), cams[0]), cam_file)
+    probs = probabilities(v.target, outputs)[0]
+    order = np.argsort(-probs)[: v.top]
+    names = v.target.class_names
+    return {
+        "image": str(path),
+        "features": written,
+        "gradcam": str(cam_file),
+        "gradcam_layer": v.cam_layer.name,
+        "gradcam_class": names[int(used[0])],
+        "gradcam_method": v.cam,
+        "top": [[names[i], round(float(probs[i]), 4)] for i in order],
+    }
+
+
 def show(
     target: Path,
     images: list[Path],
@@ -250,70 +323,23 @@ def show(
     Raises:
         UsageError: an unknown layer or class, or a model without convolutions.
         DataError: an image cannot be read.
+        WriteError: the output folder cannot be written (naming it and what to do).
     """
     if cam not in CAM_METHODS:
         raise UsageError(f"--cam {cam}: choose one of {', '.join(CAM_METHODS)}")
     t = load_target(target, verbose)
-    convs = conv_layers(t.model)
-    if not convs:
-        raise UsageError(f"{target}: the model has no convolution layer to show")
-    names = [c.name for c in convs]
-    if layer is not None and layer not in names:
-        raise UsageError(
-            f"--layer {layer}: not a convolution layer of the model; "
-            f"choose one of: {', '.join(names)}"
-        )
-    chosen = [c for c in convs if c.name == layer] if layer else convs
-    wanted = None
-    if class_name is not None:
-        if class_name in t.class_names:
-            wanted = t.class_names.index(class_name)
-        elif class_name.isdigit() and int(class_name) < len(t.class_names):
-            wanted = int(class_name)
-        else:
-            raise UsageError(
-                f"--class {class_name}: not a class of the model; classes: "
-                + ", ".join(t.class_names)
-            )
+    chosen, cam_layer, first = _layers(t, target, layer)
+    wanted = _class_index(t, class_name)
     shape = tuple(t.model.input.shape[1:])
     xs = [read_image(p, shape) for p in images]
     out = out_dir or t.out_dir
-    from cnnbuild.builder import keras_module
-
-    keras = keras_module()
-    features = keras.Model(t.model.input, [c.output for c in chosen])
-    cam_layer = chosen[-1] if layer else convs[-1]
+    features = keras_module().Model(t.model.input, [c.output for c in chosen])
+    views = _Views(t, features, chosen, cam_layer, wanted, cam, top)
     filters = out / "filters.png"
-    save_png(filter_tiles(convs[0].kernel.numpy()), filters)
-    report: dict[str, Any] = {"out_dir": str(out), "filters": str(filters), "images": []}
-    for path, stem, x in zip(images, unique_stems(images), xs, strict=True):
-        batch = x[None]
-        maps = features(batch, training=False)
-        maps = maps if isinstance(maps, (list, tuple)) else [maps]
-        written = []
-        for conv, m in zip(chosen, maps, strict=True):
-            file = out / f"{stem}-features-{conv.name}.png"
-            save_png(feature_grid(np.asarray(m, dtype="float32")[0]), file)
-            written.append(str(file))
-        cams, used, outputs = gradcam(
-            t.model, batch, cam_layer, None if wanted is None else np.array([wanted]), cam
-        )
-        cam_file = out / f"{stem}-gradcam.png"
-        save_png(overlay(x.astype(np.uint8), cams[0]), cam_file)
-        probs = probabilities(t, outputs)[0]
-        order = np.argsort(-probs)[:top]
-        report["images"].append(
-            {
-                "image": str(path),
-                "features": written,
-                "gradcam": str(cam_file),
-                "gradcam_layer": cam_layer.name,
-                "gradcam_class": t.class_names[int(used[0])],
-                "gradcam_method": cam,
-                "top": [[t.class_names[i], round(float(probs[i]), 4)] for i in order],
-            }
-        )
-    from cnnbuild.io import write_json
-
-    write_json(out / "show.json", report)
+    with os_errors(out):
+        save_png(filter_tiles(first.kernel.numpy()), filters)
+        report: dict[str, Any] = {"out_dir": str(out), "filters": str(filters), "images": []}
+        for path, stem, x in zip(images, unique_stems(images), xs, strict=True):
+            report["images"].append(_show_image(views, path, stem, x, out))
+        write_json(out / "show.json", report)
     return report

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, model_validator
 
+from cnnbuild.backend import STRATEGIES
 from cnnbuild.catalog import LOGIT_LOSSES, LOSS_NAMES  # noqa: F401 - re-exported
 from cnnbuild.schema.types import Bool, Choice, Float, Int, Seed, choice, is_number
 
@@ -227,7 +228,7 @@ class TrainConfig(Strict):
     shuffle_buffer: Int(1) | None = None
     steps_per_execution: Int(1) | None = None
     device: Choice(("auto", "cpu", "gpu"), "device") = "auto"
-    strategy: Choice(("auto", "one", "mirrored", "multi-worker"), "strategy") = "auto"
+    strategy: Choice(STRATEGIES, "strategy") = "auto"
     mixed_precision: Bool | None = None
     jit_compile: Bool | None = None
     early_stopping: EarlyStopping | None = None

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, WithJsonSchema
 
+from cnnbuild.errors import suggest
+
 ACTIVATIONS = (
     "celu",
     "elu",
@@ -268,20 +270,14 @@ Padding2D = Annotated[
 
 
 def choice(options: tuple[str, ...], what: str, *, nullable: bool = False):
-    from difflib import get_close_matches
-
     def check(value: Any) -> str | None:
         if value is None and nullable:
             return None
         if not isinstance(value, str) or value not in options:
             msg = f"unknown {what} {_received(value)}"
-            close = (
-                get_close_matches(str(value).lower(), options, n=1)
-                if isinstance(value, str)
-                else []
-            )
+            close = suggest(value.lower(), options) if isinstance(value, str) else ""
             if close:
-                msg += f"; did you mean {close[0]!r}?"
+                msg += close
             elif len(options) <= 8:
                 msg += "; expected one of " + ", ".join(repr(o) for o in options)
             raise ValueError(msg)

@@ -11,13 +11,12 @@ resume needs, and the commit record of the checkpoints), ``last.keras`` and
 
 from __future__ import annotations
 
+from cnnbuild.runs import load_data, resolve_train
 from cnnbuild.train.evaluate import evaluate, evaluate_model, print_evaluation
 from cnnbuild.train.fit import train
 from cnnbuild.train.settings import (
     CPU_STEPS_PER_EXECUTION,
     GPU_STEPS_PER_EXECUTION,
-    load_data,
-    resolve_train,
     stdout_console,
 )
 

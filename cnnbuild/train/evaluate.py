@@ -10,40 +10,18 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from cnnbuild.backend import keras_module
+from cnnbuild.builder import make_loss
 from cnnbuild.catalog import one_hot_classes
 from cnnbuild.data import Data
-from cnnbuild.errors import DataError, RunError, UsageError, shape_str
+from cnnbuild.errors import DataError, UsageError, shape_str
 from cnnbuild.io import os_errors, write_json
+from cnnbuild.runs import load_data, load_model, open_target, output_dir, output_kind, resolve_train
 from cnnbuild.train.settings import (
     check_data,
-    load_data,
-    resolve_train,
     stdout_console,
 )
 from cnnbuild.validate import load_config
-
-
-def load_model(keras: Any, path: Path, compile: bool = False) -> Any:
-    """Load a saved model with Keras' safe_mode on (no Lambda or arbitrary code).
-
-    With ``compile``, the optimizer comes back with its state (step count, moments, the
-    learning-rate schedule), which is what a resume needs.
-    """
-    from cnnbuild.builder import load_model as load_deep
-
-    try:
-        return load_deep(path, safe_mode=True, compile=compile)
-    except Exception as exc:  # Keras raises many types for a bad file
-        raise RunError(f"{path}: cannot load the model: {exc}") from None
-
-
-def output_activation(model: Any) -> str:
-    """The activation the model's last layer applies (``softmax``, ``sigmoid``, ``linear``)."""
-    last = model.layers[-1]
-    if type(last).__name__ == "Softmax":
-        return "softmax"
-    activation = getattr(last, "activation", None)
-    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
 
 
 def check_bare_model(model: Any, path: Path, data: Data) -> None:
@@ -120,7 +98,7 @@ def evaluate_model(
     if outputs.ndim == 2 and outputs.shape[1] > 1:
         predicted = outputs.argmax(axis=1)
     else:
-        threshold = 0.5 if output_activation(model) == "sigmoid" else 0.0
+        threshold = 0.5 if output_kind(model).activation == "sigmoid" else 0.0
         predicted = (outputs.reshape(-1) > threshold).astype(int)
     n = data.num_classes
     matrix = np.zeros((n, n), dtype=np.int64)
@@ -141,10 +119,12 @@ def evaluate_model(
 
 
 def _bare_loss(keras: Any, model: Any) -> Any:
-    activation = output_activation(model)
-    if int(model.outputs[0].shape[-1]) == 1:
-        return keras.losses.BinaryCrossentropy(from_logits=activation != "sigmoid")
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=activation != "softmax")
+    """The loss of a bare model: binary or sparse categorical cross-entropy, on
+    probabilities when its output layer says so, else on logits."""
+    outputs = output_kind(model)
+    if outputs.binary:
+        return keras.losses.BinaryCrossentropy(from_logits=outputs.activation != "sigmoid")
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=outputs.activation != "softmax")
 
 
 def evaluate(
@@ -168,27 +148,17 @@ def evaluate(
         DataError: the model does not fit the data, or the data has no test images.
     """
     console = console or stdout_console()
-    cfg = None
-    if target.is_dir():
-        model_path = target / "model.keras"
-        if not model_path.is_file():
-            raise UsageError(f"{target}: no model.keras in this folder; is it a run directory?")
-        cfg = load_config(target / "config.yaml")
-        out_dir = target / "evaluate"
-    elif target.suffix == ".keras" and target.is_file():
-        if dataset is None:
-            raise UsageError(
-                f"{target}: a bare .keras file has no dataset; give --dataset (cifar10, "
-                "cifar100, shapes, npz:PATH or folder:PATH) for the test images"
-            )
-        model_path = target
-        out_dir = target.with_name(target.stem + "-evaluate")
-    else:
-        raise UsageError(f"{target}: expected a run directory or a .keras file")
-    from cnnbuild.builder import keras_module
-
+    opened = open_target(target)
+    cfg, model_path, out_dir = opened.config, opened.model_path, output_dir(opened, "evaluate")
+    if opened.run_dir is not None and cfg is None:
+        cfg = load_config(opened.run_dir / "config.yaml")  # says that it is missing
+    if opened.run_dir is None and dataset is None:
+        raise UsageError(
+            f"{target}: a bare .keras file has no dataset; give --dataset (cifar10, "
+            "cifar100, shapes, npz:PATH or folder:PATH) for the test images"
+        )
     keras = keras_module(verbose)
-    model = load_model(keras, model_path)
+    model = load_model(model_path)
     overrides = {"dataset": dataset, "data_dir": data_dir, "limit": limit, "batch_size": batch_size}
     settings = resolve_train(cfg, overrides)
     if len(model.inputs) != 1:
@@ -201,8 +171,6 @@ def evaluate(
         raise DataError(f"dataset {data.name}: no test images to evaluate on")
     if cfg is not None:
         check_data(cfg, data)
-        from cnnbuild.builder import make_loss
-
         loss = make_loss(cfg)
         one_hot = one_hot_classes(cfg.compile.loss, data.num_classes)
     else:

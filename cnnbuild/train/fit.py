@@ -1,5 +1,10 @@
-"""The fit orchestrator: open the run, load the data, build or restore the model, fit
-with progress and committed checkpoints, evaluate, write the results.
+"""The fit orchestrator: a run :class:`Session` in phases, ``prepare`` (settings, device,
+data, the run directory), ``build`` (the model, fresh or restored), ``fit`` (progress and
+committed checkpoints) and ``finish`` (evaluate, write the results).
+
+Training imports no presentation: what a run shows beside itself (gradient flow, the
+report) comes in as :class:`Hook` objects from the caller (the CLI attaches
+:func:`cnnbuild.insight.hooks.training_hooks`).
 
 SIGINT and SIGTERM behave the same: a save in progress completes, ``state.json`` records
 ``interrupted``, the resume command is printed and the process exits with 130.
@@ -20,39 +25,39 @@ import platform
 import random
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
 from rich.console import Console
 
 from cnnbuild import distribute
+from cnnbuild.backend import keras_module
+from cnnbuild.builder import adapt_normalization, build_model
 from cnnbuild.catalog import one_hot_classes
+from cnnbuild.charts import curves
 from cnnbuild.config import ModelConfig
 from cnnbuild.data import Data, describe
 from cnnbuild.errors import DataError, Interrupted, RunError, UsageError
 from cnnbuild.escape import rich
 from cnnbuild.io import os_errors, write_json, write_text
+from cnnbuild.runs import load_data, load_model, resolve_train
 from cnnbuild.schema.sections import TrainConfig
-from cnnbuild.train.evaluate import evaluate_model, load_model
+from cnnbuild.train.evaluate import evaluate_model
 from cnnbuild.train.rundir import STATE, RunDir, Signals, State, StopSignal
 from cnnbuild.train.settings import (
     Device,
     check_data,
-    load_data,
     make_schedule,
-    resolve_train,
     resolved_config,
     select_device,
     split_validation,
     stdout_console,
 )
 from cnnbuild.validate import load_config
-
-AfterTrain = Callable[[Path, dict], None]
 
 
 def fmt_metrics(logs: dict, keys: list[str]) -> str:
@@ -153,10 +158,27 @@ class Run:
         self.dir.save(self.state)
 
 
-def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any]:
-    """Progress display, per-epoch seeds, non-finite-loss guard and the epoch commit."""
+def _epoch_progress(run: Run, epoch: int) -> tuple[Any, Any]:
+    """A started rich progress bar for one epoch, with its task (see make_callbacks)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    progress = Progress(
+        TextColumn(f"epoch {epoch + 1}/{run.settings.epochs}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[metrics]}"),
+        TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(),
+        console=run.console,
+        transient=True,
+    )
+    task = progress.add_task("", total=run.steps, metrics="", speed="")
+    progress.start()
+    return progress, task
+
+
+def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any]:
+    """Progress display, per-epoch seeds, non-finite-loss guard and the epoch commit."""
     seed = run.state.seed
 
     class Reporter(keras.callbacks.Callback):
@@ -172,18 +194,7 @@ def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any
             run.epoch_start = time.perf_counter()
             run.train_end = None
             if live:
-                self.progress = Progress(
-                    TextColumn(f"epoch {epoch + 1}/{run.settings.epochs}"),
-                    BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[metrics]}"),
-                    TextColumn("{task.fields[speed]}"),
-                    TimeRemainingColumn(),
-                    console=run.console,
-                    transient=True,
-                )
-                self.task = self.progress.add_task("", total=run.steps, metrics="", speed="")
-                self.progress.start()
+                self.progress, self.task = _epoch_progress(run, epoch)
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
@@ -237,6 +248,46 @@ def _resume_command(run_dir: Path) -> str:
     return f"cnnbuild train --resume {shlex.quote(str(run_dir))}"
 
 
+@dataclass
+class FitContext:
+    """What a hook sees of a run (on the chief only).
+
+    Attributes:
+        keras: the keras module.
+        cfg: the config the model was built from.
+        run_dir: the run directory.
+        console: where the run prints.
+        initial_epoch: epochs already done (a resumed run keeps their records).
+        data: the dataset.
+        x_train: the training images (raw pixels), validation held out.
+        y_train: their integer labels.
+    """
+
+    keras: Any
+    cfg: ModelConfig
+    run_dir: Path
+    console: Console
+    initial_epoch: int
+    data: Data
+    x_train: np.ndarray
+    y_train: np.ndarray
+
+
+class Hook(Protocol):
+    """What the caller attaches to a run (the CLI attaches gradient flow and the report).
+
+    Both methods run on the chief only, on an undistributed copy of the model.
+    """
+
+    def callbacks(self, ctx: FitContext) -> list[Any]:
+        """Keras callbacks for ``model.fit``."""
+        ...
+
+    def finish(self, ctx: FitContext, model: Any, metrics: dict) -> None:
+        """Called with the best model once ``metrics.json`` is written."""
+        ...
+
+
 def train(
     config: Path | None,
     overrides: dict[str, Any],
@@ -247,7 +298,7 @@ def train(
     live: bool | None = None,
     verbose: bool = False,
     extra_callbacks: Sequence[Any] = (),
-    after_train: AfterTrain | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> dict:
     """Train a config (or resume a run) and evaluate it on the test set.
 
@@ -259,8 +310,8 @@ def train(
         console: where progress and results go.
         live: show progress bars (default: when the console is a terminal).
         verbose: show TensorFlow's start-up messages.
-        extra_callbacks: more Keras callbacks for ``model.fit``.
-        after_train: called with the run directory and the metrics once they are written.
+        extra_callbacks: more Keras callbacks for ``model.fit`` (on every worker).
+        hooks: what the chief runs beside training (see :class:`Hook`).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -270,21 +321,41 @@ def train(
         Interrupted: SIGINT or SIGTERM; the run is saved and can be resumed.
     """
     console = console or stdout_console()
-    live = console.is_terminal if live is None else live
+    request = Request(
+        config=config,
+        overrides=overrides,
+        out=out,
+        console=console,
+        live=console.is_terminal if live is None else live,
+        verbose=verbose,
+        extra_callbacks=tuple(extra_callbacks),
+        hooks=tuple(hooks),
+    )
     with Signals() as signals, os_errors():
         run_dir: RunDir | None = None
         try:
             if resume is not None:
                 run_dir = RunDir.open(resume, signals)
-            return _train(
-                config, overrides, out, run_dir, signals, console, live, verbose,
-                extra_callbacks, after_train,
-            )  # fmt: skip
+            return Session(request, signals).execute(run_dir)
         except StopSignal as stop:
             raise Interrupted(f"{stop.name}: interrupted before the run started") from None
         finally:
             if run_dir is not None:
                 run_dir.close()
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the caller asked of :func:`train`."""
+
+    config: Path | None
+    overrides: dict[str, Any]
+    out: Path | None
+    console: Console
+    live: bool
+    verbose: bool
+    extra_callbacks: tuple[Any, ...] = ()
+    hooks: tuple[Hook, ...] = ()
 
 
 def _open_resumed(run_dir: RunDir, config: Path | None, overrides: dict, console: Console):
@@ -317,7 +388,35 @@ def _open_resumed(run_dir: RunDir, config: Path | None, overrides: dict, console
     return cfg, state, settings
 
 
-def _restore(keras: Any, run_dir: RunDir, state: State, device: Device) -> Any:
+def _open_new(config: Path, overrides: dict, out: Path | None):
+    """The config and settings of a new run, its folder (this worker's, under
+    multi-worker) and the state a multi-worker relaunch left there, if any."""
+    cfg = load_config(config)
+    settings = resolve_train(cfg, overrides)
+    cluster = distribute.multi_worker_cluster(settings.strategy)
+    if cluster is None:
+        RunDir.check_out(out)
+        return cfg, settings, out, None
+    if out is None:
+        raise UsageError(
+            "--strategy multi-worker: give every worker the same --out RUN_DIR; "
+            "to continue after a failure, run the same command again"
+        )
+    out = distribute.worker_dir(out, cluster)
+    relaunch = RunDir(out).read_state() if (out / STATE).is_file() else None
+    if relaunch is not None and relaunch.status in ("completed", "early_stopped"):
+        raise UsageError(
+            f"--out {out}: already holds a finished run ({relaunch.status}); choose another folder"
+        )
+    if settings.seed is None and relaunch is None:
+        raise UsageError(
+            "--strategy multi-worker: every worker must shuffle alike; set "
+            "train.seed or --seed (cnnbuild train --workers N sets one for you)"
+        )
+    return cfg, settings, out, relaunch
+
+
+def _restore(run_dir: RunDir, state: State, keras: Any, device: Device) -> Any:
     """The compiled model of the last committed epoch, checked against the state."""
     path = run_dir.file("last.keras")
     if not path.is_file():
@@ -327,7 +426,7 @@ def _restore(keras: Any, run_dir: RunDir, state: State, device: Device) -> Any:
             "the run again in a new folder"
         )
     keras.mixed_precision.set_global_policy(device.policy)
-    model = load_model(keras, path, compile=True)
+    model = load_model(path, compile=True)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None or not optimizer.built:
         raise RunError(
@@ -345,324 +444,366 @@ def _restore(keras: Any, run_dir: RunDir, state: State, device: Device) -> Any:
     return model
 
 
-def _train(
-    config: Path | None,
-    overrides: dict[str, Any],
-    out: Path | None,
-    run_dir: RunDir | None,
-    signals: Signals,
-    console: Console,
-    live: bool,
-    verbose: bool,
-    extra_callbacks: Sequence[Any],
-    after_train: AfterTrain | None,
-) -> dict:
-    state = None
-    relaunch = None  # the state a multi-worker run left in this worker's folder
-    if run_dir is not None:
-        cfg, state, settings = _open_resumed(run_dir, config, overrides, console)
-    elif config is None:
-        raise UsageError("give a CONFIG to train, or --resume RUN_DIR")
-    else:
-        cfg = load_config(config)
-        settings = resolve_train(cfg, overrides)
-        cluster = distribute.multi_worker_cluster(settings.strategy)
-        if cluster is None:
-            RunDir.check_out(out)
-        else:
-            if out is None:
-                raise UsageError(
-                    "--strategy multi-worker: give every worker the same --out RUN_DIR; "
-                    "to continue after a failure, run the same command again"
-                )
-            out = distribute.worker_dir(out, cluster)
-            if (out / STATE).is_file():
-                relaunch = RunDir(out).read_state()
-            if relaunch is not None and relaunch.status in ("completed", "early_stopped"):
-                raise UsageError(
-                    f"--out {out}: already holds a finished run ({relaunch.status}); "
-                    "choose another folder"
-                )
-            if settings.seed is None and relaunch is None:
-                raise UsageError(
-                    "--strategy multi-worker: every worker must shuffle alike; set "
-                    "train.seed or --seed (cnnbuild train --workers N sets one for you)"
-                )
+@dataclass
+class Session:
+    """One session of a run, in phases: :meth:`prepare` (settings, device, data, the run
+    directory), :meth:`build` (the model, fresh or restored), :meth:`fit` and
+    :meth:`finish` (evaluate, record, hooks). Each phase fills the fields the next reads.
+    """
 
-    from cnnbuild.builder import build_model, keras_module
+    request: Request
+    signals: Signals
+    keras: Any = None
+    tf: Any = None
+    device: Device | None = None
+    plan: distribute.Plan | None = None
+    data: Data | None = None
+    split: tuple[np.ndarray, ...] = ()
+    run: Run | None = None
+    one_hot: int | None = None
+    model: Any = None
+    plain: Any = None  # an undistributed copy for the chief's hooks (else the model)
+    epoch_var: Any = None  # the epoch, read by the training pipeline's shuffle
+    datasets: tuple[Any, Any] = (None, None)  # training and validation pipelines
 
-    keras = keras_module(verbose)
-    import tensorflow as tf
-
-    device = select_device(settings)
-    # before any TensorFlow op: a multi-worker strategy configures the runtime
-    plan = distribute.make_plan(settings.strategy, device.kind)
-    if plan.strategy is not None:
-        if (settings.steps_per_execution or 1) > 1:
-            raise UsageError(
-                f"--steps-per-execution {settings.steps_per_execution}: Keras' multi-step "
-                f"loop fails under tf.distribute ({plan.name}); use 1, the default there"
+    def execute(self, run_dir: RunDir | None) -> dict:
+        """All the phases; a signal saves the state and raises :class:`Interrupted`."""
+        self.prepare(run_dir)
+        run = self.run
+        try:
+            self.build()
+            self.fit()
+            return self.finish()
+        except StopSignal as stop:
+            with self.signals.deferred(reraise=False):
+                run.finish("interrupted")
+            again = (
+                "the same command, on every worker"
+                if self.plan.multi_worker
+                else _resume_command(run.dir.path)
             )
-        device.steps_per_execution = 1
-    seed = settings.seed
-    if seed is None:
-        seed = relaunch.seed if relaunch else random.SystemRandom().randrange(2**31)
-    data = load_data(cfg.input_shape, settings, quiet=not live)
-    for note in data.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    check_data(cfg, data)
-    x_tr, y_tr, x_val, y_val = split_validation(
-        data.x_train, data.y_train, settings.validation_split, seed
-    )
-    if len(x_tr) == 0:
-        raise DataError(
-            f"dataset {data.name}: no training images left after "
-            f"validation_split {settings.validation_split}"
-        )
-    global_batch = plan.global_batch(settings.batch_size)
-    steps = math.ceil(len(x_tr) / global_batch)
-    if run_dir is None and relaunch is not None:
-        run_dir = RunDir.open(out, signals, flag="--out")
-        state, _ = run_dir.recover()
-    elif run_dir is None:
-        run_dir = RunDir.create(out, cfg.name, signals)
-    settings = settings.model_copy(
-        update={
-            "seed": seed,
-            "mixed_precision": device.mixed_precision,
-            "jit_compile": device.jit_compile,
-            "steps_per_execution": device.steps_per_execution,
-            "strategy": plan.name,
-        }
-    )
-    monitor = (
-        settings.monitor
-        if len(x_val) or not settings.monitor.startswith("val_")
-        else settings.monitor.removeprefix("val_")
-    )
-    if state is None:
-        state = State(status="running", epochs_done=0, monitor=monitor, seed=seed)
-    state.steps_per_epoch = steps
-    run = Run(
-        cfg, settings, run_dir, state, console, n_train=len(x_tr), steps=steps,
-        global_batch=global_batch,
-    )  # fmt: skip
-    run.initial_epoch = state.epochs_done
-    run.prior_wall = state.wall_seconds
-    try:
-        return _fit(
-            run, keras, tf, device, plan, data, (x_tr, y_tr, x_val, y_val), live,
-            extra_callbacks, after_train, build_model,
-        )  # fmt: skip
-    except StopSignal as stop:
-        with signals.deferred(reraise=False):
-            run.finish("interrupted")
-        again = (
-            "the same command, on every worker"
-            if plan.multi_worker
-            else _resume_command(run_dir.path)
-        )
-        done = run.state.epochs_done
-        saved = (
-            f"epoch {done} is saved in {run_dir.file('last.keras')}"
-            if done
-            else "no epoch had finished"
-        )
-        raise Interrupted(f"{stop.name}: interrupted; {saved}. Resume with:\n  {again}") from None
-    finally:
-        run_dir.close()
-
-
-def _fit(
-    run: Run,
-    keras: Any,
-    tf: Any,
-    device: Device,
-    plan: distribute.Plan,
-    data: Data,
-    split: tuple[np.ndarray, ...],
-    live: bool,
-    extra_callbacks: Sequence[Any],
-    after_train: AfterTrain | None,
-    build_model: Callable[..., Any],
-) -> dict:
-    cfg, settings, run_dir, console = run.cfg, run.settings, run.dir, run.console
-    x_tr, y_tr, x_val, y_val = split
-    seed = run.state.seed
-    # the resolved config (rewritten on resume, where --epochs may have changed), then state
-    write_text(
-        run_dir.file("config.yaml"),
-        yaml.safe_dump(resolved_config(cfg, settings), sort_keys=False),
-    )
-    run_dir.save(run.state)
-
-    from cnnbuild.data.pipeline import make_pipeline
-
-    keras.utils.set_random_seed(seed)
-    one_hot = one_hot_classes(cfg.compile.loss, data.num_classes)
-    epoch_var = tf.Variable(run.initial_epoch, dtype=tf.int64, trainable=False)
-    batch = run.global_batch  # split between the replicas under a strategy
-    train_ds = make_pipeline(
-        x_tr, y_tr, batch_size=batch, training=True, seed=seed,
-        one_hot=one_hot, shuffle_buffer=settings.shuffle_buffer, epoch=epoch_var,
-    )  # fmt: skip
-    val_ds = (
-        make_pipeline(x_val, y_val, batch_size=batch, training=False, one_hot=one_hot)
-        if len(x_val)
-        else None
-    )
-    if plan.strategy is not None:
-        train_ds = distribute.shard(train_ds)
-        val_ds = distribute.shard(val_ds) if val_ds is not None else None
-    # a multi-worker relaunch builds afresh: the backup callback restores the weights
-    restore = run.initial_epoch > 0 and not plan.multi_worker
-    with plan.scope():
-        if restore:
-            model = _restore(keras, run_dir, run.state, device)
-        else:
-            model = build_model(
-                cfg,
-                mixed_precision=device.policy,
-                lr=make_schedule(keras, cfg, settings, run.steps),
-                steps_per_execution=device.steps_per_execution,
-                jit_compile=device.jit_compile,
+            done = run.state.epochs_done
+            saved = (
+                f"epoch {done} is saved in {run.dir.file('last.keras')}"
+                if done
+                else "no epoch had finished"
             )
-            from cnnbuild.builder import adapt_normalization
+            raise Interrupted(
+                f"{stop.name}: interrupted; {saved}. Resume with:\n  {again}"
+            ) from None
+        finally:
+            run.dir.close()
 
-            adapt_normalization(model, x_tr)
-    where = f"{device.kind} ({device.name})"
-    replicas = f" per replica x {plan.replicas} = {batch}" if plan.replicas > 1 else ""
-    console.print(
-        f"[bold]{cfg.name}[/bold]: {model.count_params():,} parameters; "
-        f"{describe(settings.dataset)}"
-        f" {len(x_tr):,} train / {len(x_val):,} validation / {len(data.x_test):,} test images;"
-        f" {where}; {plan.describe()}; batch {settings.batch_size}{replicas}; precision "
-        f"{device.policy}; XLA {'on' if device.jit_compile else 'off'}"
-        f"; steps/execution {device.steps_per_execution}; seed {seed}",
-        highlight=False,
-    )
-    console.print(f"run directory: {rich(run_dir.path)}", highlight=False)
-    if run.initial_epoch >= settings.epochs:
-        console.print(f"already trained {run.initial_epoch} epochs", highlight=False)
-    from cnnbuild.insight.flow import gradient_flow
+    # -- prepare ---------------------------------------------------------------------
 
-    callbacks = [
-        *make_callbacks(keras, run, live, epoch_var),
-        *keras_callbacks(keras, run),
-        *extra_callbacks,
-    ]
-    # what only the chief runs (gradient flow, report) runs on an undistributed copy
-    plain = model
-    if plan.strategy is not None and plan.is_chief:
-        plain = build_model(cfg, compile=False, mixed_precision=device.policy)
-    if plan.is_chief:
-        # per-layer gradient flow on one fixed batch -> gradients.json
-        flow = gradient_flow(
-            keras, cfg, x_tr, y_tr, data.num_classes, run_dir.path, console, run.initial_epoch
-        )
-        if plain is not model:
-            flow = distribute.on_plain_copy(keras, flow, plain)
-        callbacks.insert(len(callbacks) - len(extra_callbacks), flow)
-    if plan.multi_worker:
+    def prepare(self, run_dir: RunDir | None) -> None:
+        """Settings, device, strategy, data and its split, then the run directory."""
+        req = self.request
+        state = relaunch = None  # relaunch: what a multi-worker run left in this folder
+        out = req.out
+        if run_dir is not None:
+            cfg, state, settings = _open_resumed(run_dir, req.config, req.overrides, req.console)
+        elif req.config is None:
+            raise UsageError("give a CONFIG to train, or --resume RUN_DIR")
+        else:
+            cfg, settings, out, relaunch = _open_new(req.config, req.overrides, out)
+        self.keras = keras_module(req.verbose)
+        import tensorflow as tf
 
-        def restored(epoch: int) -> None:
-            run.restored(epoch)
-            if epoch:
-                console.print(
-                    f"restored from the backup: continuing after epoch {epoch}", highlight=False
+        self.tf = tf
+        self.device = select_device(settings)
+        # before any TensorFlow op: a multi-worker strategy configures the runtime
+        self.plan = distribute.make_plan(settings.strategy, self.device.kind)
+        if self.plan.strategy is not None:
+            if (settings.steps_per_execution or 1) > 1:
+                raise UsageError(
+                    f"--steps-per-execution {settings.steps_per_execution}: Keras' multi-step "
+                    f"loop fails under tf.distribute ({self.plan.name}); use 1, the default there"
                 )
+            self.device.steps_per_execution = 1
+        seed = settings.seed
+        if seed is None:
+            seed = relaunch.seed if relaunch else random.SystemRandom().randrange(2**31)
+        self._load_data(cfg, settings, seed)
+        if run_dir is None and relaunch is not None:
+            run_dir = RunDir.open(out, self.signals, flag="--out")
+            state, _ = run_dir.recover()
+        elif run_dir is None:
+            run_dir = RunDir.create(out, cfg.name, self.signals)
+        self._start_run(cfg, settings, seed, run_dir, state)
 
-        callbacks += distribute.backup_callbacks(keras, run_dir.path, plan.strategy, restored)
-    where_ops = (
-        plan.scope()
-        if plan.strategy is not None
-        else tf.device("/GPU:0" if device.kind == "gpu" else "/CPU:0")
-    )
-    with where_ops:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=settings.epochs,
-            initial_epoch=0 if plan.multi_worker else run.initial_epoch,
-            callbacks=callbacks,
-            verbose=0,
-            shuffle=False,
+    def _load_data(self, cfg: ModelConfig, settings: TrainConfig, seed: int) -> None:
+        """The dataset, checked against the config, split into train and validation."""
+        console = self.request.console
+        data = load_data(cfg.input_shape, settings, quiet=not self.request.live)
+        for note in data.notes:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        check_data(cfg, data)
+        self.split = split_validation(data.x_train, data.y_train, settings.validation_split, seed)
+        if len(self.split[0]) == 0:
+            raise DataError(
+                f"dataset {data.name}: no training images left after "
+                f"validation_split {settings.validation_split}"
+            )
+        self.data = data
+
+    def _start_run(
+        self,
+        cfg: ModelConfig,
+        settings: TrainConfig,
+        seed: int,
+        run_dir: RunDir,
+        state: State | None,
+    ) -> None:
+        """The run's resolved settings and its state, as a :class:`Run`."""
+        device, plan = self.device, self.plan
+        x_tr, _, x_val, _ = self.split
+        global_batch = plan.global_batch(settings.batch_size)
+        steps = math.ceil(len(x_tr) / global_batch)
+        settings = settings.model_copy(
+            update={
+                "seed": seed,
+                "mixed_precision": device.mixed_precision,
+                "jit_compile": device.jit_compile,
+                "steps_per_execution": device.steps_per_execution,
+                "strategy": plan.name,
+            }
         )
-    if run.diverged:
-        epoch, step, loss = run.diverged
-        run.finish("diverged")
-        kept = (
-            f"the last good checkpoint (epoch {len(run.history)}) is {run_dir.file('last.keras')}"
-            if run.history
-            else "no epoch finished"
+        monitor = settings.monitor
+        if not len(x_val) and monitor.startswith("val_"):
+            monitor = monitor.removeprefix("val_")
+        if state is None:
+            state = State(status="running", epochs_done=0, monitor=monitor, seed=seed)
+        state.steps_per_epoch = steps
+        self.run = Run(
+            cfg,
+            settings,
+            run_dir,
+            state,
+            self.request.console,
+            n_train=len(x_tr),
+            steps=steps,
+            global_batch=global_batch,
+            initial_epoch=state.epochs_done,
+            prior_wall=state.wall_seconds,
         )
-        raise RunError(
-            f"the loss became {loss} at epoch {epoch}, step {step}; training "
-            f"stopped and {kept}. Lower the learning rate, or check the data "
-            "scaling and the loss"
+
+    # -- build or restore ------------------------------------------------------------
+
+    def build(self) -> None:
+        """Record the resolved config and state, then build the model or restore it."""
+        run, keras = self.run, self.keras
+        cfg, settings, device, plan = run.cfg, run.settings, self.device, self.plan
+        # the resolved config (rewritten on resume, where --epochs may have changed), then state
+        write_text(
+            run.dir.file("config.yaml"),
+            yaml.safe_dump(resolved_config(cfg, settings), sort_keys=False),
         )
-    status = "completed" if len(run.history) >= settings.epochs else "early_stopped"
-    digest = distribute.weights_digest(model)
-    if run.state.best_epoch is not None and run_dir.file("model.keras").exists():
-        model.load_weights(run_dir.file("model.keras"))
-    metrics = _results(run, model, keras, tf, device, plan, data, split, one_hot, status)
-    metrics["weights_sha256"] = digest
-    if not plan.is_chief:  # the evaluation above is a collective: every worker takes part
-        console.print(f"final weights sha256 {digest}", highlight=False)
+        run.dir.save(run.state)
+        keras.utils.set_random_seed(run.state.seed)
+        self.one_hot = one_hot_classes(cfg.compile.loss, self.data.num_classes)
+        self.epoch_var = self.tf.Variable(run.initial_epoch, dtype=self.tf.int64, trainable=False)
+        self.datasets = self._datasets(self.epoch_var)
+        # a multi-worker relaunch builds afresh: the backup callback restores the weights
+        with plan.scope():
+            if run.initial_epoch > 0 and not plan.multi_worker:
+                self.model = _restore(run.dir, run.state, keras, device)
+            else:
+                self.model = build_model(
+                    cfg,
+                    mixed_precision=device.policy,
+                    lr=make_schedule(keras, cfg, settings, run.steps),
+                    steps_per_execution=device.steps_per_execution,
+                    jit_compile=device.jit_compile,
+                )
+                adapt_normalization(self.model, self.split[0])
+        self.plain = self.model
+        if plan.strategy is not None and plan.is_chief and self.request.hooks:
+            self.plain = build_model(cfg, compile=False, mixed_precision=device.policy)
+
+    # -- fit -------------------------------------------------------------------------
+
+    def _datasets(self, epoch_var: Any) -> tuple[Any, Any]:
+        """The training pipeline (shuffled per epoch) and the validation one, sharded
+        under a strategy."""
+        from cnnbuild.data.pipeline import make_pipeline
+
+        run, plan = self.run, self.plan
+        x_tr, y_tr, x_val, y_val = self.split
+        batch = run.global_batch  # split between the replicas under a strategy
+        train_ds = make_pipeline(
+            x_tr,
+            y_tr,
+            batch_size=batch,
+            training=True,
+            seed=run.state.seed,
+            one_hot=self.one_hot,
+            shuffle_buffer=run.settings.shuffle_buffer,
+            epoch=epoch_var,
+        )
+        val_ds = None
+        if len(x_val):
+            val_ds = make_pipeline(
+                x_val, y_val, batch_size=batch, training=False, one_hot=self.one_hot
+            )
+        if plan.strategy is not None:
+            train_ds = distribute.shard(train_ds)
+            val_ds = distribute.shard(val_ds) if val_ds is not None else None
+        return train_ds, val_ds
+
+    def _announce(self) -> None:
+        run, device, plan = self.run, self.device, self.plan
+        settings, x_tr, x_val = run.settings, self.split[0], self.split[2]
+        where = f"{device.kind} ({device.name})"
+        replicas = (
+            f" per replica x {plan.replicas} = {run.global_batch}" if plan.replicas > 1 else ""
+        )
+        run.console.print(
+            f"[bold]{run.cfg.name}[/bold]: {self.model.count_params():,} parameters; "
+            f"{describe(settings.dataset)}"
+            f" {len(x_tr):,} train / {len(x_val):,} validation / "
+            f"{len(self.data.x_test):,} test images;"
+            f" {where}; {plan.describe()}; batch {settings.batch_size}{replicas}; precision "
+            f"{device.policy}; XLA {'on' if device.jit_compile else 'off'}"
+            f"; steps/execution {device.steps_per_execution}; seed {run.state.seed}",
+            highlight=False,
+        )
+        run.console.print(f"run directory: {rich(run.dir.path)}", highlight=False)
+        if run.initial_epoch >= settings.epochs:
+            run.console.print(f"already trained {run.initial_epoch} epochs", highlight=False)
+
+    def context(self) -> FitContext:
+        """What the hooks see."""
+        run = self.run
+        return FitContext(
+            self.keras,
+            run.cfg,
+            run.dir.path,
+            run.console,
+            run.initial_epoch,
+            self.data,
+            self.split[0],
+            self.split[1],
+        )
+
+    def _callbacks(self, epoch_var: Any) -> list[Any]:
+        """Ours, the config's, the hooks' (chief only) and the caller's, in that order."""
+        keras, run, plan = self.keras, self.run, self.plan
+        callbacks = [*make_callbacks(keras, run, self.request.live, epoch_var)]
+        callbacks += keras_callbacks(keras, run)
+        if plan.is_chief:
+            for hook in self.request.hooks:
+                for callback in hook.callbacks(self.context()):
+                    if self.plain is not self.model:
+                        callback = distribute.on_plain_copy(keras, callback, self.plain)
+                    callbacks.append(callback)
+        callbacks += self.request.extra_callbacks
+        if plan.multi_worker:
+
+            def restored(epoch: int) -> None:
+                run.restored(epoch)
+                if epoch:
+                    run.console.print(
+                        f"restored from the backup: continuing after epoch {epoch}",
+                        highlight=False,
+                    )
+
+            callbacks += distribute.backup_callbacks(keras, run.dir.path, plan.strategy, restored)
+        return callbacks
+
+    def fit(self) -> None:
+        """``model.fit`` with the callbacks; a non-finite loss ends the run as diverged.
+
+        Raises:
+            RunError: the loss diverged (the last good checkpoint is named).
+        """
+        run, plan, tf = self.run, self.plan, self.tf
+        train_ds, val_ds = self.datasets
+        self._announce()
+        callbacks = self._callbacks(self.epoch_var)
+        where_ops = (
+            plan.scope()
+            if plan.strategy is not None
+            else tf.device("/GPU:0" if self.device.kind == "gpu" else "/CPU:0")
+        )
+        with where_ops:
+            self.model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=run.settings.epochs,
+                initial_epoch=0 if plan.multi_worker else run.initial_epoch,
+                callbacks=callbacks,
+                verbose=0,
+                shuffle=False,
+            )
+        if run.diverged:
+            epoch, step, loss = run.diverged
+            run.finish("diverged")
+            kept = (
+                f"the last good checkpoint (epoch {len(run.history)}) is "
+                f"{run.dir.file('last.keras')}"
+                if run.history
+                else "no epoch finished"
+            )
+            raise RunError(
+                f"the loss became {loss} at epoch {epoch}, step {step}; training "
+                f"stopped and {kept}. Lower the learning rate, or check the data "
+                "scaling and the loss"
+            )
+
+    # -- finish ----------------------------------------------------------------------
+
+    def finish(self) -> dict:
+        """Evaluate the best model, write metrics.json and the curves, run the hooks."""
+        run, model, plan = self.run, self.model, self.plan
+        status = "completed" if len(run.history) >= run.settings.epochs else "early_stopped"
+        digest = distribute.weights_digest(model)
+        if run.state.best_epoch is not None and run.dir.file("model.keras").exists():
+            model.load_weights(run.dir.file("model.keras"))
+        metrics = _results(self, status)
+        metrics["weights_sha256"] = digest
+        if not plan.is_chief:  # the evaluation above is a collective: every worker takes part
+            run.console.print(f"final weights sha256 {digest}", highlight=False)
+            run.finish(status)
+            distribute.finish(run.dir.path, plan.cluster)
+            return metrics
+        write_json(run.dir.file("metrics.json"), metrics)
         run.finish(status)
-        distribute.finish(run_dir.path, plan.cluster)
-        return metrics
-    write_json(run_dir.file("metrics.json"), metrics)
-    run.finish(status)
-    from cnnbuild.charts import curves
-
-    curves(run.history, run_dir.file("curves.png"), cfg.name)
-    from cnnbuild.insight.run_report import write_report
-
-    if plain is not model:
-        plain.set_weights(model.get_weights())
-    write_report(run_dir.path, model=plain, cfg=cfg, data=data)
-    if after_train is not None:
-        after_train(run_dir.path, metrics)
-    if plan.multi_worker:
-        console.print(f"final weights sha256 {digest}", highlight=False)
-    accuracy = metrics["test_accuracy"]
-    console.print(
-        (
-            f"test accuracy {accuracy:.4f}  test loss {metrics['test_loss']:.4f}  "
-            if accuracy is not None
-            else "no test images, so no test accuracy  "
+        curves(run.history, run.dir.file("curves.png"), run.cfg.name)
+        if self.plain is not model:
+            self.plain.set_weights(model.get_weights())
+        for hook in self.request.hooks:
+            hook.finish(self.context(), self.plain, metrics)
+        if plan.multi_worker:
+            run.console.print(f"final weights sha256 {digest}", highlight=False)
+        accuracy = metrics["test_accuracy"]
+        run.console.print(
+            (
+                f"test accuracy {accuracy:.4f}  test loss {metrics['test_loss']:.4f}  "
+                if accuracy is not None
+                else "no test images, so no test accuracy  "
+            )
+            + f"({metrics['epochs']} epochs, {metrics['wall_seconds']:.1f}s, "
+            f"{metrics['images_per_second']:,.0f} img/s on {self.device.kind})",
+            highlight=False,
         )
-        + f"({metrics['epochs']} epochs, {metrics['wall_seconds']:.1f}s, "
-        f"{metrics['images_per_second']:,.0f} img/s on {device.kind})",
-        highlight=False,
-    )
-    console.print(f"saved to {rich(run_dir.path)}/", highlight=False)
-    return metrics
+        run.console.print(f"saved to {rich(run.dir.path)}/", highlight=False)
+        return metrics
 
 
-def _results(
-    run: Run,
-    model: Any,
-    keras: Any,
-    tf: Any,
-    device: Device,
-    plan: distribute.Plan,
-    data: Data,
-    split: tuple[np.ndarray, ...],
-    one_hot: int | None,
-    status: str,
-) -> dict:
+def _results(session: Session, status: str) -> dict:
     """Evaluate on the test set and gather what ``metrics.json`` records."""
+    run, data, device, plan = session.run, session.data, session.device, session.plan
+    keras, tf = session.keras, session.tf
     settings, history = run.settings, run.history
-    x_tr, _, x_val, _ = split
+    x_tr, _, x_val, _ = session.split
     result = {"accuracy": None, "loss": None, "per_class": {}}
     if len(data.x_test):
         result = evaluate_model(
-            model,
+            session.model,
             data,
             settings.batch_size,
-            one_hot,
+            session.one_hot,
             run.dir.path,
             f"{run.cfg.name}: best epoch {run.state.best_epoch}",
         )

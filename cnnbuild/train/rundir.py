@@ -36,7 +36,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cnnbuild.errors import RunError, UsageError
+from cnnbuild.errors import RunError, UsageError, pydantic_problems
 from cnnbuild.io import TEMP_MARK, fsync_path, is_temp, os_error_message, write_json, write_text
 
 STATE = "state.json"
@@ -312,11 +312,7 @@ class RunDir:
         try:
             return State.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'state'}: "
-                f"{e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()[:5]
-            )
+            problems = pydantic_problems(exc, lambda loc: ".".join(map(str, loc)) or "state", 5)
             raise RunError(
                 f"{path}: damaged ({problems}); start the run again in a new folder"
             ) from None

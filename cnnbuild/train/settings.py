@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 from rich.console import Console
 
 from cnnbuild.catalog import label_problem, resolved_compile
 from cnnbuild.config import ModelConfig
-from cnnbuild.data import Data, load_dataset
-from cnnbuild.errors import DataError, RunError, UsageError, shape_str
+from cnnbuild.data import Data
+from cnnbuild.errors import DataError, RunError, shape_str
 from cnnbuild.precision import FLOAT32, policy_name
 from cnnbuild.schema.sections import TrainConfig
 from cnnbuild.trace import trace
@@ -28,26 +27,6 @@ GPU_STEPS_PER_EXECUTION = 32
 def stdout_console() -> Console:
     """The console every command prints to: stdout, plain lines off a terminal."""
     return Console(file=sys.stdout, highlight=False, soft_wrap=not sys.stdout.isatty())
-
-
-def resolve_train(cfg: ModelConfig | None, overrides: dict[str, Any]) -> TrainConfig:
-    """The config's ``train:`` section (defaults without a config) with CLI overrides
-    applied and checked.
-
-    Raises:
-        UsageError: an override is out of range or of the wrong type.
-    """
-    base = cfg.doc.data.get("train") if cfg and isinstance(cfg.doc.data, dict) else None
-    merged = {**(base or {}), **{k: v for k, v in overrides.items() if v is not None}}
-    try:
-        return TrainConfig.model_validate(merged)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise UsageError(problems) from None
 
 
 def _absolute(value: str | None, base: Path) -> str | None:
@@ -171,20 +150,6 @@ def split_validation(
     order = np.random.default_rng(seed).permutation(len(x))
     val, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
     return x[tr], y[tr], x[val], y[val]
-
-
-def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:
-    """The dataset ``settings`` name, read for a model whose input is ``shape``."""
-    data = load_dataset(
-        settings.dataset,
-        data_dir=settings.data_dir,
-        image_size=shape[:2] if len(shape) == 3 else None,
-        channels=shape[-1] or 3,
-        test_split=settings.test_split,
-        seed=settings.seed if settings.seed is not None else 1337,
-        quiet=quiet,
-    )
-    return data.limited(settings.limit)
 
 
 def make_schedule(keras: Any, cfg: ModelConfig, settings: TrainConfig, steps_per_epoch: int) -> Any:

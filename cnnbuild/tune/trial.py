@@ -97,6 +97,7 @@ def _train(
     state ``None`` when the epochs decide it (see :meth:`Watch.outcome`)."""
     from optuna.trial import TrialState
 
+    from cnnbuild.insight.hooks import training_hooks
     from cnnbuild.train import train
 
     try:
@@ -114,6 +115,7 @@ def _train(
                 live=False,
                 verbose=s.verbose,
                 extra_callbacks=[watch.callback()],
+                hooks=training_hooks(),
             )
         return None, "", metrics
     except KeyboardInterrupt:

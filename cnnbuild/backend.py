@@ -1,0 +1,108 @@
+"""The one place TensorFlow and Keras are imported, quietly and lazily.
+
+TensorFlow is imported inside :func:`keras_module`, with its C++ start-up chatter (oneDNN
+notes, CUDA-driver probes) captured at the file-descriptor level; pass ``verbose=True``
+to see it. Nothing here runs at import time, so the static commands stay TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from typing import Any
+
+from cnnbuild.errors import UsageError
+
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
+"""The tf.distribute strategies a run may ask for (see :mod:`cnnbuild.distribute`): the
+config schema, the ``--strategy`` flag and the planner all read this tuple."""
+
+_STARTUP_LOG: list[str] = []
+
+
+@contextmanager
+def captured_fds(fds: tuple[int, ...] = (1, 2)):
+    """Send what C code writes to ``fds`` into a buffer while the block runs.
+
+    Yields:
+        A list that receives the captured text when the block ends.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in fds}
+    out: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        try:
+            for fd in fds:
+                os.dup2(tmp.fileno(), fd)
+            yield out
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+def keras_module(verbose: bool = False) -> Any:
+    """Import TensorFlow and Keras quietly, once.
+
+    Args:
+        verbose: print TensorFlow's start-up messages to stderr.
+
+    Returns:
+        The ``keras`` module (Keras 3 on the TensorFlow backend).
+
+    Raises:
+        UsageError: when TensorFlow or Keras is not installed (the light install), with
+            the command that installs them.
+    """
+    if "keras" in sys.modules and "tensorflow" in sys.modules:
+        if verbose and _STARTUP_LOG:
+            sys.stderr.write(_STARTUP_LOG[0])
+        return sys.modules["keras"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    with captured_fds() as log:
+        try:
+            import keras
+            import tensorflow as tf
+        except ImportError as exc:
+            raise UsageError(
+                f"this command needs TensorFlow and Keras ({exc.name or exc} is not "
+                "installed); install them with: pip install 'cnnbuild[train]'"
+            ) from None
+
+        tf.config.list_physical_devices("GPU")  # probes CUDA now, while captured
+    _STARTUP_LOG[:] = log
+    if verbose:
+        sys.stderr.write(log[0])
+    return keras
+
+
+def room_for(depth: int) -> int:
+    """The recursion limit a ``depth``-layer model needs: Keras builds, saves, loads,
+    calls and differentiates a functional graph recursively, a few frames per layer."""
+    return 50 * depth + 1000
+
+
+def keep_recursion_room(depth: int) -> None:
+    """Raise the recursion limit for a ``depth``-layer model for the rest of the process
+    (never lowering it): a loaded model stays deep when a command later builds a sub-model
+    of it (Grad-CAM, feature maps) or traces it."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), room_for(depth)))
+
+
+@contextmanager
+def recursion_room(depth: int):
+    """Room for a ``depth``-layer model while the block runs; the limit is restored after."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, room_for(depth)))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)

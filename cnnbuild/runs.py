@@ -1,0 +1,581 @@
+"""What a command is pointed at: a run directory or a ``.keras`` file.
+
+Every command that opens a saved model goes through this module: ``predict``, ``show``,
+``evaluate``, ``report``, ``export`` and ``trace --grads --weights``. It holds, once:
+
+- :func:`open_target`: a run directory (its best ``model.keras``, ``config.yaml`` and
+  class names) or a bare ``.keras`` file;
+- :func:`resolve_train` and :func:`load_data`: a run's ``train:`` settings and the
+  dataset they name;
+- :func:`load_model`: the one loader, with Keras' safe_mode on, room for deep models
+  (a 2,000-layer model needs more recursion than Python's default, to load it and to
+  build sub-models of it or trace it later, so the room is kept) and a bound on the
+  model's size read from its saved config before Keras allocates anything;
+- :func:`decode_image`: an image file, bounded before it is decoded and resized to the
+  model's input as it is decoded;
+- :func:`output_kind`: what the model's outputs are (probabilities or logits; one unit
+  is a binary classifier);
+- :func:`output_dir`: where a command writes beside a run or a model.
+
+Bounds, all checked before the expensive step they guard:
+
+- a ``.keras`` archive must be a regular file; its ``config.json`` may declare at most
+  :data:`MAX_CONFIG_BYTES` and all its members together at most
+  :data:`MAX_ARCHIVE_BYTES` (declared, uncompressed sizes, read from the zip directory);
+- the parameters the saved config asks for, times 4 bytes (float32), at most
+  :data:`MAX_MODEL_BYTES`, counted layer by layer from the Keras config (see
+  :func:`estimate_parameters`);
+- an image must be a regular file of at most :data:`MAX_FILE_BYTES` declaring at most
+  :data:`MAX_PIXELS` pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnbuild.backend import keep_recursion_room, keras_module
+from cnnbuild.catalog import PROBABILITY_ACTIVATIONS
+from cnnbuild.errors import RunError, UsageError, pydantic_problems
+from cnnbuild.io import MAX_PIXELS
+
+if TYPE_CHECKING:
+    from cnnbuild.config import ModelConfig
+    from cnnbuild.data.base import Data
+    from cnnbuild.schema.sections import TrainConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_MODEL_BYTES = 2 * 1024**3
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+MAX_ARCHIVE_BYTES = 4 * MAX_MODEL_BYTES + MAX_CONFIG_BYTES
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")  # MPO: a camera's JPEG
+
+
+# -- targets ----------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """A trained model and what its run directory says about it.
+
+    Attributes:
+        model_path: the ``.keras`` file.
+        run_dir: the run directory, or None for a bare ``.keras`` file.
+        config: the run's resolved config (``config.yaml``), or None.
+    """
+
+    model_path: Path
+    run_dir: Path | None = None
+    config: Any = None
+
+
+def open_target(target: Path, flag: str = "") -> Target:
+    """A run directory (its best ``model.keras`` and its config) or a ``.keras`` file.
+
+    Args:
+        target: what the user gave.
+        flag: the option it was given with (``--weights``), named in messages.
+
+    Raises:
+        UsageError: when ``target`` is neither.
+    """
+    target = Path(target)
+    where = f"{flag} {target}" if flag else str(target)
+    if target.is_dir():
+        model_path = target / "model.keras"
+        if not model_path.is_file():
+            raise UsageError(f"{where}: no model.keras in this folder; is it a run directory?")
+        from cnnbuild.validate import load_config
+
+        config = load_config(target / "config.yaml") if (target / "config.yaml").is_file() else None
+        return Target(model_path, target, config)
+    if target.suffix == ".keras" and target.is_file():
+        return Target(target)
+    raise UsageError(f"{where}: expected a run directory or a .keras file")
+
+
+def class_names(target: Target, n: int) -> list[str]:
+    """The ``n`` class names of a run, in label order.
+
+    Read from the run's ``metrics.json`` (its per-class accuracy is keyed by class name,
+    in label order); ``class0``, ``class1``... when the run does not say.
+    """
+    if target.run_dir is not None:
+        try:
+            metrics = json.loads((target.run_dir / "metrics.json").read_text(encoding="utf-8"))
+            names = [str(k) for k in metrics.get("per_class_accuracy", {})]
+        except (OSError, ValueError, AttributeError):
+            names = []
+        if len(names) == n:
+            return names
+    return [f"class{i}" for i in range(n)]
+
+
+def output_dir(target: Target, command: str) -> Path:
+    """Where ``command`` writes: ``RUN/COMMAND/`` or ``MODEL-COMMAND/`` beside a .keras file.
+
+    Example:
+        ``output_dir(open_target(Path("net.keras")), "show")`` is ``net-show``.
+    """
+    if target.run_dir is not None:
+        return target.run_dir / command
+    return target.model_path.with_name(f"{target.model_path.stem}-{command}")
+
+
+# -- the data a run reads ----------------------------------------------------------------
+
+
+def resolve_train(cfg: ModelConfig | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The config's ``train:`` section (defaults without a config) with CLI overrides
+    applied and checked.
+
+    Raises:
+        UsageError: an override is out of range or of the wrong type.
+    """
+    base = cfg.doc.data.get("train") if cfg and isinstance(cfg.doc.data, dict) else None
+    merged = {**(base or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    from pydantic import ValidationError
+
+    from cnnbuild.schema.sections import TrainConfig
+
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        flag = lambda loc: "--" + "-".join(map(str, loc)).replace("_", "-")  # noqa: E731
+        raise UsageError(pydantic_problems(exc, flag)) from None
+
+
+def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:
+    """The dataset ``settings`` name, read for a model whose input is ``shape``."""
+    from cnnbuild.data import load_dataset
+
+    data = load_dataset(
+        settings.dataset,
+        data_dir=settings.data_dir,
+        image_size=shape[:2] if len(shape) == 3 else None,
+        channels=shape[-1] or 3,
+        test_split=settings.test_split,
+        seed=settings.seed if settings.seed is not None else 1337,
+        quiet=quiet,
+    )
+    return data.limited(settings.limit)
+
+
+# -- the model --------------------------------------------------------------------------
+
+
+def saved_config(path: Path) -> dict:
+    """The parsed ``config.json`` of a ``.keras`` archive, its sizes checked first: read as
+    JSON data, never deserialized (what ``import`` and the size bound read).
+
+    Raises:
+        RunError: not a regular file, not a zip, no ``config.json``, a declared size over
+            its bound, or not a JSON object.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise RunError(f"{path}: cannot load the model: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise RunError(f"{path}: cannot load the model: not a regular file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            total = sum(m.file_size for m in members)
+            if total > MAX_ARCHIVE_BYTES:
+                raise RunError(
+                    f"{path}: the archive declares {total:,} bytes uncompressed; the limit "
+                    f"is {MAX_ARCHIVE_BYTES:,}"
+                )
+            info = archive.getinfo("config.json")
+            if info.file_size > MAX_CONFIG_BYTES:
+                raise RunError(
+                    f"{path}: its config.json declares {info.file_size:,} bytes; the limit "
+                    f"is {MAX_CONFIG_BYTES:,}"
+                )
+            with archive.open(info) as member:
+                text = member.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise RunError(f"{path}: its config.json is larger than {MAX_CONFIG_BYTES:,} bytes")
+        tree = json.loads(text)
+    except (zipfile.BadZipFile, KeyError, ValueError, RecursionError, OSError) as exc:
+        raise RunError(f"{path}: cannot load the model: not a .keras archive ({exc})") from None
+    if not isinstance(tree, dict):
+        raise RunError(f"{path}: cannot load the model: its config.json is not a model")
+    return tree
+
+
+def _layer_dicts(tree: Any) -> list[dict]:
+    """Every ``{"class_name", "config"}`` object in a Keras config, nested ones included."""
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str) and isinstance(node.get("config"), dict):
+                found.append(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _dims(shape: Any) -> tuple[int, ...] | None:
+    """A saved shape (``[null, 32, 32, 3]``) as its non-batch dims, or None if malformed."""
+    if not isinstance(shape, list) or not shape:
+        return None
+    dims = shape[1:]
+    if all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in dims):
+        return tuple(1 if d is None else d for d in dims)
+    return None
+
+
+def _int(config: dict, key: str) -> int:
+    value = config.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _kernel(config: dict) -> int:
+    size = config.get("kernel_size", 1)
+    sizes = size if isinstance(size, list) else [size]
+    return math.prod(s for s in sizes if isinstance(s, int) and s > 0) or 1
+
+
+def _layer_parameters(layer: dict, width: int) -> int:
+    """Parameters of one layer from its Keras config, given its input's last dim."""
+    config = layer["config"]
+    units, filters = _int(config, "units"), _int(config, "filters")
+    if units:
+        return units * (width + 1)
+    depth = _int(config, "depth_multiplier")
+    if filters or depth:
+        groups = _int(config, "groups") or 1
+        depthwise = _kernel(config) * width * depth
+        full = _kernel(config) * (width * depth if depth else width // groups) * filters
+        return depthwise + full + filters + width * depth
+    if _int(config, "input_dim") and _int(config, "output_dim"):
+        return config["input_dim"] * config["output_dim"]
+    if "Normalization" in layer["class_name"]:  # at most 4 per channel (BatchNormalization)
+        return 4 * width
+    return 0
+
+
+def estimate_parameters(tree: Any) -> int:
+    """An upper estimate of the parameters a saved Keras config asks for.
+
+    Each layer is counted from its own arguments (``units``, ``filters`` with
+    ``kernel_size``, ``depth_multiplier``, ``input_dim`` x ``output_dim``, 4 per channel
+    for a normalization) and its input's last dim, read from the ``build_config`` Keras
+    saves with every built layer (and builds the layer from on loading). A layer saved
+    without one is counted at the widest input the model could give it: the largest
+    input's pixel count times the most channels any layer has.
+
+    Args:
+        tree: the parsed ``config.json``.
+
+    Returns:
+        The estimated number of parameters.
+    """
+    layers = _layer_dicts(tree)
+    pixels, channels = 1, 1
+    for layer in layers:
+        config = layer["config"]
+        shape = _dims(config.get("batch_shape") or config.get("batch_input_shape"))
+        if shape:
+            pixels = max(pixels, math.prod(shape[:-1]) if len(shape) > 1 else 1)
+            channels = max(channels, shape[-1])
+        for key in ("units", "filters", "output_dim"):
+            channels = max(channels, _int(config, key))
+    widest = pixels * channels
+    total = 0
+    for layer in layers:
+        build = layer.get("build_config")
+        shape = _dims(build.get("input_shape")) if isinstance(build, dict) else None
+        width = shape[-1] if shape else widest
+        total += _layer_parameters(layer, width)
+    return total
+
+
+def check_model_size(path: Path) -> int:
+    """Refuse a ``.keras`` file whose config asks for more than :data:`MAX_MODEL_BYTES`.
+
+    Returns:
+        The number of layer objects in its config (the depth Keras recurses through).
+
+    Raises:
+        RunError: not a readable archive, or a model too large to allocate.
+    """
+    tree = saved_config(path)
+    params = estimate_parameters(tree)
+    if params * 4 > MAX_MODEL_BYTES:
+        raise RunError(
+            f"{path}: the model asks for about {params:,} parameters ({params * 4:,} bytes "
+            f"as float32); the limit is {MAX_MODEL_BYTES:,} bytes, so it is not loaded"
+        )
+    return len(_layer_dicts(tree))
+
+
+def load_model(path: str | os.PathLike, verbose: bool = False, *, compile: bool = False) -> Any:
+    """Load a ``.keras`` file: size-checked, safe_mode on, with room for deep models.
+
+    Args:
+        path: a ``.keras`` file.
+        verbose: show TensorFlow's start-up messages.
+        compile: restore the optimizer with its state (step count, moments, the
+            learning-rate schedule), which is what a resume needs.
+
+    Returns:
+        The loaded ``keras.Model``.
+
+    Raises:
+        RunError: the file is too large, not a model, or Keras refuses it (the reason is
+            Keras' own); exit code 1.
+    """
+    path = Path(path)
+    keras = keras_module(verbose)
+    keep_recursion_room(check_model_size(path))
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except Exception as exc:  # Keras raises many types for a bad file
+        raise RunError(f"{path}: cannot load the model: {exc}") from None
+
+
+# -- what the outputs are ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a classifier's outputs are.
+
+    Attributes:
+        units: output units (1: a binary classifier, the probability or logit of class 1).
+        activation: the last layer's activation: ``softmax``, ``sigmoid``, ``linear``...
+        probabilities: whether the outputs are probabilities (else logits).
+    """
+
+    units: int
+    activation: str
+    probabilities: bool
+
+    @property
+    def binary(self) -> bool:
+        return self.units == 1
+
+
+def output_activation(model: Any) -> str:
+    """The activation the model's last layer applies (``softmax``, ``sigmoid``, ``linear``);
+    a ``Softmax`` layer counts as ``softmax``."""
+    last = model.layers[-1]
+    if type(last).__name__ == "Softmax":
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
+
+
+def output_kind(model: Any, config: Any = None) -> Outputs:
+    """What the model's outputs are: the run's ``compile.from_logits`` when it says,
+    else the last layer's activation (softmax or sigmoid: probabilities)."""
+    activation = output_activation(model)
+    units = int(model.output.shape[-1] or 0)
+    if config is not None and getattr(config.compile, "from_logits", None) is not None:
+        return Outputs(units, activation, not config.compile.from_logits)
+    return Outputs(units, activation, activation in PROBABILITY_ACTIVATIONS)
+
+
+def probabilities(outputs: np.ndarray, already: bool) -> np.ndarray:
+    """Class probabilities (N, classes) from the model's outputs.
+
+    One output unit is a binary classifier: its sigmoid is the probability of class 1.
+    """
+    import numpy as np
+
+    out = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    if out.shape[1] == 1:
+        p1 = out[:, 0] if already else 1.0 / (1.0 + np.exp(-out[:, 0]))
+        return np.stack([1.0 - p1, p1], axis=1)
+    if already:
+        return out
+    shifted = np.exp(out - out.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+# -- images -----------------------------------------------------------------------------
+
+
+class ImageError(Exception):
+    """An image file that cannot be used; the message is the reason."""
+
+
+def _open_regular(path: Path) -> Any:
+    """A binary file object for a regular file, opened without blocking (a FIFO or a
+    device is refused at once, never read).
+
+    Raises:
+        ImageError: not a regular file, too large, or unreadable.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ImageError(exc.strerror or str(exc)) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ImageError("not a regular file")
+    if info.st_size > MAX_FILE_BYTES:
+        os.close(fd)
+        raise ImageError(f"{info.st_size:,} bytes; the limit is {MAX_FILE_BYTES:,}")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _checked(img: Any, channels: int) -> Any:
+    """A Pillow image in the model's channel mode, its header checked before decoding.
+
+    Raises:
+        ImageError: another format, too many pixels, or 16-bit or float pixels.
+    """
+    if img.format not in IMAGE_FORMATS:
+        raise ImageError(f"a {img.format} image; expected PNG, JPEG, BMP or GIF")
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{width} x {height} pixels; the limit is {MAX_PIXELS:,} pixels")
+    img.seek(0)
+    sixteen = any(";16" in str(tile[3]) for tile in img.tile)  # Pillow reads RGB;16B as RGB
+    if img.mode in ("I;16", "I;16B", "I", "F") or sixteen:
+        raise ImageError(f"a {img.mode} image (16-bit or float); expected 8 bits")
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    if img.mode == mode:
+        img.load()
+        return img
+    return img.convert(mode)
+
+
+def _weights(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices below and above each output position, and the weight of the one
+    above, as TensorFlow's bilinear resize computes them (half-pixel centres, float32)."""
+    import numpy as np
+
+    scale = np.float32(in_size / out_size)
+    where = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(where)
+    lower = np.maximum(floor, 0).astype(np.int64)
+    upper = np.minimum(np.ceil(where), in_size - 1).astype(np.int64)
+    return lower, upper, (where - floor).astype(np.float32)
+
+
+def _bilinear_rows(rows: Any, size: tuple[int, int], height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an image of ``size`` (H, W), given ``rows(indices)`` -> the
+    image's rows at those indices as an (n, W, C) array."""
+    import numpy as np
+
+    top, bottom, y_lerp = _weights(height, size[0])
+    left, right, x_lerp = _weights(width, size[1])
+    x_lerp = x_lerp[None, :, None]
+    blended = []
+    for index in (top, bottom):
+        band = np.asarray(rows(index), dtype=np.float32)
+        lo, hi = band[:, left], band[:, right]
+        blended.append(lo + (hi - lo) * x_lerp)
+    upper, lower = blended
+    return upper + (lower - upper) * y_lerp[:, None, None]
+
+
+def bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (H, W, C) to (height, width, C) float32 exactly as ``tf.image.resize``
+    does (bilinear, half-pixel centres, no antialiasing), reading only the rows and
+    columns it samples."""
+    return _bilinear_rows(lambda index: image[index], image.shape[:2], height, width)
+
+
+def _pillow_rows(img: Any, channels: int) -> Any:
+    """``rows(indices)`` of a decoded Pillow image, copying out only those rows."""
+    import numpy as np
+
+    width = img.size[0]
+
+    def rows(index: np.ndarray) -> np.ndarray:
+        wanted = np.unique(index)
+        band = np.stack(
+            [np.asarray(img.crop((0, int(r), width, int(r) + 1))) for r in wanted]
+        ).reshape(len(wanted), width, channels)
+        return band[np.searchsorted(wanted, index)]
+
+    return rows
+
+
+def decode_image(path: Path, shape: tuple) -> np.ndarray:
+    """An image file as raw float32 pixels (0..255) of the model's input shape (see
+    :func:`decode_sized`)."""
+    return decode_sized(path, shape)[0]
+
+
+def decode_sized(path: Path, shape: tuple) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image file as raw float32 pixels (0..255) of the model's input shape, and the
+    (height, width) it had in the file.
+
+    The file is checked before it is decoded (a regular file, :data:`MAX_FILE_BYTES`,
+    the :data:`MAX_PIXELS` its header declares), decoded with Pillow (PNG, JPEG, BMP,
+    GIF: the first frame), converted to the model's channels (``L``, ``RGB``, ``RGBA``;
+    an alpha channel is dropped for RGB) and resized at once to the model's height and
+    width (:func:`bilinear`); a ``None`` dim keeps the image's own size.
+
+    Args:
+        path: the image file.
+        shape: the model's input shape without the batch, (height, width, channels).
+
+    Raises:
+        ImageError: too large, not a regular file, not an image, or an unusable mode.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, channels = shape
+    if channels not in (1, 3, 4):
+        raise ImageError(f"the model takes {channels} channels; images give 1, 3 or 4")
+    with _open_regular(path) as file:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as opened:
+                    img = _checked(opened, channels)
+                    return _resized(img, height, width, channels)
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError("not an image file Pillow can read") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(f"too many pixels ({exc})") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(f"cannot decode: {exc}") from None
+
+
+def _resized(
+    img: Any, height: int | None, width: int | None, channels: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """A decoded image at the model's size (a ``None`` dim keeps the image's own), and
+    the size it had."""
+    import numpy as np
+
+    w, h = img.size
+    if (height or h, width or w) == (h, w):
+        return np.asarray(img, dtype=np.float32).reshape(h, w, channels), (h, w)
+    rows = _pillow_rows(img, channels)
+    return _bilinear_rows(rows, (h, w), height or h, width or w), (h, w)
+
+
+def require_pillow(command: str) -> None:
+    """Raises UsageError, with the install command, when Pillow is missing."""
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            f"{command} needs Pillow to decode images; install it with: pip install pillow"
+        ) from None
