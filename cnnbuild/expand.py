@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -834,21 +835,14 @@ def _live(g: _Graph, output: str) -> list[Node]:
     """
     if g.broken:
         return g.nodes
-    by_name = {n.name: n for n in g.nodes}
-    live: set[str] = set()
-    todo = [output]
-    while todo:
-        name = todo.pop()
-        if name in live or name not in by_name:
-            continue
-        live.add(name)
-        todo.extend(by_name[name].inputs)
+    inputs = {n.name: n.inputs for n in g.nodes}
+    live = upstream([output], inputs)
     read = {src for n in g.nodes for src in n.inputs}
     dead = [n for n in g.nodes if n.name not in live]
     for node in dead:
         if node.name in read:
             continue  # it feeds a dead layer; that one is reported
-        feeding = _feeders(node, by_name, live)
+        feeding = len(upstream(node.inputs, inputs, stop=live))
         also = f", nor are the {feeding} layer(s) that only feed it" if feeding else ""
         where = "" if node.use is None else f" (in a block used at line {_line(g, node.use)})"
         key = (node.path, "dead-layer")
@@ -870,16 +864,21 @@ def _live(g: _Graph, output: str) -> list[Node]:
     return [n for n in g.nodes if n.name in live]
 
 
-def _feeders(node: Node, by_name: dict[str, Node], live: set[str]) -> int:
+def upstream(
+    starts: Iterable[str], inputs: Mapping[str, Sequence[str]], stop: Container[str] = ()
+) -> set[str]:
+    """The layers reached from ``starts`` by walking back along ``inputs`` (layer name ->
+    the names it reads), ``starts`` included; names in ``stop``, and names that are not
+    layers (``"input"``), are not entered."""
     seen: set[str] = set()
-    todo = list(node.inputs)
+    todo = list(starts)
     while todo:
         name = todo.pop()
-        if name in seen or name in live or name not in by_name:
+        if name in seen or name in stop or name not in inputs:
             continue
         seen.add(name)
-        todo.extend(by_name[name].inputs)
-    return len(seen)
+        todo.extend(inputs[name])
+    return seen
 
 
 def _line(g: _Graph, path: PathKey) -> int:

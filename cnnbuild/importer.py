@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from cnnbuild.catalog import PREPROCESS_GROUPS, REGISTRY, scales_input
 from cnnbuild.config import INPUT
 from cnnbuild.errors import CnnbuildError, UsageError
+from cnnbuild.expand import upstream
 from cnnbuild.factoring import drop_automatic_names, factor
 from cnnbuild.schema.blocks import MERGES
 from cnnbuild.schema.types import KERAS_CLASS
@@ -577,14 +578,7 @@ def _topological(graph: Graph) -> None:
 
 
 def _live(graph: Graph) -> None:
-    by_name = {layer.name: layer for layer in graph.layers}
-    live, todo = set(), [graph.output]
-    while todo:
-        name = todo.pop()
-        if name in live or name not in by_name:
-            continue
-        live.add(name)
-        todo.extend(by_name[name].inputs)
+    live = upstream([graph.output], {layer.name: layer.inputs for layer in graph.layers})
     graph.layers = [layer for layer in graph.layers if layer.name in live]
 
 
