@@ -341,7 +341,6 @@ def pooling_note(row: LayerGrads) -> str:
     return ""
 
 
-MODES = ("training", "inference")
 MODE_WORDS = {
     "training": "training mode, as the optimizer sees the model: BatchNormalization "
     "normalises with the batch's statistics, Dropout drops (seeded)",
