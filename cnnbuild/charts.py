@@ -6,6 +6,7 @@ class name is text, not mathtext)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +14,8 @@ from cnnbuild.escape import mathtext
 from cnnbuild.io import save_figure
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +26,7 @@ def _pyplot():
 
 def curves(history: list[dict], path: Path, title: str) -> None:
     """Loss and accuracy per epoch, train vs validation."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
@@ -49,7 +51,7 @@ def curves(history: list[dict], path: Path, title: str) -> None:
 
 def confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> None:
     """The confusion matrix (rows: true class, columns: predicted), with class names."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(names)
     size = min(4 + 0.45 * n, 16)
     fig, ax = plt.subplots(figsize=(size + 1, size))

@@ -186,9 +186,9 @@ def flow_figure(grads: dict) -> str | None:
     epochs = [e for e in epochs if number(e.get("epoch")) is not None]
     if not epochs:
         return None
-    from cnnbuild.charts import _pyplot
+    from cnnbuild.charts import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     xs = [number(e["epoch"]) for e in epochs]
     for name in names:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cnnbuild.errors import RunError
 from cnnbuild.io import os_errors, save_figure, write_text
@@ -196,18 +196,11 @@ def _print_table(s: Study, table: list[dict], top: int = 10) -> None:
         s.console.print(f"({len(table) - len(shown)} more in {s.folder / 'trials.csv'})")
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_history(table: list[dict], metric: str, maximize: bool, path: Path, title: str) -> None:
     """The metric of every trial by trial number, pruned ones marked, and the best so far."""
-    plt = _pyplot()
+    from cnnbuild.charts import pyplot
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for state, style, label in (
         ("complete", "o", "completed"),
@@ -242,7 +235,9 @@ def plot_history(table: list[dict], metric: str, maximize: bool, path: Path, tit
 
 def plot_importance(importances: dict[str, float], path: Path, title: str) -> None:
     """Horizontal bars: how much of the metric's variation each parameter explains."""
-    plt = _pyplot()
+    from cnnbuild.charts import pyplot
+
+    plt = pyplot()
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
     ax.barh(names, [importances[n] for n in names])
