@@ -204,6 +204,9 @@ def test_a_corner_that_only_fails_in_combination_is_found(write):
         ("{choice: [1]}", "expected a list of at least 2 values"),
         ("{int: [4, 16], choice: [1, 2]}", "give exactly one of float"),
         ("{float: [0.1, 0.01]}", "expected low < high; received [0.1, 0.01]"),
+        (f"{{int: [1, {10**400}]}}", "expected [low, high], 2 integers; received 1000"),
+        ("{float: [-1.0e+308, 1.0e+308], step: 1.0e-300}", "step 1e-300 is too small"),
+        ("{float: [0.0, 1.0], step: 1.0e-320}", "give a larger step"),
     ],
 )
 def test_malformed_space_entries_are_schema_errors(write, entry, message):

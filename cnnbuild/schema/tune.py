@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from cnnbuild.schema.sections import Strict
-from cnnbuild.schema.types import Bool, Int, Seed, is_int, is_number
+from cnnbuild.schema.types import Bool, Int, Seed, is_finite, is_int, is_number
 
 PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\[[0-9]+\]|\.[A-Za-z_$][A-Za-z0-9_]*)*$"
 PATH_RE = re.compile(PATH_PATTERN)
@@ -41,7 +41,7 @@ def _bounds(kind: str):
         if not (isinstance(value, list) and len(value) == 2):
             raise ValueError(f"expected [low, high], a list of 2 {what}; received {value!r}")
         for v in value:
-            if not check(v) or not math.isfinite(v):
+            if not check(v) or not is_finite(v):
                 raise ValueError(f"expected [low, high], 2 {what}; received {_received(v)}")
         if value[0] >= value[1]:
             raise ValueError(f"expected low < high; received [{value[0]}, {value[1]}]")
@@ -129,6 +129,11 @@ class SpaceEntry(Strict):
             raise ValueError(f"the step of an int range is an integer; received {self.step!r}")
         if self.step is not None:
             count = (high - low) / self.step
+            if not math.isfinite(count):
+                raise ValueError(
+                    f"step {self.step!r} is too small for [{low!r}, {high!r}]: the number "
+                    "of steps is beyond a float's range; give a larger step"
+                )
             if abs(count - round(count)) > 1e-9:
                 last = low + math.floor(count + 1e-9) * self.step
                 raise ValueError(

@@ -119,7 +119,8 @@ def is_number(value: Any) -> bool:
     return (is_int(value) or isinstance(value, float)) and not isinstance(value, bool)
 
 
-def _finite(value: Any) -> bool:
+def is_finite(value: Any) -> bool:
+    """Whether a number is finite; ``False`` for an integer too big for a float."""
     try:
         return math.isfinite(value)
     except OverflowError:  # an integer beyond a float's range
@@ -147,7 +148,7 @@ def float_check(
     hi_open: bool = False,
 ):
     def check(value: Any) -> float:
-        if not is_number(value) or not _finite(value):
+        if not is_number(value) or not is_finite(value):
             raise ValueError(f"expected a finite number; received {_received(value)}")
         if lo is not None and (value <= lo if lo_open else value < lo):
             raise ValueError(f"expected a number {'>' if lo_open else '>='} {lo}; received {value}")
@@ -392,8 +393,8 @@ def _factor_check(lo: float, hi: float, *, each: bool, lo_open: bool):
 
     def check(value: Any) -> Any:
         pair = isinstance(value, (list, tuple)) and len(value) == 2
-        if not (is_number(value) and _finite(value)) and not (
-            pair and all(is_number(v) and _finite(v) for v in value)
+        if not (is_number(value) and is_finite(value)) and not (
+            pair and all(is_number(v) and is_finite(v) for v in value)
         ):
             raise ValueError(
                 f"expected a number or a list [lower, upper]; received {_received(value)}"
@@ -438,12 +439,12 @@ def Factor(lo: float = -1.0, hi: float = 1.0, *, each: bool = True, lo_open: boo
 
 def _numbers(value: Any) -> Any:
     """A number, or a non-empty list of numbers (one per channel)."""
-    if is_number(value) and _finite(value):
+    if is_number(value) and is_finite(value):
         return float(value)
     if (
         isinstance(value, (list, tuple))
         and value
-        and all(is_number(v) and _finite(v) for v in value)
+        and all(is_number(v) and is_finite(v) for v in value)
     ):
         return tuple(float(v) for v in value)
     raise ValueError(
