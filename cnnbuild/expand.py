@@ -47,7 +47,7 @@ from cnnbuild.schema.blocks import (
     Template,
 )
 from cnnbuild.schema.layers import LayerArgs
-from cnnbuild.schema.types import is_int
+from cnnbuild.schema.types import EXPONENT, is_int
 from cnnbuild.source import Document, PathKey, format_path
 
 INPUT = "input"
@@ -584,7 +584,6 @@ _INT = r"\s*[-+]?\d+\s*"
 _TUPLE = re.compile(rf"\s*\(({_INT}(?:,{_INT})*),?\s*\)\s*")
 _NUMBER = r"\s*(\d+\.?\d*|\.\d+)\s*"
 _FRACTION = re.compile(rf"{_NUMBER}/{_NUMBER}")
-_EXPONENT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")
 
 
 def _habit(text: str) -> tuple[Any, str] | None:
@@ -598,7 +597,7 @@ def _habit(text: str) -> tuple[Any, str] | None:
     if (m := _FRACTION.fullmatch(text)) and float(m.group(2)) != 0:
         value = float(m.group(1)) / float(m.group(2))
         return value, f"write the number {_decimal(value)}: YAML does no arithmetic"
-    if _EXPONENT.fullmatch(text):
+    if EXPONENT.fullmatch(text):
         value = float(text)
         return value, f"write {_decimal(value)}: YAML 1.1 reads {text.strip()} as text"
     return None

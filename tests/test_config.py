@@ -198,3 +198,31 @@ def test_lint_ignore_that_is_not_a_list_says_how_to_write_it(write, ignore, mess
     assert [(f.line, f.column, f.path, f.message) for f in findings] == [
         (4, 16, "lint.ignore", message)
     ]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "message"),
+    [
+        (
+            "{adam: {learning_rate: 1e-4}}",
+            "adam.learning_rate must be a number or true/false; "
+            "received '1e-4' (YAML reads 1e-4 as text: write 0.0001)",
+        ),
+        (
+            "{sgd: {momentum: 9e-1}}",
+            "sgd.momentum must be a number or true/false; "
+            "received '9e-1' (YAML reads 9e-1 as text: write 0.9)",
+        ),
+        (
+            "{adam: {epsilon: 1e-20}}",
+            "adam.epsilon must be a number or true/false; "
+            "received '1e-20' (YAML reads 1e-20 as text: write 1.0e-20)",
+        ),
+    ],
+)
+def test_an_optimizer_argument_in_e_notation_says_how_to_write_it(write, optimizer, message):
+    # `learning_rate: 1e-4` is text to YAML 1.1; layer arguments and the tune space said
+    # so, the optimizer did not
+    text = f"input: [8, 8, 1]\nlayers:\n  - Flatten\ncompile: {{optimizer: {optimizer}}}\n"
+    _, _, findings = check_file(write(text))
+    assert [f.message for f in findings if f.severity == "error"] == [message]

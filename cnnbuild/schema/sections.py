@@ -11,7 +11,17 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, mod
 
 from cnnbuild.backend import STRATEGIES
 from cnnbuild.catalog import LOGIT_LOSSES, LOSS_NAMES  # noqa: F401 - re-exported
-from cnnbuild.schema.types import Bool, Choice, Float, Int, Seed, choice, is_number
+from cnnbuild.schema.types import (
+    EXPONENT,
+    Bool,
+    Choice,
+    Float,
+    Int,
+    Seed,
+    choice,
+    is_number,
+    received,
+)
 
 _COMMON_OPT = (
     "learning_rate",
@@ -77,9 +87,13 @@ def _optimizer(value: Any) -> dict[str, dict[str, Any]]:
         for key, arg in args.items():
             choice(allowed, f"{name} argument")(key)
             if not (is_number(arg) or isinstance(arg, bool) or arg is None):
-                raise ValueError(f"{name}.{key} must be a number or true/false; received {arg!r}")
+                raise ValueError(
+                    f"{name}.{key} must be a number or true/false; received {received(arg)}"
+                )
             if key == "learning_rate" and not (is_number(arg) and arg > 0):
-                raise ValueError(f"{name}.learning_rate must be a number > 0; received {arg!r}")
+                raise ValueError(
+                    f"{name}.learning_rate must be a number > 0; received {received(arg)}"
+                )
         return {name: args}
     raise ValueError(
         "expected an optimizer name (adam) or a mapping "
@@ -266,7 +280,6 @@ class LintConfig(Strict):
 
 COUNT_SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 SIZE_SUFFIXES = {**COUNT_SUFFIXES, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-_EXPONENT = re.compile(r"\s*(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")
 _AMOUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*(%?)\s*$")
 
 
@@ -302,7 +315,7 @@ def parse_amount(value: Any, unit: str) -> float:
     if match is None or (match[3] and unit != "percent") or (match[2] and match[3]):
         percent = match is not None and match[3] and not match[2]
         where = " (a percent is a growth limit: budget.growth)" if percent else ""
-        if isinstance(value, str) and _EXPONENT.fullmatch(value) and float(value) < 1e15:
+        if isinstance(value, str) and EXPONENT.fullmatch(value) and float(value) < 1e15:
             plain = f"{float(value):f}".rstrip("0").rstrip(".")
             where = f" (YAML 1.1 reads {value.strip()} as text: write {plain} or {example})"
         raise ValueError(f"expected a number or a string like {example}; received {value!r}{where}")

@@ -20,17 +20,10 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from cnnbuild.schema.sections import Strict
-from cnnbuild.schema.types import Bool, Int, Seed, is_finite, is_int, is_number
+from cnnbuild.schema.types import Bool, Int, Seed, is_finite, is_int, is_number, received
 
 PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\[[0-9]+\]|\.[A-Za-z_$][A-Za-z0-9_]*)*$"
 PATH_RE = re.compile(PATH_PATTERN)
-
-
-def _received(value: Any) -> str:
-    text = repr(value)
-    if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9.]+e[-+]?[0-9]+", value):
-        text += f" (YAML reads {value} as text; write it with a decimal point, e.g. 1.0e-4)"
-    return text
 
 
 def _bounds(kind: str):
@@ -42,7 +35,7 @@ def _bounds(kind: str):
             raise ValueError(f"expected [low, high], a list of 2 {what}; received {value!r}")
         for v in value:
             if not check(v) or not is_finite(v):
-                raise ValueError(f"expected [low, high], 2 {what}; received {_received(v)}")
+                raise ValueError(f"expected [low, high], 2 {what}; received {received(v)}")
         if value[0] >= value[1]:
             raise ValueError(f"expected low < high; received [{value[0]}, {value[1]}]")
         return tuple(value)
@@ -56,7 +49,7 @@ def _choices(value: Any) -> list:
     for v in value:
         if not (v is None or isinstance(v, (str, bool)) or is_number(v)):
             raise ValueError(
-                f"a choice is a number, string, true/false or null; received {_received(v)}"
+                f"a choice is a number, string, true/false or null; received {received(v)}"
             )
     seen = []
     for v in value:
@@ -68,7 +61,7 @@ def _choices(value: Any) -> list:
 
 def _step(value: Any) -> Any:
     if value is not None and (not is_number(value) or value <= 0):
-        raise ValueError(f"expected a number > 0; received {_received(value)}")
+        raise ValueError(f"expected a number > 0; received {received(value)}")
     return value
 
 

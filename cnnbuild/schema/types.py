@@ -11,6 +11,7 @@ name here resolves in the installed Keras.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, WithJsonSchema
@@ -106,9 +107,28 @@ MAX_INT = 2**31 - 1
 """The largest size TensorFlow takes in a shape or a layer argument (an int32)."""
 
 
-def _received(value: Any) -> str:
+EXPONENT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")
+"""E-notation as a string: YAML 1.1 reads a float in e-notation only with a dot and a signed
+exponent (``1.0e-4``), so ``1e-4``, ``2e6`` and ``1.5e4`` arrive as text."""
+
+
+def yaml_float(value: float) -> str:
+    """A finite ``value`` written so that YAML 1.1 reads a float: ``0.0001``, ``1.0e-20``."""
+    text = repr(float(value))
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
+
+
+def received(value: Any) -> str:
+    """``value`` as a message shows it: its repr, cut at 60 characters; for e-notation YAML
+    read as text (``'1e-4'``), how to write the number."""
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    text = text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(value, str) and EXPONENT.fullmatch(value) and is_finite(float(value)):
+        text += f" (YAML reads {value.strip()} as text: write {yaml_float(float(value))})"
+    return text
 
 
 def is_int(value: Any) -> bool:
@@ -130,7 +150,7 @@ def is_finite(value: Any) -> bool:
 def int_check(lo: int | None = None, hi: int | None = MAX_INT):
     def check(value: Any) -> int:
         if not is_int(value):
-            raise ValueError(f"expected an integer; received {_received(value)}")
+            raise ValueError(f"expected an integer; received {received(value)}")
         if lo is not None and value < lo:
             raise ValueError(f"expected an integer >= {lo}; received {value}")
         if hi is not None and value > hi:
@@ -149,7 +169,7 @@ def float_check(
 ):
     def check(value: Any) -> float:
         if not is_number(value) or not is_finite(value):
-            raise ValueError(f"expected a finite number; received {_received(value)}")
+            raise ValueError(f"expected a finite number; received {received(value)}")
         if lo is not None and (value <= lo if lo_open else value < lo):
             raise ValueError(f"expected a number {'>' if lo_open else '>='} {lo}; received {value}")
         if hi is not None and (value >= hi if hi_open else value > hi):
@@ -195,7 +215,7 @@ def Float(
 
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false; received {_received(value)}")
+        raise ValueError(f"expected true or false; received {received(value)}")
     return value
 
 
@@ -212,12 +232,12 @@ def Pair(lo: int = 1) -> Any:  # noqa: N802
             items = tuple(value)
         else:
             raise ValueError(
-                f"expected an integer or a list of 2 integers; received {_received(value)}"
+                f"expected an integer or a list of 2 integers; received {received(value)}"
             )
         if min(items) < lo:
-            raise ValueError(f"expected values >= {lo}; received {_received(value)}")
+            raise ValueError(f"expected values >= {lo}; received {received(value)}")
         if max(items) > MAX_INT:
-            raise ValueError(f"expected values <= {MAX_INT}; received {_received(value)}")
+            raise ValueError(f"expected values <= {MAX_INT}; received {received(value)}")
         return items  # type: ignore[return-value]
 
     item = _int_schema(lo)
@@ -229,7 +249,7 @@ def _padding_2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     """Keras' ZeroPadding2D / Cropping2D forms: n, [h, w] or [[top, bottom], [left, right]]."""
     bad = ValueError(
         "expected an integer, a list [height, width], or [[top, bottom], "
-        f"[left, right]] of integers >= 0; received {_received(value)}"
+        f"[left, right]] of integers >= 0; received {received(value)}"
     )
     if is_int(value):
         out = ((value, value), (value, value))
@@ -275,7 +295,7 @@ def choice(options: tuple[str, ...], what: str, *, nullable: bool = False):
         if value is None and nullable:
             return None
         if not isinstance(value, str) or value not in options:
-            msg = f"unknown {what} {_received(value)}"
+            msg = f"unknown {what} {received(value)}"
             close = suggest(value.lower(), options) if isinstance(value, str) else ""
             if close:
                 msg += close
@@ -307,7 +327,7 @@ def named_object(options: tuple[str, ...], what: str):
             if len(value) != 1:
                 raise ValueError(
                     f"expected a {what} name or a mapping with one {what} name; "
-                    f"received {_received(value)}"
+                    f"received {received(value)}"
                 )
             ((key, args),) = value.items()
             by_name(key)
@@ -315,7 +335,7 @@ def named_object(options: tuple[str, ...], what: str):
                 args = {}
             if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
                 raise ValueError(
-                    f"the arguments of {key} must be a mapping; received {_received(args)}"
+                    f"the arguments of {key} must be a mapping; received {received(args)}"
                 )
             for k, v in args.items():
                 if not (
@@ -326,7 +346,7 @@ def named_object(options: tuple[str, ...], what: str):
                 ):
                     raise ValueError(
                         f"{key}.{k} must be a number, string or list of numbers; "
-                        f"received {_received(v)}"
+                        f"received {received(v)}"
                     )
             return {key: args}
         return by_name(value)
@@ -371,7 +391,7 @@ def _data_format(value: Any) -> str | None:
             "cnnbuild models are channels_last (input is [height, width, "
             "channels]); received 'channels_first'"
         )
-    raise ValueError(f"expected 'channels_last'; received {_received(value)}")
+    raise ValueError(f"expected 'channels_last'; received {received(value)}")
 
 
 DataFormat = Annotated[
@@ -397,7 +417,7 @@ def _factor_check(lo: float, hi: float, *, each: bool, lo_open: bool):
             pair and all(is_number(v) and is_finite(v) for v in value)
         ):
             raise ValueError(
-                f"expected a number or a list [lower, upper]; received {_received(value)}"
+                f"expected a number or a list [lower, upper]; received {received(value)}"
             )
         if not pair:
             ok = inside(value)
@@ -408,7 +428,7 @@ def _factor_check(lo: float, hi: float, *, each: bool, lo_open: bool):
         if not ok:
             raise ValueError(
                 f"expected {'numbers' if pair else 'a number'} in the range {where}; "
-                f"received {_received(value)}"
+                f"received {received(value)}"
             )
         return float(value) if not pair else (float(value[0]), float(value[1]))
 
@@ -448,7 +468,7 @@ def _numbers(value: Any) -> Any:
     ):
         return tuple(float(v) for v in value)
     raise ValueError(
-        f"expected a finite number or a list of finite numbers; received {_received(value)}"
+        f"expected a finite number or a list of finite numbers; received {received(value)}"
     )
 
 
@@ -468,12 +488,10 @@ Numbers = Annotated[
 
 
 def _name(value: Any) -> str:
-    import re
-
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,99}", value):
         raise ValueError(
             "a layer name is letters, digits, '_', '.', '-', starting with a "
-            f"letter or '_'; received {_received(value)}"
+            f"letter or '_'; received {received(value)}"
         )
     return value
 
