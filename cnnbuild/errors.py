@@ -127,26 +127,26 @@ def shape_str(shape: tuple | list | None) -> str:
     return str(items)
 
 
-def closest(word: str, options: Iterable[str]) -> str | None:
-    """The option ``word`` most likely meant (a typo or a case slip), if any."""
+def _meant(word: str, options: Iterable[str], n: int, cutoff: float) -> list[str]:
+    """Up to ``n`` options ``word`` most likely meant (typos), else one that differs only
+    in case."""
     from difflib import get_close_matches
 
-    options = list(options)
-    close = get_close_matches(word, options, n=1, cutoff=0.6)
-    if not close:
-        close = [o for o in options if o.lower() == word.lower()]
+    options = [str(o) for o in options]
+    close = get_close_matches(word, options, n=n, cutoff=cutoff)
+    return close or [o for o in options if o.lower() == word.lower()][:1]
+
+
+def closest(word: str, options: Iterable[str]) -> str | None:
+    """The option ``word`` most likely meant (a typo or a case slip), if any."""
+    close = _meant(word, options, 1, 0.6)
     return close[0] if close else None
 
 
 def suggest(word: str, options: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> str:
     """``"; did you mean 'Conv2D'?"`` for the closest option (up to ``n`` of them, joined
     by "or"), or ``""``. The one "did you mean" of every command and message."""
-    from difflib import get_close_matches
-
-    options = [str(o) for o in options]
-    close = get_close_matches(word, options, n=n, cutoff=cutoff)
-    if not close:
-        close = [o for o in options if o.lower() == word.lower()][:1]
+    close = _meant(word, options, n, cutoff)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
