@@ -117,12 +117,22 @@ _ADVICE = {
 }
 
 
+def _target(filename: Any) -> Any:
+    """The file a temp file of :func:`temp_beside` stands in for; other names unchanged."""
+    name = os.path.basename(str(filename))
+    if not is_temp(name):
+        return filename
+    return os.path.join(os.path.dirname(str(filename)), name[1 : name.index(TEMP_MARK)])
+
+
 def os_error_message(exc: OSError, path: str | Path | None = None) -> str:
-    """``PATH: what happened; what to do`` for an OS error."""
-    where = exc.filename if exc.filename is not None else path
-    advice = _ADVICE.get(exc.errno or -1) or (exc.strerror or str(exc))
+    """``PATH: what happened; what to do`` for an OS error; a temp file is named by the
+    file it was to become."""
+    where = _target(exc.filename) if exc.filename is not None else path
     reason = exc.strerror or type(exc).__name__
-    return f"{where}: {reason}; {advice}" if where is not None else f"{reason}; {advice}"
+    advice = _ADVICE.get(exc.errno or -1) or (None if exc.strerror else str(exc))
+    text = reason if advice is None else f"{reason}; {advice}"
+    return f"{where}: {text}" if where is not None else text
 
 
 @contextlib.contextmanager

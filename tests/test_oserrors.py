@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from cnnbuild.io import is_temp
+from cnnbuild.io import is_temp, os_error_message, temp_beside
 from tests.test_train import TINY
 
 
@@ -59,6 +60,19 @@ def test_out_is_a_file(cli, write, tmp_path):
     assert result.exit_code == 2
     assert f"--out {tmp_path / 'taken'}: is a file" in result.output
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_an_error_on_a_temp_file_names_the_file_it_was_to_become(tmp_path):
+    target = tmp_path / "model.svg"
+    tmp = temp_beside(target)
+    tmp.unlink()
+    with pytest.raises(OSError) as caught:
+        tmp.read_bytes()
+    assert os_error_message(caught.value) == f"{target}: No such file or directory"
+    with pytest.raises(OSError) as caught:
+        Path(tmp_path / "nowhere" / "x").read_bytes()
+    assert os_error_message(caught.value).endswith(": No such file or directory")
+    assert os_error_message(OSError("odd"), target) == f"{target}: OSError; odd"
 
 
 @pytest.mark.parametrize("command", ["build", "schema"])
