@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from cnnbuild.errors import CnnbuildError, DataError, UsageError, WriteError, shape_str
 from cnnbuild.io import TEMP_MARK, fsync_path, os_error_message, os_errors
 from cnnbuild.runs import Target, load_model, open_target
+from cnnbuild.schema.sections import DATASET_FORMS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -435,7 +436,7 @@ def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool)
     if opened.config is None and data is None:
         raise UsageError(
             f"{opened.model_path}: a bare .keras file has no dataset; give --data "
-            "(cifar10, cifar100, shapes, npz:PATH or folder:PATH) for the test images"
+            f"({DATASET_FORMS}) for the test images"
         )
     settings = resolve_train(opened.config, {"dataset": data, "limit": None} if data else {})
     dataset = load_data(shape, settings, quiet=quiet)

@@ -71,6 +71,8 @@ METRICS = (
     "categorical_crossentropy",
 )
 DATASETS = {"cifar10": 10, "cifar100": 100, "shapes": 10}
+DATASET_FORMS = f"{', '.join(DATASETS)}, npz:PATH or folder:PATH"
+"""Every way to name a dataset on the command line, for messages."""
 
 
 def _optimizer(value: Any) -> dict[str, dict[str, Any]]:
@@ -203,7 +205,7 @@ def _dataset(value: Any) -> Any:
             raise ValueError(f"{kind}: expected a path; received {path!r}")
         return {kind: path}
     raise ValueError(
-        "expected a dataset name (cifar10, cifar100, shapes) or {npz: PATH} or "
+        f"expected a dataset name ({', '.join(DATASETS)}) or {{npz: PATH}} or "
         f"{{folder: PATH}}; received {value!r}"
     )
 
