@@ -516,7 +516,7 @@ def _one(
     spec = resolve(kind)
     if spec is None:
         return _unknown(g, kind, args, path, scope)
-    args = _python_habits(g, kind, args, args_path, scope)
+    args = _python_habits(g, args, args_path, scope)
     for key in INPUT_ARGS:
         if key in args:  # Keras' Sequential habit: refused with the config's way
             args.pop(key)
@@ -611,7 +611,7 @@ def _decimal(value: float) -> str:
     return text if "." in text else text + ".0"
 
 
-def _python_habits(g: _Graph, kind: str, args: dict, path: PathKey, scope: _Scope) -> dict:
+def _python_habits(g: _Graph, args: dict, path: PathKey, scope: _Scope) -> dict:
     """``args`` with Python spellings YAML reads as text (``kernel_size: (3, 3)``,
     ``activation: None``, ``scale: 1./255``) read as meant, each reported once as an
     error with the YAML way to write it.
