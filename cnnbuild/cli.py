@@ -243,11 +243,7 @@ def summary(
         return
     out = _console()
     scopes = {r.node.name: r.node.scope for r in tr.rows}
-    out.print(
-        render.summary_table(
-            data, scopes, tr.activation_bytes, "the static engine" if static else "Keras"
-        )
-    )
+    out.print(render.summary_table(data, scopes, "the static engine" if static else "Keras"))
     render.print_lines(out, render.summary_footer(data, tr.activation_bytes))
 
 

@@ -36,15 +36,12 @@ def _scope_label(scope: tuple[str, ...]) -> str:
     return " › ".join(scope)
 
 
-def summary_table(
-    summary: dict, scopes: dict[str, tuple[str, ...]], activation_bytes: int, source: str
-) -> Table:
+def summary_table(summary: dict, scopes: dict[str, tuple[str, ...]], source: str) -> Table:
     """The ``summary`` table from the ``--json`` form, with block nesting shown.
 
     Args:
         summary: the ``summary --json`` dict (from Keras or from the static engine).
         scopes: each layer's enclosing blocks, for indentation.
-        activation_bytes: activation memory per training image.
         source: "Keras" or "static engine", for the caption.
     """
     table = Table(
