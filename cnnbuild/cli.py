@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -367,7 +368,8 @@ def _input_shape(value: str | None) -> tuple | None:
     if value is None:
         return None
     parts = value.replace("x", ",").split(",")
-    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    # ASCII digits only: str.isdigit also takes "²", which int() refuses
+    if len(parts) != 3 or not all(re.fullmatch(r"\s*0*[1-9][0-9]*\s*", p) for p in parts):
         raise UsageError(
             f"--input-shape takes HEIGHT,WIDTH,CHANNELS (e.g. 96,96,3); received {value!r}"
         )

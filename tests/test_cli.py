@@ -152,6 +152,24 @@ def test_views_show_the_model_despite_lint_errors(cli, write):
     assert "did you mean 'kernel_size'?" in result.stderr
 
 
+@pytest.mark.parametrize("shape", ["\u00b2,2,3", "0,2,3", "9,9", "a,b,c"])
+def test_import_input_shape_that_is_not_three_positive_integers_is_a_usage_error(
+    cli, tmp_path, shape
+):
+    # "²" passed str.isdigit, and int() raised a ValueError traceback
+    result = cli(
+        "import",
+        "keras.applications.MobileNetV2",
+        "--input-shape",
+        shape,
+        "-o",
+        tmp_path / "m.yaml",
+    )
+    assert result.exit_code == 2, result.output
+    assert "--input-shape takes HEIGHT,WIDTH,CHANNELS" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "m.yaml").exists()
+
+
 def test_summary_static_json(cli):
     result = cli("summary", CONFIGS / "cifar10_tutorial.yaml", "--static", "--json")
     data = json.loads(result.output)
