@@ -336,3 +336,16 @@ def test_report_on_a_full_or_read_only_disk_is_a_message(tiny_run, tmp_path, fau
         assert len(lines) == 1 and reason in lines[0] and str(run) in lines[0], lines
         assert not (run / "report.html").exists()
         assert not [p.name for p in run.iterdir() if p.name.startswith(".report.html")]
+
+
+def test_show_class_is_a_name_or_an_index_and_anything_else_a_usage_error():
+    from types import SimpleNamespace
+
+    from cnnbuild.errors import UsageError
+    from cnnbuild.insight.show import _class_index
+
+    loaded = SimpleNamespace(class_names=["circle", "square", "triangle"])
+    assert _class_index(loaded, "square") == 1 and _class_index(loaded, "2") == 2
+    for bad in ("\u00b2", "3", "hexagon"):  # "²" passed str.isdigit, then int() raised
+        with pytest.raises(UsageError, match=f"--class {bad}: not a class of the model"):
+            _class_index(loaded, bad)

@@ -175,7 +175,7 @@ def download(
     try:
         with urllib.request.urlopen(url, timeout=stall) as response, open(part, "wb") as out:
             total = response.headers.get("Content-Length")
-            total = int(total) if total and total.isdigit() else None
+            total = int(total) if total and total.isascii() and total.isdigit() else None
             with _progress(quiet) as progress:
                 task = progress.add_task(target.name, total=total)
                 transfer.copy(response, out, lambda n: progress.update(task, advance=n))

@@ -255,7 +255,7 @@ def _class_index(t: Loaded, class_name: str | None) -> int | None:
         return None
     if class_name in t.class_names:
         return t.class_names.index(class_name)
-    if class_name.isdigit() and int(class_name) < len(t.class_names):
+    if class_name.isascii() and class_name.isdigit() and int(class_name) < len(t.class_names):
         return int(class_name)
     raise UsageError(
         f"--class {class_name}: not a class of the model; classes: " + ", ".join(t.class_names)
