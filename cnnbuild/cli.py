@@ -407,6 +407,7 @@ def import_model(
     """
     from cnnbuild.importer import APPLICATIONS, import_text
     from cnnbuild.io import os_errors, write_text
+    from cnnbuild.schema.blocks import BLOCK_KINDS
     from cnnbuild.validate import load_traced
 
     if output is not None and output.exists() and not force:
@@ -423,7 +424,7 @@ def import_model(
     with os_errors(output):
         write_text(output, text)
     cfg, tr = load_traced(output)
-    written = ", ".join(f"{text.count(f'- {kind}:')} {kind}" for kind in ("Residual", "Parallel"))
+    written = ", ".join(f"{text.count(f'- {kind}:')} {kind}" for kind in BLOCK_KINDS)
     templates = len(cfg.doc.data.get("blocks") or {})
     _console().print(
         f"imported {cfg.name}: {len(cfg.nodes)} layers, {tr.total_params:,} parameters, to "

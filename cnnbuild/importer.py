@@ -39,7 +39,7 @@ from cnnbuild.config import INPUT
 from cnnbuild.errors import CnnbuildError, UsageError
 from cnnbuild.expand import upstream
 from cnnbuild.factoring import drop_automatic_names, factor
-from cnnbuild.schema.blocks import MERGES
+from cnnbuild.schema.blocks import BLOCK_KINDS, MERGES
 from cnnbuild.schema.types import KERAS_CLASS
 from cnnbuild.validate import load_traced
 
@@ -662,7 +662,7 @@ def _emit(items: list, indent: int, lines: list[str]) -> None:
     pad = " " * indent
     for item in items:
         ((kind, args),) = item.items()
-        if kind not in ("Residual", "Parallel"):
+        if kind not in BLOCK_KINDS:
             lines.append(f"{pad}- {kind}" if args is None else f"{pad}- {kind}: {_flow(args)}")
             continue
         lines.append(f"{pad}- {kind}:")

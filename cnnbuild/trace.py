@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from cnnbuild.catalog import REGISTRY
 from cnnbuild.config import INPUT, ModelConfig, Node
 from cnnbuild.errors import Finding, shape_str
+from cnnbuild.schema.blocks import BLOCK_KINDS
 from cnnbuild.shapes import Field, LayerOut, Shape, ShapeError, numel
 
 BYTES_PER_VALUE = 4  # float32
@@ -189,7 +190,7 @@ def _shape_finding(cfg: ModelConfig, node: Node, ins: list[Shape], exc: ShapeErr
     if exc.arg and (*prefix, exc.arg) in cfg.doc.keys:
         path = (*prefix, exc.arg)
     if len(ins) > 1:
-        block = path[-1] if path and path[-1] in ("Residual", "Parallel") else None
+        block = path[-1] if path and path[-1] in BLOCK_KINDS else None
         labels = (
             ["shortcut", "main path"]
             if block == "Residual"
