@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, model_validator
 
 from cnnbuild.backend import STRATEGIES
-from cnnbuild.catalog import LOGIT_LOSSES, LOSS_NAMES  # noqa: F401 - re-exported
+from cnnbuild.catalog import LOSS_NAMES
 from cnnbuild.schema.types import (
     EXPONENT,
     Bool,
@@ -54,7 +54,6 @@ OPTIMIZERS: dict[str, tuple[str, ...]] = {
     ),
     "lion": ("beta_1", "beta_2"),
 }
-LOSSES = LOSS_NAMES  # described once, in cnnbuild.catalog
 METRICS = (
     "accuracy",
     "sparse_categorical_accuracy",
@@ -141,7 +140,7 @@ class CompileConfig(Strict):
     """Arguments of ``model.compile``."""
 
     optimizer: Optimizer = {"adam": {}}
-    loss: Choice(LOSSES, "loss") = "sparse_categorical_crossentropy"
+    loss: Choice(LOSS_NAMES, "loss") = "sparse_categorical_crossentropy"
     from_logits: Bool | None = None
     metrics: list[Choice(METRICS, "metric")] = ["accuracy"]
 
