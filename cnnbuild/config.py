@@ -178,11 +178,21 @@ def _top_keys(doc: Document, data: dict) -> list[Finding]:
     return findings
 
 
+def model_name(text: str) -> str:
+    """``text`` made a name :data:`NAME_RULE` takes: every other character becomes ``_``,
+    and ``model_`` goes in front when it does not start with a letter.
+
+    >>> model_name("mobilenetv2_1.00_224"), model_name("-1"), model_name("my net")
+    ('mobilenetv2_1.00_224', 'model_-1', 'my_net')
+    """
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+    return (stem if re.match(r"[A-Za-z]", stem) else f"model_{stem}")[:100]
+
+
 def _name(doc: Document, data: dict, findings: list[Finding]) -> str:
     """The model's name, checked against :data:`NAME_RULE`; without a ``name:``, the file's
-    stem with every other character replaced by ``_``."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(doc.file).stem)
-    default = (stem if re.match(r"[A-Za-z]", stem) else f"model_{stem}")[:100]
+    stem made one (:func:`model_name`)."""
+    default = model_name(Path(doc.file).stem)
     name = data.get("name", default)
     if not isinstance(name, str) or not name:
         findings.append(doc.finding(("name",), f"name must be a string; received {name!r}"))

@@ -35,7 +35,7 @@ import yaml
 from pydantic import ValidationError
 
 from cnnbuild.catalog import PREPROCESS_GROUPS, REGISTRY, scales_input
-from cnnbuild.config import INPUT
+from cnnbuild.config import INPUT, model_name
 from cnnbuild.errors import CnnbuildError, UsageError
 from cnnbuild.expand import upstream
 from cnnbuild.factoring import drop_automatic_names, factor
@@ -260,7 +260,7 @@ def flatten(serialized: dict) -> Graph:
     model) is collected in ``graph.refused``.
     """
     config = serialized.get("config") or {}
-    g = Graph(str(config.get("name") or "imported"))
+    g = Graph(model_name(str(config.get("name") or "imported")))
     g.output = _flatten_into(g, serialized, None, top=True)
     names = Counter(layer.name for layer in g.layers)
     for name, count in names.items():
