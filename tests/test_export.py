@@ -334,8 +334,7 @@ def test_sigkill_during_export_leaves_the_previous_artefact(flowers_run, tmp_pat
     while not [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}.tmp-")]:
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(0.5)  # inside the conversion
-    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # inside the conversion: its temp folder exists
     assert proc.wait() == -signal.SIGKILL  # killed mid-export, not after it
     assert (_listing(out) if out.is_dir() else out.read_bytes()) == before
 
