@@ -286,14 +286,12 @@ def _png16(path: Path, pixels: np.ndarray) -> None:
 
 
 @pytest.mark.slow
-def test_16_bit_rgb_png_predicts_as_its_8_bit_reduction(named_run, tmp_path):
-    """The README's rule: 16-bit RGB is reduced to 8 bits (the high byte of each channel)."""
+def test_a_16_bit_rgb_png_is_refused_by_predict_with_its_name(named_run, tmp_path):
+    """The README's rule: 16-bit images are refused (Pillow would read only the high byte)."""
     rng = np.random.default_rng(5)
-    pixels16 = rng.integers(0, 65536, (16, 16, 3), dtype=np.uint16)
-    _png16(tmp_path / "deep.png", pixels16)
-    Image.fromarray((pixels16 >> 8).astype(np.uint8)).save(tmp_path / "shallow.png")
+    _png16(tmp_path / "deep.png", rng.integers(0, 65536, (16, 16, 3), dtype=np.uint16))
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "shallow.png")
     result = run_cli("predict", named_run, tmp_path / "deep.png", tmp_path / "shallow.png",
                      "-f", "json", "-k", 3)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    deep, shallow = json.loads(result.stdout)["predictions"]
-    assert deep["top"] == shallow["top"]
+    assert "deep.png" in result.output and "16-bit or float" in result.output
+    assert "shallow.png" in result.stdout
