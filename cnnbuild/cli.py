@@ -183,24 +183,33 @@ class DiffFormat(str, Enum):
 @handled
 def diff(
     old: Annotated[
-        str, typer.Argument(help="The old config: a file or REF:PATH.", show_default=False)
+        str,
+        typer.Argument(
+            help="The old config: a file, REF:PATH, a .keras file or a run directory.",
+            show_default=False,
+        ),
     ],
     new: Annotated[
-        str, typer.Argument(help="The new config: a file or REF:PATH.", show_default=False)
+        str,
+        typer.Argument(
+            help="The new config: a file, REF:PATH, a .keras file or a run directory.",
+            show_default=False,
+        ),
     ],
     fmt: Annotated[
         DiffFormat, typer.Option("--format", "-f", help="Output format.")
     ] = DiffFormat.text,
 ) -> None:
     """Compare two models without TensorFlow: layers added, removed or changed, and the
-    totals old -> new. REF:PATH reads a file at a git revision (git show REF:PATH).
+    totals old -> new. REF:PATH reads a file at a git revision (git show REF:PATH); a .keras
+    file or a run directory is imported first.
 
     Exit 0 when both sides load, 1 when one is invalid, 2 for usage errors.
     """
-    from cnnbuild.review import compare, diff_markdown, diff_tables, load_side
+    from cnnbuild.review import compare, diff_markdown, diff_tables
 
-    _, old_trace = load_side(old)
-    _, new_trace = load_side(new)
+    _, old_trace = _diff_side(old)
+    _, new_trace = _diff_side(new)
     result = compare(old_trace, new_trace, old, new)
     if fmt is DiffFormat.json:
         print(json.dumps(result, indent=2))
@@ -210,6 +219,19 @@ def diff(
         out = _console()
         for table in diff_tables(result):
             out.print(table)
+
+
+def _diff_side(spec: str):
+    """One side of ``diff``: a saved model (imported first) or a config file or REF:PATH."""
+    from cnnbuild.importer import APPLICATIONS, open_config
+
+    path = Path(spec)
+    saved = path.suffix == ".keras" and path.is_file() or (path / "model.keras").is_file()
+    if saved or spec.startswith(APPLICATIONS):
+        return open_config(spec)
+    from cnnbuild.review import load_side
+
+    return load_side(spec)
 
 
 @app.command()

@@ -411,3 +411,26 @@ def test_a_cycle_or_an_unknown_source_is_refused_not_followed():
         config["output_layers"] = [["b", 0, 0]]
         with pytest.raises(ImportRefused, match=why):
             import_config({"class_name": "Functional", "config": config})
+
+
+def test_diff_compares_two_saved_models_and_a_saved_model_with_a_config(tmp_path):
+    import keras
+
+    def saved(filters: int, name: str):
+        model = keras.Sequential(
+            [keras.Input((8, 8, 1)), keras.layers.Conv2D(filters, 3), keras.layers.Flatten()]
+        )
+        model.save(tmp_path / name)
+        return model
+
+    old, new = saved(4, "a.keras"), saved(6, "b.keras")
+    result = run_cli("diff", tmp_path / "a.keras", tmp_path / "b.keras", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["delta"]["total_params"] == new.count_params() - old.count_params()
+    assert [row["change"] for row in report["layers"]] == ["changed", "changed"]
+    config = tmp_path / "a.yaml"
+    assert run_cli("import", tmp_path / "a.keras", "-o", config).exit_code == 0
+    result = run_cli("diff", config, tmp_path / "a.keras", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert {row["change"] for row in json.loads(result.stdout)["layers"]} == {"unchanged"}

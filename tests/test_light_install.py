@@ -134,3 +134,24 @@ def test_predict_says_how_to_install_tensorflow(light, tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "needs TensorFlow and Keras" in result.stderr
     assert "pip install 'cnnbuild[train]'" in result.stderr
+
+
+def test_a_saved_model_is_read_without_tensorflow_or_numpy(light, tmp_path):
+    """`summary --static`, `trace` and `diff` read a .keras file as data: its config.json,
+    through runs.saved_config, with no TensorFlow and no numpy in the environment."""
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten()]
+    )
+    model.save(tmp_path / "a.keras")
+    keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(6, 3), keras.layers.Flatten()]
+    ).save(tmp_path / "b.keras")
+    summary = _run([light / "cnnbuild", "summary", "--static", tmp_path / "a.keras"])
+    assert summary.returncode == 0, summary.stdout + summary.stderr
+    assert f"{model.count_params():,}" in summary.stdout
+    assert _run([light / "cnnbuild", "trace", tmp_path / "a.keras"]).returncode == 0
+    diff = _run([light / "cnnbuild", "diff", tmp_path / "a.keras", tmp_path / "b.keras"])
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    assert "changed" in diff.stdout
