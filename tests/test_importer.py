@@ -42,9 +42,12 @@ SLOW = {
 
 @functools.cache
 def application(name: str, shape: tuple) -> object:
+    """``keras.applications.NAME`` as Keras builds it by default: in float32, whatever
+    policy an earlier test's training left global (train sets it; bf16 on this CPU)."""
     from cnnbuild.builder import keras_module
 
     keras_module()
+    keras.mixed_precision.set_global_policy("float32")
     return getattr(keras.applications, name)(weights=None, input_shape=shape)
 
 

@@ -159,15 +159,18 @@ def test_predict_and_show_refuse_a_fifo_within_seconds(tiny_model, tmp_path):
     assert "pipe.png: not a regular file" in shown.stderr
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child
+# of a large pytest process would report the parent's size; VmHWM is this process's own.
 _PEAK = """
-import resource, sys
+import sys
 from cnnbuild.cli import app
 try:
     app(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-print("exit", code, "peak_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-      file=sys.stderr)
+with open("/proc/self/status") as status:
+    peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+print("exit", code, "peak_kb", peak, file=sys.stderr)
 """
 
 
