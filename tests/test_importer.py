@@ -42,12 +42,14 @@ SLOW = {
 
 @functools.cache
 def application(name: str, shape: tuple) -> object:
-    """``keras.applications.NAME`` as Keras builds it by default: in float32, whatever
-    policy an earlier test's training left global (train sets it; bf16 on this CPU)."""
+    """``keras.applications.NAME`` as a fresh process builds it: in float32, whatever
+    policy an earlier test's training left global (train sets it; bf16 on this CPU), and
+    with Keras' automatic names counted from zero."""
     from cnnbuild.builder import keras_module
 
     keras_module()
     keras.mixed_precision.set_global_policy("float32")
+    keras.backend.clear_session()  # Keras' automatic names (`add`) as in a fresh process
     return getattr(keras.applications, name)(weights=None, input_shape=shape)
 
 
