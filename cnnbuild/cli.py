@@ -200,9 +200,10 @@ def diff(
         DiffFormat, typer.Option("--format", "-f", help="Output format.")
     ] = DiffFormat.text,
 ) -> None:
-    """Compare two models without TensorFlow: layers added, removed or changed, and the
-    totals old -> new. REF:PATH reads a file at a git revision (git show REF:PATH); a .keras
-    file or a run directory is imported first.
+    """Compare two models without TensorFlow: layers added, removed or changed, totals.
+
+    Totals are old -> new. REF:PATH reads a file at a git revision (git show REF:PATH); a
+    .keras file or a run directory is imported first.
 
     Exit 0 when both sides load, 1 when one is invalid, 2 for usage errors.
     """
