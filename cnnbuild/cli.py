@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import re
 import sys
@@ -21,7 +22,92 @@ from cnnbuild.backend import STRATEGIES
 from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError, WriteError
 from cnnbuild.escape import rich, terminal
 
+WRITE, TRAIN, LOOK, SHIP = "Write and check", "Train", "Look inside", "Ship"
+"""The help panels: commands grouped by what a user is doing."""
+
+_TYPE_NAMES = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "bool": ""}
+
+
+def _readable_type(label: str | None) -> str | None:
+    """Typer's ``<int>``, ``<list[str]>``, ``<path>`` as users read them: INTEGER, TEXT, PATH.
+
+    Choices stay a list of the values (``text|json``); a flag shows no type.
+    """
+    if not label:
+        return label
+    label = label.removeprefix("<").removesuffix(">").removesuffix(" range")
+    if label.startswith("list[") and label.endswith("]"):
+        label = label[5:-1]
+    if "|" in label:
+        return label
+    return _TYPE_NAMES.get(label, label.upper())
+
+
+def _one_paragraph_per_line(text: str | None) -> str | None:
+    """Help text with each paragraph on one line, so rich wraps it to the terminal."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+class _Option(typer.core.TyperOption):
+    def display_type_rich(self, ctx):
+        return self.metavar or _readable_type(super().display_type_rich(ctx)) or None
+
+
+class _Argument(typer.core.TyperArgument):
+    @property
+    def display_name_raw(self) -> str:
+        return self.metavar or self.name.upper()
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw + ("..." if self.nargs != 1 else "")
+        return name if self.required else f"[{name}]"
+
+    def display_type_rich(self, ctx):
+        return _readable_type(super().display_type_rich(ctx).removesuffix("...")) or None
+
+
+def _readable_params(params: list) -> list:
+    for param in params:
+        if type(param) is typer.core.TyperOption:
+            param.__class__ = _Option
+        elif type(param) is typer.core.TyperArgument:
+            param.__class__ = _Argument
+    return params
+
+
+class Command(typer.core.TyperCommand):
+    """A command whose help reads as users write it: PATH, INTEGER, TEXT; no hard wraps."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _one_paragraph_per_line(self.help)
+
+    def get_params(self, ctx):
+        return _readable_params(super().get_params(ctx))
+
+
+class Group(typer.core.TyperGroup):
+    """The root command: the same readable help, commands in panels."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _one_paragraph_per_line(self.help)
+
+    def get_params(self, ctx):
+        return _readable_params(super().get_params(ctx))
+
+    def list_commands(self, ctx) -> list[str]:
+        """Commands panel by panel (Write and check, Train, Look inside, Ship)."""
+        order = {panel: i for i, panel in enumerate((WRITE, TRAIN, LOOK, SHIP))}
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: order.get(self.commands[n].rich_help_panel, 99))
+
+
 app = typer.Typer(
+    cls=Group,
     name="cnnbuild",
     help="Describe a CNN in YAML; validate it in CI, trace every shape, build and train it.\n\n"
     "Exit codes: 0 ok, 1 invalid input or failed run, 2 usage error, 130 a run stopped by "
@@ -96,7 +182,7 @@ Verbose = Annotated[
 ConfigArg = Annotated[Path, typer.Argument(help="A model config (YAML).", show_default=False)]
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=WRITE)
 @handled
 def validate(
     paths: Annotated[
@@ -116,7 +202,8 @@ def validate(
         ),
     ] = None,
 ) -> None:
-    """Check configs without TensorFlow: schema, shapes, parameters and lint rules.
+    """Before training and in CI: check configs without TensorFlow (schema, shapes, parameters,
+    lint rules).
 
     Prints FILE:LINE:COL: severity: message [RULE]. Exit 1 when a finding fails.
     """
@@ -179,7 +266,7 @@ class DiffFormat(str, Enum):
     markdown = "markdown"
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=WRITE)
 @handled
 def diff(
     old: Annotated[
@@ -200,7 +287,8 @@ def diff(
         DiffFormat, typer.Option("--format", "-f", help="Output format.")
     ] = DiffFormat.text,
 ) -> None:
-    """Compare two models without TensorFlow: layers added, removed or changed, totals.
+    """When reviewing a change: compare two models without TensorFlow (layers added, removed
+    or changed, totals).
 
     Totals are old -> new. REF:PATH reads a file at a git revision (git show REF:PATH); a
     .keras file or a run directory is imported first.
@@ -235,7 +323,7 @@ def _diff_side(spec: str):
     return load_side(spec)
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=WRITE)
 @handled
 def summary(
     config: ConfigArg,
@@ -245,7 +333,8 @@ def summary(
     ] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Each layer's output shape, parameters and MACs, with totals and memory.
+    """To see what a model costs: each layer's output shape, parameters and MACs, with totals
+    and memory.
 
     CONFIG may also be a .keras file or a run directory: it is imported first.
     """
@@ -276,7 +365,7 @@ class GradMode(str, Enum):
     inference = "inference"
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=WRITE)
 @handled
 def trace(
     config: ConfigArg,
@@ -317,7 +406,8 @@ def trace(
         ),
     ] = None,
 ) -> None:
-    """The shape trace, layer by layer, with the arithmetic of every spatial size.
+    """When a shape surprises you: the shape trace, layer by layer, with the arithmetic of
+    every spatial size.
 
     CONFIG may also be a .keras file or a run directory: it is imported first.
     """
@@ -359,7 +449,7 @@ def trace(
             raise CnnbuildError("Keras and the static trace disagree on " + ", ".join(bad))
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=SHIP)
 @handled
 def build(
     config: ConfigArg,
@@ -369,7 +459,8 @@ def build(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Build and compile the Keras model and save it in the native .keras format."""
+    """To get the Keras model without training: build and compile it, and save it in the
+    native .keras format."""
     from cnnbuild.builder import build_model, keras_module
     from cnnbuild.io import os_errors, save_model
     from cnnbuild.validate import load_traced
@@ -399,7 +490,7 @@ def _input_shape(value: str | None) -> tuple | None:
     return tuple(int(p) for p in parts)
 
 
-@app.command("import")
+@app.command("import", cls=Command, rich_help_panel=SHIP)
 @handled
 def import_model(
     source: Annotated[
@@ -423,7 +514,8 @@ def import_model(
     force: Annotated[bool, typer.Option("--force", help="Overwrite --output.")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Write the config of a saved Keras model: the same layers, names and arguments.
+    """To start from an existing Keras model: write its config, with the same layers, names
+    and arguments.
 
     Exit 1, with one line per unsupported layer class or argument, when cnnbuild cannot
     express the model exactly.
@@ -466,7 +558,7 @@ StrategyChoice = Enum(
 )
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=TRAIN)
 @handled
 def train(
     ctx: typer.Context,
@@ -558,7 +650,8 @@ def train(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Train a config (default dataset CIFAR-10), evaluate it, and fill a run directory.
+    """Once a config validates: train it (default dataset CIFAR-10), evaluate it, and fill a run
+    directory.
 
     Flags override the config's train: section; the run records the resolved values.
     """
@@ -594,7 +687,7 @@ def train(
     )
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=TRAIN)
 @handled
 def evaluate(
     target: Annotated[
@@ -618,7 +711,8 @@ def evaluate(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Test loss, accuracy and per-class accuracy of a trained model, and its confusion matrix.
+    """After training, or on other data: test loss, accuracy and per-class accuracy of a
+    trained model, and its confusion matrix.
 
     Models load with Keras' safe_mode on.
     """
@@ -638,14 +732,14 @@ def evaluate(
     print_evaluation(console, result)
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=WRITE)
 @handled
 def schema(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to a file instead.")
     ] = None,
 ) -> None:
-    """Print the JSON Schema (draft-07) of the config format, for editors."""
+    """For editors and CI tools: print the JSON Schema (draft-07) of the config format."""
     from cnnbuild.io import os_errors, write_text
     from cnnbuild.schema.jsonschema import json_schema_text
 
@@ -659,7 +753,7 @@ def schema(
         write_text(output, text)
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=LOOK)
 @handled
 def show(
     target: Annotated[
@@ -688,7 +782,8 @@ def show(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """What a trained model sees: feature maps, first-layer filters, Grad-CAM, top-k."""
+    """To see what a trained model looks at in your images: feature maps, first-layer filters,
+    Grad-CAM, top-k."""
     from cnnbuild.builder import keras_module
 
     keras_module(verbose)  # first: the light install is told how to get TensorFlow
@@ -711,7 +806,7 @@ def show(
     console.print(f"filters, feature maps and Grad-CAM in {rich(result['out_dir'])}/")
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=LOOK)
 @handled
 def plot(
     config: ConfigArg,
@@ -727,7 +822,7 @@ def plot(
     ] = "auto",
     verbose: Verbose = False,
 ) -> None:
-    """Draw the architecture: blocks, branches, each layer with its output shape."""
+    """For a picture of the architecture: blocks, branches, each layer with its output shape."""
     from cnnbuild.insight.diagram import plot as draw
     from cnnbuild.validate import load_config
 
@@ -735,13 +830,14 @@ def plot(
     _console().print(rich(message), highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=LOOK)
 @handled
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
     verbose: Verbose = False,
 ) -> None:
-    """Rebuild a run's report.html (config, curves, gradient flow, Grad-CAM, mistakes)."""
+    """To read a run at a glance: rebuild its report.html (config, curves, gradient flow,
+    Grad-CAM, mistakes)."""
     from cnnbuild.builder import keras_module
 
     keras_module(verbose)  # first: the light install is told how to get TensorFlow
@@ -802,7 +898,7 @@ class PredictFormat(str, Enum):
     csv = "csv"
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=SHIP)
 @handled
 def predict(
     target: Annotated[
@@ -821,7 +917,8 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     verbose: Verbose = False,
 ) -> None:
-    """Top-k classes of image files, with the run's class names and probabilities.
+    """To classify images with a trained model: top-k classes of image files, with the run's
+    class names and probabilities.
 
     Images are resized (bilinear) to the model's input size. Exit 1 if any file failed.
     """
@@ -851,7 +948,7 @@ class ExportFormat(str, Enum):
     onnx = "onnx"
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=SHIP)
 @handled
 def export(
     target: Annotated[
@@ -883,8 +980,9 @@ def export(
     ] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Export the inference function to SavedModel, LiteRT or ONNX, verify the file with its
-    own runtime, then move it into place (a failed one is not written).
+    """To deploy a trained model: export the inference function to SavedModel, LiteRT or ONNX,
+    verify the file with its own runtime, then move it into place (a failed one is not
+    written).
 
     An existing output is replaced only with --force and only when it is an earlier export
     (a file of the format, or a SavedModel folder with its cnnbuild_export.json).
@@ -917,7 +1015,7 @@ def export(
         raise typer.Exit(EXIT_INVALID)
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=WRITE)
 @handled
 def layers(
     name: Annotated[
@@ -925,8 +1023,8 @@ def layers(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """The supported layers (name, group, description), or one layer's arguments with
-    types, defaults and allowed ranges."""
+    """While writing a config: the supported layers (name, group, description), or one layer's
+    arguments with types, defaults and allowed ranges."""
     from cnnbuild.layers_doc import arg_table, layer_detail, layer_list, layer_table, lookup
 
     if name is None:
@@ -943,7 +1041,7 @@ def layers(
         _console().print(arg_table(detail))
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=TRAIN)
 @handled
 def tune(
     config: ConfigArg,
@@ -969,7 +1067,8 @@ def tune(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Search the config's tune: space with Optuna; write best.yaml, trials.csv and plots.
+    """To search hyperparameters: run the config's tune: space with Optuna; write best.yaml,
+    trials.csv and plots.
 
     Resumable (run it again) and parallel: processes on one --storage share the study.
     """
