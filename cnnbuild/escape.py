@@ -11,7 +11,8 @@ UTF-8. Each output has its own hazards:
 - rich markup (``mk[/]/x.png``, ``[draft]``): :func:`rich`;
 - matplotlib text, where ``$...$`` is mathtext (``price_$1_to_$5``): :func:`mathtext`;
 - Graphviz DOT strings (a ``"`` or a trailing ``\\``): :func:`dot`;
-- CSV cells that a spreadsheet would run as a formula (``=1+2``): :func:`csv_cell`.
+- CSV cells that a spreadsheet would run as a formula (``=1+2``): :func:`csv_cell`;
+- Markdown table cells (a ``|`` ends the cell, ``<x>`` is read as HTML): :func:`markdown_cell`.
 
 HTML is escaped by the report's template engine (Jinja2 with autoescape).
 """
@@ -81,3 +82,16 @@ def csv_cell(text: object) -> str:
     with a ``'`` before it, as OWASP advises."""
     text = terminal(text)
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def markdown_cell(text: object, code: bool = False) -> str:
+    """``text`` for a Markdown table cell, on one line, with ``|`` escaped (it ends the cell).
+
+    As prose, HTML's ``& < >`` become entities (``<bool>`` would be an unknown tag); as
+    ``code``, a code span (entities would show as written), fenced with two backticks when
+    the text holds one.
+    """
+    text = " ".join(terminal(text).split()).replace("|", "\\|")
+    if code:
+        return f"`` {text} ``" if "`" in text else f"`{text}`"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
