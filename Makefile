@@ -4,8 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXPORT := $(VENV)/.installed-export
+DOCS   := $(VENV)/.installed-docs
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test lint format schema bench clean
+.PHONY: install demo test lint format schema bench docs docs-serve clean
 
 install: $(STAMP)
 
@@ -20,22 +22,35 @@ $(EXPORT): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[train,dev,export]'
 	touch $(EXPORT)
 
+# the documentation site: mkdocs and Material for MkDocs
+$(DOCS): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS)
+
 demo: install
 	$(BIN)/cnnbuild validate configs/
 	$(BIN)/cnnbuild train configs/shapes_demo.yaml
 
-test: $(EXPORT)
-	$(BIN)/ruff check cnnbuild tests benchmarks
-	$(BIN)/ruff format --check cnnbuild tests benchmarks
+# tests/test_docs_site.py builds the site with --strict, so the tests (and CI) fail on a broken link
+test: $(EXPORT) $(DOCS)
+	$(BIN)/ruff check cnnbuild tests benchmarks docs/hooks
+	$(BIN)/ruff format --check cnnbuild tests benchmarks docs/hooks
 	$(BIN)/python -m pytest -q
 
+# the site in site/; --strict: a broken link or a stale marker fails like a test
+docs: $(DOCS)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(DOCS)
+	$(BIN)/mkdocs serve --strict
+
 lint: install
-	$(BIN)/ruff check cnnbuild tests benchmarks
-	$(BIN)/ruff format --check cnnbuild tests benchmarks
+	$(BIN)/ruff check cnnbuild tests benchmarks docs/hooks
+	$(BIN)/ruff format --check cnnbuild tests benchmarks docs/hooks
 
 format: install
-	$(BIN)/ruff format cnnbuild tests benchmarks
-	$(BIN)/ruff check --fix cnnbuild tests benchmarks
+	$(BIN)/ruff format cnnbuild tests benchmarks docs/hooks
+	$(BIN)/ruff check --fix cnnbuild tests benchmarks docs/hooks
 
 schema: install
 	$(BIN)/cnnbuild schema -o schema/cnnbuild.schema.json
@@ -48,4 +63,4 @@ bench: install
 	$(BIN)/python benchmarks/trace_grads_cost.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site

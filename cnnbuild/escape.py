@@ -84,14 +84,14 @@ def csv_cell(text: object) -> str:
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
-def markdown_cell(text: object, code: bool = False) -> str:
-    """``text`` for a Markdown table cell, on one line, with ``|`` escaped (it ends the cell).
+_MARKDOWN = {"&": "&amp;", "<": "&lt;", ">": "&gt;"} | {c: f"&#{ord(c)};" for c in "|\\`*_[]"}
 
-    As prose, HTML's ``& < >`` become entities (``<bool>`` would be an unknown tag); as
-    ``code``, a code span (entities would show as written), fenced with two backticks when
-    the text holds one.
+
+def markdown_cell(text: object, code: bool = False) -> str:
+    """``text`` for a Markdown table cell, shown as written: on one line; HTML's ``& < >``
+    as entities (``<bool>`` would be an unknown tag); ``|`` (it ends the cell) and what
+    Markdown would read as markup (``\\ ` * _ [ ]``) as character references, which
+    Markdown leaves alone even inside ``<code>``. ``code`` wraps it in ``<code>``.
     """
-    text = " ".join(terminal(text).split()).replace("|", "\\|")
-    if code:
-        return f"`` {text} ``" if "`" in text else f"`{text}`"
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = "".join(_MARKDOWN.get(c, c) for c in terminal(" ".join(str(text).split())))
+    return f"<code>{text}</code>" if code else text

@@ -46,12 +46,9 @@ def lookup(name: str) -> LayerKind:
 
 
 def readme_table() -> str:
-    """The README's layers table (Markdown), one row per registered kind.
-
-    ``tests/test_layers_doc.py`` checks that the README holds exactly this; after adding a
-    kind, paste the output of ``python -c "from cnnbuild.layers_doc import readme_table;
-    print(readme_table())"``.
-    """
+    """The layers table (Markdown), one row per registered kind: the docs site's layer
+    reference opens with it (``docs/hooks/reference.py`` generates the page at build time;
+    ``tests/test_docs_site.py`` checks it lists every kind)."""
     rows = [
         "| Layer | Group | What it does | Required | Keras aliases |",
         "|---|---|---|---|---|",

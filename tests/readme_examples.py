@@ -1,19 +1,20 @@
-"""The README's examples of TensorFlow-free commands, run for real.
+"""The examples of TensorFlow-free commands in the README and the docs pages, run for real.
 
-A README code block holds ``$ cnnbuild ...`` lines, each followed by what the command
-printed. For the commands that never import TensorFlow (``validate``, ``summary --static``,
-``trace`` without ``--run``/``--grads``, ``layers``, ``schema``, ``diff``), the pasted output
-must be what the command prints now; ``$ echo $?`` after one shows its exit code. Examples
-that depend on a state the repository does not hold are samples and are not run: those
-after another command in the same block (it made the state: ``cnnbuild import ... -o m.yaml``)
-and those that read a git revision (``HEAD:PATH``, ``--baseline REF``: a working copy with
-changes, as the README describes).
+A code block of the README or of a page under ``docs/`` holds ``$ cnnbuild ...`` lines, each
+followed by what the command printed. For the commands that never import TensorFlow
+(``validate``, ``summary --static``, ``trace`` without ``--run``/``--grads``, ``layers``,
+``schema``, ``diff``, any ``--help``), the pasted output must be what the command prints now;
+``$ echo $?`` after one shows its exit code. Examples that depend on a state the repository
+does not hold are samples and are not run: those after another command in the same block (it
+made the state: ``cnnbuild import ... -o m.yaml``) and those that read a git revision
+(``HEAD:PATH``, ``--baseline REF``: a working copy with changes, as the guide describes).
 ``tests/test_readme_examples.py`` checks that, and::
 
     python -m tests.readme_examples --update
 
-rewrites the pasted outputs in place after a deliberate change of output. Output is read as
-the CLI prints it to a pipe (rich tables 160 columns wide), from the repository root.
+rewrites the pasted outputs of every page in place after a deliberate change of output.
+Output is read as the CLI prints it to a pipe (rich tables 160 columns wide), from the
+repository root.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+
+
+def pages() -> list[Path]:
+    """The README and every Markdown page of the documentation site."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
 _STATIC = {"validate", "layers", "schema", "diff"}
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```$", re.M | re.S)
 
@@ -49,6 +58,8 @@ def is_static(argv: list[str]) -> bool:
     """Whether a ``cnnbuild`` command line never imports TensorFlow."""
     if len(argv) < 2 or argv[0] != "cnnbuild":
         return False
+    if argv[-1] in ("--help", "-h"):
+        return True
     sub = argv[1]
     if sub == "summary":
         return "--static" in argv
@@ -150,4 +161,6 @@ def update(path: Path = README) -> int:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--update"]:
         sys.exit("usage: python -m tests.readme_examples --update")
-    print(f"{update()} example(s) rewritten in {README.name}")
+    for page in pages():
+        if changed := update(page):
+            print(f"{changed} example(s) rewritten in {page.relative_to(ROOT)}")

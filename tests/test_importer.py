@@ -324,8 +324,8 @@ def test_import_of_each_zoo_build_gives_the_same_layers(path, tmp_path):
     _build_import_rebuild(path, tmp_path)
 
 
-def test_the_readme_import_example_is_real_output(tmp_path):
-    readme = (ROOT / "README.md").read_text()
+def test_the_import_guide_example_is_real_output(tmp_path):
+    readme = (ROOT / "docs" / "guides" / "import.md").read_text()
     example = readme.split("$ cnnbuild import keras.applications.MobileNetV3Small", 1)[1]
     example = example.split("$ cnnbuild import keras.applications.ConvNeXtTiny", 1)[0]
     example, v2_part = example.split(

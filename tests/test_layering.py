@@ -1,6 +1,6 @@
 """The package's own source: imports run one way (no cycle, no upward or sibling import,
 counting imports written inside functions; typing-only imports aside) and no function
-body is over 60 lines. See "How the code is laid out" in the README."""
+body is over 60 lines. See docs/development.md, "How the code is laid out"."""
 
 from __future__ import annotations
 

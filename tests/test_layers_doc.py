@@ -92,15 +92,6 @@ def test_keras_input_is_not_a_layer_and_says_where_it_goes(cli, name):
     assert "Dropout" not in result.stderr
 
 
-def test_the_readme_layers_table_is_the_registry():
-    """Regenerate with ``python -c "from cnnbuild.layers_doc import readme_table;
-    print(readme_table())"`` and paste it over the README's table."""
-    from cnnbuild.layers_doc import readme_table
-    from tests.conftest import ROOT
-
-    assert readme_table() in (ROOT / "README.md").read_text()
-
-
 def test_an_alias_shows_its_keras_class(cli):
     result = cli("layers", "MaxPool2D", "--json")
     assert result.exit_code == 0, result.output

@@ -43,7 +43,9 @@ def layers() -> str:
         parts.append(f"\n## {kind.name}\n\n{cell(detail['doc'])} ({'; '.join(traits)})\n")
         rows = ["| argument | type / allowed values | default | |", "|---|---|---|---|"]
         for arg in detail["args"]:
-            default = "(required)" if arg["required"] else cell(json.dumps(arg["default"]), code=True)
+            default = (
+                "(required)" if arg["required"] else cell(json.dumps(arg["default"]), code=True)
+            )
             rows.append(
                 f"| `{arg['name']}` | {cell(arg['type'], code=True)} | {default} | "
                 f"{cell(arg.get('doc', ''))} |"
@@ -71,18 +73,15 @@ def _command(name: str, command, parent) -> str:
     rows = ["| argument or option | type | default | |", "|---|---|---|---|"]
     for param in command.get_params(ctx):
         names = " / ".join(
-            ", ".join(f"`{n}`" for n in opts)
-            for opts in (param.opts, param.secondary_opts)
-            if opts
+            ", ".join(f"`{n}`" for n in opts) for opts in (param.opts, param.secondary_opts) if opts
         )
         if param.param_type_name == "argument":
             names = f"`{param.display_name_raw}`"
         kind = param.display_type_rich(ctx) or ""
-        rows.append(
-            f"| {names} | {cell(kind, code=bool(kind))} | {_default(param)} | {cell(param.help or '')} |"
-        )
+        kind = cell(kind, code=True) if kind else ""
+        rows.append(f"| {names} | {kind} | {_default(param)} | {cell(param.help or '')} |")
     help_text = "\n\n".join(cell(p) for p in (command.help or "").split("\n\n"))
-    return f"\n### {name}\n\n```\n{usage}\n```\n\n{help_text}\n\n" + "\n".join(rows) + "\n"
+    return f"\n### cnnbuild {name}\n\n```\n{usage}\n```\n\n{help_text}\n\n" + "\n".join(rows) + "\n"
 
 
 def commands() -> str:
@@ -92,7 +91,9 @@ def commands() -> str:
     parts = []
     for panel in (WRITE, TRAIN, LOOK, SHIP):
         names = [n for n in group.list_commands(root) if group.commands[n].rich_help_panel == panel]
-        parts.append(f"\n## {panel}\n\n" + ", ".join(f"[`{n}`](#{n})" for n in names) + "\n")
+        parts.append(
+            f"\n## {panel}\n\n" + ", ".join(f"[`{n}`](#cnnbuild-{n})" for n in names) + "\n"
+        )
         parts.extend(_command(n, group.commands[n], root) for n in names)
     return "".join(parts)
 
