@@ -11,7 +11,8 @@ import sys
 import pytest
 import typer
 
-from cnnbuild.cli import LOOK, SHIP, TRAIN, WRITE, app
+from cnnbuild.cli import app
+from cnnbuild.cli_help import LOOK, SHIP, TRAIN, WRITE
 from tests.conftest import ROOT
 
 GROUP = typer.main.get_command(app)

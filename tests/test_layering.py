@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnnbuild"
 # below cnnbuild; a package name covers all its modules.
 LAYERS: list[set[str]] = [
     {"errors", "escape", "precision", "keras_patches", "schema"},  # schema: its empty __init__
-    {"io", "backend"},
+    {"io", "backend", "cli_help"},  # cli_help: how --help reads, typer only
     # the static core, no TensorFlow: source -> schema -> catalog -> expand/config ->
     # trace -> checks -> validate
     {"source", "schema.types"},

@@ -22,7 +22,8 @@ import typer
 
 from cnnbuild.catalog import REGISTRY
 from cnnbuild.checks import RULES
-from cnnbuild.cli import LOOK, SHIP, TRAIN, WRITE, app
+from cnnbuild.cli import app
+from cnnbuild.cli_help import LOOK, SHIP, TRAIN, WRITE
 from cnnbuild.escape import markdown_cell as cell
 from cnnbuild.layers_doc import layer_detail, readme_table
 from cnnbuild.schema.jsonschema import json_schema_text
