@@ -38,6 +38,8 @@ def pages() -> list[Path]:
 
 
 _STATIC = {"validate", "layers", "schema", "diff"}
+# what the installed ``cnnbuild`` script runs, under its name (usage lines say ``cnnbuild``)
+_CONSOLE_SCRIPT = "import sys; sys.argv[0] = 'cnnbuild'; from cnnbuild.cli import main; main()"
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```$", re.M | re.S)
 
 
@@ -125,7 +127,7 @@ def run(example: Example) -> tuple[list[str], int]:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run(
-        [sys.executable, "-m", "cnnbuild", *example.argv[1:]],
+        [sys.executable, "-c", _CONSOLE_SCRIPT, *example.argv[1:]],
         cwd=ROOT,
         env=env,
         capture_output=True,
