@@ -115,6 +115,15 @@ def validate(
             show_default=False,
         ),
     ] = None,
+    max_chars: Annotated[
+        int,
+        typer.Option(
+            "--max-chars",
+            min=0,
+            help="With --format markdown: cut at a row to at most this many characters "
+            "(GitHub's limit for a comment); 0: no limit.",
+        ),
+    ] = 65_536,
 ) -> None:
     """Check configs without TensorFlow: schema, shapes, parameters and lint rules.
 
@@ -142,7 +151,7 @@ def validate(
     if fmt is Format.markdown:
         from cnnbuild.review import baseline_markdown
 
-        sys.stdout.write(baseline_markdown(reviews, findings, baseline))
+        sys.stdout.write(baseline_markdown(reviews, findings, baseline, max_chars or None))
     elif fmt is Format.text:
         if baseline is not None:
             from cnnbuild.review import baseline_lines

@@ -11,7 +11,11 @@ UTF-8. Each output has its own hazards:
 - rich markup (``mk[/]/x.png``, ``[draft]``): :func:`rich`;
 - matplotlib text, where ``$...$`` is mathtext (``price_$1_to_$5``): :func:`mathtext`;
 - Graphviz DOT strings (a ``"`` or a trailing ``\\``): :func:`dot`;
-- CSV cells that a spreadsheet would run as a formula (``=1+2``): :func:`csv_cell`.
+- CSV cells that a spreadsheet would run as a formula (``=1+2``): :func:`csv_cell`;
+- GitHub markdown (a PR comment, a job summary), where a name could close a code span,
+  open an HTML comment (``<!--``), start a new line (``\r``), make a link or an
+  ``@mention``: :func:`md_code` puts every text a user controls in a code span that
+  cannot be closed.
 
 HTML is escaped by the report's template engine (Jinja2 with autoescape).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 
+_BACKTICKS = re.compile(r"`+")
 _RICH_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -81,3 +86,21 @@ def csv_cell(text: object) -> str:
     with a ``'`` before it, as OWASP advises."""
     text = terminal(text)
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def md_code(text: object) -> str:
+    """``text`` as one GitHub markdown code span that nothing inside can close or break.
+
+    :func:`terminal` first (no CR, LF or other control character, no byte that is not
+    UTF-8), then ``|`` escaped (GitHub splits table cells on it even inside a code span),
+    then a fence one backtick longer than the longest run of backticks inside, padded with
+    spaces when the text starts or ends with a backtick or a space. Inside a code span
+    ``<!--``, ``[link](url)`` and ``@org/team`` are shown as written, never acted on.
+
+    >>> md_code("a`b")
+    '``a`b``'
+    """
+    text = terminal(text).replace("|", "\\|")
+    fence = "`" * (1 + max((len(m) for m in _BACKTICKS.findall(text)), default=0))
+    pad = " " if not text or text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
@@ -23,6 +24,7 @@ from rich.text import Text
 from cnnbuild.checks import growth_findings, growth_percent
 from cnnbuild.config import ModelConfig
 from cnnbuild.errors import CnnbuildError, Finding, UsageError, shape_str
+from cnnbuild.escape import md_code, terminal
 from cnnbuild.render import field_str, size_str
 from cnnbuild.source import MAX_BYTES, Document, parse_bytes, read_document
 from cnnbuild.trace import Row, Trace
@@ -325,21 +327,40 @@ def total_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def _cell(row: dict, key: str, kind: str) -> str:
+def _plain(text: str) -> str:
+    return text
+
+
+def _cell(row: dict, key: str, kind: str, show: Callable[[str], str] = _plain) -> str:
     sides = [row[s][key] for s in ("old", "new") if row[s] is not None]
     if len(sides) == 2 and sides[0] != sides[1]:
-        return f"{_value(sides[0], kind)} → {_value(sides[1], kind)}"
-    return _value(sides[0], kind)
+        return f"{show(_value(sides[0], kind))} → {show(_value(sides[1], kind))}"
+    return show(_value(sides[0], kind))
 
 
-def _layer_cells(row: dict) -> list[str]:
-    """Name, type, output shape, params, MACs; ``old → new`` where they differ."""
+def _written(value: Any) -> str:
+    """An argument's value as a person writes it: text bare, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def changed_arguments(row: dict, show: Callable[[str], str] = _plain) -> str:
+    """``activation relu → gelu; strides 1 → 2``: the arguments a changed layer changed."""
+    return "; ".join(
+        f"{name} {show(_written(v['old']))} → {show(_written(v['new']))}"
+        for name, v in row.get("arguments", {}).items()
+    )
+
+
+def _layer_cells(row: dict, show: Callable[[str], str] = _plain) -> list[str]:
+    """Name, type, output shape, params, MACs, changed arguments; ``old → new`` where they
+    differ. ``show`` escapes what the config controls (names, types, argument values)."""
     return [
-        _cell(row, "name", "name"),
-        _cell(row, "type", "name"),
+        _cell(row, "name", "name", show),
+        _cell(row, "type", "name", show),
         _cell(row, "output_shape", "shape"),
         _cell(row, "params", "count"),
         _cell(row, "macs", "count"),
+        changed_arguments(row, show),
     ]
 
 
@@ -348,33 +369,31 @@ _MARKS = {"added": "+", "removed": "-", "changed": "~", "unchanged": ""}
 
 
 def diff_tables(result: dict) -> tuple[Table, Table]:
-    """The layer table and the totals table of ``cnnbuild diff``."""
+    """The layer table and the totals table of ``cnnbuild diff``. Every text is a rich
+    ``Text`` made with :func:`terminal`: no markup is read, no control character passes."""
     old, new = result["old"], result["new"]
-    layers = Table(title=f"{old['file']} → {new['file']}", title_justify="left")
-    for col in ("", "Layer", "Type", "Output shape", "Params", "MACs"):
+    title = Text(terminal(f"{old['file']} → {new['file']}"))
+    layers = Table(title=title, title_justify="left")
+    for col in ("", "Layer", "Type", "Output shape", "Params", "MACs", "Changed arguments"):
         layers.add_column(col, justify="right" if col in ("Params", "MACs") else "left")
     for row in result["layers"]:
         style = _STYLES[row["change"]]
-        layers.add_row(Text(_MARKS[row["change"]], style=style), *_layer_cells(row), style=style)
+        cells = [Text(c) for c in _layer_cells(row, terminal)]
+        layers.add_row(Text(_MARKS[row["change"]], style=style), *cells, style=style)
     counts = ", ".join(f"{n} {c}" for c, n in result["counts"].items() if n)
-    layers.caption = f"layers: {counts}"
+    layers.caption = Text(f"layers: {counts}")
     totals = Table(title="Totals", title_justify="left")
     for col in ("", "Old", "New", "Difference", "%"):
         totals.add_column(col, justify="left" if not col else "right")
     for label, *cells in total_rows(result):
-        totals.add_row(label, *cells)
+        totals.add_row(label, *map(Text, cells))
     return layers, totals
 
 
 def _md(text: str) -> str:
-    """``text`` for a markdown table cell or a code span (``|`` escaped, one line)."""
+    """A figure the code computed, for a markdown table cell (``|`` escaped, one line).
+    Text a user controls goes through :func:`cnnbuild.escape.md_code` instead."""
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _md_text(text: str) -> str:
-    """:func:`_md` for text outside a code span: no HTML tag opens (``<`` escaped), so a
-    config's name such as ``x <!--`` cannot hide the rest of a PR comment (the verdict)."""
-    return _md(text.replace("<", "&lt;"))
 
 
 def diff_markdown(result: dict) -> str:
@@ -382,16 +401,19 @@ def diff_markdown(result: dict) -> str:
     old, new = result["old"], result["new"]
     counts = ", ".join(f"{n} {c}" for c, n in result["counts"].items() if n)
     lines = [
-        f"### cnnbuild diff: `{_md(old['file'])}` → `{_md(new['file'])}`",
+        f"### cnnbuild diff: {md_code(old['file'])} → {md_code(new['file'])}",
         "",
         f"Layers: {counts}.",
         "",
-        "| Change | Layer | Type | Output shape | Params | MACs |",
-        "|---|---|---|---|--:|--:|",
+        "| Change | Layer | Type | Output shape | Params | MACs | Changed arguments |",
+        "|---|---|---|---|--:|--:|---|",
     ]
     for row in result["layers"]:
         change = row["change"] if row["change"] == "unchanged" else f"**{row['change']}**"
-        lines.append("| " + " | ".join([change, *map(_md, _layer_cells(row))]) + " |")
+        cells = _layer_cells(row, md_code)
+        lines.append(
+            "| " + " | ".join([change, *cells[:2], *map(_md, cells[2:5]), cells[5]]) + " |"
+        )
     lines += ["", "| Total | Old | New | Difference | % |", "|---|--:|--:|--:|--:|"]
     for label, *cells in total_rows(result):
         lines.append("| " + " | ".join(_md(c) for c in (label, *cells)) + " |")
@@ -527,52 +549,103 @@ def _counts_text(result: dict) -> str:
 
 def _baseline_row(r: BaselineReview) -> str:
     if r.result is None:
-        return f"| `{_md(r.file)}` | new config |" + " |" * len(_BASELINE_FIGURES)
+        what = "removed" if r.status == "removed" else "new config"
+        return f"| {md_code(r.file)} | {what} |" + " |" * len(_BASELINE_FIGURES)
     cells = [_baseline_cell(r.result, path, kind) for _, path, kind in _BASELINE_FIGURES]
     cells.append(_counts_text(r.result))
-    model = _md_text(r.result["new"]["name"])
-    return f"| `{_md(r.file)}` ({model}) | " + " | ".join(map(_md, cells)) + " |"
+    model = md_code(r.result["new"]["name"])
+    return f"| {md_code(r.file)} ({model}) | " + " | ".join(map(_md, cells)) + " |"
 
 
 def _finding_item(f: Finding) -> str:
+    """One finding as a list item: its place and its message in code spans (a message
+    quotes config values, which must not become links or mentions)."""
     where = f"{f.file}:{f.line}:{f.column}"
-    return f"- `{_md(where)}` {f.severity}: {_md_text(f.message)} [{f.rule}]"
+    return f"- {md_code(where)} {f.severity}: {md_code(f.message)} \\[{f.rule}\\]"
+
+
+MAX_MARKDOWN = 65_536
+"""The most characters of markdown ``validate --format markdown`` writes: GitHub refuses a
+pull-request comment longer than this."""
+
+
+def _size(lines: list[str]) -> int:
+    return sum(len(line) + 1 for line in lines)
+
+
+def _fit(items: list[str], room: int, noun: str) -> list[str]:
+    """``items``, or as many as fit in ``room`` characters followed by a blank line and
+    ``N more NOUN: see the job summary`` (cut at an item: a table row stays whole)."""
+    if _size(items) <= room:
+        return items
+    more = ["", f"{len(items)} more {noun}: see the job summary"]  # the longest it can be
+    kept: list[str] = []
+    for item in items:
+        if _size([*kept, item, *more]) > room:
+            break
+        kept.append(item)
+    return [*kept, "", f"{len(items) - len(kept)} more {noun}: see the job summary"]
 
 
 def baseline_markdown(
-    reviews: list[BaselineReview], findings: list[Finding], ref: str | None
+    reviews: list[BaselineReview],
+    findings: list[Finding],
+    ref: str | None,
+    limit: int | None = MAX_MARKDOWN,
 ) -> str:
-    """``validate --baseline REF --format markdown``: one row per changed or new config,
-    then the findings that fail or warn, for a job summary or a sticky PR comment.
-    Without a ``ref`` (no ``--baseline``), the findings only."""
-    if ref is None:
-        return _findings_markdown(["### cnnbuild validate", ""], findings)
-    lines = [f"### cnnbuild: models against `{_md(ref)}`", ""]
-    shown = [r for r in reviews if r.status in ("changed", "new")]
-    if shown:
-        labels = [label for label, _, _ in _BASELINE_FIGURES]
-        lines += [
-            "| Config | " + " | ".join(labels) + " | Layers changed |",
-            "|---|" + "--:|" * len(labels) + "---|",
-            *map(_baseline_row, shown),
-            "",
-        ]
-    else:
-        lines += [f"No model changed against `{_md(ref)}` ({len(reviews)} configs checked).", ""]
-    return _findings_markdown(lines, findings)
+    """``validate --baseline REF --format markdown``, for a job summary or a sticky PR
+    comment: the verdict first, then the findings that fail or warn, then one row per
+    changed, new or removed config, then the notes. Without a ``ref`` (no
+    ``--baseline``), the verdict and the findings only.
 
-
-def _findings_markdown(lines: list[str], findings: list[Finding]) -> str:
+    Args:
+        reviews: one per config (:func:`review_against`), and one per removed config.
+        findings: every finding of the run.
+        ref: the ``--baseline`` revision.
+        limit: the most characters to write (``None``: no limit). Over it, the findings
+            and then the table are cut at an item, with "N more ...: see the job summary".
+    """
     failing = [f for f in findings if f.severity in ("error", "warning")]
     errors = sum(f.severity == "error" for f in failing)
     verdict = "fails" if errors else "passes"
-    lines.append(f"**validate {verdict}**: {errors} error(s), {len(failing) - errors} warning(s).")
-    lines += map(_finding_item, failing)
+    title = (
+        "### cnnbuild validate" if ref is None else f"### cnnbuild: models against {md_code(ref)}"
+    )
+    head = [
+        title,
+        "",
+        f"**validate {verdict}**: {errors} error(s), {len(failing) - errors} warning(s).",
+    ]
+    items = list(map(_finding_item, failing))
+    table: list[str] = []
+    notes: list[str] = []
+    if ref is not None:
+        shown = [r for r in reviews if r.status in ("changed", "new", "removed")]
+        notes = [_finding_item(f) for r in reviews for f in r.findings if f.severity == "info"]
+        if not shown:
+            head += [
+                "",
+                f"No model changed against {md_code(ref)} ({len(reviews)} configs checked).",
+            ]
+        table = list(map(_baseline_row, shown))
+    room = (limit or 0) - _size(head) - 400  # 400: the table's header, titles, trailers
+    if limit is not None:
+        items = _fit(items, room, "findings")
+        table = _fit(table, room - _size(items), "configs")
+        notes = _fit(notes, room - _size(items) - _size(table), "notes")
+    lines = [*head, *([""] + items if items else [])]
+    if table:
+        labels = [label for label, _, _ in _BASELINE_FIGURES]
+        lines += ["", "| Config | " + " | ".join(labels) + " | Layers changed |"]
+        lines += ["|---|" + "--:|" * len(labels) + "---|", *table]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
     return "\n".join(lines) + "\n"
 
 
 def baseline_lines(reviews: list[BaselineReview], ref: str) -> list[str]:
-    """For ``validate --baseline`` as text: one line per changed config."""
+    """For ``validate --baseline`` as text: one line per changed config, every name made
+    safe for a terminal (:func:`terminal`)."""
     lines = []
     for r in reviews:
         if r.status != "changed" or r.result is None:
@@ -583,5 +656,5 @@ def baseline_lines(reviews: list[BaselineReview], ref: str) -> list[str]:
             if _get(r.result["old"], path) != _get(r.result["new"], path)
         ]
         cells.append(f"layers {_counts_text(r.result)}")
-        lines.append(f"{r.file}: against {ref}: " + "; ".join(cells))
+        lines.append(terminal(f"{r.file}: against {ref}: " + "; ".join(cells)))
     return lines

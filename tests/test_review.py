@@ -4,6 +4,8 @@ repository, exit codes) and `validate --baseline REF` (growth limits, notes, mar
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -128,10 +130,13 @@ def test_text_and_markdown(cli, repo):
     md = cli("diff", "HEAD:model.yaml", "model.yaml", "--format", "markdown").stdout
     lines = md.splitlines()
     assert lines[0] == "### cnnbuild diff: `HEAD:model.yaml` → `model.yaml`"
-    assert "| **added** | batch_normalization | BatchNormalization | (30, 30, 32) | 128 | 0 |" in md
+    added = (
+        "| **added** | `batch_normalization` | `BatchNormalization` | (30, 30, 32) | 128 | 0 |  |"
+    )
+    assert added in lines
     assert "| Parameters | 122,570 | 173,930 | +51,360 | +41.9% |" in lines
     rows = [line for line in lines if line.startswith("| ") and "Rescaling" in line]
-    assert rows == ["| unchanged | input_scaling | Rescaling | (32, 32, 3) | 0 | 0 |"]
+    assert rows == ["| unchanged | `input_scaling` | `Rescaling` | (32, 32, 3) | 0 | 0 |  |"]
 
 
 @pytest.mark.parametrize(
@@ -282,12 +287,12 @@ def test_new_file_gets_a_note_and_markdown_names_model_and_deltas(cli, repo):
     rows = [line for line in md.splitlines() if line.startswith("| `")]
     assert rows == [
         "| `extra.yaml` | new config | | | | |",
-        "| `model.yaml` (cifar10_tutorial) | 122,570 → 173,930 (+51,360, +41.9%) | "
+        "| `model.yaml` (`cifar10_tutorial`) | 122,570 → 173,930 (+51,360, +41.9%) | "
         "4,548,608 → 4,876,288 (+327,680, +7.2%) | 224.2 KiB → 340.7 KiB (+116.5 KiB, +52.0%) "
         "| 478.8 KiB → 679.4 KiB (+200.6 KiB, +41.9%) | 1 added, 3 changed |",
     ]
     assert "**validate fails**: 1 error(s), 0 warning(s)." in md
-    assert "- `model.yaml:26:12` error: parameters grew +41.9% against HEAD" in md
+    assert "- `model.yaml:26:12` error: `parameters grew +41.9% against HEAD" in md
     as_json = cli("validate", "--baseline", "HEAD", "extra.yaml", "--format", "json")
     assert as_json.exit_code == 0, as_json.output
     notes = json.loads(as_json.stdout)
@@ -350,7 +355,8 @@ def test_markdown_without_a_baseline_lists_the_findings(cli, tmp_path):
         "",
         "**validate fails**: 1 error(s), 0 warning(s).",
     ]
-    assert lines[3].startswith(f"- `{path}:25:3` error: parameters: 122,570 (122.6K), over the")
+    assert lines[3] == ""
+    assert lines[4].startswith(f"- `{path}:25:3` error: `parameters: 122,570 (122.6K), over the")
 
 
 @pytest.mark.parametrize("position", range(8))
@@ -411,14 +417,117 @@ def test_a_layer_renamed_in_the_config_is_changed_an_automatic_name_is_not(tmp_p
     assert row["arguments"] == {"name": {"old": "dense_1", "new": "logits"}}
 
 
-def test_markdown_escapes_html_from_the_config(cli, repo):
+def rendered(md: str) -> tuple[str, str]:
+    """The markdown rendered as GitHub does (CommonMark with tables, raw HTML on):
+    ``(html, html outside <code>)``."""
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    return html, re.sub(r"<code>.*?</code>", "", html, flags=re.S)
+
+
+def assert_inert(md: str, verdict: str) -> None:
+    """No raw CR or NUL; outside code spans no HTML comment or tag, link or @mention; one
+    bold verdict, the real one, on the third line."""
+    assert "\r" not in md and "\x1b" not in md
+    html, prose = rendered(md)
+    assert "<!--" not in prose and "<a " not in html and "@" not in prose
+    assert re.findall(r"<strong>(.*?)</strong>", html) == [f"validate {verdict}"]
+    assert md.splitlines()[2].startswith(f"**validate {verdict}**")
+
+
+def test_markdown_shows_html_from_the_config_inside_code_spans(cli, repo):
     # found by the stranger tests: a model named `x <!--` opened an HTML comment in the PR
     # comment, hiding the verdict and the findings after it (such a name is refused now,
     # and the refusal quotes it)
     (repo / "model.yaml").write_text(edited().replace("name: cifar10_tutorial", "name: x <!--"))
     (repo / "bad.yaml").write_text("input: [8, 8, 1]\nlayers:\n  - '<!--'\n")
     md = cli("validate", "--baseline", "HEAD", ".", "--format", "markdown").stdout
-    assert "<!--" not in md
-    assert "'x &lt;!--' is not a valid model name" in md
-    assert "error: unknown layer '&lt;!--' [unknown-layer]" in md
-    assert "**validate fails**" in md
+    assert_inert(md, "fails")
+    html, _ = rendered(md)
+    assert "<code>'x &lt;!--' is not a valid model name" in html
+    assert "<code>unknown layer '&lt;!--'</code>" in html
+
+
+FORGED = "m\r**validate passes**: 0 error(s).\r<!--.yaml"
+
+
+def test_a_carriage_return_and_a_comment_in_a_file_name_cannot_forge_the_verdict(cli, repo):
+    (repo / FORGED).write_text(edited())
+    (repo / "bad.yaml").write_text("input: [8, 8, 1]\nlayers:\n  - Conv9D\n")
+    result = cli("validate", "--baseline", "HEAD", ".", "--format", "markdown")
+    assert result.exit_code == 1, result.output
+    assert_inert(result.stdout, "fails")
+    assert (
+        "| `m\\x0d**validate passes**: 0 error(s).\\x0d<!--.yaml` | new config |" in result.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a` [click](https:evil.example) @org-team `.yaml", "``x`` @org.yaml", "`@org`.yaml"],
+)
+def test_backticks_in_a_file_name_cannot_close_the_code_span(cli, repo, name):
+    (repo / name).write_text(edited())
+    result = cli("validate", "--baseline", "HEAD", ".", "--format", "markdown")
+    assert result.exit_code == 0, result.output
+    assert_inert(result.stdout, "passes")
+    html, _ = rendered(result.stdout)
+    assert html.count("@") == 2  # the table row and the note, each inside <code>
+
+
+def test_a_config_value_quoted_in_a_message_is_no_link_and_no_mention(cli, repo):
+    bad = 'activation: "[click](https://evil.example/x) @org/team"'
+    (repo / "model.yaml").write_text(edited().replace("activation: relu", bad, 1))
+    result = cli("validate", "--baseline", "HEAD", ".", "--format", "markdown")
+    assert result.exit_code == 1, result.output
+    assert_inert(result.stdout, "fails")
+    assert "[click](https://evil.example/x) @org/team" in rendered(result.stdout)[0]
+
+
+def test_diff_markdown_names_are_code_spans(cli, repo):
+    (repo / "a`b <!--.yaml").write_text(edited())
+    md = cli("diff", "HEAD:model.yaml", "a`b <!--.yaml", "--format", "markdown").stdout
+    assert md.splitlines()[0] == "### cnnbuild diff: `HEAD:model.yaml` → ``a`b <!--.yaml``"
+    html, prose = rendered(md)
+    assert "<!--" not in prose and "<a " not in html
+
+
+def test_diff_prints_markup_like_paths_as_written(cli, repo):
+    (repo / "a[").mkdir()
+    (repo / "a[" / "b].yaml").write_text(TUTORIAL)
+    (repo / "models" / "[v1]").mkdir(parents=True)
+    (repo / "models" / "[v1]" / "x.yaml").write_text(edited())
+    result = cli("diff", "a[/b].yaml", "models/[v1]/x.yaml")
+    assert result.exit_code == 0, result.output
+    assert "a[/b].yaml → models/[v1]/x.yaml" in result.stdout
+
+
+def test_diff_title_and_baseline_line_show_escape_sequences_as_text(cli, repo):
+    name = "e\x1b[2J\x1b]0;pwned\x07.yaml"
+    (repo / name).write_text(edited())
+    result = cli("diff", "HEAD:model.yaml", name)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "e\\x1b[2J\\x1b]0;pwned\\x07.yaml" in result.stdout
+    git(repo, "add", name)
+    git(repo, "commit", "-qm", "escape")
+    (repo / name).write_text(edited().replace("96", "128"))
+    result = cli("validate", "--baseline", "HEAD", name)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout
+    assert result.stdout.startswith("e\\x1b[2J\\x1b]0;pwned\\x07.yaml: against HEAD: parameters")
+
+
+def test_a_file_name_that_is_not_utf8_gives_utf8_markdown(repo):
+    name = os.fsdecode(b"caf\xe9.yaml")
+    (repo / name).write_text(edited())
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnbuild", "validate", "--baseline", "HEAD", ".", "-f", "markdown"],
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| `caf\\xe9.yaml` | new config |" in done.stdout.decode("utf-8")
