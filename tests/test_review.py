@@ -531,3 +531,43 @@ def test_a_file_name_that_is_not_utf8_gives_utf8_markdown(repo):
     )
     assert done.returncode == 0, done.stderr
     assert "| `caf\\xe9.yaml` | new config |" in done.stdout.decode("utf-8")
+
+
+def test_300_changed_configs_fit_a_github_comment_with_the_verdict_first(tmp_path):
+    from cnnbuild.errors import Finding
+    from cnnbuild.review import MAX_MARKDOWN, BaselineReview, baseline_markdown
+
+    (tmp_path / "old.yaml").write_text(TUTORIAL)
+    (tmp_path / "new.yaml").write_text(edited())
+    result = compare(
+        load_traced(tmp_path / "old.yaml")[1], load_traced(tmp_path / "new.yaml")[1], "o", "n"
+    )
+    reviews = [
+        BaselineReview(f"configs/team_{i:03d}/model_with_a_long_name.yaml", "changed", result)
+        for i in range(300)
+    ]
+    failing = Finding("configs/team_007/model.yaml", 26, 12, "error", "budget", "over")
+    full = baseline_markdown(reviews, [failing], "origin/main", None)
+    assert len(full) > MAX_MARKDOWN  # so the cut is real
+    md = baseline_markdown(reviews, [failing], "origin/main")
+    assert len(md) <= MAX_MARKDOWN
+    lines = md.splitlines()
+    assert lines[2] == "**validate fails**: 1 error(s), 0 warning(s)."
+    assert lines[4] == "- `configs/team_007/model.yaml:26:12` error: `over` \\[budget\\]"
+    rows = [line for line in lines if line.startswith("| `configs/team_")]
+    assert all(row in full.splitlines() for row in rows)  # whole rows only
+    assert lines[-1] == f"{300 - len(rows)} more configs: see the job summary"
+    assert lines[-2] == "" and lines[-3] == rows[-1]
+
+
+def test_max_chars_cuts_the_cli_review_at_a_row(cli, repo):
+    for i in range(4):
+        (repo / f"copy{i}.yaml").write_text(edited())
+    full = cli("validate", "--baseline", "HEAD", ".", "-f", "markdown", "--max-chars", "0")
+    assert full.exit_code == 0, full.output
+    assert "more configs" not in full.stdout
+    cut = cli("validate", "--baseline", "HEAD", ".", "-f", "markdown", "--max-chars", "700")
+    assert cut.exit_code == 0, cut.output
+    assert len(cut.stdout) <= 700 < len(full.stdout)
+    assert cut.stdout.splitlines()[2] == "**validate passes**: 0 error(s), 0 warning(s)."
+    assert "more configs: see the job summary" in cut.stdout or "more notes" in cut.stdout
