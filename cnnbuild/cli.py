@@ -145,6 +145,9 @@ def validate(
         if review is not None:
             reviews.append(review(file, checked))
             findings.extend(reviews[-1].findings)
+    if baseline is not None:
+        reviews += _removed(baseline, paths)
+        findings.extend(f for r in reviews if r.status == "removed" for f in r.findings)
     failing = {"error", "warning"} if strict else {"error"}
     failed = any(f.severity in failing for f in findings)
     out = _console()
@@ -180,6 +183,13 @@ def _baseline(ref: str, ignore: frozenset[str]):
     verify_ref(ref)
     top = repo_root()
     return functools.partial(review_against, ref=ref, top=top, ignore=ignore)
+
+
+def _removed(ref: str, paths: list[str]):
+    """``validate --baseline REF``: the configs under ``paths`` deleted since REF."""
+    from cnnbuild.review import removed_since, repo_root
+
+    return removed_since(ref, paths, repo_root())
 
 
 class DiffFormat(str, Enum):

@@ -28,7 +28,7 @@ from cnnbuild.escape import md_code, terminal
 from cnnbuild.render import field_str, size_str
 from cnnbuild.source import MAX_BYTES, Document, parse_bytes, read_document
 from cnnbuild.trace import Row, Trace
-from cnnbuild.validate import blocks_build, traced
+from cnnbuild.validate import YAML_SUFFIXES, blocks_build, traced
 
 GIT_TIMEOUT_S = 30
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
@@ -95,7 +95,20 @@ def verify_ref(ref: str) -> None:
         said = result.stderr.decode(errors="replace").strip().splitlines()[0]
         raise UsageError(f"git cannot read revision {ref!r}: {said}")
     if result.returncode != 0:
-        raise UsageError(f"unknown git revision {ref!r} (try HEAD, a branch or a commit)")
+        raise UsageError(
+            f"unknown git revision {ref!r} (try HEAD, a branch or a commit){_shallow()}"
+        )
+
+
+def _shallow() -> str:
+    """Advice when the repository is a shallow clone, where a base commit is often missing."""
+    if _git(["rev-parse", "--is-shallow-repository"]).stdout.strip() != b"true":
+        return ""
+    return (
+        "; this clone is shallow, so the commit may not have been fetched: fetch it "
+        "(actions/checkout with `fetch-depth: 0`, or `git fetch --deepen=100`, or "
+        "`git fetch origin BRANCH`)"
+    )
 
 
 def read_git(ref: str, path: str) -> Document | None:
@@ -114,10 +127,10 @@ def read_git(ref: str, path: str) -> Document | None:
     """
     spec = f"{ref}:{path}"
     kind = _git(["cat-file", "-t", spec])
-    if kind.returncode != 0:
+    if kind.returncode != 0 and not _submodule(ref, path):
         return None
     if kind.stdout.strip() != b"blob":
-        raise UsageError(f"{spec}: is a {kind.stdout.decode().strip()}, not a file")
+        raise UsageError(f"{spec}: is a {kind.stdout.decode().strip() or 'submodule'}, not a file")
     size = _git(["cat-file", "-s", spec])
     nbytes = int(size.stdout) if size.returncode == 0 else MAX_BYTES + 1
     if nbytes > MAX_BYTES:  # refused unread, as read_document refuses a big file
@@ -127,6 +140,13 @@ def read_git(ref: str, path: str) -> Document | None:
     if blob.returncode != 0:
         raise CnnbuildError(f"git could not read {spec}: {blob.stderr.decode().strip()}")
     return parse_bytes(blob.stdout, spec)
+
+
+def _submodule(ref: str, path: str) -> bool:
+    """Whether ``path`` is a submodule (a gitlink, whose commit is not in this
+    repository) at ``ref``."""
+    listed = _git(["ls-tree", "-z", ref, "--", path if path.startswith("./") else f":/{path}"])
+    return listed.returncode == 0 and listed.stdout.startswith(b"160000 commit ")
 
 
 def read_side(spec: str) -> Document:
@@ -429,8 +449,9 @@ class BaselineReview:
 
     Attributes:
         file: the config's path as given.
-        status: ``changed``, ``unchanged``, ``new`` (not at the revision), or
-            ``skipped`` (one side does not build; see the findings).
+        status: ``changed``, ``unchanged``, ``new`` (not at the revision, or a folder
+            there), ``removed`` (at the revision, deleted since), or ``skipped`` (one
+            side does not build; see the findings).
         result: the :func:`compare` result, when both sides build.
         findings: growth-limit findings and notes.
     """
@@ -488,11 +509,15 @@ def review_against(
     if cfg is None or tr is None or any(blocks_build(f) for f in findings):
         return BaselineReview(name, "skipped")
     inner = _repo_path(file, top)
-    doc = None if inner is None else read_git(ref, inner)
-    notes = []
-    if doc is None and inner is not None and (before := renamed_from(ref, inner)) is not None:
-        doc = read_git(ref, before)
-        notes.append(_note(name, f"renamed from {before} since {ref}: compared with it"))
+    try:
+        doc = None if inner is None else read_git(ref, inner)
+        notes = []
+        if doc is None and inner is not None and (before := renamed_from(ref, inner)) is not None:
+            doc = read_git(ref, before)
+            notes.append(_note(name, f"renamed from {before} since {ref}: compared with it"))
+    except UsageError as exc:  # a folder or a submodule at the revision
+        note = _note(name, f"{exc.message}; no baseline to compare with")
+        return BaselineReview(name, "new", findings=[note])
     if doc is None:
         where = "outside the repository" if inner is None else f"not in {ref}"
         note = _note(name, f"{where}: a new config, no baseline to compare with")
@@ -506,6 +531,24 @@ def review_against(
     growth = growth_findings(tr, old, ref, ignore)
     status = "changed" if is_changed(result) else "unchanged"
     return BaselineReview(name, status, result, [*notes, *growth])
+
+
+def removed_since(ref: str, paths: list[str], top: Path) -> list[BaselineReview]:
+    """The configs under ``paths`` (validate's arguments) that were at ``ref`` and are gone
+    now (``git diff --diff-filter=D REF``; a renamed config is compared with its old
+    path by :func:`review_against`, not reported here): one ``removed`` review each, with
+    a note. Names are relative to the current directory, like validate's."""
+    args = ["diff", "--name-only", "-z", "-M", "--diff-filter=D", ref, "--", *paths]
+    result = _git(args)
+    if result.returncode != 0:
+        return []
+    out = []
+    for raw in filter(None, result.stdout.split(b"\0")):
+        path = Path(os.path.relpath(top / os.fsdecode(raw)))
+        if path.suffix in YAML_SUFFIXES and ".pre-commit" not in path.name and not path.exists():
+            note = _note(str(path), f"removed since {ref}: the config was deleted")
+            out.append(BaselineReview(str(path), "removed", findings=[note]))
+    return out
 
 
 def renamed_from(ref: str, inner: str) -> str | None:
@@ -584,7 +627,8 @@ def _fit(items: list[str], room: int, noun: str) -> list[str]:
         if _size([*kept, item, *more]) > room:
             break
         kept.append(item)
-    return [*kept, "", f"{len(items) - len(kept)} more {noun}: see the job summary"]
+    gap = [""] if kept else []  # a blank line ends a table
+    return [*kept, *gap, f"{len(items) - len(kept)} more {noun}: see the job summary"]
 
 
 def baseline_markdown(

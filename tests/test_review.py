@@ -571,3 +571,74 @@ def test_max_chars_cuts_the_cli_review_at_a_row(cli, repo):
     assert len(cut.stdout) <= 700 < len(full.stdout)
     assert cut.stdout.splitlines()[2] == "**validate passes**: 0 error(s), 0 warning(s)."
     assert "more configs: see the job summary" in cut.stdout or "more notes" in cut.stdout
+
+
+def test_a_deleted_config_is_a_removed_row_and_a_note(cli, repo):
+    (repo / "configs").mkdir()
+    (repo / "configs" / "gone.yaml").write_text(TUTORIAL)
+    (repo / "configs" / "kept.yaml").write_text(TUTORIAL)
+    git(repo, "add", "configs")
+    git(repo, "commit", "-qm", "two configs")
+    (repo / "configs" / "gone.yaml").unlink()
+    md = cli("validate", "--baseline", "HEAD", "configs", "-f", "markdown")
+    assert md.exit_code == 0, md.output
+    assert "No model changed" not in md.stdout
+    assert "| `configs/gone.yaml` | removed | | | | |" in md.stdout
+    assert (
+        "- `configs/gone.yaml:0:0` info: `removed since HEAD: the config was deleted`" in md.stdout
+    )
+    text = cli("validate", "--baseline", "HEAD", "configs")
+    assert text.exit_code == 0, text.output
+    assert "configs/gone.yaml:0:0: info: removed since HEAD: the config was deleted" in text.stdout
+    assert "removed" not in cli("validate", "--baseline", "HEAD", "model.yaml").stdout
+
+
+def test_a_path_that_was_a_folder_at_the_base_is_a_note_not_an_abort(cli, repo):
+    (repo / "old").mkdir()
+    (repo / "old" / "a.yaml").write_text(TUTORIAL)
+    git(repo, "add", "old")
+    git(repo, "commit", "-qm", "a folder")
+    git(repo, "rm", "-rq", "old")
+    (repo / "old").write_text(edited())  # now a file where the folder was
+    result = cli("validate", "--baseline", "HEAD", "old", "model.yaml")
+    assert result.exit_code == 0, result.output
+    assert "old:0:0: info: HEAD:old: is a tree, not a file; no baseline to compare with" in (
+        result.stdout
+    )
+    assert "model.yaml: against HEAD: parameters" in result.stdout
+
+
+def test_a_path_that_was_a_submodule_at_the_base_is_a_note(cli, repo, tmp_path_factory):
+    inner = tmp_path_factory.mktemp("inner")
+    git(inner, "init", "-q")
+    git(inner, "commit", "-q", "--allow-empty", "-m", "inner")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(inner), "sub.yaml")
+    git(repo, "commit", "-qm", "a submodule")
+    git(repo, "rm", "-q", "--cached", "sub.yaml")
+    subprocess.run(["rm", "-rf", str(repo / "sub.yaml")], check=True)
+    (repo / "sub.yaml").write_text(edited())
+    result = cli("validate", "--baseline", "HEAD", "sub.yaml")
+    assert result.exit_code == 0, result.output
+    assert "HEAD:sub.yaml: is a submodule, not a file; no baseline to compare with" in result.stdout
+
+
+def test_a_shallow_clone_missing_the_base_says_to_fetch_it(
+    cli, repo, tmp_path_factory, monkeypatch
+):
+    git(repo, "commit", "-qam", "second")
+    clone = tmp_path_factory.mktemp("clone") / "c"
+    subprocess.run(
+        ["git", "clone", "-q", "--depth", "1", f"file://{repo}", str(clone)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    monkeypatch.chdir(clone)
+    result = cli("validate", "--baseline", "HEAD~1", "model.yaml")
+    assert result.exit_code == 2, result.output
+    assert "unknown git revision 'HEAD~1'" in result.output
+    assert "this clone is shallow" in result.output
+    assert "`fetch-depth: 0`" in result.output and "git fetch --deepen" in result.output
+    monkeypatch.chdir(repo)
+    full = cli("validate", "--baseline", "HEAD~5", "model.yaml")
+    assert full.exit_code == 2 and "shallow" not in full.output
