@@ -8,8 +8,10 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from cnnbuild.review import compare
 from cnnbuild.validate import load_traced
@@ -642,3 +644,44 @@ def test_a_shallow_clone_missing_the_base_says_to_fetch_it(
     monkeypatch.chdir(repo)
     full = cli("validate", "--baseline", "HEAD~5", "model.yaml")
     assert full.exit_code == 2 and "shallow" not in full.output
+
+
+WORKFLOW = ROOT / ".github" / "workflows" / "model-review.yml"
+
+
+def test_the_workflow_pins_the_sticky_comment_action_and_its_review_step_runs(tmp_path):
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["review"]["steps"]
+    sticky = next(s for s in steps if "sticky-pull-request-comment" in s.get("uses", ""))
+    assert re.fullmatch(r"marocchino/sticky-pull-request-comment@[0-9a-f]{40}", sticky["uses"])
+    assert sticky["with"]["path"] == "review.md"
+    base = tmp_path / "base"
+    (base / "configs").mkdir(parents=True)
+    (base / "configs" / "model.yaml").write_text(TUTORIAL)
+    git(base, "init", "-q", "-b", "main")
+    git(base, "add", ".")
+    git(base, "commit", "-qm", "base")
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(base), str(work))
+    (work / "configs" / "model.yaml").write_text(edited())
+    step = next(s for s in steps if s.get("id") == "review")
+    out, summary = tmp_path / "output", tmp_path / "summary"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "BASE": "main",
+        "GITHUB_OUTPUT": str(out),
+        "GITHUB_STEP_SUMMARY": str(summary),
+    }
+    done = subprocess.run(
+        ["bash", "-e", "-c", step["run"]], cwd=work, env=env, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == "status=0\n"
+    review = (work / "review.md").read_text()
+    assert review.splitlines()[:3] == [
+        "### cnnbuild: models against `origin/main`",
+        "",
+        "**validate passes**: 0 error(s), 0 warning(s).",
+    ]
+    assert "| `configs/model.yaml` (`cifar10_tutorial`) |" in review
+    assert summary.read_text() == review  # short: the comment is the whole review
