@@ -21,6 +21,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from cnnbuild.catalog import comparable_arguments
 from cnnbuild.checks import growth_findings, growth_percent
 from cnnbuild.config import ModelConfig
 from cnnbuild.errors import CnnbuildError, Finding, UsageError, shape_str
@@ -214,7 +215,7 @@ def _percent(old: Any, new: Any) -> Any:
 def _arguments(row: Row) -> dict:
     if row.node.args is None:
         return {}
-    return row.node.args.model_dump(mode="json", exclude={"name"})
+    return comparable_arguments(row.node.args)
 
 
 def _compared(old: Row, new: Row) -> tuple[dict, dict]:

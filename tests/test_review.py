@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnbuild.review import compare
+from cnnbuild.review import compare, is_changed
 from cnnbuild.validate import load_traced
 from tests.conftest import CONFIGS, ROOT
 
@@ -685,3 +685,57 @@ def test_the_workflow_pins_the_sticky_comment_action_and_its_review_step_runs(tm
     ]
     assert "| `configs/model.yaml` (`cifar10_tutorial`) |" in review
     assert summary.read_text() == review  # short: the comment is the whole review
+
+
+def test_written_out_defaults_are_no_change(tmp_path):
+    # the tutorial writes `strides: 2` on a 2-pool; the bare config leaves it out
+    bare = TUTORIAL.replace("strides: 2, ", "")
+    spelled = (
+        TUTORIAL.replace("{pool_size: 2}", "{pool_size: 2, strides: [2, 2]}")
+        .replace("{units: 64, activation: relu}", "{units: 64, activation: relu, dtype: float32}")
+        .replace(FIRST_CONV, FIRST_CONV.replace("}", ", data_format: channels_last}"))
+        .replace("{units: 10}", "{units: 10, activation: linear}")
+    )
+    assert bare != TUTORIAL and "{pool_size: 2, strides: [2, 2]}" in spelled
+    assert "activation: linear" in spelled and "channels_last" in spelled and "float32" in spelled
+    (tmp_path / "old.yaml").write_text(bare)
+    (tmp_path / "new.yaml").write_text(spelled)
+    old = load_traced(tmp_path / "old.yaml")[1]
+    result = compare(old, load_traced(tmp_path / "new.yaml")[1], "o", "n")
+    assert result["counts"]["unchanged"] == len(result["layers"]) == 9
+    assert not is_changed(result)
+    (tmp_path / "new.yaml").write_text(spelled.replace("strides: [2, 2]", "strides: 1"))
+    result = compare(old, load_traced(tmp_path / "new.yaml")[1], "o", "n")
+    changed = [r for r in result["layers"] if r["change"] == "changed"]
+    assert changed[0]["arguments"] == {"strides": {"old": None, "new": [1, 1]}}
+
+
+def test_relu_to_gelu_names_both_values_in_text_and_markdown(cli, repo):
+    (repo / "model.yaml").write_text(TUTORIAL.replace("activation: relu", "activation: gelu", 1))
+    text = cli("diff", "HEAD:model.yaml", "model.yaml")
+    assert text.exit_code == 0, text.output
+    row = next(line for line in text.stdout.splitlines() if "conv2d " in line)
+    assert "activation relu → gelu" in row
+    md = cli("diff", "HEAD:model.yaml", "model.yaml", "-f", "markdown").stdout
+    assert "| **changed** | `conv2d` | `Conv2D` | (30, 30, 32) | 896 | 777,600 | " in md
+    assert "| activation `relu` → `gelu` |" in md
+
+
+def test_a_keras_file_built_from_a_config_diffs_as_no_change_also_under_bf16(cli, tmp_path):
+    from cnnbuild import build_model, load_config
+    from cnnbuild.backend import keras_module
+    from cnnbuild.io import save_model
+
+    cfg = load_config(CONFIGS / "cifar10_tutorial.yaml")
+    try:
+        for policy in ("float32", "mixed_bfloat16"):
+            save_model(build_model(cfg, mixed_precision=policy), tmp_path / f"{policy}.keras")
+    finally:
+        keras_module().mixed_precision.set_global_policy("float32")
+    for policy in ("float32", "mixed_bfloat16"):
+        result = cli(
+            "diff", CONFIGS / "cifar10_tutorial.yaml", tmp_path / f"{policy}.keras", "-f", "json"
+        )
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert data["counts"] == {"added": 0, "removed": 0, "changed": 0, "unchanged": 9}, policy
