@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnbuild.catalog import comparable_arguments
-from cnnbuild.checks import growth_findings, growth_percent
+from cnnbuild.checks import growth_findings
 from cnnbuild.config import ModelConfig
 from cnnbuild.errors import CnnbuildError, Finding, UsageError, shape_str
 from cnnbuild.escape import md_code, terminal
@@ -206,10 +206,19 @@ def _subtract(old: Any, new: Any) -> Any:
 
 
 def _percent(old: Any, new: Any) -> Any:
+    """``(new - old) / old`` in percent, ``None`` when old is 0 (there is no ratio)."""
     if isinstance(old, dict):
         return {k: _percent(old[k], new[k]) for k in old}
-    pct = growth_percent(old, new)
-    return None if pct is None else round(pct, 4)
+    return None if old == 0 else round(100.0 * (new - old) / old, 4)
+
+
+SIZE_FIGURES = ("macs", "activation_bytes")
+"""The figures that depend on the image size: with a free height or width on either side,
+the static engine counts only part of them, so they are not comparable."""
+
+
+def _free(figures: dict) -> bool:
+    return any(d is None for d in figures["input_shape"][:2])
 
 
 def _arguments(row: Row) -> dict:
@@ -281,16 +290,20 @@ def compare(old: Trace, new: Trace, old_name: str, new_name: str) -> dict:
     Returns:
         ``{"old", "new"}``: each side's ``summary --static --json`` totals and figures
         (no layers) with ``"file"``; ``"delta"`` and ``"percent"``: new minus old for
-        :data:`NUMBERS` (percent ``None`` when old is 0 and new is not); ``"layers"``:
+        :data:`NUMBERS` (percent ``None`` when old is 0); ``"not_comparable"``: the
+        :data:`SIZE_FIGURES` when either input has a free size (their delta and percent
+        ``None``, shown as "not comparable"); ``"layers"``:
         aligned rows (see :func:`_layer_rows`); ``"counts"``: rows per change.
     """
     before, after = _figures(old, old_name), _figures(new, new_name)
     layers = _layer_rows(old, new)
+    apart = list(SIZE_FIGURES) if _free(before) or _free(after) else []
     return {
         "old": before,
         "new": after,
-        "delta": {k: _subtract(before[k], after[k]) for k in NUMBERS},
-        "percent": {k: _percent(before[k], after[k]) for k in NUMBERS},
+        "delta": {k: None if k in apart else _subtract(before[k], after[k]) for k in NUMBERS},
+        "percent": {k: None if k in apart else _percent(before[k], after[k]) for k in NUMBERS},
+        "not_comparable": apart,
         "layers": layers,
         "counts": {c: sum(r["change"] == c for r in layers) for c in CHANGES},
     }
@@ -330,8 +343,13 @@ def _signed(value: float, kind: str) -> str:
     return sign + _value(abs(value), kind)
 
 
-def _pct(pct: float | None) -> str:
-    return "new" if pct is None else f"{pct:+.1f}%"
+def _pct(old: float, new: float) -> str:
+    if old == 0:
+        return "" if new == 0 else "new"
+    return f"{100.0 * (new - old) / old:+.1f}%"
+
+
+NOT_COMPARABLE = "not comparable"
 
 
 def total_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
@@ -339,9 +357,12 @@ def total_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
     rows = []
     for label, path, kind in TOTALS:
         old, new = _get(result["old"], path), _get(result["new"], path)
+        if path[0] in result["not_comparable"]:
+            rows.append((label, NOT_COMPARABLE, NOT_COMPARABLE, "", ""))
+            continue
         if kind in ("count", "bytes"):
             delta = _signed(new - old, kind)
-            pct = _pct(growth_percent(old, new))
+            pct = _pct(old, new)
         else:
             delta, pct = ("", "") if old == new else ("changed", "")
         rows.append((label, _value(old, kind), _value(new, kind), delta, pct))
@@ -572,10 +593,12 @@ def renamed_from(ref: str, inner: str) -> str | None:
 
 def _baseline_cell(result: dict, path: tuple[str, ...], kind: str) -> str:
     old, new = _get(result["old"], path), _get(result["new"], path)
+    if path[0] in result["not_comparable"]:
+        return NOT_COMPARABLE
     if old == new:
         return _value(new, kind)
     delta = _signed(new - old, kind)
-    return f"{_value(old, kind)} → {_value(new, kind)} ({delta}, {_pct(growth_percent(old, new))})"
+    return f"{_value(old, kind)} → {_value(new, kind)} ({delta}, {_pct(old, new)})"
 
 
 _BASELINE_FIGURES = (

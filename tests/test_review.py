@@ -93,7 +93,8 @@ def test_done_when_between_two_files(cli, tmp_path):
     result = cli("diff", old, new, "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"old", "new", "delta", "percent", "layers", "counts"}
+    assert set(data) == {"old", "new", "delta", "percent", "not_comparable", "layers", "counts"}
+    assert data["not_comparable"] == []
     check_done_when(data, summary_json(cli, old), summary_json(cli, new))
     assert data["percent"]["total_params"] == pytest.approx(
         100 * data["delta"]["total_params"] / data["old"]["total_params"], abs=1e-3
@@ -739,3 +740,22 @@ def test_a_keras_file_built_from_a_config_diffs_as_no_change_also_under_bf16(cli
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
         assert data["counts"] == {"added": 0, "removed": 0, "changed": 0, "unchanged": 9}, policy
+
+
+def test_free_size_figures_are_not_comparable_and_percent_is_null_from_zero(cli, tmp_path):
+    free = "input: [null, null, 3]\nlayers:\n  - Conv2D: {filters: 8, kernel_size: 3}\n"
+    free += "  - GlobalAveragePooling2D\n  - Dense: {units: 10}\n"
+    (tmp_path / "a.yaml").write_text(free)
+    (tmp_path / "b.yaml").write_text(free.replace("filters: 8", "filters: 16"))
+    result = cli("diff", tmp_path / "a.yaml", tmp_path / "b.yaml", "-f", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["not_comparable"] == ["macs", "activation_bytes"]
+    assert data["delta"]["macs"] is None and data["percent"]["activation_bytes"] is None
+    assert data["delta"]["total_params"] == 618 - 314
+    assert data["percent"]["non_trainable_params"] is None  # 0 -> 0
+    md = cli("diff", tmp_path / "a.yaml", tmp_path / "b.yaml", "-f", "markdown").stdout
+    assert "| MACs per image | not comparable | not comparable |  |  |" in md
+    assert "| Non-trainable parameters | 0 | 0 | ±0 |  |" in md
+    text = cli("diff", tmp_path / "a.yaml", tmp_path / "b.yaml").stdout
+    assert "not comparable" in text and "+100.0%" not in text
