@@ -2,8 +2,9 @@
 config against its version at a git revision (``validate --baseline REF``).
 
 Static: both sides are read, traced and compared by the static engine; no TensorFlow.
-Layers are aligned like lines in a text diff (on kind and arguments, not on Keras'
-automatic names, which shift when a layer is inserted).
+Layers are aligned by structure (template instances, the place a layer is written in
+them), then like lines in a text diff (on kind and arguments, not on Keras' automatic
+names, which shift when a layer is inserted).
 """
 
 from __future__ import annotations
@@ -237,28 +238,97 @@ def _compared(old: Row, new: Row) -> tuple[dict, dict]:
     return a, b
 
 
+def _role(row: Row) -> tuple:
+    """Where a layer is written: its path inside a template (a shortcut's
+    BatchNormalization is not a main branch's), or inside a top-level statement without
+    the statement's index (which shifts when a layer is inserted)."""
+    path = tuple(row.node.path)
+    return path[2:] if path[:1] == ("layers",) else path
+
+
 def _signature(row: Row) -> str:
-    return json.dumps([row.node.kind, _arguments(row)], sort_keys=True, default=str)
+    return json.dumps([row.node.kind, _role(row), _arguments(row)], sort_keys=True, default=str)
+
+
+def _units(rows: list[Row]) -> list[list[int]]:
+    """The rows in units of structure: one template instance (one use, one repetition),
+    or one layer written at the top level."""
+    units: list[list[int]] = []
+    last = None
+    for i, row in enumerate(rows):
+        node = row.node
+        key = None if node.use is None else (tuple(node.use), node.scope[:1])
+        if key is not None and key == last:
+            units[-1].append(i)
+        else:
+            units.append([i])
+        last = key
+    return units
+
+
+def _unit_name(rows: list[Row], unit: list[int]) -> str:
+    node = rows[unit[0]].node
+    return json.dumps(node.use[-1] if node.use is not None else [node.kind, _role(rows[unit[0]])])
 
 
 def _pairs(old: list[Row], new: list[Row]) -> list[tuple[int | None, int | None]]:
-    """Align two layer lists like a text diff: on signatures, then, inside a replaced
-    run, same-kind layers pair up (a changed layer) and the rest are removed/added."""
+    """Align two layer lists by structure first, then like a text diff: units (template
+    instances, top-level layers) on their layers' signatures; inside a replaced run,
+    units of the same template (or layers of the same kind and place) pair up and are
+    aligned layer by layer, and the rest are removed/added whole."""
     out: list[tuple[int | None, int | None]] = []
-    matcher = SequenceMatcher(None, [_signature(r) for r in old], [_signature(r) for r in new])
+    ou, nu = _units(old), _units(new)
+
+    def signatures(rows: list[Row], units: list[list[int]]) -> list[str]:
+        return [json.dumps([_signature(rows[i]) for i in unit]) for unit in units]
+
+    matcher = SequenceMatcher(None, signatures(old, ou), signatures(new, nu), autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
-            out += zip(range(i1, i2), range(j1, j2), strict=True)
+            for a, b in zip(ou[i1:i2], nu[j1:j2], strict=True):
+                out += zip(a, b, strict=True)
+            continue
+        names = SequenceMatcher(
+            None,
+            [_unit_name(old, u) for u in ou[i1:i2]],
+            [_unit_name(new, u) for u in nu[j1:j2]],
+            autojunk=False,
+        )
+        for sub, a1, a2, b1, b2 in names.get_opcodes():
+            if sub == "equal":
+                for a, b in zip(ou[i1 + a1 : i1 + a2], nu[j1 + b1 : j1 + b2], strict=True):
+                    out += _row_pairs(old, new, a, b)
+                continue
+            out += [(i, None) for u in ou[i1 + a1 : i1 + a2] for i in u]
+            out += [(None, j) for u in nu[j1 + b1 : j1 + b2] for j in u]
+    return out
+
+
+def _row_pairs(
+    old: list[Row], new: list[Row], a: list[int], b: list[int]
+) -> list[tuple[int | None, int | None]]:
+    """Rows ``a`` of ``old`` and ``b`` of ``new`` aligned on signatures, then, inside a
+    replaced run, on kind and place (a changed layer); the rest removed/added."""
+    out: list[tuple[int | None, int | None]] = []
+    matcher = SequenceMatcher(
+        None, [_signature(old[i]) for i in a], [_signature(new[j]) for j in b], autojunk=False
+    )
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            out += zip(a[i1:i2], b[j1:j2], strict=True)
             continue
         kinds = SequenceMatcher(
-            None, [r.node.kind for r in old[i1:i2]], [r.node.kind for r in new[j1:j2]]
+            None,
+            [json.dumps([old[i].node.kind, _role(old[i])]) for i in a[i1:i2]],
+            [json.dumps([new[j].node.kind, _role(new[j])]) for j in b[j1:j2]],
+            autojunk=False,
         )
         for sub, a1, a2, b1, b2 in kinds.get_opcodes():
             if sub == "equal":
-                out += zip(range(i1 + a1, i1 + a2), range(j1 + b1, j1 + b2), strict=True)
+                out += zip(a[i1 + a1 : i1 + a2], b[j1 + b1 : j1 + b2], strict=True)
                 continue
-            out += [(i, None) for i in range(i1 + a1, i1 + a2)]
-            out += [(None, j) for j in range(j1 + b1, j1 + b2)]
+            out += [(i, None) for i in a[i1 + a1 : i1 + a2]]
+            out += [(None, j) for j in b[j1 + b1 : j1 + b2]]
     return out
 
 

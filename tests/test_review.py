@@ -759,3 +759,39 @@ def test_free_size_figures_are_not_comparable_and_percent_is_null_from_zero(cli,
     assert "| Non-trainable parameters | 0 | 0 | ±0 |  |" in md
     text = cli("diff", tmp_path / "a.yaml", tmp_path / "b.yaml").stdout
     assert "not comparable" in text and "+100.0%" not in text
+
+
+def resnet(name: str, repeats: list[int]) -> str:
+    """A ResNet-18/34 layout (basic blocks, 64-512 filters) on resnet20.yaml's templates."""
+    zoo = (CONFIGS / "zoo" / "resnet20.yaml").read_text()
+    head = zoo[: zoo.index("layers:\n  - RandomFlip")].replace("name: resnet20", f"name: {name}")
+    lines = ["layers:", "  - conv_bn: {filters: 64, name: stem}", "  - ReLU"]
+    lines.append(f"  - basic: {{filters: 64, repeat: {repeats[0]}, name: stage1}}")
+    for stage, (filters, n) in enumerate(zip([128, 256, 512], repeats[1:], strict=True), 2):
+        lines.append(f"  - basic_down: {{filters: {filters}, name: stage{stage}_down}}")
+        lines.append(f"  - basic: {{filters: {filters}, repeat: {n - 1}, name: stage{stage}}}")
+    lines += ["  - GlobalAveragePooling2D", "  - Dense: {units: 10}"]
+    return head + "\n".join(lines) + "\nlint: {ignore: [stride-exceeds-kernel]}\n"
+
+
+def test_resnet18_to_34_adds_whole_blocks_and_keeps_each_shortcut_with_its_own(tmp_path):
+    (tmp_path / "r18.yaml").write_text(resnet("resnet18", [2, 2, 2, 2]))
+    (tmp_path / "r34.yaml").write_text(resnet("resnet34", [3, 4, 6, 3]))
+    old, new = load_traced(tmp_path / "r18.yaml")[1], load_traced(tmp_path / "r34.yaml")[1]
+    data = compare(old, new, "r18", "r34")
+    assert data["counts"] == {
+        "added": 8 * 7,  # 1 + 2 + 3 + 2 basic blocks of 7 layers
+        "removed": 0,
+        "changed": 0,
+        "unchanged": len(old.rows),
+    }
+    added = [r["new"]["name"] for r in data["layers"] if r["change"] == "added"]
+    blocks = {name.split("_")[0] + "_" + name.split("_")[1] for name in added}
+    assert len(blocks) == 8
+    for block in blocks:  # every layer of an added block is added
+        assert sum(r.node.name.startswith(block + "_") for r in new.rows) == 7
+    for row in data["layers"]:
+        if row["change"] == "unchanged":
+            old_name, new_name = row["old"]["name"], row["new"]["name"]
+            assert old_name.split("_")[0] == new_name.split("_")[0]  # same stage
+            assert ("down" in old_name) == ("down" in new_name), (old_name, new_name)
