@@ -698,7 +698,8 @@ def _finding_item(f: Finding) -> str:
     """One finding as a list item: its place and its message in code spans (a message
     quotes config values, which must not become links or mentions)."""
     where = f"{f.file}:{f.line}:{f.column}"
-    return f"- {md_code(where)} {f.severity}: {md_code(f.message)} \\[{f.rule}\\]"
+    message = f"{f.path}: {f.message}" if f.path else f.message
+    return f"- {md_code(where)} {f.severity}: {md_code(message)} \\[{f.rule}\\]"
 
 
 MAX_MARKDOWN = 65_536

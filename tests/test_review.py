@@ -295,7 +295,10 @@ def test_new_file_gets_a_note_and_markdown_names_model_and_deltas(cli, repo):
         "| 478.8 KiB → 679.4 KiB (+200.6 KiB, +41.9%) | 1 added, 3 changed |",
     ]
     assert "**validate fails**: 1 error(s), 0 warning(s)." in md
-    assert "- `model.yaml:26:12` error: `parameters grew +41.9% against HEAD" in md
+    assert (
+        "- `model.yaml:26:12` error: `budget.growth.params: parameters grew +41.9% against HEAD"
+        in md
+    )
     as_json = cli("validate", "--baseline", "HEAD", "extra.yaml", "--format", "json")
     assert as_json.exit_code == 0, as_json.output
     notes = json.loads(as_json.stdout)
@@ -359,7 +362,9 @@ def test_markdown_without_a_baseline_lists_the_findings(cli, tmp_path):
         "**validate fails**: 1 error(s), 0 warning(s).",
     ]
     assert lines[3] == ""
-    assert lines[4].startswith(f"- `{path}:25:3` error: `parameters: 122,570 (122.6K), over the")
+    assert lines[4].startswith(
+        f"- `{path}:25:3` error: `budget.params: parameters: 122,570 (122.6K), over the"
+    )
 
 
 @pytest.mark.parametrize("position", range(8))
@@ -448,8 +453,8 @@ def test_markdown_shows_html_from_the_config_inside_code_spans(cli, repo):
     md = cli("validate", "--baseline", "HEAD", ".", "--format", "markdown").stdout
     assert_inert(md, "fails")
     html, _ = rendered(md)
-    assert "<code>'x &lt;!--' is not a valid model name" in html
-    assert "<code>unknown layer '&lt;!--'</code>" in html
+    assert "<code>name: 'x &lt;!--' is not a valid model name" in html
+    assert "unknown layer '&lt;!--'</code>" in html
 
 
 FORGED = "m\r**validate passes**: 0 error(s).\r<!--.yaml"
