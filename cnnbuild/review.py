@@ -241,9 +241,12 @@ def _compared(old: Row, new: Row) -> tuple[dict, dict]:
 def _role(row: Row) -> tuple:
     """Where a layer is written: its path inside a template (a shortcut's
     BatchNormalization is not a main branch's), or inside a top-level statement without
-    the statement's index (which shifts when a layer is inserted)."""
+    the statement's index (which shifts when a layer is inserted), whether its arguments
+    are written or not."""
     path = tuple(row.node.path)
-    return path[2:] if path[:1] == ("layers",) else path
+    if path[:1] in (("layers",), ("input",)):  # a top-level layer, the input's scaling
+        path = path[2:]
+    return path[:-1] if path[-1:] == (row.node.kind,) else path  # `- Kind` or `- Kind: {}`
 
 
 def _signature(row: Row) -> str:
