@@ -466,15 +466,16 @@ def changed_arguments(row: dict, show: Callable[[str], str] = _plain) -> str:
     )
 
 
-def _layer_cells(row: dict, show: Callable[[str], str] = _plain) -> list[str]:
+def _layer_cells(row: dict, apart: list[str], show: Callable[[str], str] = _plain) -> list[str]:
     """Name, type, output shape, params, MACs, changed arguments; ``old → new`` where they
-    differ. ``show`` escapes what the config controls (names, types, argument values)."""
+    differ. ``show`` escapes what the config controls (names, types, argument values);
+    ``apart``: the result's ``not_comparable`` figures."""
     return [
         _cell(row, "name", "name", show),
         _cell(row, "type", "name", show),
         _cell(row, "output_shape", "shape"),
         _cell(row, "params", "count"),
-        _cell(row, "macs", "count"),
+        NOT_COMPARABLE if "macs" in apart else _cell(row, "macs", "count"),
         changed_arguments(row, show),
     ]
 
@@ -493,7 +494,7 @@ def diff_tables(result: dict) -> tuple[Table, Table]:
         layers.add_column(col, justify="right" if col in ("Params", "MACs") else "left")
     for row in result["layers"]:
         style = _STYLES[row["change"]]
-        cells = [Text(c) for c in _layer_cells(row, terminal)]
+        cells = [Text(c) for c in _layer_cells(row, result["not_comparable"], terminal)]
         layers.add_row(Text(_MARKS[row["change"]], style=style), *cells, style=style)
     counts = ", ".join(f"{n} {c}" for c, n in result["counts"].items() if n)
     layers.caption = Text(f"layers: {counts}")
@@ -525,7 +526,7 @@ def diff_markdown(result: dict) -> str:
     ]
     for row in result["layers"]:
         change = row["change"] if row["change"] == "unchanged" else f"**{row['change']}**"
-        cells = _layer_cells(row, md_code)
+        cells = _layer_cells(row, result["not_comparable"], md_code)
         lines.append(
             "| " + " | ".join([change, *cells[:2], *map(_md, cells[2:5]), cells[5]]) + " |"
         )

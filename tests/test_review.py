@@ -762,6 +762,8 @@ def test_free_size_figures_are_not_comparable_and_percent_is_null_from_zero(cli,
     md = cli("diff", tmp_path / "a.yaml", tmp_path / "b.yaml", "-f", "markdown").stdout
     assert "| MACs per image | not comparable | not comparable |  |  |" in md
     assert "| Non-trainable parameters | 0 | 0 | ±0 |  |" in md
+    conv = "| **changed** | `conv2d` | `Conv2D` | (None, None, 8) → (None, None, 16) | 224 → 448 |"
+    assert f"{conv} not comparable | filters `8` → `16` |" in md
     text = cli("diff", tmp_path / "a.yaml", tmp_path / "b.yaml").stdout
     assert "not comparable" in text and "+100.0%" not in text
 
