@@ -147,7 +147,15 @@ def read_git(ref: str, path: str) -> Document | None:
 def _submodule(ref: str, path: str) -> bool:
     """Whether ``path`` is a submodule (a gitlink, whose commit is not in this
     repository) at ``ref``."""
-    listed = _git(["ls-tree", "-z", ref, "--", path if path.startswith("./") else f":/{path}"])
+    listed = _git(
+        [
+            "ls-tree",
+            "-z",
+            ref,
+            "--",
+            f":(literal){path}" if path.startswith("./") else f":(top,literal){path}",
+        ]
+    )
     return listed.returncode == 0 and listed.stdout.startswith(b"160000 commit ")
 
 
