@@ -398,6 +398,36 @@ def scales_input(kinds: Iterable[str]) -> bool:
     return False
 
 
+IMPLICIT_DEFAULTS = {"activation": "linear", "data_format": "channels_last", "dtype": "float32"}
+"""What an argument left out (``None``) means, where Keras writes the meaning out."""
+RUN_POLICIES = frozenset({"mixed_float16", "mixed_bfloat16"})
+"""The dtype policies a run records on every layer (``train.mixed_precision``): float32
+weights, lower-precision compute; a setting of the run, not of the architecture."""
+
+
+def comparable_arguments(args: Any) -> dict[str, Any]:
+    """A layer's arguments (its argument model) as two configs are compared: JSON values,
+    without ``name``, and every value that means the same as leaving the argument out
+    written as left out: ``activation: linear``, ``data_format: channels_last``,
+    ``dtype: float32`` or a run's mixed policy, and ``strides`` equal to ``pool_size``
+    (Keras' pooling default).
+
+    >>> comparable_arguments(L.MaxPooling2D(pool_size=2, strides=2))["strides"] is None
+    True
+    """
+    fields = type(args).model_fields
+    out = args.model_dump(mode="json", exclude={"name"})
+    for key, meaning in IMPLICIT_DEFAULTS.items():
+        if out.get(key) == meaning and fields[key].default is None:
+            out[key] = None
+    if out.get("dtype") in RUN_POLICIES:
+        out["dtype"] = None
+    pooled = out.get("strides") is not None and out.get("strides") == out.get("pool_size")
+    if pooled and fields["strides"].default is None:
+        out["strides"] = None
+    return out
+
+
 # -- losses ------------------------------------------------------------------------------
 
 LABEL_FORMS = ("sparse", "one_hot", "binary")

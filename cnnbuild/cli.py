@@ -117,6 +117,15 @@ def validate(
             show_default=False,
         ),
     ] = None,
+    max_chars: Annotated[
+        int,
+        typer.Option(
+            "--max-chars",
+            min=0,
+            help="With --format markdown: cut at a row to at most this many characters "
+            "(GitHub's limit for a comment); 0: no limit.",
+        ),
+    ] = 65_536,
 ) -> None:
     """Before training and in CI: check configs without TensorFlow (schema, shapes, parameters,
     lint rules).
@@ -139,13 +148,16 @@ def validate(
         if review is not None:
             reviews.append(review(file, checked))
             findings.extend(reviews[-1].findings)
+    if baseline is not None:
+        reviews += _removed(baseline, paths)
+        findings.extend(f for r in reviews if r.status == "removed" for f in r.findings)
     failing = {"error", "warning"} if strict else {"error"}
     failed = any(f.severity in failing for f in findings)
     out = _console()
     if fmt is Format.markdown:
         from cnnbuild.review import baseline_markdown
 
-        sys.stdout.write(baseline_markdown(reviews, findings, baseline))
+        sys.stdout.write(baseline_markdown(reviews, findings, baseline, max_chars or None))
     elif fmt is Format.text:
         if baseline is not None:
             from cnnbuild.review import baseline_lines
@@ -174,6 +186,13 @@ def _baseline(ref: str, ignore: frozenset[str]):
     verify_ref(ref)
     top = repo_root()
     return functools.partial(review_against, ref=ref, top=top, ignore=ignore)
+
+
+def _removed(ref: str, paths: list[str]):
+    """``validate --baseline REF``: the configs under ``paths`` deleted since REF."""
+    from cnnbuild.review import removed_since, repo_root
+
+    return removed_since(ref, paths, repo_root())
 
 
 class DiffFormat(str, Enum):

@@ -13,6 +13,10 @@ UTF-8. Each output has its own hazards:
 - Graphviz DOT strings (a ``"`` or a trailing ``\\``): :func:`dot`;
 - CSV cells that a spreadsheet would run as a formula (``=1+2``): :func:`csv_cell`;
 - Markdown table cells (a ``|`` ends the cell, ``<x>`` is read as HTML): :func:`markdown_cell`.
+- GitHub markdown (a PR comment, a job summary), where a name could close a code span,
+  open an HTML comment (``<!--``), start a new line (``\r``), make a link or an
+  ``@mention``: :func:`md_code` puts every text a user controls in a code span that
+  cannot be closed.
 
 HTML is escaped by the report's template engine (Jinja2 with autoescape).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 
+_BACKTICKS = re.compile(r"`+")
 _RICH_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -95,3 +100,19 @@ def markdown_cell(text: object, code: bool = False) -> str:
     """
     text = "".join(_MARKDOWN.get(c, c) for c in terminal(" ".join(str(text).split())))
     return f"<code>{text}</code>" if code else text
+def md_code(text: object) -> str:
+    """``text`` as one GitHub markdown code span that nothing inside can close or break.
+
+    :func:`terminal` first (no CR, LF or other control character, no byte that is not
+    UTF-8), then ``|`` escaped (GitHub splits table cells on it even inside a code span),
+    then a fence one backtick longer than the longest run of backticks inside, padded with
+    spaces when the text starts or ends with a backtick or a space. Inside a code span
+    ``<!--``, ``[link](url)`` and ``@org/team`` are shown as written, never acted on.
+
+    >>> md_code("a`b")
+    '``a`b``'
+    """
+    text = terminal(text).replace("|", "\\|")
+    fence = "`" * (1 + max((len(m) for m in _BACKTICKS.findall(text)), default=0))
+    pad = " " if not text or text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"

@@ -39,7 +39,11 @@ def to_json(findings: list[Finding]) -> str:
 
 
 def _gh_escape(text: str, prop: bool = False) -> str:
-    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """``text`` for a workflow command: :func:`cnnbuild.escape.terminal` first (the log
+    viewer acts on ESC; a byte that is not UTF-8 cannot be printed), then GitHub's escapes."""
+    from cnnbuild.escape import terminal
+
+    text = terminal(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     if prop:
         text = text.replace(":", "%3A").replace(",", "%2C")
     return text

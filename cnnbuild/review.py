@@ -2,8 +2,9 @@
 config against its version at a git revision (``validate --baseline REF``).
 
 Static: both sides are read, traced and compared by the static engine; no TensorFlow.
-Layers are aligned like lines in a text diff (on kind and arguments, not on Keras'
-automatic names, which shift when a layer is inserted).
+Layers are aligned by structure (template instances, the place a layer is written in
+them), then like lines in a text diff (on kind and arguments, not on Keras' automatic
+names, which shift when a layer is inserted).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
@@ -20,13 +22,15 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from cnnbuild.checks import growth_findings, growth_percent
+from cnnbuild.catalog import comparable_arguments
+from cnnbuild.checks import growth_findings
 from cnnbuild.config import ModelConfig
 from cnnbuild.errors import CnnbuildError, Finding, UsageError, shape_str
+from cnnbuild.escape import md_code, terminal
 from cnnbuild.render import field_str, size_str
 from cnnbuild.source import MAX_BYTES, Document, parse_bytes, read_document
 from cnnbuild.trace import Row, Trace
-from cnnbuild.validate import blocks_build, traced
+from cnnbuild.validate import YAML_SUFFIXES, blocks_build, traced
 
 GIT_TIMEOUT_S = 30
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
@@ -93,7 +97,20 @@ def verify_ref(ref: str) -> None:
         said = result.stderr.decode(errors="replace").strip().splitlines()[0]
         raise UsageError(f"git cannot read revision {ref!r}: {said}")
     if result.returncode != 0:
-        raise UsageError(f"unknown git revision {ref!r} (try HEAD, a branch or a commit)")
+        raise UsageError(
+            f"unknown git revision {ref!r} (try HEAD, a branch or a commit){_shallow()}"
+        )
+
+
+def _shallow() -> str:
+    """Advice when the repository is a shallow clone, where a base commit is often missing."""
+    if _git(["rev-parse", "--is-shallow-repository"]).stdout.strip() != b"true":
+        return ""
+    return (
+        "; this clone is shallow, so the commit may not have been fetched: fetch it "
+        "(actions/checkout with `fetch-depth: 0`, or `git fetch --deepen=100`, or "
+        "`git fetch origin BRANCH`)"
+    )
 
 
 def read_git(ref: str, path: str) -> Document | None:
@@ -112,10 +129,10 @@ def read_git(ref: str, path: str) -> Document | None:
     """
     spec = f"{ref}:{path}"
     kind = _git(["cat-file", "-t", spec])
-    if kind.returncode != 0:
+    if kind.returncode != 0 and not _submodule(ref, path):
         return None
     if kind.stdout.strip() != b"blob":
-        raise UsageError(f"{spec}: is a {kind.stdout.decode().strip()}, not a file")
+        raise UsageError(f"{spec}: is a {kind.stdout.decode().strip() or 'submodule'}, not a file")
     size = _git(["cat-file", "-s", spec])
     nbytes = int(size.stdout) if size.returncode == 0 else MAX_BYTES + 1
     if nbytes > MAX_BYTES:  # refused unread, as read_document refuses a big file
@@ -125,6 +142,21 @@ def read_git(ref: str, path: str) -> Document | None:
     if blob.returncode != 0:
         raise CnnbuildError(f"git could not read {spec}: {blob.stderr.decode().strip()}")
     return parse_bytes(blob.stdout, spec)
+
+
+def _submodule(ref: str, path: str) -> bool:
+    """Whether ``path`` is a submodule (a gitlink, whose commit is not in this
+    repository) at ``ref``."""
+    listed = _git(
+        [
+            "ls-tree",
+            "-z",
+            ref,
+            "--",
+            f":(literal){path}" if path.startswith("./") else f":(top,literal){path}",
+        ]
+    )
+    return listed.returncode == 0 and listed.stdout.startswith(b"160000 commit ")
 
 
 def read_side(spec: str) -> Document:
@@ -183,16 +215,25 @@ def _subtract(old: Any, new: Any) -> Any:
 
 
 def _percent(old: Any, new: Any) -> Any:
+    """``(new - old) / old`` in percent, ``None`` when old is 0 (there is no ratio)."""
     if isinstance(old, dict):
         return {k: _percent(old[k], new[k]) for k in old}
-    pct = growth_percent(old, new)
-    return None if pct is None else round(pct, 4)
+    return None if old == 0 else round(100.0 * (new - old) / old, 4)
+
+
+SIZE_FIGURES = ("macs", "activation_bytes")
+"""The figures that depend on the image size: with a free height or width on either side,
+the static engine counts only part of them, so they are not comparable."""
+
+
+def _free(figures: dict) -> bool:
+    return any(d is None for d in figures["input_shape"][:2])
 
 
 def _arguments(row: Row) -> dict:
     if row.node.args is None:
         return {}
-    return row.node.args.model_dump(mode="json", exclude={"name"})
+    return comparable_arguments(row.node.args)
 
 
 def _compared(old: Row, new: Row) -> tuple[dict, dict]:
@@ -205,28 +246,100 @@ def _compared(old: Row, new: Row) -> tuple[dict, dict]:
     return a, b
 
 
+def _role(row: Row) -> tuple:
+    """Where a layer is written: its path inside a template (a shortcut's
+    BatchNormalization is not a main branch's), or inside a top-level statement without
+    the statement's index (which shifts when a layer is inserted), whether its arguments
+    are written or not."""
+    path = tuple(row.node.path)
+    if path[:1] in (("layers",), ("input",)):  # a top-level layer, the input's scaling
+        path = path[2:]
+    return path[:-1] if path[-1:] == (row.node.kind,) else path  # `- Kind` or `- Kind: {}`
+
+
 def _signature(row: Row) -> str:
-    return json.dumps([row.node.kind, _arguments(row)], sort_keys=True, default=str)
+    return json.dumps([row.node.kind, _role(row), _arguments(row)], sort_keys=True, default=str)
+
+
+def _units(rows: list[Row]) -> list[list[int]]:
+    """The rows in units of structure: one template instance (one use, one repetition),
+    or one layer written at the top level."""
+    units: list[list[int]] = []
+    last = None
+    for i, row in enumerate(rows):
+        node = row.node
+        key = None if node.use is None else (tuple(node.use), node.scope[:1])
+        if key is not None and key == last:
+            units[-1].append(i)
+        else:
+            units.append([i])
+        last = key
+    return units
+
+
+def _unit_name(rows: list[Row], unit: list[int]) -> str:
+    node = rows[unit[0]].node
+    return json.dumps(node.use[-1] if node.use is not None else [node.kind, _role(rows[unit[0]])])
 
 
 def _pairs(old: list[Row], new: list[Row]) -> list[tuple[int | None, int | None]]:
-    """Align two layer lists like a text diff: on signatures, then, inside a replaced
-    run, same-kind layers pair up (a changed layer) and the rest are removed/added."""
+    """Align two layer lists by structure first, then like a text diff: units (template
+    instances, top-level layers) on their layers' signatures; inside a replaced run,
+    units of the same template (or layers of the same kind and place) pair up and are
+    aligned layer by layer, and the rest are removed/added whole."""
     out: list[tuple[int | None, int | None]] = []
-    matcher = SequenceMatcher(None, [_signature(r) for r in old], [_signature(r) for r in new])
+    ou, nu = _units(old), _units(new)
+
+    def signatures(rows: list[Row], units: list[list[int]]) -> list[str]:
+        return [json.dumps([_signature(rows[i]) for i in unit]) for unit in units]
+
+    matcher = SequenceMatcher(None, signatures(old, ou), signatures(new, nu), autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
-            out += zip(range(i1, i2), range(j1, j2), strict=True)
+            for a, b in zip(ou[i1:i2], nu[j1:j2], strict=True):
+                out += zip(a, b, strict=True)
+            continue
+        names = SequenceMatcher(
+            None,
+            [_unit_name(old, u) for u in ou[i1:i2]],
+            [_unit_name(new, u) for u in nu[j1:j2]],
+            autojunk=False,
+        )
+        for sub, a1, a2, b1, b2 in names.get_opcodes():
+            if sub == "equal":
+                for a, b in zip(ou[i1 + a1 : i1 + a2], nu[j1 + b1 : j1 + b2], strict=True):
+                    out += _row_pairs(old, new, a, b)
+                continue
+            out += [(i, None) for u in ou[i1 + a1 : i1 + a2] for i in u]
+            out += [(None, j) for u in nu[j1 + b1 : j1 + b2] for j in u]
+    return out
+
+
+def _row_pairs(
+    old: list[Row], new: list[Row], a: list[int], b: list[int]
+) -> list[tuple[int | None, int | None]]:
+    """Rows ``a`` of ``old`` and ``b`` of ``new`` aligned on signatures, then, inside a
+    replaced run, on kind and place (a changed layer); the rest removed/added."""
+    out: list[tuple[int | None, int | None]] = []
+    matcher = SequenceMatcher(
+        None, [_signature(old[i]) for i in a], [_signature(new[j]) for j in b], autojunk=False
+    )
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            out += zip(a[i1:i2], b[j1:j2], strict=True)
             continue
         kinds = SequenceMatcher(
-            None, [r.node.kind for r in old[i1:i2]], [r.node.kind for r in new[j1:j2]]
+            None,
+            [json.dumps([old[i].node.kind, _role(old[i])]) for i in a[i1:i2]],
+            [json.dumps([new[j].node.kind, _role(new[j])]) for j in b[j1:j2]],
+            autojunk=False,
         )
         for sub, a1, a2, b1, b2 in kinds.get_opcodes():
             if sub == "equal":
-                out += zip(range(i1 + a1, i1 + a2), range(j1 + b1, j1 + b2), strict=True)
+                out += zip(a[i1 + a1 : i1 + a2], b[j1 + b1 : j1 + b2], strict=True)
                 continue
-            out += [(i, None) for i in range(i1 + a1, i1 + a2)]
-            out += [(None, j) for j in range(j1 + b1, j1 + b2)]
+            out += [(i, None) for i in a[i1 + a1 : i1 + a2]]
+            out += [(None, j) for j in b[j1 + b1 : j1 + b2]]
     return out
 
 
@@ -258,16 +371,20 @@ def compare(old: Trace, new: Trace, old_name: str, new_name: str) -> dict:
     Returns:
         ``{"old", "new"}``: each side's ``summary --static --json`` totals and figures
         (no layers) with ``"file"``; ``"delta"`` and ``"percent"``: new minus old for
-        :data:`NUMBERS` (percent ``None`` when old is 0 and new is not); ``"layers"``:
+        :data:`NUMBERS` (percent ``None`` when old is 0); ``"not_comparable"``: the
+        :data:`SIZE_FIGURES` when either input has a free size (their delta and percent
+        ``None``, shown as "not comparable"); ``"layers"``:
         aligned rows (see :func:`_layer_rows`); ``"counts"``: rows per change.
     """
     before, after = _figures(old, old_name), _figures(new, new_name)
     layers = _layer_rows(old, new)
+    apart = list(SIZE_FIGURES) if _free(before) or _free(after) else []
     return {
         "old": before,
         "new": after,
-        "delta": {k: _subtract(before[k], after[k]) for k in NUMBERS},
-        "percent": {k: _percent(before[k], after[k]) for k in NUMBERS},
+        "delta": {k: None if k in apart else _subtract(before[k], after[k]) for k in NUMBERS},
+        "percent": {k: None if k in apart else _percent(before[k], after[k]) for k in NUMBERS},
+        "not_comparable": apart,
         "layers": layers,
         "counts": {c: sum(r["change"] == c for r in layers) for c in CHANGES},
     }
@@ -307,8 +424,13 @@ def _signed(value: float, kind: str) -> str:
     return sign + _value(abs(value), kind)
 
 
-def _pct(pct: float | None) -> str:
-    return "new" if pct is None else f"{pct:+.1f}%"
+def _pct(old: float, new: float) -> str:
+    if old == 0:
+        return "" if new == 0 else "new"
+    return f"{100.0 * (new - old) / old:+.1f}%"
+
+
+NOT_COMPARABLE = "not comparable"
 
 
 def total_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
@@ -316,30 +438,53 @@ def total_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
     rows = []
     for label, path, kind in TOTALS:
         old, new = _get(result["old"], path), _get(result["new"], path)
+        if path[0] in result["not_comparable"]:
+            rows.append((label, NOT_COMPARABLE, NOT_COMPARABLE, "", ""))
+            continue
         if kind in ("count", "bytes"):
             delta = _signed(new - old, kind)
-            pct = _pct(growth_percent(old, new))
+            pct = _pct(old, new)
         else:
             delta, pct = ("", "") if old == new else ("changed", "")
         rows.append((label, _value(old, kind), _value(new, kind), delta, pct))
     return rows
 
 
-def _cell(row: dict, key: str, kind: str) -> str:
+def _plain(text: str) -> str:
+    return text
+
+
+def _cell(row: dict, key: str, kind: str, show: Callable[[str], str] = _plain) -> str:
     sides = [row[s][key] for s in ("old", "new") if row[s] is not None]
     if len(sides) == 2 and sides[0] != sides[1]:
-        return f"{_value(sides[0], kind)} → {_value(sides[1], kind)}"
-    return _value(sides[0], kind)
+        return f"{show(_value(sides[0], kind))} → {show(_value(sides[1], kind))}"
+    return show(_value(sides[0], kind))
 
 
-def _layer_cells(row: dict) -> list[str]:
-    """Name, type, output shape, params, MACs; ``old → new`` where they differ."""
+def _written(value: Any) -> str:
+    """An argument's value as a person writes it: text bare, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def changed_arguments(row: dict, show: Callable[[str], str] = _plain) -> str:
+    """``activation relu → gelu; strides 1 → 2``: the arguments a changed layer changed."""
+    return "; ".join(
+        f"{name} {show(_written(v['old']))} → {show(_written(v['new']))}"
+        for name, v in row.get("arguments", {}).items()
+    )
+
+
+def _layer_cells(row: dict, apart: list[str], show: Callable[[str], str] = _plain) -> list[str]:
+    """Name, type, output shape, params, MACs, changed arguments; ``old → new`` where they
+    differ. ``show`` escapes what the config controls (names, types, argument values);
+    ``apart``: the result's ``not_comparable`` figures."""
     return [
-        _cell(row, "name", "name"),
-        _cell(row, "type", "name"),
+        _cell(row, "name", "name", show),
+        _cell(row, "type", "name", show),
         _cell(row, "output_shape", "shape"),
         _cell(row, "params", "count"),
-        _cell(row, "macs", "count"),
+        NOT_COMPARABLE if "macs" in apart else _cell(row, "macs", "count"),
+        changed_arguments(row, show),
     ]
 
 
@@ -348,33 +493,31 @@ _MARKS = {"added": "+", "removed": "-", "changed": "~", "unchanged": ""}
 
 
 def diff_tables(result: dict) -> tuple[Table, Table]:
-    """The layer table and the totals table of ``cnnbuild diff``."""
+    """The layer table and the totals table of ``cnnbuild diff``. Every text is a rich
+    ``Text`` made with :func:`terminal`: no markup is read, no control character passes."""
     old, new = result["old"], result["new"]
-    layers = Table(title=f"{old['file']} → {new['file']}", title_justify="left")
-    for col in ("", "Layer", "Type", "Output shape", "Params", "MACs"):
+    title = Text(terminal(f"{old['file']} → {new['file']}"))
+    layers = Table(title=title, title_justify="left")
+    for col in ("", "Layer", "Type", "Output shape", "Params", "MACs", "Changed arguments"):
         layers.add_column(col, justify="right" if col in ("Params", "MACs") else "left")
     for row in result["layers"]:
         style = _STYLES[row["change"]]
-        layers.add_row(Text(_MARKS[row["change"]], style=style), *_layer_cells(row), style=style)
+        cells = [Text(c) for c in _layer_cells(row, result["not_comparable"], terminal)]
+        layers.add_row(Text(_MARKS[row["change"]], style=style), *cells, style=style)
     counts = ", ".join(f"{n} {c}" for c, n in result["counts"].items() if n)
-    layers.caption = f"layers: {counts}"
+    layers.caption = Text(f"layers: {counts}")
     totals = Table(title="Totals", title_justify="left")
     for col in ("", "Old", "New", "Difference", "%"):
         totals.add_column(col, justify="left" if not col else "right")
     for label, *cells in total_rows(result):
-        totals.add_row(label, *cells)
+        totals.add_row(label, *map(Text, cells))
     return layers, totals
 
 
 def _md(text: str) -> str:
-    """``text`` for a markdown table cell or a code span (``|`` escaped, one line)."""
+    """A figure the code computed, for a markdown table cell (``|`` escaped, one line).
+    Text a user controls goes through :func:`cnnbuild.escape.md_code` instead."""
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _md_text(text: str) -> str:
-    """:func:`_md` for text outside a code span: no HTML tag opens (``<`` escaped), so a
-    config's name such as ``x <!--`` cannot hide the rest of a PR comment (the verdict)."""
-    return _md(text.replace("<", "&lt;"))
 
 
 def diff_markdown(result: dict) -> str:
@@ -382,16 +525,19 @@ def diff_markdown(result: dict) -> str:
     old, new = result["old"], result["new"]
     counts = ", ".join(f"{n} {c}" for c, n in result["counts"].items() if n)
     lines = [
-        f"### cnnbuild diff: `{_md(old['file'])}` → `{_md(new['file'])}`",
+        f"### cnnbuild diff: {md_code(old['file'])} → {md_code(new['file'])}",
         "",
         f"Layers: {counts}.",
         "",
-        "| Change | Layer | Type | Output shape | Params | MACs |",
-        "|---|---|---|---|--:|--:|",
+        "| Change | Layer | Type | Output shape | Params | MACs | Changed arguments |",
+        "|---|---|---|---|--:|--:|---|",
     ]
     for row in result["layers"]:
         change = row["change"] if row["change"] == "unchanged" else f"**{row['change']}**"
-        lines.append("| " + " | ".join([change, *map(_md, _layer_cells(row))]) + " |")
+        cells = _layer_cells(row, result["not_comparable"], md_code)
+        lines.append(
+            "| " + " | ".join([change, *cells[:2], *map(_md, cells[2:5]), cells[5]]) + " |"
+        )
     lines += ["", "| Total | Old | New | Difference | % |", "|---|--:|--:|--:|--:|"]
     for label, *cells in total_rows(result):
         lines.append("| " + " | ".join(_md(c) for c in (label, *cells)) + " |")
@@ -407,8 +553,9 @@ class BaselineReview:
 
     Attributes:
         file: the config's path as given.
-        status: ``changed``, ``unchanged``, ``new`` (not at the revision), or
-            ``skipped`` (one side does not build; see the findings).
+        status: ``changed``, ``unchanged``, ``new`` (not at the revision, or a folder
+            there), ``removed`` (at the revision, deleted since), or ``skipped`` (one
+            side does not build; see the findings).
         result: the :func:`compare` result, when both sides build.
         findings: growth-limit findings and notes.
     """
@@ -466,11 +613,15 @@ def review_against(
     if cfg is None or tr is None or any(blocks_build(f) for f in findings):
         return BaselineReview(name, "skipped")
     inner = _repo_path(file, top)
-    doc = None if inner is None else read_git(ref, inner)
-    notes = []
-    if doc is None and inner is not None and (before := renamed_from(ref, inner)) is not None:
-        doc = read_git(ref, before)
-        notes.append(_note(name, f"renamed from {before} since {ref}: compared with it"))
+    try:
+        doc = None if inner is None else read_git(ref, inner)
+        notes = []
+        if doc is None and inner is not None and (before := renamed_from(ref, inner)) is not None:
+            doc = read_git(ref, before)
+            notes.append(_note(name, f"renamed from {before} since {ref}: compared with it"))
+    except UsageError as exc:  # a folder or a submodule at the revision
+        note = _note(name, f"{exc.message}; no baseline to compare with")
+        return BaselineReview(name, "new", findings=[note])
     if doc is None:
         where = "outside the repository" if inner is None else f"not in {ref}"
         note = _note(name, f"{where}: a new config, no baseline to compare with")
@@ -484,6 +635,24 @@ def review_against(
     growth = growth_findings(tr, old, ref, ignore)
     status = "changed" if is_changed(result) else "unchanged"
     return BaselineReview(name, status, result, [*notes, *growth])
+
+
+def removed_since(ref: str, paths: list[str], top: Path) -> list[BaselineReview]:
+    """The configs under ``paths`` (validate's arguments) that were at ``ref`` and are gone
+    now (``git diff --diff-filter=D REF``; a renamed config is compared with its old
+    path by :func:`review_against`, not reported here): one ``removed`` review each, with
+    a note. Names are relative to the current directory, like validate's."""
+    args = ["diff", "--name-only", "-z", "-M", "--diff-filter=D", ref, "--", *paths]
+    result = _git(args)
+    if result.returncode != 0:
+        return []
+    out = []
+    for raw in filter(None, result.stdout.split(b"\0")):
+        path = Path(os.path.relpath(top / os.fsdecode(raw)))
+        if path.suffix in YAML_SUFFIXES and ".pre-commit" not in path.name and not path.exists():
+            note = _note(str(path), f"removed since {ref}: the config was deleted")
+            out.append(BaselineReview(str(path), "removed", findings=[note]))
+    return out
 
 
 def renamed_from(ref: str, inner: str) -> str | None:
@@ -506,10 +675,12 @@ def renamed_from(ref: str, inner: str) -> str | None:
 
 def _baseline_cell(result: dict, path: tuple[str, ...], kind: str) -> str:
     old, new = _get(result["old"], path), _get(result["new"], path)
+    if path[0] in result["not_comparable"]:
+        return NOT_COMPARABLE
     if old == new:
         return _value(new, kind)
     delta = _signed(new - old, kind)
-    return f"{_value(old, kind)} → {_value(new, kind)} ({delta}, {_pct(growth_percent(old, new))})"
+    return f"{_value(old, kind)} → {_value(new, kind)} ({delta}, {_pct(old, new)})"
 
 
 _BASELINE_FIGURES = (
@@ -527,52 +698,105 @@ def _counts_text(result: dict) -> str:
 
 def _baseline_row(r: BaselineReview) -> str:
     if r.result is None:
-        return f"| `{_md(r.file)}` | new config |" + " |" * len(_BASELINE_FIGURES)
+        what = "removed" if r.status == "removed" else "new config"
+        return f"| {md_code(r.file)} | {what} |" + " |" * len(_BASELINE_FIGURES)
     cells = [_baseline_cell(r.result, path, kind) for _, path, kind in _BASELINE_FIGURES]
     cells.append(_counts_text(r.result))
-    model = _md_text(r.result["new"]["name"])
-    return f"| `{_md(r.file)}` ({model}) | " + " | ".join(map(_md, cells)) + " |"
+    model = md_code(r.result["new"]["name"])
+    return f"| {md_code(r.file)} ({model}) | " + " | ".join(map(_md, cells)) + " |"
 
 
 def _finding_item(f: Finding) -> str:
+    """One finding as a list item: its place and its message in code spans (a message
+    quotes config values, which must not become links or mentions)."""
     where = f"{f.file}:{f.line}:{f.column}"
-    return f"- `{_md(where)}` {f.severity}: {_md_text(f.message)} [{f.rule}]"
+    message = f"{f.path}: {f.message}" if f.path else f.message
+    return f"- {md_code(where)} {f.severity}: {md_code(message)} \\[{f.rule}\\]"
+
+
+MAX_MARKDOWN = 65_536
+"""The most characters of markdown ``validate --format markdown`` writes: GitHub refuses a
+pull-request comment longer than this."""
+
+
+def _size(lines: list[str]) -> int:
+    return sum(len(line) + 1 for line in lines)
+
+
+def _fit(items: list[str], room: int, noun: str) -> list[str]:
+    """``items``, or as many as fit in ``room`` characters followed by a blank line and
+    ``N more NOUN: see the job summary`` (cut at an item: a table row stays whole)."""
+    if _size(items) <= room:
+        return items
+    more = ["", f"{len(items)} more {noun}: see the job summary"]  # the longest it can be
+    kept: list[str] = []
+    for item in items:
+        if _size([*kept, item, *more]) > room:
+            break
+        kept.append(item)
+    gap = [""] if kept else []  # a blank line ends a table
+    return [*kept, *gap, f"{len(items) - len(kept)} more {noun}: see the job summary"]
 
 
 def baseline_markdown(
-    reviews: list[BaselineReview], findings: list[Finding], ref: str | None
+    reviews: list[BaselineReview],
+    findings: list[Finding],
+    ref: str | None,
+    limit: int | None = MAX_MARKDOWN,
 ) -> str:
-    """``validate --baseline REF --format markdown``: one row per changed or new config,
-    then the findings that fail or warn, for a job summary or a sticky PR comment.
-    Without a ``ref`` (no ``--baseline``), the findings only."""
-    if ref is None:
-        return _findings_markdown(["### cnnbuild validate", ""], findings)
-    lines = [f"### cnnbuild: models against `{_md(ref)}`", ""]
-    shown = [r for r in reviews if r.status in ("changed", "new")]
-    if shown:
-        labels = [label for label, _, _ in _BASELINE_FIGURES]
-        lines += [
-            "| Config | " + " | ".join(labels) + " | Layers changed |",
-            "|---|" + "--:|" * len(labels) + "---|",
-            *map(_baseline_row, shown),
-            "",
-        ]
-    else:
-        lines += [f"No model changed against `{_md(ref)}` ({len(reviews)} configs checked).", ""]
-    return _findings_markdown(lines, findings)
+    """``validate --baseline REF --format markdown``, for a job summary or a sticky PR
+    comment: the verdict first, then the findings that fail or warn, then one row per
+    changed, new or removed config, then the notes. Without a ``ref`` (no
+    ``--baseline``), the verdict and the findings only.
 
-
-def _findings_markdown(lines: list[str], findings: list[Finding]) -> str:
+    Args:
+        reviews: one per config (:func:`review_against`), and one per removed config.
+        findings: every finding of the run.
+        ref: the ``--baseline`` revision.
+        limit: the most characters to write (``None``: no limit). Over it, the findings
+            and then the table are cut at an item, with "N more ...: see the job summary".
+    """
     failing = [f for f in findings if f.severity in ("error", "warning")]
     errors = sum(f.severity == "error" for f in failing)
     verdict = "fails" if errors else "passes"
-    lines.append(f"**validate {verdict}**: {errors} error(s), {len(failing) - errors} warning(s).")
-    lines += map(_finding_item, failing)
+    title = (
+        "### cnnbuild validate" if ref is None else f"### cnnbuild: models against {md_code(ref)}"
+    )
+    head = [
+        title,
+        "",
+        f"**validate {verdict}**: {errors} error(s), {len(failing) - errors} warning(s).",
+    ]
+    items = list(map(_finding_item, failing))
+    table: list[str] = []
+    notes: list[str] = []
+    if ref is not None:
+        shown = [r for r in reviews if r.status in ("changed", "new", "removed")]
+        notes = [_finding_item(f) for r in reviews for f in r.findings if f.severity == "info"]
+        if not shown:
+            head += [
+                "",
+                f"No model changed against {md_code(ref)} ({len(reviews)} configs checked).",
+            ]
+        table = list(map(_baseline_row, shown))
+    room = (limit or 0) - _size(head) - 400  # 400: the table's header, titles, trailers
+    if limit is not None:
+        items = _fit(items, room, "findings")
+        table = _fit(table, room - _size(items), "configs")
+        notes = _fit(notes, room - _size(items) - _size(table), "notes")
+    lines = [*head, *([""] + items if items else [])]
+    if table:
+        labels = [label for label, _, _ in _BASELINE_FIGURES]
+        lines += ["", "| Config | " + " | ".join(labels) + " | Layers changed |"]
+        lines += ["|---|" + "--:|" * len(labels) + "---|", *table]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
     return "\n".join(lines) + "\n"
 
 
 def baseline_lines(reviews: list[BaselineReview], ref: str) -> list[str]:
-    """For ``validate --baseline`` as text: one line per changed config."""
+    """For ``validate --baseline`` as text: one line per changed config, every name made
+    safe for a terminal (:func:`terminal`)."""
     lines = []
     for r in reviews:
         if r.status != "changed" or r.result is None:
@@ -583,5 +807,5 @@ def baseline_lines(reviews: list[BaselineReview], ref: str) -> list[str]:
             if _get(r.result["old"], path) != _get(r.result["new"], path)
         ]
         cells.append(f"layers {_counts_text(r.result)}")
-        lines.append(f"{r.file}: against {ref}: " + "; ".join(cells))
+        lines.append(terminal(f"{r.file}: against {ref}: " + "; ".join(cells)))
     return lines

@@ -204,3 +204,31 @@ def test_a_growth_limit_on_a_free_input_size_is_never_a_silent_pass(write):
     found = growth_findings(new, old, "HEAD")
     assert [(f.path, f.severity) for f in found] == [("budget.growth.macs", "warning")]
     assert "cannot check MACs per image" in found[0].message
+
+
+@pytest.mark.parametrize(
+    ("budget", "column", "path", "message"),
+    [
+        ("{params: }", 17, "budget.params", "the limit is empty; give an amount (e.g. 1.5M)"),
+        ("{params: {warn: null, fail: null}}", 18, "budget.params", "warn and fail are empty"),
+        ("{macs: {warn: 5M, fail: }}", 16, "budget.macs", "fail is empty"),
+        (
+            "{growth: {params: }}",
+            26,
+            "budget.growth.params",
+            "the limit is empty; give an amount (e.g. 10%)",
+        ),
+        ("{growth: }", 17, "budget.growth", "growth must be a mapping"),
+    ],
+)
+def test_an_empty_or_null_limit_is_an_error_at_its_key(write, budget, column, path, message):
+    _, _, findings = check_file(write(MODEL + f"budget: {budget}\n"))
+    assert [(f.severity, f.line, f.path) for f in findings] == [("error", 7, path)]
+    assert message in findings[0].message
+    assert findings[0].column == column
+
+
+def test_an_unknown_growth_key_gets_a_did_you_mean(cli, write):
+    result = cli("validate", write(MODEL + "budget:\n  growth: {parms: 10%}\n"))
+    assert result.exit_code == 1
+    assert "budget.growth: unknown growth limit 'parms'; did you mean 'params'?" in result.stdout

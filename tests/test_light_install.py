@@ -95,7 +95,7 @@ def test_diff_and_baseline_work_without_tensorflow(light, tmp_path):
         cwd=tmp_path,
     )
     assert review.returncode == 1, review.stdout + review.stderr
-    assert "| `model.yaml` (cifar10_tutorial) |" in review.stdout
+    assert "| `model.yaml` (`cifar10_tutorial`) |" in review.stdout
     assert "over the fail limit of 1%" in review.stdout
 
 

@@ -295,3 +295,22 @@ def test_a_16_bit_rgb_png_is_refused_by_predict_with_its_name(named_run, tmp_pat
                      "-f", "json", "-k", 3)  # fmt: skip
     assert "deep.png" in result.output and "16-bit or float" in result.output
     assert "shallow.png" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "github", "sarif", "markdown"])
+def test_every_findings_format_is_utf8_without_control_characters(tmp_path, fmt):
+    # found by the stranger tests: `--format github` crashed on a file name that is not
+    # UTF-8 and passed ESC to the log viewer
+    for raw in (b"caf\xe9.yaml", b"e\x1b[2Jx.yaml"):
+        (tmp_path / os.fsdecode(raw)).write_text("input: [8, 8, 1]\nlayers:\n  - Conv9D\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnbuild", "validate", str(tmp_path), "--format", fmt],
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    out = done.stdout.decode("utf-8")
+    assert "\x1b" not in out and "Traceback" not in done.stderr.decode()
+    assert out.count("Conv9D") == 2

@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, mod
 
 from cnnbuild.backend import STRATEGIES
 from cnnbuild.catalog import LOSS_NAMES
+from cnnbuild.errors import suggest
 from cnnbuild.schema.types import (
     EXPONENT,
     Bool,
@@ -281,6 +282,7 @@ class LintConfig(Strict):
 
 COUNT_SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 SIZE_SUFFIXES = {**COUNT_SUFFIXES, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_EXAMPLES = {"count": "1.5M", "bytes": "64MiB", "percent": "10%"}
 _AMOUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*(%?)\s*$")
 
 
@@ -311,7 +313,7 @@ def parse_amount(value: Any, unit: str) -> float:
             shown = "an integer too big for a float" if big else repr(value)
             raise ValueError(f"expected a number >= 0; received {shown}")
         return number
-    example = {"count": "1.5M", "bytes": "64MiB", "percent": "10%"}[unit]
+    example = _EXAMPLES[unit]
     match = _AMOUNT.match(value) if isinstance(value, str) else None
     if match is None or (match[3] and unit != "percent") or (match[2] and match[3]):
         percent = match is not None and match[3] and not match[2]
@@ -343,13 +345,23 @@ def _limit(unit: str):
     def parse(value: Any) -> Limit:
         if isinstance(value, Limit):
             return value
+        if value is None:
+            raise ValueError(
+                f"the limit is empty; give an amount (e.g. {_EXAMPLES[unit]}) or "
+                "{warn: X, fail: Y}, or remove the key"
+            )
         if not isinstance(value, dict):
             return Limit(fail=parse_amount(value, unit))
         unknown = [k for k in value if k not in ("warn", "fail")]
         if unknown or not value:
             raise ValueError(f"expected a value or {{warn: X, fail: Y}}; received {value!r}")
-        tiers = {k: None if v is None else parse_amount(v, unit) for k, v in value.items()}
-        limit = Limit(**tiers)
+        empty = [k for k, v in value.items() if v is None]
+        if empty:
+            raise ValueError(
+                f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty; give an "
+                f"amount (e.g. {_EXAMPLES[unit]}) or remove the key"
+            )
+        limit = Limit(**{k: parse_amount(v, unit) for k, v in value.items()})
         if limit.warn is not None and limit.fail is not None and limit.warn > limit.fail:
             raise ValueError(f"warn ({value['warn']}) is above fail ({value['fail']})")
         return limit
@@ -403,24 +415,31 @@ class Growth(Strict):
                 "growth must be a mapping of a figure to a percent, e.g. "
                 f"{{params: 10%, macs: 5%}}; received {value!r}"
             )
+        known = [k for k in cls.model_fields if k != "growth"]
+        for key in value:
+            if key not in known:
+                raise ValueError(
+                    f"unknown growth limit {key!r}{suggest(str(key), known)} "
+                    f"(growth limits: {', '.join(known)})"
+                )
         return value
 
-    params: LimitType("percent") | None = None
-    trainable_params: LimitType("percent") | None = None
-    macs: LimitType("percent") | None = None
-    activation_memory: LimitType("percent") | None = None
-    weights: LimitType("percent") | None = None
+    params: LimitType("percent") = None  # null is refused
+    trainable_params: LimitType("percent") = None  # null is refused
+    macs: LimitType("percent") = None  # null is refused
+    activation_memory: LimitType("percent") = None  # null is refused
+    weights: LimitType("percent") = None  # null is refused
 
 
 class BudgetConfig(Strict):
     """Ceilings on the model's size and cost, and growth limits against a baseline."""
 
-    params: LimitType("count") | None = None
-    trainable_params: LimitType("count") | None = None
-    macs: LimitType("count") | None = None
-    activation_memory: LimitType("bytes") | None = None
-    weights: LimitType("bytes") | None = None
-    growth: Growth | None = None
+    params: LimitType("count") = None  # null is refused
+    trainable_params: LimitType("count") = None  # null is refused
+    macs: LimitType("count") = None  # null is refused
+    activation_memory: LimitType("bytes") = None  # null is refused
+    weights: LimitType("bytes") = None  # null is refused
+    growth: Growth = None  # null is refused (Growth._mapping)
 
 
 def format_amount(value: float, unit: str) -> str:
