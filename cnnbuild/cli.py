@@ -864,7 +864,10 @@ def export(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Where to write (default RUN/export/).", show_default=False
+            "--output",
+            "-o",
+            help="Where to write (default RUN/export/, or NAME-export/ beside a .keras file).",
+            show_default=False,
         ),
     ] = None,
     data: Annotated[

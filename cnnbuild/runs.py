@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from cnnbuild.backend import keep_recursion_room, keras_module
 from cnnbuild.catalog import PROBABILITY_ACTIVATIONS
 from cnnbuild.errors import RunError, UsageError, pydantic_problems
-from cnnbuild.io import MAX_PIXELS
+from cnnbuild.io import MAX_PIXELS, FileRefused, open_regular
 
 if TYPE_CHECKING:
     from cnnbuild.config import ModelConfig
@@ -182,13 +181,11 @@ def saved_config(path: Path) -> dict:
             its bound, or not a JSON object.
     """
     try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise RunError(f"{path}: cannot load the model: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise RunError(f"{path}: cannot load the model: not a regular file")
+        file = open_regular(path, MAX_ARCHIVE_BYTES)
+    except FileRefused as exc:
+        raise RunError(f"{path}: cannot load the model: {exc}") from None
     try:
-        with zipfile.ZipFile(path) as archive:
+        with file, zipfile.ZipFile(file) as archive:
             members = archive.infolist()
             total = sum(m.file_size for m in members)
             if total > MAX_ARCHIVE_BYTES:
@@ -415,26 +412,16 @@ class ImageError(Exception):
 
 
 def _open_regular(path: Path) -> Any:
-    """A binary file object for a regular file, opened without blocking (a FIFO or a
-    device is refused at once, never read).
+    """A binary file object for a regular file of at most :data:`MAX_FILE_BYTES`, opened
+    without blocking (:func:`cnnbuild.io.open_regular`).
 
     Raises:
         ImageError: not a regular file, too large, or unreadable.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ImageError(exc.strerror or str(exc)) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ImageError("not a regular file")
-    if info.st_size > MAX_FILE_BYTES:
-        os.close(fd)
-        raise ImageError(f"{info.st_size:,} bytes; the limit is {MAX_FILE_BYTES:,}")
-    if hasattr(os, "set_blocking"):
-        os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+        return open_regular(path, MAX_FILE_BYTES)
+    except FileRefused as exc:
+        raise ImageError(str(exc)) from None
 
 
 def _checked(img: Any, channels: int) -> Any:
