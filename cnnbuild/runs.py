@@ -256,11 +256,12 @@ def _layer_parameters(layer: dict, width: int) -> int:
     if units:
         return units * (width + bias)
     depth = _int(config, "depth_multiplier")
-    if filters or depth:
+    if depth:  # depthwise; with filters, separable: then a 1 x 1 pointwise conv
+        pointwise = width * depth * filters
+        return _kernel(config) * width * depth + pointwise + (filters or width * depth) * bias
+    if filters:
         groups = _int(config, "groups") or 1
-        depthwise = _kernel(config) * width * depth
-        full = _kernel(config) * (width * depth if depth else width // groups) * filters
-        return depthwise + full + (filters + width * depth) * bias
+        return _kernel(config) * (width // groups) * filters + filters * bias
     if _int(config, "input_dim") and _int(config, "output_dim"):
         return config["input_dim"] * config["output_dim"]
     if "Normalization" in layer["class_name"]:  # at most 4 per channel (BatchNormalization)

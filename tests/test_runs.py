@@ -366,6 +366,33 @@ def test_the_weights_a_keras_file_holds_are_read_from_h5_metadata(dense25):
     assert load_model(dense25).count_params() == 78
 
 
+def test_the_estimate_is_exact_for_every_conv_kind(tmp_path):
+    """Separable (a 1 x 1 pointwise after the depthwise), depthwise, grouped, transposed,
+    without bias: the estimate must not exceed what Keras holds, or a real model would be
+    refused by the weight check."""
+    import keras
+
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 4)),
+            layers.SeparableConv2D(8, 3, use_bias=False),
+            layers.SeparableConv2D(8, 3, depth_multiplier=2),
+            layers.DepthwiseConv2D(3, depth_multiplier=2),
+            layers.Conv2D(8, 3, groups=2),
+            layers.Conv2DTranspose(4, 3),
+            layers.BatchNormalization(),
+            layers.Flatten(),
+            layers.Dense(3, use_bias=False),
+        ]
+    )
+    model.save(tmp_path / "kinds.keras")
+    with zipfile.ZipFile(tmp_path / "kinds.keras") as archive:
+        tree = json.loads(archive.read("config.json"))
+    assert estimate_parameters(tree) == model.count_params()
+    assert held_weights(tmp_path / "kinds.keras")[0] == model.count_params()
+
+
 @pytest.mark.slow
 def test_predict_refuses_a_config_asking_for_more_weights_than_the_file_holds(dense25, tmp_path):
     """Dense(20,000,000) after 25 inputs: 520 M parameters (2.08 GB as float32), under the
