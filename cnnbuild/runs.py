@@ -25,6 +25,10 @@ Bounds, all checked before the expensive step they guard:
 - the parameters the saved config asks for, times 4 bytes (float32), at most
   :data:`MAX_MODEL_BYTES`, counted layer by layer from the Keras config (see
   :func:`estimate_parameters`);
+- those parameters at most what ``model.weights.h5`` holds (:data:`WEIGHTS_SLACK`), its
+  datasets' shapes read from the h5 metadata, and their bytes within the member's declared
+  size (:func:`check_weights`): Keras allocates what the config asks for before it reads
+  a single weight;
 - an image must be a regular file of at most :data:`MAX_FILE_BYTES` declaring at most
   :data:`MAX_PIXELS` pixels.
 """
