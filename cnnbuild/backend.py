@@ -21,6 +21,35 @@ config schema, the ``--strategy`` flag and the planner all read this tuple."""
 
 _STARTUP_LOG: list[str] = []
 
+TRAIN_INSTALL = "pip install 'cnnbuild[train]'"
+TRAIN_MODULES = ("numpy", "tensorflow", "keras")
+"""What the train extra brings that the light install (``pip install cnnbuild``) lacks and
+training and evaluation import."""
+
+
+def missing_hint(command: str, missing: list[str]) -> str:
+    """The light install's message: ``COMMAND needs X, Y, which are not installed; install
+    them with: pip install 'cnnbuild[train]'``."""
+    one = len(missing) == 1
+    return (
+        f"{command} needs {', '.join(missing)}, which {'is' if one else 'are'} not "
+        f"installed; install {'it' if one else 'them'} with: {TRAIN_INSTALL}"
+    )
+
+
+def require_train(command: str) -> None:
+    """Refuse, with the install command, when numpy, TensorFlow or Keras is missing: checked
+    before the command imports anything of them.
+
+    Raises:
+        UsageError: naming what is missing (exit 2).
+    """
+    import importlib.util
+
+    missing = [name for name in TRAIN_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(missing_hint(command, missing))
+
 
 @contextmanager
 def captured_fds(fds: tuple[int, ...] = (1, 2)):

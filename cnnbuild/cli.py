@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from cnnbuild.backend import STRATEGIES
+from cnnbuild.backend import STRATEGIES, missing_hint, require_train
 from cnnbuild.cli_help import LOOK, SHIP, TRAIN, WRITE, Command, Group
 from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError, WriteError
 from cnnbuild.escape import rich, terminal
@@ -74,6 +74,10 @@ def handled(fn):
         except CnnbuildError as exc:
             _fail(exc)
             raise typer.Exit(exc.exit_code) from None
+        except ModuleNotFoundError as exc:
+            error = _missing_module(exc)
+            _fail(error)
+            raise typer.Exit(error.exit_code) from None
         except OSError as exc:
             from cnnbuild.io import os_error_message
 
@@ -82,6 +86,15 @@ def handled(fn):
             raise typer.Exit(error.exit_code) from None
 
     return wrapper
+
+
+def _missing_module(exc: ModuleNotFoundError) -> UsageError:
+    """A package of an extra missing in the light install: the install hint, exit 2. A
+    missing module of cnnbuild itself is a bug, so its traceback stays."""
+    top = (exc.name or "").split(".")[0]
+    if not top or top == "cnnbuild":
+        raise exc
+    return UsageError(missing_hint("this command", [top]))
 
 
 class Format(str, Enum):
@@ -590,6 +603,7 @@ def train(
 
     Flags override the config's train: section; the run records the resolved values.
     """
+    require_train("train")
     if workers is not None:
         raise typer.Exit(_launch_workers(ctx, workers, config, out, seed))
     from cnnbuild.insight.hooks import training_hooks
@@ -651,6 +665,7 @@ def evaluate(
 
     Models load with Keras' safe_mode on.
     """
+    require_train("evaluate")
     from cnnbuild.train import evaluate as run_evaluation
     from cnnbuild.train import print_evaluation, stdout_console
 
@@ -896,7 +911,10 @@ def export(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Where to write (default RUN/export/).", show_default=False
+            "--output",
+            "-o",
+            help="Where to write (default RUN/export/, or NAME-export/ beside a .keras file).",
+            show_default=False,
         ),
     ] = None,
     data: Annotated[

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnbuild.errors import CnnbuildError, DataError, UsageError, WriteError, shape_str
 from cnnbuild.io import TEMP_MARK, fsync_path, os_error_message, os_errors
-from cnnbuild.runs import Target, load_model, open_target
+from cnnbuild.runs import Target, load_model, open_target, output_dir
 from cnnbuild.schema.sections import DATASET_FORMS
 
 if TYPE_CHECKING:
@@ -72,17 +72,16 @@ def require(fmt: str) -> None:
 
 
 def default_output(opened: Target, fmt: str, int8: bool) -> Path:
-    """``RUN/export/model.{onnx,tflite}``, ``model_int8.tflite`` or ``saved_model/``; beside
-    a bare .keras file, ``NAME.onnx`` and so on."""
+    """In :func:`cnnbuild.runs.output_dir`'s ``export`` folder (``RUN/export/``, or
+    ``NAME-export/`` beside a bare .keras file): ``model.{onnx,tflite}``,
+    ``model_int8.tflite`` or ``saved_model/``, named after the model."""
     stem = "model" if opened.run_dir is not None else opened.model_path.stem
     name = {
-        "saved_model": f"{stem}_saved_model",
+        "saved_model": "saved_model",
         "litert": f"{stem}_int8.tflite" if int8 else f"{stem}.tflite",
         "onnx": f"{stem}.onnx",
     }[fmt]
-    if opened.run_dir is not None:
-        return opened.run_dir / "export" / ("saved_model" if fmt == "saved_model" else name)
-    return opened.model_path.with_name(name)
+    return output_dir(opened, "export") / name
 
 
 def float32_model(keras: Any, model: Any) -> Any:

@@ -4,6 +4,11 @@ A write goes to a temp file beside its target (``.NAME.tmp-XXXX``), is fsynced, 
 over the target and the folder is fsynced: a crash leaves either the old file or the new
 one, never half of one. Temp files carry the ``.tmp-`` mark so a run directory can sweep
 up what a ``kill -9`` left behind (:func:`is_temp`).
+
+A read of a file a user names is bounded before a byte is read
+(:func:`open_regular`, :func:`read_regular`): a regular file, at most a given size, opened
+without blocking (a FIFO or a device is refused, never read); every refusal is one
+:class:`FileRefused`, whose message is the reason.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cnnbuild.errors import WriteError
 
@@ -142,3 +148,98 @@ def os_errors(path: str | Path | None = None) -> Iterator[None]:
         yield
     except OSError as exc:
         raise WriteError(os_error_message(exc, path)) from None
+
+
+class FileRefused(Exception):
+    """A file that :func:`open_regular` will not read; the message is the reason, without
+    the path (the caller names the file in its own words).
+
+    Attributes:
+        size: the file's size when it is over the limit, else None.
+        limit: the limit it was read under.
+        os_error: the :class:`OSError` when the OS refused (missing, permission...), else
+            None.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        size: int | None = None,
+        limit: int = 0,
+        os_error: OSError | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason, self.size, self.limit, self.os_error = reason, size, limit, os_error
+
+    @property
+    def missing(self) -> bool:
+        """Whether the file does not exist."""
+        return isinstance(self.os_error, FileNotFoundError)
+
+
+def check_regular(info: os.stat_result, limit: int) -> None:
+    """Refuse a stat result that is not a regular file, or larger than ``limit`` bytes.
+
+    Raises:
+        FileRefused: "not a regular file" or "N bytes; the limit is L".
+    """
+    if not stat.S_ISREG(info.st_mode):
+        raise FileRefused("not a regular file", limit=limit)
+    if info.st_size > limit:
+        raise FileRefused(
+            f"{info.st_size:,} bytes; the limit is {limit:,}", size=info.st_size, limit=limit
+        )
+
+
+def open_regular(path: str | Path, limit: int, *, follow: bool = True) -> BinaryIO:
+    """A binary file object for a regular file of at most ``limit`` bytes.
+
+    The file is opened without blocking and checked on its descriptor (no race between a
+    check and the open): a FIFO or a device is refused at once, never read.
+
+    Args:
+        path: the file.
+        limit: the most bytes it may hold.
+        follow: follow a symbolic link (``False``: refuse one, ``O_NOFOLLOW``).
+
+    Raises:
+        FileRefused: not a regular file, over the limit, or the OS refused to open it.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise FileRefused(exc.strerror or str(exc), limit=limit, os_error=exc) from None
+    try:
+        check_regular(os.fstat(fd), limit)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: str | Path, limit: int, *, follow: bool = True) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see :func:`open_regular`);
+    the read is bounded too, in case the file grows in between.
+
+    Example:
+        ``read_regular("net.yaml", 2_000_000)`` is the file's bytes, or raises
+        :class:`FileRefused` with "not a regular file" for ``/dev/zero``.
+
+    Raises:
+        FileRefused: not a regular file, over the limit, or unreadable.
+    """
+    with open_regular(path, limit, follow=follow) as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise FileRefused(exc.strerror or str(exc), limit=limit, os_error=exc) from None
+    if len(data) > limit:
+        raise FileRefused(
+            f"more than {limit:,} bytes; the limit is {limit:,}", size=len(data), limit=limit
+        )
+    return data

@@ -25,16 +25,21 @@ Bounds, all checked before the expensive step they guard:
 - the parameters the saved config asks for, times 4 bytes (float32), at most
   :data:`MAX_MODEL_BYTES`, counted layer by layer from the Keras config (see
   :func:`estimate_parameters`);
+- those parameters at most what ``model.weights.h5`` holds (:data:`WEIGHTS_SLACK`), its
+  datasets' shapes read from the h5 metadata, and their bytes within the member's declared
+  size (:func:`check_weights`): Keras allocates what the config asks for before it reads
+  a single weight;
 - an image must be a regular file of at most :data:`MAX_FILE_BYTES` declaring at most
   :data:`MAX_PIXELS` pixels.
 """
 
 from __future__ import annotations
 
+import io as io_module
 import json
 import math
 import os
-import stat
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -44,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from cnnbuild.backend import keep_recursion_room, keras_module
 from cnnbuild.catalog import PROBABILITY_ACTIVATIONS
 from cnnbuild.errors import RunError, UsageError, pydantic_problems
-from cnnbuild.io import MAX_PIXELS
+from cnnbuild.io import MAX_PIXELS, FileRefused, open_regular
 
 if TYPE_CHECKING:
     from cnnbuild.config import ModelConfig
@@ -182,13 +187,11 @@ def saved_config(path: Path) -> dict:
             its bound, or not a JSON object.
     """
     try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise RunError(f"{path}: cannot load the model: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise RunError(f"{path}: cannot load the model: not a regular file")
+        file = open_regular(path, MAX_ARCHIVE_BYTES)
+    except FileRefused as exc:
+        raise RunError(f"{path}: cannot load the model: {exc}") from None
     try:
-        with zipfile.ZipFile(path) as archive:
+        with file, zipfile.ZipFile(file) as archive:
             members = archive.infolist()
             total = sum(m.file_size for m in members)
             if total > MAX_ARCHIVE_BYTES:
@@ -253,14 +256,16 @@ def _layer_parameters(layer: dict, width: int) -> int:
     """Parameters of one layer from its Keras config, given its input's last dim."""
     config = layer["config"]
     units, filters = _int(config, "units"), _int(config, "filters")
+    bias = 0 if config.get("use_bias") is False else 1
     if units:
-        return units * (width + 1)
+        return units * (width + bias)
     depth = _int(config, "depth_multiplier")
-    if filters or depth:
+    if depth:  # depthwise; with filters, separable: then a 1 x 1 pointwise conv
+        pointwise = width * depth * filters
+        return _kernel(config) * width * depth + pointwise + (filters or width * depth) * bias
+    if filters:
         groups = _int(config, "groups") or 1
-        depthwise = _kernel(config) * width * depth
-        full = _kernel(config) * (width * depth if depth else width // groups) * filters
-        return depthwise + full + filters + width * depth
+        return _kernel(config) * (width // groups) * filters + filters * bias
     if _int(config, "input_dim") and _int(config, "output_dim"):
         return config["input_dim"] * config["output_dim"]
     if "Normalization" in layer["class_name"]:  # at most 4 per channel (BatchNormalization)
@@ -305,7 +310,8 @@ def estimate_parameters(tree: Any) -> int:
 
 
 def check_model_size(path: Path) -> int:
-    """Refuse a ``.keras`` file whose config asks for more than :data:`MAX_MODEL_BYTES`.
+    """Refuse a ``.keras`` file whose config asks for more than :data:`MAX_MODEL_BYTES`,
+    or for more weights than it holds (:func:`check_weights`).
 
     Returns:
         The number of layer objects in its config (the depth Keras recurses through).
@@ -320,7 +326,122 @@ def check_model_size(path: Path) -> int:
             f"{path}: the model asks for about {params:,} parameters ({params * 4:,} bytes "
             f"as float32); the limit is {MAX_MODEL_BYTES:,} bytes, so it is not loaded"
         )
+    check_weights(path, params)
     return len(_layer_dicts(tree))
+
+
+WEIGHTS_FILE = "model.weights.h5"
+WEIGHTS_SLACK = 1.25
+"""How far the config's estimate may exceed the weights the file holds (the estimate
+counts a normalization at 4 per channel, where some hold 2)."""
+
+
+class _Window(io_module.RawIOBase):
+    """A read-only, seekable view of ``size`` bytes at ``start`` of a file: a stored
+    (uncompressed) zip member read in place, so h5py seeks cost nothing."""
+
+    def __init__(self, file: Any, start: int, size: int) -> None:
+        self.file, self.start, self.size, self.pos = file, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self.size - self.pos))
+        self.file.seek(self.start + self.pos)
+        data = self.file.read(n)
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def _member(file: Any, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
+    """A seekable file object for a zip member: read in place when it is stored."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return archive.open(info)
+    file.seek(info.header_offset)
+    header = file.read(30)
+    if header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return _Window(file, info.header_offset + 30 + name_len + extra_len, info.file_size)
+
+
+def held_weights(path: Path) -> tuple[int, int, int] | None:
+    """What a ``.keras`` archive's ``model.weights.h5`` holds, read from the h5 metadata
+    (the datasets' shapes and dtypes), never from the data.
+
+    Returns:
+        (values, their bytes, the member's declared size), or None for an archive
+        without ``model.weights.h5`` (an older ``.npz`` one, which Keras checks itself).
+
+    Raises:
+        RunError: the archive or its weights file cannot be read.
+    """
+    import h5py
+
+    try:
+        file = open_regular(path, MAX_ARCHIVE_BYTES)
+    except FileRefused as exc:
+        raise RunError(f"{path}: cannot load the model: {exc}") from None
+    values = nbytes = 0
+
+    def count(_name: str, node: Any) -> None:
+        nonlocal values, nbytes
+        if isinstance(node, h5py.Dataset):
+            values += int(node.size or 0)
+            nbytes += int(node.size or 0) * node.dtype.itemsize
+
+    try:
+        with file, zipfile.ZipFile(file) as archive:
+            if WEIGHTS_FILE not in archive.namelist():
+                return None
+            info = archive.getinfo(WEIGHTS_FILE)
+            with _member(file, archive, info) as member, h5py.File(member, "r") as h5:
+                h5.visititems(count)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, RecursionError) as exc:
+        raise RunError(f"{path}: cannot load the model: its {WEIGHTS_FILE}: {exc}") from None
+    return values, nbytes, info.file_size
+
+
+def check_weights(path: Path, params: int) -> None:
+    """Refuse a ``.keras`` file whose config asks for more weights than its weights file
+    holds, before Keras builds the model (and allocates what the config asks for).
+
+    The weights file must hold, in data it really stores, at least the ``params`` the
+    config asks for (up to :data:`WEIGHTS_SLACK`): its datasets' declared sizes, read from
+    the h5 metadata, and the bytes those take, within the member's declared size (an h5
+    dataset never written, or compressed, declares a shape the file does not store).
+
+    Raises:
+        RunError: the config asks for more than the file holds.
+    """
+    held = held_weights(path)
+    if held is None:
+        return
+    values, nbytes, declared = held
+    if nbytes > declared:
+        raise RunError(
+            f"{path}: its {WEIGHTS_FILE} declares {values:,} weights ({nbytes:,} bytes) in "
+            f"{declared:,} bytes: the weights are not all stored, so the model is not loaded"
+        )
+    if params > values * WEIGHTS_SLACK + 1024:
+        raise RunError(
+            f"{path}: the config asks for about {params:,} parameters, but its "
+            f"{WEIGHTS_FILE} holds {values:,} weights; a .keras file must hold the weights "
+            "its config asks for, so the model is not loaded"
+        )
 
 
 def load_model(path: str | os.PathLike, verbose: bool = False, *, compile: bool = False) -> Any:
@@ -415,26 +536,16 @@ class ImageError(Exception):
 
 
 def _open_regular(path: Path) -> Any:
-    """A binary file object for a regular file, opened without blocking (a FIFO or a
-    device is refused at once, never read).
+    """A binary file object for a regular file of at most :data:`MAX_FILE_BYTES`, opened
+    without blocking (:func:`cnnbuild.io.open_regular`).
 
     Raises:
         ImageError: not a regular file, too large, or unreadable.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ImageError(exc.strerror or str(exc)) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ImageError("not a regular file")
-    if info.st_size > MAX_FILE_BYTES:
-        os.close(fd)
-        raise ImageError(f"{info.st_size:,} bytes; the limit is {MAX_FILE_BYTES:,}")
-    if hasattr(os, "set_blocking"):
-        os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+        return open_regular(path, MAX_FILE_BYTES)
+    except FileRefused as exc:
+        raise ImageError(str(exc)) from None
 
 
 def _checked(img: Any, channels: int) -> Any:

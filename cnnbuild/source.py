@@ -9,8 +9,6 @@ size of aliases ("billion laughs") and the nesting depth.
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import yaml
 
 from cnnbuild.errors import Finding, Position
+from cnnbuild.io import FileRefused, read_regular
 
 MAX_NODES = 200_000
 MAX_DEPTH = 64
@@ -289,20 +288,17 @@ def read_document(path: str | Path) -> Document:
     """
     file = str(path)
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            return _refused(
-                file,
-                "not a regular file (a device, a pipe or a socket); "
-                "give the path of a YAML config file",
-            )
-        if info.st_size > MAX_BYTES:
-            return _refused(file, _too_big(info.st_size), "yaml")
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as stream:
-            raw = stream.read(MAX_BYTES + 1)
-    except OSError as exc:
-        return _refused(file, f"cannot read the file: {exc.strerror or exc}")
+        raw = read_regular(path, MAX_BYTES)
+    except FileRefused as exc:
+        if exc.size is not None:
+            return _refused(file, _too_big(exc.size), "yaml")
+        if exc.os_error is not None:
+            return _refused(file, f"cannot read the file: {exc}")
+        return _refused(
+            file,
+            "not a regular file (a device, a pipe or a socket); "
+            "give the path of a YAML config file",
+        )
     return parse_bytes(raw, file)
 
 

@@ -364,3 +364,21 @@ def test_full_or_read_only_disk_is_a_message(flowers_run, tmp_path, cli, fmt, si
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and reason in lines[0] and str(disk / "run") in lines[0], lines
         assert list((disk / "run").iterdir()) == []
+
+
+def test_the_default_output_is_the_commands_output_folder(tmp_path):
+    """runs.output_dir names export's folder, as it does show's and predict's: RUN/export/
+    for a run, NAME-export/ beside a bare .keras file."""
+    from cnnbuild.export import default_output
+    from cnnbuild.runs import open_target
+
+    (tmp_path / "net.keras").write_bytes(b"PK")
+    bare = open_target(tmp_path / "net.keras")
+    assert default_output(bare, "onnx", False) == tmp_path / "net-export" / "net.onnx"
+    assert default_output(bare, "litert", True) == tmp_path / "net-export" / "net_int8.tflite"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"PK")
+    opened = open_target(run)
+    assert default_output(opened, "saved_model", False) == run / "export" / "saved_model"
+    assert default_output(opened, "onnx", False) == run / "export" / "model.onnx"

@@ -25,6 +25,7 @@ from cnnbuild.runs import (
     bilinear,
     decode_sized,
     estimate_parameters,
+    held_weights,
     load_model,
     open_target,
     output_dir,
@@ -303,3 +304,121 @@ def test_a_16_bit_rgb_png_is_refused_as_the_readme_says(tmp_path):
     (tmp_path / "deep.png").write_bytes(png + chunk(b"IEND", b""))
     with pytest.raises(ImageError, match="16-bit or float"):
         decode_sized(tmp_path / "deep.png", (4, 4, 3))
+
+
+# -- the model: its weights file must hold what its config asks for ----------------------
+
+
+@pytest.fixture(scope="module")
+def dense25(tmp_path_factory) -> Path:
+    """A real Keras model, 25 inputs into a Dense(3), saved as Keras saves it."""
+    import keras
+
+    path = tmp_path_factory.mktemp("dense25") / "dense25.keras"
+    keras.Sequential([keras.Input((25,)), keras.layers.Dense(3)]).save(path)
+    return path
+
+
+def _ask_for_20m_units(tree):
+    _dense_layers(tree)[0]["config"]["units"] = 20_000_000
+    return tree
+
+
+def _declare_unwritten(src: Path, dst: Path, units: int) -> None:
+    """Copy a .keras archive, its config asking for Dense(units) and its weights file
+    declaring the kernel and bias at that size without storing them (h5 datasets created
+    with a shape and never written take no space)."""
+    import io
+
+    import h5py
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        old = h5py.File(io.BytesIO(zin.read("model.weights.h5")), "r")
+        buffer = io.BytesIO()
+        with h5py.File(buffer, "w") as new:
+            old.visititems(lambda name, node: _copy_declared(new, name, node, units))
+        old.close()
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "config.json":
+                data = json.dumps(_ask_for_20m_units(json.loads(data))).encode()
+            elif info.filename == "model.weights.h5":
+                data = buffer.getvalue()
+            zout.writestr(info.filename, data)
+
+
+def _copy_declared(new, name: str, node, units: int) -> None:
+    import h5py
+
+    if not isinstance(node, h5py.Dataset):
+        return
+    shape = node.shape
+    if len(shape) == 2:
+        new.create_dataset(name, shape=(shape[0], units), dtype=node.dtype)
+    elif len(shape) == 1 and shape[0] == 3:
+        new.create_dataset(name, shape=(units,), dtype=node.dtype)
+    else:
+        new.create_dataset(name, data=node[()])
+
+
+def test_the_weights_a_keras_file_holds_are_read_from_h5_metadata(dense25):
+    assert held_weights(dense25)[:2] == (25 * 3 + 3, (25 * 3 + 3) * 4)
+    assert load_model(dense25).count_params() == 78
+
+
+def test_the_estimate_is_exact_for_every_conv_kind(tmp_path):
+    """Separable (a 1 x 1 pointwise after the depthwise), depthwise, grouped, transposed,
+    without bias: the estimate must not exceed what Keras holds, or a real model would be
+    refused by the weight check."""
+    import keras
+
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 4)),
+            layers.SeparableConv2D(8, 3, use_bias=False),
+            layers.SeparableConv2D(8, 3, depth_multiplier=2),
+            layers.DepthwiseConv2D(3, depth_multiplier=2),
+            layers.Conv2D(8, 3, groups=2),
+            layers.Conv2DTranspose(4, 3),
+            layers.BatchNormalization(),
+            layers.Flatten(),
+            layers.Dense(3, use_bias=False),
+        ]
+    )
+    model.save(tmp_path / "kinds.keras")
+    with zipfile.ZipFile(tmp_path / "kinds.keras") as archive:
+        tree = json.loads(archive.read("config.json"))
+    assert estimate_parameters(tree) == model.count_params()
+    assert held_weights(tmp_path / "kinds.keras")[0] == model.count_params()
+
+
+@pytest.mark.slow
+def test_predict_refuses_a_config_asking_for_more_weights_than_the_file_holds(dense25, tmp_path):
+    """Dense(20,000,000) after 25 inputs: 520 M parameters (2.08 GB as float32), under the
+    2 GiB size bound, in a file of a few KB. Refused before Keras builds the model."""
+    bad = tmp_path / "asks.keras"
+    _rewrite(dense25, bad, _ask_for_20m_units)
+    assert bad.stat().st_size < 1_000_000
+    assert MAX_MODEL_BYTES > 520_000_000 * 4
+    with pytest.raises(RunError, match="holds 78 weights"):
+        load_model(bad)
+    code, peak, err = _peak("predict", bad, tmp_path)
+    assert code == 1, err
+    assert "the config asks for about 520,000,000 parameters" in err
+    assert "model.weights.h5 holds 78 weights" in err
+    assert "Traceback" not in err
+    assert peak < 1.5 * 1024**3, f"peak RSS {peak:,} bytes"
+
+
+@pytest.mark.slow
+def test_weights_declared_but_not_stored_are_refused(dense25, tmp_path):
+    """The h5 datasets declare the 520 M weights the config asks for, but store none."""
+    bad = tmp_path / "unwritten.keras"
+    _declare_unwritten(dense25, bad, 20_000_000)
+    assert bad.stat().st_size < 1_000_000
+    code, peak, err = _peak("predict", bad, tmp_path)
+    assert code == 1, err
+    assert "declares 520,000,000 weights (2,080,000,000 bytes) in" in err
+    assert "the weights are not all stored" in err
+    assert peak < 1.5 * 1024**3, f"peak RSS {peak:,} bytes"

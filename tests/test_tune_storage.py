@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -242,3 +243,96 @@ def test_a_storage_that_is_not_a_url_is_a_usage_error(cli, tmp_path):
     assert "error: --storage study.db: not a database URL SQLAlchemy knows; write e.g. " in (
         " ".join(result.output.split())
     )
+
+
+# -- a real PostgreSQL server: workers on several machines share one study ---------------
+
+
+def _postgres_url() -> str:
+    """The URL of the PostgreSQL server the tests may use (``.ci/run`` starts one with
+    ``.ci/postgres`` and exports it), or a skip naming why there is none."""
+    url = os.environ.get("CNNBUILD_TEST_POSTGRES")
+    if not url:
+        pytest.skip(
+            os.environ.get("CNNBUILD_TEST_POSTGRES_SKIP")
+            or "no PostgreSQL server: CNNBUILD_TEST_POSTGRES is not set (start one with "
+            "`.ci/postgres start DIR`, which prints the URL to set)"
+        )
+    if not _installed("psycopg"):
+        pytest.skip("the psycopg driver is not installed (pip install 'psycopg[binary]')")
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        engine.connect().close()
+    except sqlalchemy.exc.OperationalError as exc:
+        pytest.skip(f"the PostgreSQL server at {url} cannot be reached: {exc.orig}")
+    finally:
+        engine.dispose()
+    return url
+
+
+def _first_trial(proc: subprocess.Popen, timeout: float) -> int:
+    """Read a tune process's output up to its first ``trial N start`` line: N."""
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        if line.startswith("trial ") and line.split()[2:3] == ["start"]:
+            return int(line.split()[1])
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise AssertionError(f"no trial started: {proc.communicate()}")
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_on_postgresql_and_survive_one_killed(tmp_path):
+    """Two `cnnbuild tune` processes on one study in a real PostgreSQL; one is killed
+    (SIGKILL) in the middle of a trial, the other goes on, and the killed one, started
+    again, finds the study complete."""
+    import optuna
+
+    from tests.test_tune import TINY
+
+    url = _postgres_url()
+    name = f"shared_{os.getpid()}_{time.monotonic_ns()}"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("epochs: 2", "epochs: 1").replace("trials: 3", "trials: 4"))
+    args = ["tune", str(config), "--study", name, "--storage", url]
+
+    def worker(out: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cnnbuild", *args, "--out", str(tmp_path / out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            cwd=tmp_path,
+        )
+
+    killed, other = worker("a"), worker("b")
+    try:
+        number = _first_trial(killed, 300)
+        time.sleep(1)  # inside the trial: its model is training
+        killed.kill()
+        killed.communicate(timeout=60)
+        assert killed.returncode == -signal.SIGKILL
+        out, err = other.communicate(timeout=600)
+        assert other.returncode == 0 and "Traceback" not in err, (out, err)
+        again = worker("a")
+        out, err = again.communicate(timeout=600)
+        assert again.returncode == 0 and "Traceback" not in err, (out, err)
+        trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    finally:
+        for proc in (killed, other):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    lost = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in lost] == [number]
+    assert lost[0].user_attrs["lost"].startswith("its process (pid ")
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == number)
+    assert retry.params == lost[0].params and retry.state.is_finished()
+    done = [t for t in trials if t.state.is_finished() and t not in lost]
+    assert len(done) == 4
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+    optuna.delete_study(study_name=name, storage=url)

@@ -18,7 +18,6 @@ import http.client
 import io
 import os
 import pickle
-import stat
 import sys
 import tarfile
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 from cnnbuild.data.base import Data, tidy
 from cnnbuild.errors import DataError
+from cnnbuild.io import FileRefused, read_regular
 
 MIRROR_ENV = "CNNBUILD_DATA_MIRROR"
 CHUNK = 1 << 16
@@ -326,12 +326,12 @@ class _Members:
     def read(self, member: str) -> bytes:
         if self.folder is not None:
             item = self.folder / member
-            info = item.stat()
-            if not stat.S_ISREG(info.st_mode):
-                raise DataError(f"{item}: not a regular file")
-            if info.st_size > MAX_MEMBER_BYTES:
-                raise self._too_big(str(item), info.st_size)
-            return item.read_bytes()
+            try:
+                return read_regular(item, MAX_MEMBER_BYTES)
+            except FileRefused as exc:
+                if exc.size is not None:
+                    raise self._too_big(str(item), exc.size) from None
+                raise DataError(f"{item}: {exc}") from None
         name = f"{self.archive.folder}/{member}"
         try:
             # members are scanned only up to the one wanted (getmember would read every

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import zipfile
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from cnnbuild.data.base import Data, tidy
 from cnnbuild.errors import DataError
-from cnnbuild.io import MAX_PIXELS
+from cnnbuild.io import MAX_PIXELS, FileRefused, check_regular
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_IMAGE_BYTES = 64 << 20
@@ -133,14 +132,11 @@ def _image_files(path: Path) -> tuple[list[str], dict[str, list[Path]], list[str
                 ignored.append(item)
                 continue
             try:
-                info = os.stat(item)  # follows a symlink: its target must be a regular file
+                check_regular(os.stat(item), MAX_IMAGE_BYTES)  # a symlink's target counts
             except OSError as exc:
                 refused.append(f"{item} ({exc.strerror})")
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                refused.append(f"{item} (not a regular file)")
-            elif info.st_size > MAX_IMAGE_BYTES:
-                refused.append(f"{item} ({info.st_size:,} bytes; at most {MAX_IMAGE_BYTES:,})")
+            except FileRefused as exc:
+                refused.append(f"{item} ({exc})")
             else:
                 files[name].append(item)
     return classes, files, refused, ignored

@@ -20,8 +20,6 @@ import base64
 import io
 import json
 import math
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,8 @@ import numpy as np
 
 from cnnbuild.errors import UsageError
 from cnnbuild.escape import mathtext
-from cnnbuild.io import os_errors, write_text
+from cnnbuild.io import FileRefused, os_errors, write_text
+from cnnbuild.io import read_regular as read_bounded
 
 REPORT = "report.html"
 EXAMPLES = 4
@@ -110,20 +109,16 @@ def png_uri(array: Any) -> str:
 def read_regular(path: Path, limit: int) -> tuple[bytes | None, str]:
     """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes, opened
     with ``O_NOFOLLOW`` (a symbolic link is refused); else None and why it was skipped."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        return None, f"no {path.name} in this run"
-    except OSError as exc:
-        return None, f"{path.name} skipped: {exc.strerror} (only a regular file is read)"
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            return None, f"{path.name} skipped: not a regular file"
-        if info.st_size > limit:
-            return None, f"{path.name} skipped: {info.st_size:,} bytes (limit {limit:,})"
-        return handle.read(limit + 1), ""
+        return read_bounded(path, limit, follow=False), ""
+    except FileRefused as exc:
+        if exc.missing:
+            return None, f"no {path.name} in this run"
+        if exc.os_error is not None:
+            return None, f"{path.name} skipped: {exc} (only a regular file is read)"
+        if exc.size is not None:
+            return None, f"{path.name} skipped: {exc.size:,} bytes (limit {limit:,})"
+        return None, f"{path.name} skipped: {exc}"
 
 
 def run_png(run_dir: Path, name: str) -> tuple[str | None, str]:
