@@ -136,7 +136,7 @@ def saved_model_config(
 
     path = Path(source)
     if not path.exists():
-        raise UsageError(f"{source}: no such file")
+        raise UsageError(f"{terminal(source)}: no such file")
     return saved_config(open_target(path).model_path)
 
 

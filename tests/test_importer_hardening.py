@@ -14,7 +14,10 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,7 +26,7 @@ from cnnbuild.catalog import REGISTRY
 from cnnbuild.expand import MAX_NODES
 from cnnbuild.importer import ImportRefused, import_config
 from cnnbuild.runs import saved_config
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.test_importer import assert_same_model
 
 keras = pytest.importorskip("keras")
@@ -379,9 +382,66 @@ def test_file_text_in_a_refusal_cannot_forge_a_line(tiny, tmp_path):
     with pytest.raises(ImportRefused) as info:
         import_config(serialized)
     assert str(info.value).split("\n")[1:] == ["  Evil\\x0aForged: 0 layers: 1 layer"]
+    result = run_cli("import", tmp_path / "a\nerror: forged.keras")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path}/a\\x0aerror: forged.keras: no such file"
+    ]
     subclassed = {"module": "keras.src.models.model", "class_name": "Model", "config": {}}
     with pytest.raises(ImportRefused) as info:  # no "an input of shape None" besides
         import_config(subclassed)
     assert str(info.value).split("\n")[1:] == [
         "  Model: a model without a saved graph (subclassed?): 1 layer"
     ]
+
+
+# -- the guide ---------------------------------------------------------------------------------
+
+GUIDE = ROOT / "docs" / "guides" / "import-safety.md"
+
+
+def _guide_sessions() -> list[tuple[str, list[str]]]:
+    """Each ``$ command`` of the guide's code blocks with the lines it shows."""
+    sessions: list[tuple[str, list[str]]] = []
+    for block in GUIDE.read_text(encoding="utf-8").split("```\n")[1::2]:
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                sessions.append((line[2:], []))
+            else:
+                sessions[-1][1].append(line)
+    return sessions
+
+
+def test_the_import_safety_guide_is_real_output(tiny, tmp_path):
+    """Every command of docs/guides/import-safety.md, run by bash in a folder holding the
+    files it names, prints what the guide shows. `-o /dev/full` is left out: a fault there
+    would replace the machine's device (the device case is tested above on a copy)."""
+    (tmp_path / "tiny.keras").write_bytes(tiny.read_bytes())
+    evil = saved_config(tiny)
+    evil["config"]["layers"][1]["config"]["kernel_regularizer"] = {
+        "module": "evil.regularizers",
+        "class_name": "L2",
+        "config": {"l2": 0.01},
+        "registered_name": None,
+    }
+    write_keras(tmp_path / "evil.keras", evil)
+    deep = _relu_chain(100_000)
+    write_keras(tmp_path / "deep.keras", deep)
+    inputs = keras.Input((20, 20, 3))
+    x = L.CenterCrop(8, 8, name="crop")(L.Resizing(12, 12, name="resize")(inputs))
+    x = L.GlobalAveragePooling2D(name="gap")(L.Conv2D(4, 3, name="conv")(x))
+    keras.Model(inputs, L.Dense(3, name="head")(x), name="crops").save(tmp_path / "crops.keras")
+    env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    sessions = [s for s in _guide_sessions() if "/dev/full" not in s[0]]
+    assert len(sessions) == 11
+    for command, shown in sessions:
+        done = subprocess.run(
+            ["bash", "-c", f"{command} 2>&1"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.stdout.splitlines() == shown, command
