@@ -452,7 +452,7 @@ def import_model(
     templates = len(cfg.doc.data.get("blocks") or {})
     _console().print(
         f"imported {cfg.name}: {len(cfg.nodes)} layers, {tr.total_params:,} parameters, to "
-        f"{output} (written with {written} blocks and {templates} templates)"
+        f"{rich(output)} (written with {written} blocks and {templates} templates)"
     )
 
 

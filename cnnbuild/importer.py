@@ -762,8 +762,21 @@ def _scales(graph: Graph, items: dict[str, tuple[str, dict]]) -> bool:
 # -- YAML -------------------------------------------------------------------------------------
 
 
+class _OneLine(yaml.SafeDumper):
+    """Safe YAML where a string holding a line break or another non-printable character
+    is double-quoted with escapes (``"a\\nb"``), so each layer stays one line."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = None if value.isprintable() else '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_OneLine.add_representer(str, _string)
+
+
 def _flow(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False)
+    text = yaml.dump(value, Dumper=_OneLine, default_flow_style=True, width=10**9, sort_keys=False)
     return text.strip().removesuffix("\n...")
 
 

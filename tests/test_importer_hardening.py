@@ -24,7 +24,7 @@ import yaml
 
 from cnnbuild.catalog import REGISTRY
 from cnnbuild.expand import MAX_NODES
-from cnnbuild.importer import ImportRefused, import_config
+from cnnbuild.importer import ImportRefused, import_config, to_yaml
 from cnnbuild.runs import saved_config
 from tests.conftest import ROOT, run_cli
 from tests.test_importer import assert_same_model
@@ -158,6 +158,26 @@ def test_a_line_break_in_the_source_path_stays_inside_the_comment(tiny, tmp_path
     assert lines[0].startswith("# imported from ") and lines[1] == "name: tiny"
     assert not any(b in text for b in "\r\x85\u2028\u2029") and _no_tags(text)
     assert yaml.safe_load(text) == TINY
+
+
+def test_every_string_is_one_quoted_line_of_yaml():
+    """Strings the emitter would fold over lines (a line break, U+2028, a lone surrogate)
+    are double-quoted with escapes, so each layer stays one line; all read back as given."""
+    hostile = ["a\nb", "x\u2028!!python/object/apply:os.system [id]", "\x85", "yes", "#c", "\udcff"]
+    config = {"name": "m", "input": [8, 8, 3]}
+    config["layers"] = [{"Dense": {"units": 1, "name": name}} for name in hostile]
+    text = to_yaml(config, source="m\r\nkeras")
+    assert len(text.split("\n")) == 2 + 2 + len(hostile) + 1  # comment, name, input, layers
+    assert _no_tags(text) and yaml.safe_load(text) == config
+
+
+def test_the_written_message_escapes_the_output_path(tiny, tmp_path):
+    (tmp_path / "a[").mkdir()
+    for name, shown in (("a[/b].yaml", "a[/b].yaml"), ("q\x1b[31mred.yaml", "q\\x1b[31mred.yaml")):
+        result = run_cli("import", tiny, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        assert f"to {tmp_path}/{shown} (written with" in result.stdout
+        assert yaml.safe_load((tmp_path / name).read_text()) == TINY
 
 
 def _block(prefix: str, x):
