@@ -708,11 +708,22 @@ def import_config(serialized: dict) -> dict:
     config: dict[str, Any] = {"name": graph.name, "input": list(graph.input_shape)}
     if not _scales(graph, items):
         config["input_scaling"] = "none"
-    templates, layers = factor(structure(graph, items))
+    templates, layers = _factored(graph, items)
     if templates:
         config["blocks"] = templates
     config["layers"] = drop_automatic_names(layers, templates)
     return config
+
+
+def _factored(graph: Graph, items: dict[str, tuple[str, dict]]) -> tuple[dict, list]:
+    """The layer list with templates (:func:`cnnbuild.factoring.factor`) when the config
+    then stays within :data:`MAX_NODES` as :mod:`cnnbuild.expand` counts it (each use of
+    a template one more than its layers); else without templates."""
+    templates, layers = factor(structure(graph, items))
+    uses = sum(1 for item in layers if next(iter(item)) in templates)
+    if len(graph.layers) + uses > MAX_NODES:
+        return {}, structure(graph, items)
+    return templates, layers
 
 
 def layer_count(serialized: Any) -> int:
