@@ -684,13 +684,13 @@ def import_config(serialized: dict) -> dict:
     Raises:
         ImportRefused: with one line per unsupported layer class or argument, and its count.
     """
-    count = layer_count(serialized)
-    if count > MAX_NODES:
-        raise ImportRefused(
-            f"cannot import the model: it has {count:,} layers, more than the {MAX_NODES:,} "
-            "a cnnbuild config may expand to"
-        )
     try:
+        count = layer_count(serialized)
+        if count > MAX_NODES:  # before the graph is walked
+            raise ImportRefused(
+                f"cannot import the model: it has {count:,} layers, more than the "
+                f"{MAX_NODES:,} a cnnbuild config may expand to"
+            )
         graph, items = _converted(serialized)
     except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError) as exc:
         raise ImportRefused(
