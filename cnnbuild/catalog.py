@@ -44,6 +44,10 @@ class LayerKind:
             where an output's activation matters (``from_logits``).
         aliases: other Keras names of the same class (``MaxPool2D``); a config may use
             them, and the model shows the canonical name, as Keras serialises it.
+        training: the default of ``training`` in the Keras layer's ``call`` (``True``
+            for image preprocessing, ``False`` for dropout and noise), which Keras
+            records on every symbolic call; ``None`` when ``call`` has none. A test
+            reads it back from each Keras class's signature.
     """
 
     name: str
@@ -58,6 +62,7 @@ class LayerKind:
     linear: bool = False
     applies: str | None = None
     aliases: tuple[str, ...] = ()
+    training: bool | None = None
 
     @property
     def snake(self) -> str:
@@ -88,6 +93,7 @@ def register(
     factory: Factory | None = None,
     applies: str | None = None,
     aliases: tuple[str, ...] = (),
+    training: bool | None = None,
     **traits: bool,
 ) -> LayerKind:
     """Register a layer kind once.
@@ -102,6 +108,7 @@ def register(
         factory: how to build it, when not ``keras.layers.<name>(**kwargs)``.
         applies: the activation the layer applies, if it is one (``softmax``).
         aliases: Keras' other names for the class.
+        training: the default of ``training`` in its Keras ``call``, if it has one.
         **traits: ``augment``, ``scaling``, ``linear`` (``merge`` follows the args model).
 
     Returns:
@@ -119,7 +126,17 @@ def register(
     model = args or L.args_model(name)
     merge = issubclass(model, L.MergeArgs)
     kind = LayerKind(
-        name, model, rule, group, doc, factory, merge, applies=applies, aliases=aliases, **traits
+        name,
+        model,
+        rule,
+        group,
+        doc,
+        factory,
+        merge,
+        applies=applies,
+        aliases=aliases,
+        training=training,
+        **traits,
     )
     REGISTRY[name] = kind
     ALIASES.update(dict.fromkeys(aliases, name))
@@ -277,13 +294,16 @@ register(
 register("Cropping2D", shapes.cropping2d, "reshape", "crop height and width", linear=True)
 register("Identity", shapes.identity, "reshape", "passes its input on unchanged", linear=True)
 register("Dense", shapes.dense, "dense", "fully connected, on the last axis (lora_rank)")
-register("Dropout", shapes.identity, "regularize", "drops units in training", linear=True)
+register(
+    "Dropout", shapes.identity, "regularize", "drops units in training", linear=True, training=False
+)
 register(
     "SpatialDropout2D",
     shapes.spatial_dropout2d,
     "regularize",
     "drops whole feature maps in training",
     linear=True,
+    training=False,
 )
 register(
     "GaussianNoise",
@@ -291,6 +311,7 @@ register(
     "regularize",
     "adds zero-mean noise (stddev) in training",
     linear=True,
+    training=False,
 )
 register(
     "GaussianDropout",
@@ -298,6 +319,7 @@ register(
     "regularize",
     "multiplies by 1-centred noise (rate) in training",
     linear=True,
+    training=False,
 )
 register(
     "BatchNormalization",
@@ -336,32 +358,65 @@ register(
     factory=_normalization,
     scaling=True,
 )
-register("Resizing", shapes.resize_to, "preprocess", "resize images to height x width", linear=True)
+register(
+    "Resizing",
+    shapes.resize_to,
+    "preprocess",
+    "resize images to height x width",
+    linear=True,
+    training=True,
+)
 register(
     "CenterCrop",
     shapes.resize_to,
     "preprocess",
     "crop the centre to height x width (resize when smaller)",
     linear=True,
+    training=True,
 )
-register("RandomFlip", shapes.image_identity, "augment", "random flips", augment=True)
-register("RandomTranslation", shapes.image_identity, "augment", "random shifts", augment=True)
+register(
+    "RandomFlip", shapes.image_identity, "augment", "random flips", augment=True, training=True
+)
+register(
+    "RandomTranslation",
+    shapes.image_identity,
+    "augment",
+    "random shifts",
+    augment=True,
+    training=True,
+)
 register(
     "RandomCrop",
     shapes.resize_to,
     "augment",
     "random crop to height x width (centre crop at inference)",
     augment=True,
+    training=True,
 )
-register("RandomRotation", shapes.image_identity, "augment", "random rotations", augment=True)
-register("RandomZoom", shapes.image_identity, "augment", "random zoom", augment=True)
-register("RandomContrast", shapes.image_identity, "augment", "random contrast", augment=True)
+register(
+    "RandomRotation",
+    shapes.image_identity,
+    "augment",
+    "random rotations",
+    augment=True,
+    training=True,
+)
+register("RandomZoom", shapes.image_identity, "augment", "random zoom", augment=True, training=True)
+register(
+    "RandomContrast",
+    shapes.image_identity,
+    "augment",
+    "random contrast",
+    augment=True,
+    training=True,
+)
 register(
     "RandomBrightness",
     shapes.image_identity,
     "augment",
     "random brightness shift (factor of value_range)",
     augment=True,
+    training=True,
 )
 register("Add", shapes.elementwise, "merge", "sum of its inputs (residual connections)")
 register(

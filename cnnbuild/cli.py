@@ -469,12 +469,12 @@ def import_model(
     express the model exactly.
     """
     from cnnbuild.importer import APPLICATIONS, import_text
-    from cnnbuild.io import os_errors, write_text
+    from cnnbuild.io import check_output, os_errors, write_text
     from cnnbuild.schema.blocks import BLOCK_KINDS
     from cnnbuild.validate import load_traced
 
-    if output is not None and output.exists() and not force:
-        raise UsageError(f"{output} exists; give --force to overwrite it")
+    if output is not None:
+        check_output(output, force)
     shape = _input_shape(input_shape)
     if source.startswith(APPLICATIONS):
         from cnnbuild.builder import keras_module
@@ -484,6 +484,7 @@ def import_model(
     if output is None:
         sys.stdout.write(text)
         return
+    check_output(output, force)  # again: the import took a while
     with os_errors(output):
         write_text(output, text)
     cfg, tr = load_traced(output)
@@ -491,7 +492,7 @@ def import_model(
     templates = len(cfg.doc.data.get("blocks") or {})
     _console().print(
         f"imported {cfg.name}: {len(cfg.nodes)} layers, {tr.total_params:,} parameters, to "
-        f"{output} (written with {written} blocks and {templates} templates)"
+        f"{rich(output)} (written with {written} blocks and {templates} templates)"
     )
 
 

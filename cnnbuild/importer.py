@@ -26,6 +26,7 @@ Commands that take a config also take a saved model through :func:`open_config` 
 from __future__ import annotations
 
 import heapq
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ from pydantic import ValidationError
 from cnnbuild.catalog import PREPROCESS_GROUPS, REGISTRY, scales_input
 from cnnbuild.config import INPUT, model_name
 from cnnbuild.errors import CnnbuildError, UsageError
-from cnnbuild.expand import upstream
+from cnnbuild.escape import terminal
+from cnnbuild.expand import MAX_NODES, upstream
 from cnnbuild.factoring import drop_automatic_names, factor
 from cnnbuild.schema.blocks import BLOCK_KINDS, MERGES
 from cnnbuild.schema.types import KERAS_CLASS
@@ -62,10 +64,31 @@ UNUSED_ARGUMENTS: dict[str, Any] = {
 }
 _SNAKE = {cls: snake for snake, cls in KERAS_CLASS.items()}
 _FAMILIES = ("_initializer", "_regularizer", "_constraint")
+DTYPE_POLICIES = ("DTypePolicy", "FloatDTypePolicy")
+# A hint schema messages add for e-notation YAML read as text: a saved model's strings
+# are JSON strings, so the hint does not apply to them.
+_YAML_HINT = re.compile(r" \(YAML reads [^()]* as text: write [^()]*\)")
 
 
 class ImportRefused(CnnbuildError):
     """A model with layers or arguments cnnbuild cannot express (exit 1)."""
+
+
+def is_keras_module(module: Any) -> bool:
+    """Whether a serialized object's ``module`` is Keras' own (``keras``, ``keras.*``)."""
+    return isinstance(module, str) and (module == "keras" or module.startswith("keras."))
+
+
+def _foreign(value: dict) -> str | None:
+    """Why a serialized Keras object (a layer's sub-object, a model) is not Keras' own:
+    its ``module`` is another package's, or it is registered under another name (Keras
+    looks a ``registered_name`` up among custom objects first); ``None`` when it is."""
+    module, registered = value.get("module"), value.get("registered_name")
+    if not is_keras_module(module):
+        return f"from module {module!r}, not Keras"
+    if registered not in (None, value.get("class_name")):
+        return f"registered as {registered!r}, not a Keras class"
+    return None
 
 
 # -- 1. opening a model -------------------------------------------------------------------
@@ -113,7 +136,7 @@ def saved_model_config(
 
     path = Path(source)
     if not path.exists():
-        raise UsageError(f"{source}: no such file")
+        raise UsageError(f"{terminal(source)}: no such file")
     return saved_config(open_target(path).model_path)
 
 
@@ -131,6 +154,7 @@ class KerasLayer:
         inputs: the names of the layers it reads (``"input"`` for the model input).
         constants: numbers an operation takes besides tensors (``x + 3.0``).
         module: the module Keras records for its class.
+        registered_name: the name Keras records it under (``None`` for its own layers).
     """
 
     name: str
@@ -139,6 +163,7 @@ class KerasLayer:
     inputs: list[str]
     constants: list[Any] = field(default_factory=list)
     module: str = "keras.layers"
+    registered_name: Any = None
 
 
 @dataclass
@@ -150,6 +175,7 @@ class Graph:
     layers: list[KerasLayer] = field(default_factory=list)
     output: str = INPUT
     refused: Counter = field(default_factory=Counter)
+    whole_refused: bool = False  # no saved graph, or several inputs or outputs
 
 
 def _tensor_source(value: Any) -> tuple[str, int, int] | None:
@@ -168,10 +194,11 @@ def _call_inputs(g: Graph, entry: dict, alias: dict[str, str]) -> tuple[list[str
         g.refused[f"{cls}: a layer called {len(nodes)} times (shared weights)"] += 1
         return [], [], False
     args, kwargs = nodes[0].get("args", []), nodes[0].get("kwargs", {}) or {}
-    # A symbolic call records the layer's default `training` (True for augmentation);
-    # cnnbuild's builder makes the same call. Another value was passed on purpose.
+    # A symbolic call records the default of `training` in the layer's `call` (True for
+    # image preprocessing, False for dropout); cnnbuild's builder makes the same call.
+    # Another value was passed on purpose.
     spec = REGISTRY.get(cls)
-    default = spec is not None and spec.augment
+    default = None if spec is None else spec.training
     if any(v is not None and not (k == "training" and v is default) for k, v in kwargs.items()):
         g.refused[f"{cls}: a call with arguments ({', '.join(kwargs)})"] += 1
     listed = len(args) == 1 and isinstance(args[0], (list, tuple))
@@ -199,8 +226,12 @@ def _flatten_into(g: Graph, model: dict, source: str | None, top: bool) -> str:
     """Add the layers of a serialized model to ``g``; returns its output's name."""
     config = model.get("config") or {}
     kind = model.get("class_name")
+    foreign = _foreign(model) if kind in MODEL_CLASSES else None
+    if foreign is not None:
+        g.refused[f"{kind}: a model class {foreign}"] += 1
     if kind not in MODEL_CLASSES or not isinstance(config.get("layers"), list):
         g.refused[f"{kind}: a model without a saved graph (subclassed?)"] += 1
+        g.whole_refused |= top
         return source or INPUT
     alias: dict[str, str] = {}
     sequential = kind == "Sequential"
@@ -236,7 +267,8 @@ def _flatten_into(g: Graph, model: dict, source: str | None, top: bool) -> str:
             cls = f"op:{cls}"
         elif listed and len(inputs) == 1:
             g.refused[f"{cls}: a merge of one tensor"] += 1
-        g.layers.append(KerasLayer(name, str(cls), cfg, inputs, constants, module))
+        registered = entry.get("registered_name")
+        g.layers.append(KerasLayer(name, str(cls), cfg, inputs, constants, module, registered))
         prev = name
     if sequential:
         return prev
@@ -244,6 +276,7 @@ def _flatten_into(g: Graph, model: dict, source: str | None, top: bool) -> str:
     if outputs and isinstance(outputs[0], str):
         outputs = [outputs]
     if len(outputs) != 1 or len(_model_inputs(config)) != 1:
+        g.whole_refused |= top
         g.refused[
             f"{kind}: a model with {len(_model_inputs(config))} inputs and "
             f"{len(outputs)} outputs (cnnbuild models have one of each)"
@@ -275,11 +308,18 @@ def flatten(serialized: dict) -> Graph:
 
 
 def _keras_object(value: Any) -> Any:
-    """A serialized initializer/regularizer/constraint -> ``name`` or ``{name: {args}}``."""
+    """A serialized initializer/regularizer/constraint -> ``name`` or ``{name: {args}}``.
+
+    Raises:
+        ValueError: not one of Keras' own classes, naming it.
+    """
     if value is None or isinstance(value, str):
         return value
     if not isinstance(value, dict) or value.get("class_name") not in _SNAKE:
         raise ValueError(str(value.get("class_name") if isinstance(value, dict) else value))
+    foreign = _foreign(value)
+    if foreign is not None:
+        raise ValueError(f"{value['class_name']} {foreign}")
     args = {k: _plain(v) for k, v in (value.get("config") or {}).items() if v is not None}
     snake = _SNAKE[value["class_name"]]
     return {snake: args} if args else snake
@@ -292,9 +332,44 @@ def _plain(value: Any) -> Any:
 
 
 def _dtype(value: Any) -> str | None:
+    """A serialized dtype policy -> its name (``None`` for float32).
+
+    Raises:
+        ValueError: not one of Keras' own policy classes, naming it.
+    """
     if isinstance(value, dict):
+        cls = value.get("class_name")
+        foreign = _foreign(value)
+        if cls not in DTYPE_POLICIES or foreign is not None:
+            raise ValueError(f"{cls} {foreign or '(not a float dtype policy)'}")
         value = (value.get("config") or {}).get("name")
     return None if value in (None, "float32") else value
+
+
+def _activation(value: Any) -> Any:
+    """An activation: Keras writes its own by name; a function object is another's.
+
+    Raises:
+        ValueError: a function that is not Keras' own, naming it.
+    """
+    if not isinstance(value, dict):
+        return value
+    name = value.get("config")
+    if is_keras_module(value.get("module")) and isinstance(name, str):
+        return name  # a Keras activation written as an object: checked by its name
+    shown = name if isinstance(name, str) else value.get("class_name")
+    raise ValueError(f"{shown!r} (a custom function, not one of Keras' activations)")
+
+
+def _sub_object(key: str, value: Any) -> Any:
+    """A layer argument that Keras writes as an object, as cnnbuild writes it."""
+    if key == "dtype":
+        return _dtype(value)
+    if key.endswith(_FAMILIES):
+        return _keras_object(value)
+    if key == "activation":
+        return _activation(value)
+    return value
 
 
 def _op_layer(layer: KerasLayer) -> tuple[str, dict] | None:
@@ -315,14 +390,11 @@ def _op_layer(layer: KerasLayer) -> tuple[str, dict] | None:
 def _raw_args(layer: KerasLayer, fields: dict, problems: list[str]) -> dict:
     args: dict[str, Any] = {}
     for key, value in layer.config.items():
-        if key == "dtype":
-            value = _dtype(value)
-        if key.endswith(_FAMILIES):
-            try:
-                value = _keras_object(value)
-            except ValueError as exc:
-                problems.append(f"{layer.cls}: {key} {exc}")
-                continue
+        try:
+            value = _sub_object(key, value)
+        except ValueError as exc:
+            problems.append(f"{layer.cls}: {key} {exc}")
+            continue
         if key not in fields:
             if key in UNUSED_ARGUMENTS and _plain(value) == UNUSED_ARGUMENTS[key]:
                 continue
@@ -376,7 +448,10 @@ def convert_layer(layer: KerasLayer) -> tuple[str, dict] | str:
             return f"{layer.cls.removeprefix('op:')} (a keras.ops operation)"
         kind, args = found
     else:
-        custom = not str(layer.module).startswith(LAYER_MODULES)
+        module = str(layer.module)
+        custom = not any(module == m or module.startswith(f"{m}.") for m in LAYER_MODULES)
+        if layer.registered_name not in (None, layer.cls):
+            return f"{layer.cls} (registered as {layer.registered_name!r})"
         if layer.cls not in REGISTRY or custom:
             where = f" ({layer.module})" if custom else ""
             return f"{layer.cls}{where}"
@@ -391,7 +466,8 @@ def convert_layer(layer: KerasLayer) -> tuple[str, dict] | str:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        return f"{kind}: {where}: {first['msg'].removeprefix('Value error, ')}"
+        message = _YAML_HINT.sub("", first["msg"].removeprefix("Value error, "))
+        return f"{kind}: {where}: {message}"
     if "pool_size" in args and getattr(parsed, "strides", None) == parsed.pool_size:
         args.pop("strides", None)  # Keras writes strides=pool_size for strides=None
     return kind, _without_defaults(model, args, parsed)
@@ -583,7 +659,14 @@ def _live(graph: Graph) -> None:
 
 
 def _check_input(graph: Graph) -> None:
+    """Refuse an input cnnbuild cannot take; nothing when the model as a whole is
+    refused (its inputs are moot)."""
     shape = graph.input_shape
+    if graph.whole_refused:
+        return
+    if shape is None:
+        graph.refused["a model whose input shape is not saved (give it a keras.Input)"] += 1
+        return
     ok = (
         isinstance(shape, tuple)
         and len(shape) == 3
@@ -602,24 +685,61 @@ def import_config(serialized: dict) -> dict:
         ImportRefused: with one line per unsupported layer class or argument, and its count.
     """
     try:
+        count = layer_count(serialized)
+        if count > MAX_NODES:  # before the graph is walked
+            raise ImportRefused(
+                f"cannot import the model: it has {count:,} layers, more than the "
+                f"{MAX_NODES:,} a cnnbuild config may expand to"
+            )
         graph, items = _converted(serialized)
     except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError) as exc:
         raise ImportRefused(
-            f"the saved model's config is not one Keras writes ({type(exc).__name__}: {exc})"
+            "the saved model's config is not one Keras writes "
+            f"({type(exc).__name__}: {terminal(exc)})"
         ) from None
     if graph.refused:
-        lines = [f"  {what}: {n} layer{'s' * (n > 1)}" for what, n in sorted(graph.refused.items())]
+        lines = [
+            f"  {terminal(what)}: {n} layer{'s' * (n > 1)}"
+            for what, n in sorted(graph.refused.items())
+        ]
         raise ImportRefused(
             f"cannot import model {graph.name!r}: cnnbuild does not support\n" + "\n".join(lines)
         )
     config: dict[str, Any] = {"name": graph.name, "input": list(graph.input_shape)}
     if not _scales(graph, items):
         config["input_scaling"] = "none"
-    templates, layers = factor(structure(graph, items))
+    templates, layers = _factored(graph, items)
     if templates:
         config["blocks"] = templates
     config["layers"] = drop_automatic_names(layers, templates)
     return config
+
+
+def _factored(graph: Graph, items: dict[str, tuple[str, dict]]) -> tuple[dict, list]:
+    """The layer list with templates (:func:`cnnbuild.factoring.factor`) when the config
+    then stays within :data:`MAX_NODES` as :mod:`cnnbuild.expand` counts it (each use of
+    a template one more than its layers); else without templates."""
+    templates, layers = factor(structure(graph, items))
+    uses = sum(1 for item in layers if next(iter(item)) in templates)
+    if len(graph.layers) + uses > MAX_NODES:
+        return {}, structure(graph, items)
+    return templates, layers
+
+
+def layer_count(serialized: Any) -> int:
+    """How many layers a serialized model holds, nested models' included: read from
+    each model's list of layers without walking its graph."""
+    count, models = 0, [serialized]
+    while models:
+        config = models.pop().get("config")
+        layers = config.get("layers") if isinstance(config, dict) else None
+        for entry in layers if isinstance(layers, list) else []:
+            kind = entry.get("class_name") if isinstance(entry, dict) else None
+            if kind in MODEL_CLASSES:
+                models.append(entry)
+            elif kind != "InputLayer":
+                count += 1
+    return count
 
 
 def _converted(serialized: dict) -> tuple[Graph, dict[str, tuple[str, dict]]]:
@@ -653,8 +773,21 @@ def _scales(graph: Graph, items: dict[str, tuple[str, dict]]) -> bool:
 # -- YAML -------------------------------------------------------------------------------------
 
 
+class _OneLine(yaml.SafeDumper):
+    """Safe YAML where a string holding a line break or another non-printable character
+    is double-quoted with escapes (``"a\\nb"``), so each layer stays one line."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = None if value.isprintable() else '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_OneLine.add_representer(str, _string)
+
+
 def _flow(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False)
+    text = yaml.dump(value, Dumper=_OneLine, default_flow_style=True, width=10**9, sort_keys=False)
     return text.strip().removesuffix("\n...")
 
 
@@ -663,7 +796,8 @@ def _emit(items: list, indent: int, lines: list[str]) -> None:
     for item in items:
         ((kind, args),) = item.items()
         if kind not in BLOCK_KINDS:
-            lines.append(f"{pad}- {kind}" if args is None else f"{pad}- {kind}: {_flow(args)}")
+            head = _flow(kind)  # a template's name may read as YAML (`yes`, `null`)
+            lines.append(f"{pad}- {head}" if args is None else f"{pad}- {head}: {_flow(args)}")
             continue
         lines.append(f"{pad}- {kind}:")
         inner = " " * (indent + 4)
@@ -684,8 +818,13 @@ def _emit(items: list, indent: int, lines: list[str]) -> None:
 
 
 def to_yaml(config: dict, source: str = "") -> str:
-    """The config as YAML: one line per layer, blocks indented."""
-    lines = [f"# imported from {source} by cnnbuild import"] if source else []
+    """The config as YAML: one line per layer, blocks indented.
+
+    Every name and value is written by the YAML emitter (quoted where YAML would read it
+    as something else); ``source`` goes into the one comment line escaped
+    (:func:`cnnbuild.escape.terminal`), so a line break in a path cannot start a line.
+    """
+    lines = [f"# imported from {terminal(source)} by cnnbuild import"] if source else []
     for key, value in config.items():
         if key == "layers":
             lines.append("layers:")
@@ -693,7 +832,8 @@ def to_yaml(config: dict, source: str = "") -> str:
         elif key == "blocks":
             lines.append("blocks:")
             for name, template in value.items():
-                lines += [f"  {name}:", f"    params: {_flow(template['params'])}", "    layers:"]
+                params = _flow(template["params"])
+                lines += [f"  {_flow(name)}:", f"    params: {params}", "    layers:"]
                 _emit(template["layers"], 6, lines)
         else:
             lines.append(f"{key}: {_flow(value)}")

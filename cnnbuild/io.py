@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cnnbuild.errors import WriteError
+from cnnbuild.errors import UsageError, WriteError
 
 MAX_PIXELS = 50_000_000
 """The most pixels an image file may declare: checked from its header, before decoding
@@ -87,6 +87,48 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = ""
         tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_output(path: str | Path, force: bool, flag: str = "--output") -> None:
+    """Refuse an output path that is neither a new path nor a regular file.
+
+    :func:`atomic_write` renames a temp file over its target, so it would replace a
+    device (``/dev/full``, as root), a FIFO or a socket with a regular file: those are
+    refused, and ``force`` never changes that. A link is judged by what it points to.
+
+    Args:
+        path: the output path a command was given.
+        force: whether an existing regular file may be overwritten.
+        flag: the option that gave the path, for the message.
+
+    Raises:
+        UsageError: the path is something else than a regular file, or it exists and
+            ``force`` is off.
+        WriteError: the OS cannot tell what the path is (permission denied, ...).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new path (or one under a file, which the write reports)
+    except OSError as exc:
+        raise WriteError(os_error_message(exc, path)) from None
+    what = next((name for test, name in _NOT_REGULAR if test(mode)), None)
+    if what is not None or not stat.S_ISREG(mode):
+        raise UsageError(
+            f"{path}: it is {what or 'not a regular file'}; {flag} writes only a regular "
+            "file or a new path (--force does not change that)"
+        )
+    if not force:
+        raise UsageError(f"{path} exists; give --force to overwrite it")
 
 
 def write_text(path: str | Path, text: str) -> None:
