@@ -20,6 +20,7 @@ from cnnbuild.catalog import (
 )
 from cnnbuild.config import INPUT, ModelConfig, Node
 from cnnbuild.errors import Finding, shape_str, suggest
+from cnnbuild.expand import upstream
 from cnnbuild.schema.sections import BUDGET_UNITS, DATASETS, Limit, format_amount
 from cnnbuild.trace import WEIGHT_DTYPES, Row, Trace
 
@@ -340,10 +341,28 @@ def _stride_gap(trace: Trace):
             )
 
 
+def _bottleneck(first: Row, second: Row) -> bool:
+    """Whether two 1x1 convolutions are a linear bottleneck: the first projects to fewer
+    channels than it reads and the second expands again (MobileNetV2, EfficientNet). The
+    missing activation is the design (a ReLU there loses information), and the low-rank
+    pair is cheaper than the one layer it would collapse into."""
+    windows = (_window(first.node), _window(second.node))
+    if any(w is None or w[0] != (1, 1) for w in windows):
+        return False
+    sizes = [_channels(first.inputs[0] if first.inputs else None), _channels(first.shape)]
+    sizes.append(_channels(second.shape))
+    return None not in sizes and sizes[1] < min(sizes[0], sizes[2])
+
+
+def _channels(shape: tuple | None) -> int | None:
+    return shape[-1] if shape is not None and len(shape) == 3 else None
+
+
 @rule(
     "linear-stack",
     "warning",
-    "two convolutions in a row with no nonlinearity between them (one linear map)",
+    "two convolutions in a row with no nonlinearity between them (one linear map; a 1x1 "
+    "projection to fewer channels and a 1x1 expansion, a linear bottleneck, is not)",
     "add activation: relu to the first, or merge them into one layer",
 )
 def _linear_stack(trace: Trace):
@@ -372,7 +391,11 @@ def _linear_stack(trace: Trace):
                 path.append(nrow.node.name)
                 cur = nrow.node.name
                 continue
-            if REGISTRY[kind].group == "conv" and node.kind != "Dense":
+            if (
+                REGISTRY[kind].group == "conv"
+                and node.kind != "Dense"
+                and not _bottleneck(row, nrow)
+            ):
                 between = f" (through {', '.join(path)})" if path else ""
                 yield (
                     node,
@@ -494,6 +517,34 @@ def _stacked_scaling(trace: Trace):
                 "input; the layers after it see values far smaller than intended",
                 "scale",
             )
+
+
+@rule(
+    "raw-pixels",
+    "warning",
+    "the first layer with weights sees raw 0..255 pixels (what train, predict and trace --run "
+    "feed): no Rescaling or Normalization anywhere before it",
+    "remove input_scaling: none (cnnbuild then adds Rescaling(1/255)), or start the layers "
+    "with the scaling the weights expect",
+)
+def _raw_pixels(trace: Trace):
+    inputs = {row.node.name: row.node.inputs for row in trace.rows}
+    nodes = {row.node.name: row.node for row in trace.rows}
+    for row in trace.rows:
+        if row.out is None or row.out.params == 0:
+            continue
+        spec = REGISTRY[row.node.kind]
+        if spec.scaling or spec.group == "norm":
+            return  # it scales its own input (Normalization, BatchNormalization)
+        before = upstream(row.node.inputs, inputs)
+        if not any(REGISTRY[nodes[name].kind].scaling for name in before):
+            yield (
+                row.node,
+                f"{row.node.name!r} is the first layer with weights, and nothing before it "
+                "scales the pixels: it sees 0..255",
+                None,
+            )
+        return
 
 
 def ignore_problem(rid: str) -> str | None:

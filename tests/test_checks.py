@@ -33,6 +33,7 @@ CASES = {
         "warning",
         [("  - Rescaling: {scale: 0.00392156862745098}\n  - Rescaling", "  - Rescaling")],
     ),
+    "raw-pixels": (5, 5, "warning", [("input_scaling: none\n", "")]),
     "bias-before-bn": (4, 5, "info", [("kernel_size: 3}", "kernel_size: 3, use_bias: false}")]),
     "duplicate-name": (
         5,
@@ -183,6 +184,52 @@ def test_stacked_scaling(write, layers, fires):
     """)
     found = findings_of(path, "stacked-scaling")
     assert len(found) == int(fires), [f.format() for f in found]
+
+
+@pytest.mark.parametrize(
+    ("first", "fires"),
+    [
+        ("Conv2D: {filters: 4, kernel_size: 1}", True),  # no scaling at all
+        ("BatchNormalization", False),  # it scales its own input
+        ("Normalization", False),
+        ("Rescaling: {scale: 0.00784313725490196, offset: -1}", False),
+        ("RandomFlip", True),  # augmentation is no scaling
+    ],
+)
+def test_raw_pixels_looks_for_scaling_before_the_first_weighted_layer(write, first, fires):
+    path = write(f"""
+        name: pixels
+        input: [8, 8, 3]
+        input_scaling: none
+        layers:
+          - {first}
+          - Conv2D: {{filters: 4, kernel_size: 3, activation: relu}}
+          - GlobalAveragePooling2D
+          - Dense: {{units: 2, activation: softmax}}
+    """)
+    found = findings_of(path, "raw-pixels")
+    assert len(found) == int(fires), [f.format() for f in found]
+
+
+@pytest.mark.parametrize(
+    ("filters", "fires"),
+    [(8, False), (32, True)],  # a 1x1 projection to fewer channels is a linear bottleneck
+)
+def test_linear_stack_spares_a_linear_bottleneck(write, filters, fires):
+    """MobileNetV2's block: a 1x1 projection with no activation, BatchNormalization, then
+    the next block's 1x1 expansion."""
+    path = write(f"""
+        name: bottleneck
+        input: [8, 8, 16]
+        layers:
+          - Conv2D: {{filters: {filters}, kernel_size: 1, use_bias: false, name: project}}
+          - BatchNormalization
+          - Conv2D: {{filters: 48, kernel_size: 1, activation: relu6, name: expand}}
+          - GlobalAveragePooling2D
+          - Dense: {{units: 2, activation: softmax}}
+    """)
+    found = findings_of(path, "linear-stack")
+    assert ["feeds 'expand'" in f.message for f in found] == [True] * fires, found
 
 
 def test_ignore_in_config_and_on_the_command_line(cli, write):
