@@ -318,8 +318,8 @@ def _merged(name: str, consumers: dict[str, list[Row]]) -> bool:
 @rule(
     "stride-exceeds-kernel",
     "warning",
-    "a stride larger than the kernel: some pixels are never seen (a 1x1 projection shortcut "
-    "into a merge is not: the other path sees them)",
+    "a stride larger than the kernel: some pixels are never seen (a 1x1 projection or "
+    "pooling shortcut into a merge is not: the other path sees them)",
     "make strides <= kernel_size (or pool_size)",
 )
 def _stride_gap(trace: Trace):
@@ -329,8 +329,8 @@ def _stride_gap(trace: Trace):
         if win is None:
             continue
         kernel, strides, arg = win
-        if arg == "kernel_size" and kernel == (1, 1) and _merged(row.node.name, consumers):
-            continue  # a projection shortcut: the other path sees every pixel
+        if kernel == (1, 1) and _merged(row.node.name, consumers):
+            continue  # a projection or subsampling shortcut: the other path sees every pixel
         if any(s > k for k, s in zip(kernel, strides, strict=True)):
             yield (
                 row.node,
