@@ -472,7 +472,8 @@ def _pixel_scale(node: Node) -> bool:
     "warning",
     "the input is scaled twice (two Rescaling layers, or a pixel Rescaling after another "
     "scaling): the model sees values 255 times too small",
-    "keep one scaling; Rescaling then Normalization (Keras' EfficientNet) is fine",
+    "keep one scaling; Rescaling then Normalization (Keras' EfficientNet, and its "
+    "Rescaling by 1/sqrt(std) after them for imagenet weights) is fine",
 )
 def _stacked_scaling(trace: Trace):
     rows = {row.node.name: row for row in trace.rows}
@@ -506,6 +507,8 @@ def _stacked_scaling(trace: Trace):
         if not before:
             continue
         first = before[0]
+        if _efficientnet_stem(node, before):
+            continue
         if node.kind == "Normalization":
             if all(b.kind == "Rescaling" for b in before):
                 continue  # Rescaling then Normalization: Keras' EfficientNet idiom
@@ -545,6 +548,17 @@ def _raw_pixels(trace: Trace):
                 None,
             )
         return
+
+
+def _efficientnet_stem(node: Node, before: list[Node]) -> bool:
+    """Keras' EfficientNet with imagenet weights: Rescaling(1/255), Normalization, then a
+    Rescaling by 1/sqrt(std) right after the Normalization (keras-team issue 49930)."""
+    kinds = sorted(b.kind for b in before)
+    return (
+        node.kind == "Rescaling"
+        and kinds == ["Normalization", "Rescaling"]
+        and node.inputs == [next(b.name for b in before if b.kind == "Normalization")]
+    )
 
 
 def ignore_problem(rid: str) -> str | None:

@@ -909,9 +909,10 @@ def pretrained_config(
     done = Pretrained(full, weights, backbone_end=pooling.inputs[0])
     while done.head in names:
         done.head += "_new"
-    layers = backbone["layers"]
+    layers = _as_with_weights(full, backbone["layers"], done)
     if preprocessing:
-        done.preprocessing, done.notes = preprocessing_layers(full)
+        done.preprocessing, words = preprocessing_layers(full)
+        done.notes = [*words, *done.notes]
         layers = _in_front(done.preprocessing, layers)
     config: dict[str, Any] = {"name": backbone["name"], "input": backbone["input"]}
     if "input_scaling" in backbone and not done.preprocessing:
@@ -923,6 +924,30 @@ def pretrained_config(
     head = {"units": classes, "activation": "softmax", "name": done.head}
     config["layers"] = [*layers, {"Dense": head}]
     return config, done
+
+
+def _as_with_weights(full: str, layers: list, done: Pretrained) -> list:
+    """The backbone as Keras builds it for ``weights="imagenet"`` where that differs from
+    ``weights=None``: EfficientNet (V1) then divides its Normalization's output once more
+    by the square root of the ImageNet std (keras-team issue 49930), a layer named as Keras
+    names it in a fresh process."""
+    import importlib
+
+    module = importlib.import_module(_factory(full).__module__)
+    stddev = getattr(module, "IMAGENET_STDDEV_RGB", None)
+    at = next((i for i, item in enumerate(layers) if "Normalization" in item), None)
+    if not module.__name__.endswith(".efficientnet") or stddev is None or at is None:
+        return layers
+    scale = [_number(1.0 / float(s) ** 0.5) for s in stddev]
+    done.notes.append(
+        "as Keras builds it for imagenet weights: a Rescaling after the stem's Normalization "
+        "(1/sqrt(std) per channel)"
+    )
+    return [
+        *layers[: at + 1],
+        {"Rescaling": {"scale": scale, "name": "rescaling_1"}},
+        *layers[at + 1 :],
+    ]
 
 
 def _in_front(pre: list[dict], layers: list) -> list:

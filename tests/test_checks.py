@@ -170,6 +170,19 @@ def test_softmax_logits_fires_only_on_a_written_contradiction(write, activation,
             False,
         ),
         (["Rescaling: {scale: [0.5, 0.25]}"], False),
+        (  # EfficientNet with imagenet weights
+            ["Rescaling: {scale: 0.00392156862745098}", "Normalization", "Rescaling: {scale: 2}"],
+            False,
+        ),
+        (
+            [
+                "Rescaling: {scale: 2}",
+                "Normalization",
+                "Rescaling: {scale: 2}",
+                "Rescaling: {scale: 0.5}",
+            ],
+            True,
+        ),
     ],
 )
 def test_stacked_scaling(write, layers, fires):

@@ -129,13 +129,36 @@ def test_standard_applications_import_with_no_warning(name, tmp_path):
     assert "warning" not in result.output
 
 
-def test_built_in_preprocessing_adds_nothing():
-    """EfficientNet scales inside the network: its preprocess_input is the identity."""
-    config, done = pretrained_config("EfficientNetB0", "imagenet", (32, 32, 3), classes=2)
-    assert done.preprocessing == []
-    assert "input_scaling" not in config
-    assert "identity" in done.notes[0]
-    assert next(iter(config["layers"][0])) == "Rescaling"  # Keras' own, first
+def test_efficientnet_is_built_as_keras_builds_it_for_imagenet_weights(tmp_path):
+    """EfficientNet scales inside the network (its preprocess_input is the identity), and
+    for imagenet weights Keras adds a Rescaling by 1/sqrt(std) after the stem's
+    Normalization: the import equals the weights=None application with that step added."""
+    from cnnbuild.builder import build_model
+
+    shape = (32, 32, 3)
+    text, done = pretrained_text("EfficientNetB0", "imagenet", shape, classes=2)
+    assert done.preprocessing == [] and "identity" in done.notes[0]
+    assert "input_scaling" not in yaml.safe_load(text)
+    cfg, _ = load_traced(buildable(text, tmp_path / "e.yaml"))
+    model = build_model(cfg, compile=False)
+    original = backbone("EfficientNetB0", shape)
+    rng = np.random.default_rng(1)
+    for layer in original.layers:
+        if layer.weights:
+            weights = layer.get_weights()
+            if layer.name == "normalization":  # ImageNet-like statistics instead of 0 and 1
+                weights[:2] = [rng.uniform(0.4, 0.5, 3), rng.uniform(0.04, 0.06, 3)]
+                layer.set_weights(weights)
+            model.get_layer(layer.name).set_weights(weights)
+    module = importlib.import_module(keras.applications.EfficientNetB0.__module__)
+    std = np.asarray(module.IMAGENET_STDDEV_RGB, dtype="float32")
+    pixels = rng.integers(0, 256, (2, *shape)).astype("float32")
+    stem = keras.Model(original.input, original.get_layer("normalization").output)
+    tail = keras.Model(original.get_layer("stem_conv_pad").input, original.output)
+    expected = np.asarray(tail(np.asarray(stem(pixels)) / np.sqrt(std), training=False))
+    got = np.asarray(keras.Model(model.input, model.get_layer(done.head).input)(pixels))
+    scale = float(np.max(np.abs(expected)))
+    assert scale > 0 and float(np.max(np.abs(got - expected))) < 1e-4 * scale
 
 
 def test_caffe_mode_adds_nothing_and_says_what_to_do(tmp_path):
