@@ -873,10 +873,10 @@ def _caffe_layers(said: str, a: Any, b: Any) -> tuple[list[dict], list[str]]:
         f"{said} reorders RGB to {order} and subtracts the mean [{mean}], which cnnbuild "
         "cannot express exactly as layers: this config adds no preprocessing "
         "(input_scaling: none)",
-        f"its imagenet weights expect {order} pixels minus that mean, but train and predict "
-        "feed RGB 0..255: convert your images that way before training, or fine-tune the "
-        "whole network (freeze: none) so it adapts, or pick an application with mode tf or "
-        "torch (MobileNetV2, ResNet50V2, DenseNet121, EfficientNetB0)",
+        f"its imagenet weights expect {order} pixels minus that mean, and train and predict "
+        "feed RGB 0..255: to use the weights as they are, pick an application with mode tf "
+        "or torch (MobileNetV2, ResNet50V2, DenseNet121, EfficientNetB0); with this one, "
+        "fine-tune the whole network (freeze: none) so it adapts to RGB 0..255",
     ]
 
 

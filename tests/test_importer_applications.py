@@ -166,7 +166,7 @@ def test_caffe_mode_adds_nothing_and_says_what_to_do(tmp_path):
     text, done = pretrained_text("VGG16", "imagenet", (32, 32, 3), classes=2)
     data = yaml.safe_load(text)
     assert data["input_scaling"] == "none" and done.preprocessing == []
-    assert "BGR" in text and "103.939" in text and "convert your images" in text
+    assert "BGR" in text and "103.939" in text and "freeze: none" in text
     result = run_cli("validate", buildable(text, tmp_path / "vgg.yaml"))
     assert result.exit_code == 0 and "[raw-pixels]" in result.output, result.output
 
