@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cnnbuild.config import TOP_KEYS
-from cnnbuild.importer import APPLICATIONS, PREPROCESSING, pretrained_config, pretrained_text
+from cnnbuild.importer import APPLICATIONS, PREPROCESSING, pretrained_text
 from cnnbuild.validate import load_traced
 from tests.conftest import run_cli
 
@@ -172,12 +172,15 @@ def test_caffe_mode_adds_nothing_and_says_what_to_do(tmp_path):
 
 
 def test_no_preprocessing_gives_the_bare_network():
-    config, done = pretrained_config(
-        "MobileNetV2", "imagenet", (32, 32, 3), classes=2, preprocessing=False
-    )
-    assert config["input_scaling"] == "none" and done.preprocessing == []
-    assert "Rescaling" not in str(config["layers"][:1])
-    assert config["init"]["weights"] == "imagenet"
+    result = run_cli(
+        "import", "keras.applications.MobileNetV2", "--weights", "imagenet", "--classes", "2",
+        "--input-shape", "32,32,3", "--no-preprocessing",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load(result.stdout)
+    assert data["input_scaling"] == "none" and data["init"]["weights"] == "imagenet"
+    assert data["layers"][0]["Conv2D"]["name"] == "Conv1"  # the network's own first layer
+    assert "# no preprocessing (--no-preprocessing)" in result.stdout
 
 
 @pytest.mark.parametrize(
