@@ -863,20 +863,44 @@ def preprocessing_layers(name: str) -> tuple[list[dict], list[str]]:
 
 
 def _caffe_layers(said: str, a: Any, b: Any) -> tuple[list[dict], list[str]]:
-    """Mode "caffe" (VGG, ResNet v1): RGB -> BGR, then the ImageNet mean subtracted. No
-    layer cnnbuild supports permutes channels exactly with fixed weights (a constant
-    initializer takes one value per output channel), so nothing is added and the words
-    say what the weights expect."""
-    order = "BGR" if a[0, 2] else "the channel order its matrix gives"
+    """Mode "caffe" (VGG, ResNet v1): RGB -> BGR, then the ImageNet mean subtracted, as
+    layers that only add and move data, so exact: the mean (in RGB order) by a Rescaling,
+    then the channels reordered: Permute puts them on the width axis, one Cropping2D per
+    channel keeps it, Concatenate joins them in the new order, Permute puts them back.
+
+    A map that is not a pure permutation plus an offset is not written; the words say
+    what the weights expect instead.
+    """
+    import numpy as np
+
+    is_permutation = set(np.unique(a)) <= {0.0, 1.0} and (a.sum(0) == 1).all()
+    if not (is_permutation and (a.sum(1) == 1).all()):
+        return [], [
+            f"{said} is not a channel reordering and an offset, which cnnbuild can write "
+            "exactly: no preprocessing added (input_scaling: none); give the model what it "
+            "gives, or import with another application"
+        ]
+    source = [int(np.argmax(row)) for row in a]  # output channel i reads input source[i]
+    offset = [0.0] * 3
+    for i, c in enumerate(source):
+        offset[c] = _number(b[i])
+    swap = {"dims": [1, 3, 2]}
+    branches = [
+        [{"Cropping2D": {"cropping": [[0, 0], [c, 2 - c]], "name": f"{PREPROCESSING}_{i}"}}]
+        for i, c in enumerate(source)
+    ]
+    layers = [
+        {"Rescaling": {"scale": 1.0, "offset": offset, "name": PREPROCESSING}},
+        {"Permute": {**swap, "name": f"{PREPROCESSING}_swap"}},
+        {"Parallel": {"branches": branches, "axis": -2, "name": f"{PREPROCESSING}_order"}},
+        {"Permute": {**swap, "name": f"{PREPROCESSING}_unswap"}},
+    ]
+    order = "BGR" if source == [2, 1, 0] else f"channels {source}"
     mean = ", ".join(f"{-v:g}" for v in b)
-    return [], [
-        f"{said} reorders RGB to {order} and subtracts the mean [{mean}], which cnnbuild "
-        "cannot express exactly as layers: this config adds no preprocessing "
-        "(input_scaling: none)",
-        f"its imagenet weights expect {order} pixels minus that mean, and train and predict "
-        "feed RGB 0..255: to use the weights as they are, pick an application with mode tf "
-        "or torch (MobileNetV2, ResNet50V2, DenseNet121, EfficientNetB0); with this one, "
-        "fine-tune the whole network (freeze: none) so it adapts to RGB 0..255",
+    return layers, [
+        f"{said} as layers {PREPROCESSING!r}..{PREPROCESSING}_unswap: the mean [{mean}] "
+        f"subtracted, then RGB -> {order} by Permute, Cropping2D and Concatenate (data moved, "
+        "not computed: exact); the model takes raw 0..255 pixels"
     ]
 
 

@@ -90,10 +90,11 @@ def test_backbone_layer_names_are_the_applications_own(tmp_path):
     assert model.get_layer(done.head).units == 3
 
 
-@pytest.mark.parametrize("name", ["MobileNetV2", "DenseNet121"])
+@pytest.mark.parametrize("name", ["MobileNetV2", "DenseNet121", "VGG16"])
 def test_on_raw_pixels_the_import_equals_the_application_on_preprocess_input(name, tmp_path):
-    """Modes tf (MobileNetV2: x/127.5 - 1) and torch (DenseNet121: x/255, then the ImageNet
-    mean and std per channel), with the application's (random) weights loaded by name."""
+    """Modes tf (MobileNetV2: x/127.5 - 1), torch (DenseNet121: x/255, then the ImageNet
+    mean and std per channel) and caffe (VGG16: RGB -> BGR, minus the ImageNet mean), with
+    the application's (random) weights loaded by name."""
     from cnnbuild.builder import build_model
 
     shape = (32, 32, 3)
@@ -161,14 +162,19 @@ def test_efficientnet_is_built_as_keras_builds_it_for_imagenet_weights(tmp_path)
     assert scale > 0 and float(np.max(np.abs(got - expected))) < 1e-4 * scale
 
 
-def test_caffe_mode_adds_nothing_and_says_what_to_do(tmp_path):
-    """VGG16's preprocess_input flips RGB to BGR: no supported layer does that exactly."""
-    text, done = pretrained_text("VGG16", "imagenet", (32, 32, 3), classes=2)
+def test_caffe_mode_is_written_with_layers_that_move_data(tmp_path):
+    """VGG16's preprocess_input subtracts the mean and flips RGB to BGR: a Rescaling, then
+    Permute, one Cropping2D per channel, Concatenate and Permute back (exactness: above)."""
+    text, done = pretrained_text("VGG16", "imagenet", (64, 64, 3), classes=2)
     data = yaml.safe_load(text)
-    assert data["input_scaling"] == "none" and done.preprocessing == []
-    assert "BGR" in text and "103.939" in text and "freeze: none" in text
-    result = run_cli("validate", buildable(text, tmp_path / "vgg.yaml"))
-    assert result.exit_code == 0 and "[raw-pixels]" in result.output, result.output
+    assert "input_scaling" not in data
+    assert [next(iter(item)) for item in done.preprocessing] == [
+        "Rescaling", "Permute", "Parallel", "Permute",
+    ]  # fmt: skip
+    assert data["layers"][0]["Rescaling"]["offset"] == [-123.68, -116.779, -103.939]
+    assert "RGB -> BGR" in done.notes[0] and "exact" in done.notes[0]
+    result = run_cli("validate", "--strict", buildable(text, tmp_path / "vgg.yaml"))
+    assert result.exit_code == 0, result.output
 
 
 def test_no_preprocessing_gives_the_bare_network():
