@@ -896,11 +896,10 @@ def _caffe_layers(said: str, a: Any, b: Any) -> tuple[list[dict], list[str]]:
         {"Permute": {**swap, "name": f"{PREPROCESSING}_unswap"}},
     ]
     order = "BGR" if source == [2, 1, 0] else f"channels {source}"
-    mean = ", ".join(f"{-v:g}" for v in b)
     return layers, [
-        f"{said} as layers {PREPROCESSING!r}..{PREPROCESSING}_unswap: the mean [{mean}] "
-        f"subtracted, then RGB -> {order} by Permute, Cropping2D and Concatenate (data moved, "
-        "not computed: exact); the model takes raw 0..255 pixels"
+        f"{said} as layers {PREPROCESSING!r}..{PREPROCESSING}_unswap: the ImageNet mean "
+        f"subtracted (Rescaling), then RGB -> {order} by Permute, Cropping2D and Concatenate "
+        f"(data moved, not computed: exact); the model takes raw 0..255 pixels"
     ]
 
 
