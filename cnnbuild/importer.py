@@ -748,7 +748,6 @@ def open_config(path: str | Path) -> tuple[ModelConfig, Trace]:
 WEIGHTS = ("imagenet",)
 HEAD = "head"
 PREPROCESSING = "preprocess_input"
-CAFFE = "caffe_bgr"
 
 
 @dataclass
@@ -832,10 +831,6 @@ def preprocess_affine(name: str) -> tuple[Any, Any]:
     return a, b
 
 
-def _number(value: float) -> float:
-    return float(f"{value:.17g}")
-
-
 def preprocessing_layers(name: str) -> tuple[list[dict], list[str]]:
     """The application's ``preprocess_input`` as cnnbuild layers, exact, and the words that
     say what they are: none when it is the identity (the model scales itself), one
@@ -851,7 +846,7 @@ def preprocessing_layers(name: str) -> tuple[list[dict], list[str]]:
         return [], [f"{said} is the identity: the network scales its own 0..255 pixels"]
     diagonal = np.array_equal(a, np.diag(np.diag(a)))
     if diagonal:
-        scale, offset = [_number(v) for v in np.diag(a)], [_number(v) for v in b]
+        scale, offset = [float(v) for v in np.diag(a)], [float(v) for v in b]
         args: dict[str, Any] = {
             "scale": scale[0] if len(set(scale)) == 1 else scale,
             "offset": offset[0] if len(set(offset)) == 1 else offset,
@@ -883,7 +878,7 @@ def _caffe_layers(said: str, a: Any, b: Any) -> tuple[list[dict], list[str]]:
     source = [int(np.argmax(row)) for row in a]  # output channel i reads input source[i]
     offset = [0.0] * 3
     for i, c in enumerate(source):
-        offset[c] = _number(b[i])
+        offset[c] = float(b[i])
     swap = {"dims": [1, 3, 2]}
     branches = [
         [{"Cropping2D": {"cropping": [[0, 0], [c, 2 - c]], "name": f"{PREPROCESSING}_{i}"}}]
@@ -961,7 +956,7 @@ def _as_with_weights(full: str, layers: list, done: Pretrained) -> list:
     at = next((i for i, item in enumerate(layers) if "Normalization" in item), None)
     if not module.__name__.endswith(".efficientnet") or stddev is None or at is None:
         return layers
-    scale = [_number(1.0 / float(s) ** 0.5) for s in stddev]
+    scale = [float(1.0 / float(s) ** 0.5) for s in stddev]
     done.notes.append(
         "as Keras builds it for imagenet weights: a Rescaling after the stem's Normalization "
         "(1/sqrt(std) per channel)"
