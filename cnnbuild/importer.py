@@ -813,21 +813,27 @@ def preprocess_affine(name: str) -> tuple[Any, Any]:
     import numpy as np
 
     module = importlib.import_module(_factory(name).__module__)
-    pre = module.preprocess_input
-    zero = np.zeros((1, 1, 1, 3))
-    b = np.asarray(pre(zero.copy()), dtype="float64").reshape(3)
-    a = np.empty((3, 3))
-    for c in range(3):
-        unit = zero.copy()
-        unit[..., c] = 255.0
-        a[:, c] = (np.asarray(pre(unit), dtype="float64").reshape(3) - b) / 255.0
-    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3))
-    got = np.asarray(pre(x.copy()), dtype="float64")
+    refused = ImportRefused(
+        f"{module.__name__}.preprocess_input is not a per-channel affine map; import with "
+        "--no-preprocessing and preprocess the images yourself"
+    )
+    pre = getattr(module, "preprocess_input", None)
+    if not callable(pre):
+        raise refused
+    try:
+        zero = np.zeros((1, 1, 1, 3))
+        b = np.asarray(pre(zero.copy()), dtype="float64").reshape(3)
+        a = np.empty((3, 3))
+        for c in range(3):
+            unit = zero.copy()
+            unit[..., c] = 255.0
+            a[:, c] = (np.asarray(pre(unit), dtype="float64").reshape(3) - b) / 255.0
+        x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3))
+        got = np.asarray(pre(x.copy()), dtype="float64")
+    except (ValueError, TypeError):
+        raise refused from None
     if got.shape != x.shape or not np.allclose(got, x @ a.T + b, rtol=1e-9, atol=1e-9):
-        raise ImportRefused(
-            f"{module.__name__}.preprocess_input is not a per-channel affine map; "
-            "import with --no-preprocessing and preprocess the images yourself"
-        )
+        raise refused
     return a, b
 
 
@@ -916,6 +922,11 @@ def pretrained_config(
     """
     if weights not in WEIGHTS:
         raise UsageError(f"--weights takes {' or '.join(WEIGHTS)}; received {weights!r}")
+    if input_shape is not None and input_shape[-1] != 3:
+        raise UsageError(
+            f"--weights {weights} takes 3 channels (RGB); received --input-shape "
+            f"{','.join(map(str, input_shape))}"
+        )
     full = APPLICATIONS + name.removeprefix(APPLICATIONS)
     serialized = backbone_config(full, input_shape)
     graph = flatten(serialized)

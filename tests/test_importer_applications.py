@@ -194,6 +194,10 @@ def test_no_preprocessing_gives_the_bare_network():
     [
         (["x.keras", "--weights", "imagenet"], "--weights is for keras.applications.NAME"),
         ([f"{APPLICATIONS}MobileNetV2", "--weights", "cifar"], "--weights takes imagenet"),
+        (
+            [f"{APPLICATIONS}MobileNetV2", "--weights", "imagenet", "--input-shape", "32,32,1"],
+            "--weights imagenet takes 3 channels (RGB); received --input-shape 32,32,1",
+        ),
     ],
 )
 def test_weights_refused_where_they_do_not_apply(args, message):
