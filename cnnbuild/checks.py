@@ -20,6 +20,7 @@ from cnnbuild.catalog import (
 )
 from cnnbuild.config import INPUT, ModelConfig, Node
 from cnnbuild.errors import Finding, shape_str, suggest
+from cnnbuild.expand import upstream
 from cnnbuild.schema.sections import BUDGET_UNITS, DATASETS, Limit, format_amount
 from cnnbuild.trace import WEIGHT_DTYPES, Row, Trace
 
@@ -317,8 +318,8 @@ def _merged(name: str, consumers: dict[str, list[Row]]) -> bool:
 @rule(
     "stride-exceeds-kernel",
     "warning",
-    "a stride larger than the kernel: some pixels are never seen (a 1x1 projection shortcut "
-    "into a merge is not: the other path sees them)",
+    "a stride larger than the kernel: some pixels are never seen (a 1x1 projection or "
+    "pooling shortcut into a merge is not: the other path sees them)",
     "make strides <= kernel_size (or pool_size)",
 )
 def _stride_gap(trace: Trace):
@@ -328,8 +329,8 @@ def _stride_gap(trace: Trace):
         if win is None:
             continue
         kernel, strides, arg = win
-        if arg == "kernel_size" and kernel == (1, 1) and _merged(row.node.name, consumers):
-            continue  # a projection shortcut: the other path sees every pixel
+        if kernel == (1, 1) and _merged(row.node.name, consumers):
+            continue  # a projection or subsampling shortcut: the other path sees every pixel
         if any(s > k for k, s in zip(kernel, strides, strict=True)):
             yield (
                 row.node,
@@ -340,10 +341,28 @@ def _stride_gap(trace: Trace):
             )
 
 
+def _bottleneck(first: Row, second: Row) -> bool:
+    """Whether two 1x1 convolutions are a linear bottleneck: the first projects to fewer
+    channels than it reads and the second expands again (MobileNetV2, EfficientNet). The
+    missing activation is the design (a ReLU there loses information), and the low-rank
+    pair is cheaper than the one layer it would collapse into."""
+    windows = (_window(first.node), _window(second.node))
+    if any(w is None or w[0] != (1, 1) for w in windows):
+        return False
+    sizes = [_channels(first.inputs[0] if first.inputs else None), _channels(first.shape)]
+    sizes.append(_channels(second.shape))
+    return None not in sizes and sizes[1] < min(sizes[0], sizes[2])
+
+
+def _channels(shape: tuple | None) -> int | None:
+    return shape[-1] if shape is not None and len(shape) == 3 else None
+
+
 @rule(
     "linear-stack",
     "warning",
-    "two convolutions in a row with no nonlinearity between them (one linear map)",
+    "two convolutions in a row with no nonlinearity between them (one linear map; a 1x1 "
+    "projection to fewer channels and a 1x1 expansion, a linear bottleneck, is not)",
     "add activation: relu to the first, or merge them into one layer",
 )
 def _linear_stack(trace: Trace):
@@ -372,7 +391,11 @@ def _linear_stack(trace: Trace):
                 path.append(nrow.node.name)
                 cur = nrow.node.name
                 continue
-            if REGISTRY[kind].group == "conv" and node.kind != "Dense":
+            if (
+                REGISTRY[kind].group == "conv"
+                and node.kind != "Dense"
+                and not _bottleneck(row, nrow)
+            ):
                 between = f" (through {', '.join(path)})" if path else ""
                 yield (
                     node,
@@ -449,7 +472,8 @@ def _pixel_scale(node: Node) -> bool:
     "warning",
     "the input is scaled twice (two Rescaling layers, or a pixel Rescaling after another "
     "scaling): the model sees values 255 times too small",
-    "keep one scaling; Rescaling then Normalization (Keras' EfficientNet) is fine",
+    "keep one scaling; Rescaling then Normalization (Keras' EfficientNet, and its "
+    "Rescaling by 1/sqrt(std) after them for imagenet weights) is fine",
 )
 def _stacked_scaling(trace: Trace):
     rows = {row.node.name: row for row in trace.rows}
@@ -483,6 +507,8 @@ def _stacked_scaling(trace: Trace):
         if not before:
             continue
         first = before[0]
+        if _efficientnet_stem(node, before):
+            continue
         if node.kind == "Normalization":
             if all(b.kind == "Rescaling" for b in before):
                 continue  # Rescaling then Normalization: Keras' EfficientNet idiom
@@ -494,6 +520,45 @@ def _stacked_scaling(trace: Trace):
                 "input; the layers after it see values far smaller than intended",
                 "scale",
             )
+
+
+@rule(
+    "raw-pixels",
+    "warning",
+    "the first layer with weights sees raw 0..255 pixels (what train, predict and trace --run "
+    "feed): no Rescaling or Normalization anywhere before it",
+    "remove input_scaling: none (cnnbuild then adds Rescaling(1/255)), or start the layers "
+    "with the scaling the weights expect",
+)
+def _raw_pixels(trace: Trace):
+    inputs = {row.node.name: row.node.inputs for row in trace.rows}
+    nodes = {row.node.name: row.node for row in trace.rows}
+    for row in trace.rows:
+        if row.out is None or row.out.params == 0:
+            continue
+        spec = REGISTRY[row.node.kind]
+        if spec.scaling or spec.group == "norm":
+            return  # it scales its own input (Normalization, BatchNormalization)
+        before = upstream(row.node.inputs, inputs)
+        if not any(REGISTRY[nodes[name].kind].scaling for name in before):
+            yield (
+                row.node,
+                f"{row.node.name!r} is the first layer with weights, and nothing before it "
+                "scales the pixels: it sees 0..255",
+                None,
+            )
+        return
+
+
+def _efficientnet_stem(node: Node, before: list[Node]) -> bool:
+    """Keras' EfficientNet with imagenet weights: Rescaling(1/255), Normalization, then a
+    Rescaling by 1/sqrt(std) right after the Normalization (keras-team issue 49930)."""
+    kinds = sorted(b.kind for b in before)
+    return (
+        node.kind == "Rescaling"
+        and kinds == ["Normalization", "Rescaling"]
+        and node.inputs == [next(b.name for b in before if b.kind == "Normalization")]
+    )
 
 
 def ignore_problem(rid: str) -> str | None:

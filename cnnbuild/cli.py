@@ -460,6 +460,21 @@ def import_model(
         int, typer.Option(help="For keras.applications: classes of the top.", min=1)
     ] = 1000,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --output.")] = False,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="For keras.applications: imagenet gives the backbone without its top, a new "
+            "Dense(--classes) head, init: and freeze: (the backbone frozen).",
+            show_default=False,
+        ),
+    ] = None,
+    preprocessing: Annotated[
+        bool,
+        typer.Option(
+            help="With --weights: put the application's preprocess_input in the model "
+            "(--no-preprocessing: the bare network)."
+        ),
+    ] = True,
     verbose: Verbose = False,
 ) -> None:
     """To start from an existing Keras model: write its config, with the same layers, names
@@ -468,7 +483,7 @@ def import_model(
     Exit 1, with one line per unsupported layer class or argument, when cnnbuild cannot
     express the model exactly.
     """
-    from cnnbuild.importer import APPLICATIONS, import_text
+    from cnnbuild.importer import APPLICATIONS, import_text, pretrained_notes, pretrained_text
     from cnnbuild.io import check_output, os_errors, write_text
     from cnnbuild.schema.blocks import BLOCK_KINDS
     from cnnbuild.validate import load_traced
@@ -480,7 +495,14 @@ def import_model(
         from cnnbuild.builder import keras_module
 
         keras_module(verbose)
-    text = import_text(source, shape, classes)
+    if weights is not None and not source.startswith(APPLICATIONS):
+        raise UsageError(f"--weights is for keras.applications.NAME; received {source!r}")
+    notes: list[str] = []
+    if weights is None:
+        text = import_text(source, shape, classes)
+    else:
+        text, done = pretrained_text(source, weights, shape, classes, preprocessing)
+        notes = pretrained_notes(done, preprocessing)
     if output is None:
         sys.stdout.write(text)
         return
@@ -494,6 +516,8 @@ def import_model(
         f"imported {cfg.name}: {len(cfg.nodes)} layers, {tr.total_params:,} parameters, to "
         f"{rich(output)} (written with {written} blocks and {templates} templates)"
     )
+    for note in notes:
+        _console().print(f"  {rich(note)}")
 
 
 class DeviceChoice(str, Enum):
@@ -691,7 +715,7 @@ def schema(
     ] = None,
 ) -> None:
     """For editors and CI tools: print the JSON Schema (draft-07) of the config format."""
-    from cnnbuild.io import os_errors, write_text
+    from cnnbuild.io import check_output, os_errors, write_text
     from cnnbuild.schema.jsonschema import json_schema_text
 
     text = json_schema_text()

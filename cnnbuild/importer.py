@@ -881,3 +881,287 @@ def open_config(path: str | Path) -> tuple[ModelConfig, Trace]:
     """
     label, text = config_source(path)
     return load_traced(label, text=text)
+
+
+# -- pretrained applications -------------------------------------------------------------------
+
+WEIGHTS = ("imagenet",)
+HEAD = "head"
+PREPROCESSING = "preprocess_input"
+
+
+@dataclass
+class Pretrained:
+    """What ``import keras.applications.NAME --weights imagenet`` adds to the backbone.
+
+    Attributes:
+        name: ``keras.applications.NAME``.
+        weights: the weights ``init:`` loads (``imagenet``).
+        backbone_end: the backbone's last layer, the end of ``freeze:``.
+        head: the new classifier's name.
+        preprocessing: the layers in front of the backbone (empty: none added).
+        notes: lines for the YAML comment and the command's message.
+    """
+
+    name: str
+    weights: str
+    backbone_end: str = ""
+    head: str = HEAD
+    preprocessing: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _factory(name: str) -> Any:
+    """``keras.applications.NAME`` (the function), or :class:`UsageError`."""
+    from cnnbuild.builder import keras_module
+
+    keras = keras_module()
+    short = name.removeprefix(APPLICATIONS)
+    factory = getattr(keras.applications, short, None)
+    if not short.isidentifier() or not callable(factory) or not short[:1].isupper():
+        raise UsageError(f"keras.applications has no model {short!r}")
+    return factory
+
+
+def backbone_config(name: str, input_shape: tuple | None = None) -> dict:
+    """``keras.applications.NAME(weights=None, include_top=False, pooling="avg")``
+    serialized: the application without its top, ending in its global average pooling.
+
+    Raises:
+        UsageError: no such application, or Keras refuses the input shape.
+    """
+    from cnnbuild.builder import keras_module
+
+    factory = _factory(name)
+    keras_module().backend.clear_session()  # Keras' automatic names as in a fresh process
+    try:
+        model = factory(weights=None, include_top=False, input_shape=input_shape, pooling="avg")
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{APPLICATIONS}{name.removeprefix(APPLICATIONS)}: {exc}") from None
+    return keras_module().saving.serialize_keras_object(model)
+
+
+def preprocess_affine(name: str) -> tuple[Any, Any]:
+    """The application's own ``preprocess_input`` as ``(A, b)``: ``y = x @ A.T + b`` per
+    pixel, found by calling it on unit pixels and checked on random ones.
+
+    Raises:
+        ImportRefused: the function is not a per-pixel affine map of the channels.
+    """
+    import importlib
+
+    import numpy as np
+
+    module = importlib.import_module(_factory(name).__module__)
+    refused = ImportRefused(
+        f"{module.__name__}.preprocess_input is not a per-channel affine map; import with "
+        "--no-preprocessing and preprocess the images yourself"
+    )
+    pre = getattr(module, "preprocess_input", None)
+    if not callable(pre):
+        raise refused
+    try:
+        zero = np.zeros((1, 1, 1, 3))
+        b = np.asarray(pre(zero.copy()), dtype="float64").reshape(3)
+        a = np.empty((3, 3))
+        for c in range(3):
+            unit = zero.copy()
+            unit[..., c] = 255.0
+            a[:, c] = (np.asarray(pre(unit), dtype="float64").reshape(3) - b) / 255.0
+        x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3))
+        got = np.asarray(pre(x.copy()), dtype="float64")
+    except (ValueError, TypeError):
+        raise refused from None
+    if got.shape != x.shape or not np.allclose(got, x @ a.T + b, rtol=1e-9, atol=1e-9):
+        raise refused
+    return a, b
+
+
+def preprocessing_layers(name: str) -> tuple[list[dict], list[str]]:
+    """The application's ``preprocess_input`` as cnnbuild layers, exact, and the words that
+    say what they are: none when it is the identity (the model scales itself), one
+    ``Rescaling`` (per channel where they differ) for modes "tf" and "torch", and a fixed
+    1x1 ``Conv2D`` for mode "caffe" (RGB -> BGR and the mean; frozen).
+    """
+    import numpy as np
+
+    a, b = preprocess_affine(name)
+    module = _factory(name).__module__.replace("keras.src.", "keras.")
+    said = f"{module}.preprocess_input"
+    if np.array_equal(a, np.eye(3)) and not b.any():
+        return [], [f"{said} is the identity: the network scales its own 0..255 pixels"]
+    diagonal = np.array_equal(a, np.diag(np.diag(a)))
+    if diagonal:
+        scale, offset = [float(v) for v in np.diag(a)], [float(v) for v in b]
+        args: dict[str, Any] = {
+            "scale": scale[0] if len(set(scale)) == 1 else scale,
+            "offset": offset[0] if len(set(offset)) == 1 else offset,
+            "name": PREPROCESSING,
+        }
+        words = f"{said} as layer {PREPROCESSING!r} (Rescaling: x * scale + offset)"
+        return [{"Rescaling": args}], [words + ": the model takes raw 0..255 pixels"]
+    return _caffe_layers(said, a, b)
+
+
+def _caffe_layers(said: str, a: Any, b: Any) -> tuple[list[dict], list[str]]:
+    """Mode "caffe" (VGG, ResNet v1): RGB -> BGR, then the ImageNet mean subtracted, as
+    layers that only add and move data, so exact: the mean (in RGB order) by a Rescaling,
+    then the channels reordered: Permute puts them on the width axis, one Cropping2D per
+    channel keeps it, Concatenate joins them in the new order, Permute puts them back.
+
+    A map that is not a pure permutation plus an offset is not written; the words say
+    what the weights expect instead.
+    """
+    import numpy as np
+
+    is_permutation = set(np.unique(a)) <= {0.0, 1.0} and (a.sum(0) == 1).all()
+    if not (is_permutation and (a.sum(1) == 1).all()):
+        return [], [
+            f"{said} is not a channel reordering and an offset, which cnnbuild can write "
+            "exactly: no preprocessing added (input_scaling: none); give the model what it "
+            "gives, or import with another application"
+        ]
+    source = [int(np.argmax(row)) for row in a]  # output channel i reads input source[i]
+    offset = [0.0] * 3
+    for i, c in enumerate(source):
+        offset[c] = float(b[i])
+    swap = {"dims": [1, 3, 2]}
+    branches = [
+        [{"Cropping2D": {"cropping": [[0, 0], [c, 2 - c]], "name": f"{PREPROCESSING}_{i}"}}]
+        for i, c in enumerate(source)
+    ]
+    layers = [
+        {"Rescaling": {"scale": 1.0, "offset": offset, "name": PREPROCESSING}},
+        {"Permute": {**swap, "name": f"{PREPROCESSING}_swap"}},
+        {"Parallel": {"branches": branches, "axis": -2, "name": f"{PREPROCESSING}_order"}},
+        {"Permute": {**swap, "name": f"{PREPROCESSING}_unswap"}},
+    ]
+    order = "BGR" if source == [2, 1, 0] else f"channels {source}"
+    return layers, [
+        f"{said} as layers {PREPROCESSING!r}..{PREPROCESSING}_unswap: the ImageNet mean "
+        f"subtracted (Rescaling), then RGB -> {order} by Permute, Cropping2D and Concatenate "
+        f"(data moved, not computed: exact); the model takes raw 0..255 pixels"
+    ]
+
+
+def pretrained_config(
+    name: str,
+    weights: str,
+    input_shape: tuple | None = None,
+    classes: int = 1000,
+    preprocessing: bool = True,
+) -> tuple[dict, Pretrained]:
+    """The config of a pretrained application: its backbone (Keras' layer names, so the
+    weights load by name), its global average pooling and a new ``Dense(classes)`` head,
+    with ``init:`` and ``freeze:`` (the backbone frozen), and unless ``preprocessing`` is
+    false the application's ``preprocess_input`` as layers in front.
+
+    Raises:
+        UsageError: unknown weights or application, or a shape Keras refuses.
+        ImportRefused: the backbone or its preprocessing cannot be expressed exactly.
+    """
+    if weights not in WEIGHTS:
+        raise UsageError(f"--weights takes {' or '.join(WEIGHTS)}; received {weights!r}")
+    if input_shape is not None and input_shape[-1] != 3:
+        raise UsageError(
+            f"--weights {weights} takes 3 channels (RGB); received --input-shape "
+            f"{','.join(map(str, input_shape))}"
+        )
+    full = APPLICATIONS + name.removeprefix(APPLICATIONS)
+    serialized = backbone_config(full, input_shape)
+    graph = flatten(serialized)
+    pooling = next((layer for layer in graph.layers if layer.name == graph.output), None)
+    backbone = import_config(serialized)
+    if pooling is None or not pooling.inputs:
+        raise ImportRefused(f"{full}: no pooling at the end of the backbone")
+    names = {layer.name for layer in graph.layers}
+    done = Pretrained(full, weights, backbone_end=pooling.inputs[0])
+    while done.head in names:
+        done.head += "_new"
+    layers = _as_with_weights(full, backbone["layers"], done)
+    if preprocessing:
+        done.preprocessing, words = preprocessing_layers(full)
+        done.notes = [*words, *done.notes]
+        layers = _in_front(done.preprocessing, layers)
+    config: dict[str, Any] = {"name": backbone["name"], "input": backbone["input"]}
+    if "input_scaling" in backbone and not done.preprocessing:
+        config["input_scaling"] = backbone["input_scaling"]
+    config["init"] = {"from": full, "weights": weights}
+    config["freeze"] = {"until": done.backbone_end}
+    if "blocks" in backbone:
+        config["blocks"] = backbone["blocks"]
+    head = {"units": classes, "activation": "softmax", "name": done.head}
+    config["layers"] = [*layers, {"Dense": head}]
+    return config, done
+
+
+def _as_with_weights(full: str, layers: list, done: Pretrained) -> list:
+    """The backbone as Keras builds it for ``weights="imagenet"`` where that differs from
+    ``weights=None``: EfficientNet (V1) then divides its Normalization's output once more
+    by the square root of the ImageNet std (keras-team issue 49930), a layer named as Keras
+    names it in a fresh process."""
+    import importlib
+
+    module = importlib.import_module(_factory(full).__module__)
+    stddev = getattr(module, "IMAGENET_STDDEV_RGB", None)
+    at = next((i for i, item in enumerate(layers) if "Normalization" in item), None)
+    if not module.__name__.endswith(".efficientnet") or stddev is None or at is None:
+        return layers
+    scale = [float(1.0 / float(s) ** 0.5) for s in stddev]
+    done.notes.append(
+        "as Keras builds it for imagenet weights: a Rescaling after the stem's Normalization "
+        "(1/sqrt(std) per channel)"
+    )
+    return [
+        *layers[: at + 1],
+        {"Rescaling": {"scale": scale, "name": "rescaling_1"}},
+        *layers[at + 1 :],
+    ]
+
+
+def _in_front(pre: list[dict], layers: list) -> list:
+    """``pre`` in front of ``layers``: a top-level layer that read the model input reads
+    the last of ``pre`` instead."""
+    if not pre:
+        return layers
+    ((_, args),) = pre[-1].items()
+    last, out = args["name"], []
+    for item in layers:
+        ((kind, spec),) = item.items()
+        read = (spec or {}).get("inputs") if isinstance(spec, dict) else None
+        if read == INPUT or (isinstance(read, list) and INPUT in read):
+            fixed = [last if r == INPUT else r for r in read] if isinstance(read, list) else last
+            item = {kind: {**spec, "inputs": fixed}}
+        out.append(item)
+    return [*pre, *out]
+
+
+def pretrained_text(
+    name: str,
+    weights: str,
+    input_shape: tuple | None = None,
+    classes: int = 1000,
+    preprocessing: bool = True,
+) -> tuple[str, Pretrained]:
+    """:func:`pretrained_config` as YAML, its comment saying what was added and why."""
+    config, done = pretrained_config(name, weights, input_shape, classes, preprocessing)
+    text = to_yaml(config, done.name)
+    header, rest = text.split("\n", 1)
+    lines = [header, *(f"# {line}" for line in pretrained_notes(done, preprocessing))]
+    return "\n".join(lines) + "\n" + rest, done
+
+
+def pretrained_notes(done: Pretrained, preprocessing: bool) -> list[str]:
+    """What the imported config adds to the backbone, one sentence a line."""
+    notes = [
+        f"init: Keras' {done.weights} weights for {done.name}, loaded by layer name; the new "
+        f"classifier {done.head!r} has none and starts from scratch",
+        f"freeze: every layer up to and including {done.backbone_end!r} (the backbone) stays "
+        "fixed; only the head trains",
+    ]
+    if not preprocessing:
+        notes.append(
+            "no preprocessing (--no-preprocessing): the network takes what its "
+            "preprocess_input gives, not raw 0..255 pixels"
+        )
+    return notes + done.notes

@@ -14,11 +14,10 @@ FREE_SIZE = 64  # stands in for a free (null) height or width
 def random_input(cfg: ModelConfig, seed: int, batch: int) -> tuple[Any, str]:
     """A seeded batch of what the model takes, and the words that say what it is.
 
-    A model that scales its pixels (its ``input_scaling`` node, or its own leading
-    ``Rescaling`` or ``Normalization``) takes raw pixels, as ``train`` and ``predict``
-    feed them: uniform integers 0..255 as float32. A model without any pixel scaling (the
-    config opted out of ``input_scaling``) takes its inputs as they are: uniform values in
-    [0, 1).
+    ``train`` and ``predict`` feed every model raw pixels, uniform integers 0..255 as
+    float32, whatever its scaling (its ``input_scaling`` node, its own leading
+    ``Rescaling`` or ``Normalization``, or none at all), so this feeds the same; a model
+    with no pixel scaling is said so in the words (lint's ``raw-pixels`` warns of it).
 
     Returns:
         ``(x, words)``: float32 ``(batch, *input)`` (a free size is :data:`FREE_SIZE`).
@@ -27,11 +26,13 @@ def random_input(cfg: ModelConfig, seed: int, batch: int) -> tuple[Any, str]:
 
     rng = np.random.default_rng(seed)
     shape = (batch, *(FREE_SIZE if d is None else d for d in cfg.input_shape))
+    x = rng.integers(0, 256, shape).astype("float32")
     if scales_input(node.kind for node in cfg.nodes):
-        x = rng.integers(0, 256, shape).astype("float32")
         return x, "random pixels (uniform integers 0..255, as train and predict feed them)"
-    x = rng.uniform(0, 1, shape).astype("float32")
-    return x, "random values uniform in [0, 1) (the model has no pixel scaling of its own)"
+    return x, (
+        "random pixels (uniform integers 0..255, as train and predict feed them; "
+        "the model has no pixel scaling of its own)"
+    )
 
 
 def forward_stats(cfg: ModelConfig, seed: int = 0, batch: int = 2) -> tuple[dict[str, dict], str]:

@@ -369,6 +369,27 @@ def test_trace_run_feeds_raw_pixels_and_says_so(cli, write):
     assert text.startswith("forward pass: batch of 2: random pixels (uniform integers 0..255")
 
 
+def test_trace_run_feeds_what_train_feeds_to_a_model_without_scaling(cli, write):
+    """``input_scaling: none``: train still feeds 0..255 pixels, so trace --run does too
+    (it fed uniform [0, 1) before, hiding the raw-pixels trap) and says the model does not
+    scale them."""
+    path = write("""
+        name: unscaled
+        input: [8, 8, 3]
+        input_scaling: none
+        layers:
+          - Conv2D: {filters: 2, kernel_size: 1, use_bias: false, name: c}
+          - GlobalAveragePooling2D
+    """)
+    result = cli("trace", path, "--run", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert "uniform integers 0..255" in data["real_input"]
+    assert "no pixel scaling of its own" in data["real_input"]
+    conv = next(layer for layer in data["layers"] if layer["name"] == "c")
+    assert conv["real"]["std"] > 10  # a linear map of 0..255 pixels, not of [0, 1)
+
+
 def test_trace_grads_data_of_a_run_is_the_runs_own_dataset(cli, write, mnist_run):
     """The config traced has no train section (its default dataset would be CIFAR-10);
     with --weights RUN --data the batch comes from the run's own npz."""
