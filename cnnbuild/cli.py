@@ -594,6 +594,11 @@ def train(
     )
 
 
+class EvalSplit(str, Enum):
+    all = "all"
+    test = "test"
+
+
 @app.command()
 @handled
 def evaluate(
@@ -616,11 +621,20 @@ def evaluate(
     batch_size: Annotated[
         int | None, typer.Option(help="Images per batch.", show_default=False)
     ] = None,
+    split: Annotated[
+        EvalSplit | None,
+        typer.Option(
+            help="all: every image of --dataset (a folder is a test set; default with "
+            "--dataset). test: the test split the run trained with (default without).",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Test loss, accuracy and per-class accuracy of a trained model, and its confusion matrix.
 
-    Models load with Keras' safe_mode on.
+    Models load with Keras' safe_mode on. For a folder dataset, evaluation.json names the
+    file of every mistake.
     """
     from cnnbuild.train import evaluate as run_evaluation
     from cnnbuild.train import print_evaluation, stdout_console
@@ -632,6 +646,7 @@ def evaluate(
         data_dir=data_dir,
         limit=limit,
         batch_size=batch_size,
+        split=split.value if split else None,
         console=console,
         verbose=verbose,
     )

@@ -154,8 +154,14 @@ def resolve_train(cfg: ModelConfig | None, overrides: dict[str, Any]) -> TrainCo
         raise UsageError(pydantic_problems(exc, flag)) from None
 
 
-def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:
-    """The dataset ``settings`` name, read for a model whose input is ``shape``."""
+def load_data(
+    shape: tuple, settings: TrainConfig, quiet: bool = False, whole: bool = False
+) -> Data:
+    """The dataset ``settings`` name, read for a model whose input is ``shape``.
+
+    With ``whole``, a folder is a test set: every image of its class folders is a test
+    image (an npz or CIFAR keeps its own test set).
+    """
     from cnnbuild.data import load_dataset
 
     data = load_dataset(
@@ -163,7 +169,7 @@ def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:
         data_dir=settings.data_dir,
         image_size=shape[:2] if len(shape) == 3 else None,
         channels=shape[-1] or 3,
-        test_split=settings.test_split,
+        test_split=1.0 if whole else settings.test_split,
         seed=settings.seed if settings.seed is not None else 1337,
         quiet=quiet,
     )

@@ -1,0 +1,91 @@
+"""Your own images end to end (issue 25): train on a class folder, evaluate a separate test
+folder, export, predict with every artefact, and run each artefact with its own runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ("red", "green", "blue")
+CONFIG = """\
+name: own_images
+input: [16, 16, 3]
+layers:
+  - Conv2D: {filters: 8, kernel_size: 3, padding: same, activation: relu}
+  - GlobalAveragePooling2D
+  - Dense: {units: 3}
+compile:
+  optimizer: {adam: {learning_rate: 0.05}}
+  loss: sparse_categorical_crossentropy
+  from_logits: true
+train: {dataset: {folder: FOLDER}, epochs: 4, batch_size: 8, validation_split: 0, seed: 1}
+"""
+
+
+def image_folder(root: Path, per_class: int, seed: int, classes=CLASSES) -> Path:
+    """One sub-folder per class; each image a noisy field of its class's colour (class i
+    is bright in channel i), so a tiny CNN learns them in a few epochs."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (16, 16, 3), dtype=np.uint8)
+            pixels[..., c % 3] = rng.integers(160, 256, (16, 16), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory):
+    """A run trained on a 3-class folder of 30 images per class, and a separate test
+    folder of 21 images (7 per class)."""
+    root = tmp_path_factory.mktemp("own")
+    train = image_folder(root / "train", 30, seed=0)
+    test = image_folder(root / "test", 7, seed=1)
+    config = root / "own.yaml"
+    config.write_text(CONFIG.replace("FOLDER", str(train)), encoding="utf-8")
+    result = run_cli("train", config, "--out", root / "run", "--no-mixed-precision")
+    assert result.exit_code == 0, result.output
+    return root / "run", test
+
+
+def test_evaluate_a_separate_folder_evaluates_every_image(own_run):
+    run, test = own_run
+    result = run_cli("evaluate", run, "--dataset", f"folder:{test}")
+    assert result.exit_code == 0, result.output
+    assert "21 test images" in result.stdout
+    saved = json.loads((run / "evaluate" / "evaluation.json").read_text())
+    assert saved["test_images"] == 21 and saved["split"] == "all"
+    assert sum(map(sum, saved["confusion"])) == 21
+    wrong = 21 - sum(saved["confusion"][i][i] for i in range(3))
+    assert len(saved["mistakes"]) == wrong
+    for item in saved["mistakes"]:
+        assert Path(item["file"]).parent.name == item["label"] != item["predicted"]
+
+
+def test_evaluate_split_test_keeps_the_runs_own_test_split(own_run):
+    run, _ = own_run
+    result = run_cli("evaluate", run, "--split", "test")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "evaluate" / "evaluation.json").read_text())
+    assert saved["test_images"] == 18 and saved["split"] == "test"  # 20% of 3 x 30
+    result = run_cli("evaluate", run, "--split", "all")
+    assert result.exit_code == 2
+    assert "--split all goes with --dataset" in result.output
+
+
+def test_evaluate_refuses_class_folders_that_are_not_the_runs_classes(own_run, tmp_path):
+    run, _ = own_run
+    other = image_folder(tmp_path / "other", 2, seed=2, classes=("cat", "dog", "fox"))
+    result = run_cli("evaluate", run, "--dataset", f"folder:{other}")
+    assert result.exit_code == 1
+    assert "class folders are cat, dog, fox" in result.output
+    assert "trained on blue, green, red" in result.output
