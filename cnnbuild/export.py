@@ -45,6 +45,7 @@ FORMATS = ("saved_model", "litert", "onnx")
 FLOAT_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.98
 CALIBRATION_IMAGES = 200
+RANDOM_DATA = "random pixels"
 PACKAGES = {
     "saved_model": [],
     "litert": [("ai_edge_litert", "ai-edge-litert")],
@@ -427,17 +428,25 @@ class Verification:
         return asdict(self)
 
 
-def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool):
-    """``n`` test images and some training images (int8 calibration) as float32."""
+def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool, int8: bool):
+    """``n`` test images and some training images (int8 calibration) as float32.
+
+    A bare ``.keras`` file without ``data`` is verified on :data:`RANDOM_DATA`: seeded
+    random raw pixels of the model's input shape, as ``trace --run`` draws them.
+    """
     import numpy as np
 
     from cnnbuild.runs import load_data, resolve_train
 
     if opened.config is None and data is None:
-        raise UsageError(
-            f"{opened.model_path}: a bare .keras file has no dataset; give --data "
-            f"({DATASET_FORMS}) for the test images"
-        )
+        if int8:
+            raise UsageError(
+                f"{opened.model_path}: a bare .keras file has no dataset; --int8 calibrates "
+                f"on training images: give --data ({DATASET_FORMS})"
+            )
+        from cnnbuild.probe import random_pixels
+
+        return RANDOM_DATA, random_pixels(shape, 0, n), None
     settings = resolve_train(opened.config, {"dataset": data, "limit": None} if data else {})
     dataset = load_data(shape, settings, quiet=quiet)
     if not len(dataset.x_test):
@@ -567,7 +576,8 @@ def export(
 
     keras = keras_module(verbose)
     model = float32_model(keras, load_model(opened.model_path, verbose))
-    name, test, calibration = _images(opened, data, tuple(model.input.shape[1:]), images, quiet)
+    shape = tuple(model.input.shape[1:])
+    name, test, calibration = _images(opened, data, shape, images, quiet, int8)
     reference, keras_seconds = _reference(model, test)
     with os_errors(out.parent):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -605,9 +615,14 @@ def report_lines(v: Verification) -> list[str]:
         else f"max abs diff {v.max_abs_diff:.3g} (limit {v.limit:.3g})"
     )
     head = "exported" if v.written else "checked (not written)"
+    on = (
+        f"{v.images} images of random raw pixels (uniform integers 0..255; no --data given)"
+        if v.data == RANDOM_DATA
+        else f"{v.images} {v.data} test images"
+    )
     return [
         f"{head} {kind} to {v.path} ({v.bytes:,} bytes; model.keras {v.keras_bytes:,})",
-        f"verified on {v.images} {v.data} test images with its own runtime: {check}",
+        f"verified on {on} with its own runtime: {check}",
         f"  max abs diff {v.max_abs_diff:.3g}, top-1 agreement {v.top1_agreement:.1%}, "
         f"{v.ms_per_image:.3f} ms/image (Keras {v.keras_ms_per_image:.3f} ms/image, "
         f"batch of {v.images})",

@@ -89,3 +89,15 @@ def test_evaluate_refuses_class_folders_that_are_not_the_runs_classes(own_run, t
     assert result.exit_code == 1
     assert "class folders are cat, dog, fox" in result.output
     assert "trained on blue, green, red" in result.output
+
+
+def test_export_of_a_bare_keras_file_without_data_verifies_on_random_pixels(own_run, tmp_path):
+    run, _ = own_run
+    bare = tmp_path / "bare.keras"
+    bare.write_bytes((run / "model.keras").read_bytes())
+    result = run_cli("export", bare, "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    assert "verified on 128 images of random raw pixels (uniform integers 0..255" in result.stdout
+    assert (tmp_path / "bare.onnx").is_file()
+    result = run_cli("export", bare, "--format", "onnx", "--force", "--json")
+    assert json.loads(result.stdout)["data"] == "random pixels"
