@@ -821,7 +821,12 @@ class PredictFormat(str, Enum):
 @handled
 def predict(
     target: Annotated[
-        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A run directory, a .keras model, or an exported .onnx, .tflite or "
+            "SavedModel folder.",
+            show_default=False,
+        ),
     ],
     paths: Annotated[
         list[str],
@@ -838,7 +843,9 @@ def predict(
 ) -> None:
     """Top-k classes of image files, with the run's class names and probabilities.
 
-    Images are resized (bilinear) to the model's input size. Exit 1 if any file failed.
+    An exported artefact runs with its own runtime (onnxruntime, LiteRT, TensorFlow) and
+    the class names export wrote into it. Images are resized (bilinear) to the model's
+    input size. Exit 1 if any file failed.
     """
     from cnnbuild.predict import csv_lines, predict, table
 

@@ -101,3 +101,69 @@ def test_export_of_a_bare_keras_file_without_data_verifies_on_random_pixels(own_
     assert (tmp_path / "bare.onnx").is_file()
     result = run_cli("export", bare, "--format", "onnx", "--force", "--json")
     assert json.loads(result.stdout)["data"] == "random pixels"
+
+
+@pytest.fixture(scope="module")
+def artefacts(own_run):
+    """The run exported to ONNX, LiteRT and SavedModel (default paths under RUN/export/)."""
+    run, _ = own_run
+    for fmt in ("onnx", "litert", "saved_model"):
+        result = run_cli("export", run, "--format", fmt)
+        assert result.exit_code == 0, result.output
+        assert "class names inside the artefact and in" in result.stdout
+    export = run / "export"
+    return {
+        "onnx": export / "model.onnx",
+        "litert": export / "model.tflite",
+        "saved_model": export / "saved_model",
+    }
+
+
+def test_export_writes_the_class_names_into_each_artefact_and_beside_it(artefacts):
+    import onnx
+
+    from cnnbuild.runs import litert_meta
+
+    names = sorted(CLASSES)
+    props = {p.key: p.value for p in onnx.load(artefacts["onnx"]).metadata_props}
+    assert json.loads(props["cnnbuild"]) == {"class_names": names, "outputs": "logits"}
+    assert litert_meta(artefacts["litert"].read_bytes())["class_names"] == names
+    saved = artefacts["saved_model"]
+    assert (saved / "assets" / "labels.txt").read_text().splitlines() == names
+    for beside in ("model.labels.txt", "saved_model.labels.txt"):
+        assert (saved.parent / beside).read_text().splitlines() == names
+
+
+def test_predict_gives_the_same_top1_with_the_run_and_each_artefact(own_run, artefacts):
+    run, test = own_run
+    tops = {}
+    for what, target in [("run", run), *artefacts.items()]:
+        result = run_cli("predict", target, test, "-k", 3, "--format", "json")
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert len(data["predictions"]) == 21
+        tops[what] = {p["file"]: p["top"][0]["class"] for p in data["predictions"]}
+        probs = [p["top"][0]["probability"] for p in data["predictions"]]
+        assert all(0 < p <= 1 for p in probs)  # softmax applied to the logits
+    assert set(tops["run"].values()) <= set(CLASSES)
+    for what in artefacts:
+        assert tops[what] == tops["run"], what
+    right = sum(Path(f).parent.name == c for f, c in tops["run"].items())
+    assert right >= 15  # the colours are learnt: names are not a permutation
+
+
+def test_predict_reads_the_names_inside_a_copied_artefact_refuses_a_bogus_one(
+    own_run, artefacts, tmp_path
+):
+    import shutil
+
+    _, test = own_run
+    plain = tmp_path / "plain.onnx"
+    shutil.copy(artefacts["onnx"], plain)  # no labels file beside; names inside
+    result = run_cli("predict", plain, test, "--format", "json")
+    assert json.loads(result.stdout)["predictions"][0]["top"][0]["class"] in CLASSES
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not onnx")
+    result = run_cli("predict", bogus, test)
+    assert result.exit_code == 1
+    assert "the onnx runtime cannot open it" in result.output
