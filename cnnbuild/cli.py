@@ -285,11 +285,14 @@ def trace(
         bool, typer.Option("--run", help="Also run a real forward pass in Keras and compare.")
     ] = False,
     seed: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="Seed of the random batch for --run, 0 to 4294967295.", min=0, max=2**32 - 1
+            help="Seed of the random batch for --run or --grads, 0 to 4294967295 (default 0).",
+            min=0,
+            max=2**32 - 1,
+            show_default=False,
         ),
-    ] = 0,
+    ] = None,
     verbose: Verbose = False,
     grads: Annotated[
         bool,
@@ -324,6 +327,14 @@ def trace(
     from cnnbuild import render
     from cnnbuild.importer import open_config
 
+    if run and grads:
+        raise UsageError(
+            "--run and --grads are two different passes; run them one at a time: "
+            "`trace CONFIG --run`, then `trace CONFIG --grads`"
+        )
+    if seed is not None and not (run or grads):
+        raise UsageError("--seed goes with --run or --grads (the seed of their random batch)")
+    seed = seed or 0
     cfg, tr = open_config(config)
     _notes(cfg.findings)
     if grads or weights is not None or data or mode is not None:

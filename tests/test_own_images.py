@@ -167,3 +167,21 @@ def test_predict_reads_the_names_inside_a_copied_artefact_refuses_a_bogus_one(
     result = run_cli("predict", bogus, test)
     assert result.exit_code == 1
     assert "the onnx runtime cannot open it" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--run", "--grads"], "--run and --grads are two different passes"),
+        (["--seed", "3"], "--seed goes with --run or --grads"),
+        (["--json", "--seed", "3"], "--seed goes with --run or --grads"),
+        (["--run", "--mode", "inference"], "--weights, --data and --mode go with --grads"),
+        (["--data"], "--weights, --data and --mode go with --grads"),
+    ],
+)
+def test_trace_refuses_flags_it_would_ignore(args, message):
+    from tests.conftest import CONFIGS
+
+    result = run_cli("trace", CONFIGS / "shapes_demo.yaml", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
