@@ -12,7 +12,7 @@ import numpy as np
 
 from cnnbuild.data.base import Data, tidy
 from cnnbuild.errors import DataError
-from cnnbuild.io import MAX_PIXELS
+from cnnbuild.io import MAX_PIXELS, class_folders
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_IMAGE_BYTES = 64 << 20
@@ -117,9 +117,7 @@ def load_npz(path: Path) -> Data:
 
 def _image_files(path: Path) -> tuple[list[str], dict[str, list[Path]], list[str], list[Path]]:
     """Class names, their image files, refused entries (with reasons), ignored files."""
-    classes = sorted(
-        e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and e.name[0] != "."
-    )
+    classes = class_folders(path)
     files: dict[str, list[Path]] = {}
     refused: list[str] = []
     ignored: list[Path] = []
