@@ -185,3 +185,32 @@ def test_trace_refuses_flags_it_would_ignore(args, message):
     result = run_cli("trace", CONFIGS / "shapes_demo.yaml", *args)
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_the_docs_page_runtime_snippets_run_against_exported_artefacts(
+    own_run, artefacts, tmp_path
+):
+    """docs/guides/own-images.md: each Python block runs, in a fresh process, against
+    artefacts exported here, and prints the class cnnbuild predict gives."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    run, test = own_run
+    (tmp_path / "run").symlink_to(run)
+    (tmp_path / "test_photos").symlink_to(test)
+    result = run_cli("predict", run, test / "red" / "red_0.png", "--format", "json")
+    expected = json.loads(result.stdout)["predictions"][0]["top"][0]["class"]
+    page = (ROOT / "docs" / "guides" / "own-images.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert len(blocks) == 3
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for code in blocks:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split()[0] == expected, done.stdout
