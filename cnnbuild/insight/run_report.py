@@ -212,17 +212,20 @@ def flow_figure(grads: dict) -> str | None:
     plt = pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
     xs = np.arange(len(names))
+    drawn = [False, False]  # a log axis needs a positive value
     for k in flow_epochs(len(epochs)):
         label = f"epoch {shown(epochs[k]['epoch'], 'd')}"
         tops = np.array([_top_weight(_layer(epochs[k], n)) for n in names], dtype=float)
         outs = [number(_layer(epochs[k], n).get("output_grad_norm")) for n in names]
         outs = np.array([np.nan if v is None else v for v in outs], dtype=float)
-        for ax, ys in ((axes[0], tops), (axes[1], outs)):
+        for row, ys in enumerate((tops, outs)):
             kept = np.isfinite(ys) & (ys > 0)
-            ax.plot(xs[kept], ys[kept], "-o", ms=2, lw=1, label=label)
+            axes[row].plot(xs[kept], ys[kept], "-o", ms=2, lw=1, label=label)
+            drawn[row] |= bool(kept.any())
     for ax, title in zip(axes, ("largest weight-gradient norm per layer",
                                 "norm of dL/d(output) per layer"), strict=True):  # fmt: skip
-        ax.set_yscale("log")
+        if drawn[0 if ax is axes[0] else 1]:
+            ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     thresholds = grads.get("thresholds")
