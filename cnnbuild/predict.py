@@ -97,6 +97,8 @@ def open_scorer(target: Path, batch_size: int, verbose: bool) -> Scorer:
     if artefact_format(target) is not None:
         art = open_artefact(target, verbose)
         return Scorer(str(art.path), art.input_shape, art.call, art.probabilities, art.class_names)
+    if Path(target).suffix in (".onnx", ".tflite"):
+        raise UsageError(f"{target}: no such file (expected an exported {Path(target).suffix})")
     opened = open_target(target)
     model = load_model(opened.model_path, verbose=verbose)
     return Scorer(

@@ -167,6 +167,9 @@ def test_predict_reads_the_names_inside_a_copied_artefact_refuses_a_bogus_one(
     result = run_cli("predict", bogus, test)
     assert result.exit_code == 1
     assert "the onnx runtime cannot open it" in result.output
+    result = run_cli("predict", tmp_path / "missing.tflite", test)
+    assert result.exit_code == 2
+    assert "missing.tflite: no such file" in result.output
 
 
 @pytest.mark.parametrize(
