@@ -297,7 +297,8 @@ def test_force_replaces_an_earlier_export_but_not_a_file_added_to_it(flowers_run
     result = cli("export", flowers_run, "-f", "saved_model", "-o", out, "--images", 4, "--force")
     assert result.exit_code == 2 and "not an earlier export" in result.stderr
     assert (out / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
+    # the export and its labels file (issue 25); no temp folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm", "sm.labels.txt"]
 
 
 def test_failed_verification_leaves_nothing_at_the_final_path(
