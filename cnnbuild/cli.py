@@ -619,7 +619,8 @@ def evaluate(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="cifar10, cifar100, shapes, npz:PATH or folder:PATH (default: the run's).",
+            help="cifar10, cifar100, shapes, npz:PATH or folder:PATH (default: the run's); "
+            "every image of a folder is a test image (see --split).",
             show_default=False,
         ),
     ] = None,
@@ -644,8 +645,9 @@ def evaluate(
 ) -> None:
     """Test loss, accuracy and per-class accuracy of a trained model, and its confusion matrix.
 
-    Models load with Keras' safe_mode on. For a folder dataset, evaluation.json names the
-    file of every mistake.
+    Models load with Keras' safe_mode on.
+
+    For a folder dataset, evaluation.json names the file of every mistake.
     """
     from cnnbuild.train import evaluate as run_evaluation
     from cnnbuild.train import print_evaluation, stdout_console
@@ -854,9 +856,9 @@ def predict(
 ) -> None:
     """Top-k classes of image files, with the run's class names and probabilities.
 
-    An exported artefact runs with its own runtime (onnxruntime, LiteRT, TensorFlow) and
-    the class names export wrote into it. Images are resized (bilinear) to the model's
-    input size. Exit 1 if any file failed.
+    An exported .onnx, .tflite or SavedModel runs with its own runtime and class names.
+
+    Images are resized (bilinear) to the model's input size. Exit 1 if any file failed.
     """
     from cnnbuild.predict import csv_lines, predict, table
 
@@ -903,7 +905,8 @@ def export(
     data: Annotated[
         str | None,
         typer.Option(
-            help="Dataset of the test images (default: the run's): cifar10, shapes, npz:PATH...",
+            help="Dataset of the test images (default: the run's; for a bare .keras file, "
+            "random raw pixels of its input shape): cifar10, shapes, npz:PATH...",
             show_default=False,
         ),
     ] = None,
