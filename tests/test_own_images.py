@@ -217,3 +217,17 @@ def test_the_docs_page_runtime_snippets_run_against_exported_artefacts(
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.split()[0] == expected, done.stdout
+
+
+def test_evaluate_an_npz_evaluates_its_x_test(own_run, tmp_path):
+    run, _ = own_run
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    np.savez(
+        tmp_path / "d.npz", x_train=x[:2], y_train=np.arange(2), x_test=x, y_test=np.arange(9) % 3
+    )
+    result = run_cli("evaluate", run, "--dataset", f"npz:{tmp_path / 'd.npz'}")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "evaluate" / "evaluation.json").read_text())
+    assert saved["test_images"] == 9 and sum(map(sum, saved["confusion"])) == 9
+    assert "mistakes" not in saved  # an npz has no files to name
