@@ -231,3 +231,18 @@ def test_evaluate_an_npz_evaluates_its_x_test(own_run, tmp_path):
     saved = json.loads((run / "evaluate" / "evaluation.json").read_text())
     assert saved["test_images"] == 9 and sum(map(sum, saved["confusion"])) == 9
     assert "mistakes" not in saved  # an npz has no files to name
+
+
+def test_predict_with_an_int8_tflite_dequantizes_its_outputs(own_run, tmp_path):
+    run, test = own_run
+    out = tmp_path / "int8.tflite"
+    result = run_cli("export", run, "--format", "litert", "--int8", "-o", out)
+    assert result.exit_code == 0, result.output
+    tops = []
+    for target in (run, out):
+        result = run_cli("predict", target, test, "--format", "json")
+        assert result.exit_code == 0, result.output
+        tops.append({p["file"]: p["top"][0] for p in json.loads(result.stdout)["predictions"]})
+    same = sum(tops[0][f]["class"] == tops[1][f]["class"] for f in tops[0])
+    assert same >= 20  # int8 may flip a borderline image; the names are the run's
+    assert all(0 < t["probability"] <= 1 for t in tops[1].values())
