@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from cnnbuild.catalog import (
     LINEAR_GROUPS,
@@ -21,6 +22,7 @@ from cnnbuild.catalog import (
 from cnnbuild.config import INPUT, ModelConfig, Node
 from cnnbuild.errors import Finding, shape_str, suggest
 from cnnbuild.expand import upstream
+from cnnbuild.io import class_folders
 from cnnbuild.schema.sections import BUDGET_UNITS, DATASETS, Limit, format_amount
 from cnnbuild.trace import WEIGHT_DTYPES, Row, Trace
 
@@ -195,6 +197,18 @@ def _softmax_logits(trace: Trace):
         )
 
 
+def _folder_classes(dataset: object) -> int | None:
+    """The class count of a ``{folder: PATH}`` dataset, listed as the loader lists it
+    (:func:`cnnbuild.io.class_folders`); None for another dataset or an unreadable or
+    empty folder (train says why)."""
+    if not isinstance(dataset, dict) or "folder" not in dataset:
+        return None
+    try:
+        return len(class_folders(Path(dataset["folder"]))) or None
+    except OSError:
+        return None
+
+
 @rule(
     "classes-mismatch",
     "error",
@@ -207,7 +221,10 @@ def _classes(trace: Trace):
     if "train" not in cfg.doc.data:
         return  # no dataset declared
     dataset = cfg.train.dataset
-    classes = DATASETS.get(dataset) if isinstance(dataset, str) else None
+    classes = DATASETS.get(dataset) if isinstance(dataset, str) else _folder_classes(dataset)
+    if isinstance(dataset, dict):
+        ((kind, path),) = dataset.items()
+        dataset = f"{kind}:{path} ({classes} class folders)"
     node, _ = _output_activation(trace)
     out = trace.output_shape
     if node is None or out is None or classes is None:

@@ -322,11 +322,14 @@ def trace(
         bool, typer.Option("--run", help="Also run a real forward pass in Keras and compare.")
     ] = False,
     seed: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="Seed of the random batch for --run, 0 to 4294967295.", min=0, max=2**32 - 1
+            help="Seed of the random batch for --run or --grads, 0 to 4294967295 (default 0).",
+            min=0,
+            max=2**32 - 1,
+            show_default=False,
         ),
-    ] = 0,
+    ] = None,
     verbose: Verbose = False,
     grads: Annotated[
         bool,
@@ -362,6 +365,14 @@ def trace(
     from cnnbuild import render
     from cnnbuild.importer import open_config
 
+    if run and grads:
+        raise UsageError(
+            "--run and --grads are two different passes; run them one at a time: "
+            "`trace CONFIG --run`, then `trace CONFIG --grads`"
+        )
+    if seed is not None and not (run or grads):
+        raise UsageError("--seed goes with --run or --grads (the seed of their random batch)")
+    seed = seed or 0
     cfg, tr = open_config(config)
     _notes(cfg.findings)
     if grads or weights is not None or data or mode is not None:
@@ -661,6 +672,11 @@ def train(
     )
 
 
+class EvalSplit(str, Enum):
+    all = "all"
+    test = "test"
+
+
 @app.command(cls=Command, rich_help_panel=TRAIN)
 @handled
 def evaluate(
@@ -670,7 +686,8 @@ def evaluate(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="cifar10, cifar100, shapes, npz:PATH or folder:PATH (default: the run's).",
+            help="cifar10, cifar100, shapes, npz:PATH or folder:PATH (default: the run's); "
+            "every image of a folder is a test image (see --split).",
             show_default=False,
         ),
     ] = None,
@@ -683,12 +700,22 @@ def evaluate(
     batch_size: Annotated[
         int | None, typer.Option(help="Images per batch.", show_default=False)
     ] = None,
+    split: Annotated[
+        EvalSplit | None,
+        typer.Option(
+            help="all: every image of --dataset (a folder is a test set; default with "
+            "--dataset). test: the test split the run trained with (default without).",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """After training, or on other data: test loss, accuracy and per-class accuracy of a
     trained model, and its confusion matrix.
 
     Models load with Keras' safe_mode on.
+
+    For a folder dataset, evaluation.json names the file of every mistake.
     """
     require_train("evaluate")
     from cnnbuild.train import evaluate as run_evaluation
@@ -701,6 +728,7 @@ def evaluate(
         data_dir=data_dir,
         limit=limit,
         batch_size=batch_size,
+        split=split.value if split else None,
         console=console,
         verbose=verbose,
     )
@@ -715,7 +743,7 @@ def schema(
     ] = None,
 ) -> None:
     """For editors and CI tools: print the JSON Schema (draft-07) of the config format."""
-    from cnnbuild.io import check_output, os_errors, write_text
+    from cnnbuild.io import os_errors, write_text
     from cnnbuild.schema.jsonschema import json_schema_text
 
     text = json_schema_text()
@@ -877,7 +905,12 @@ class PredictFormat(str, Enum):
 @handled
 def predict(
     target: Annotated[
-        Path, typer.Argument(help="A run directory or a .keras model.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A run directory, a .keras model, or an exported .onnx, .tflite or "
+            "SavedModel folder.",
+            show_default=False,
+        ),
     ],
     paths: Annotated[
         list[str],
@@ -894,6 +927,8 @@ def predict(
 ) -> None:
     """To classify images with a trained model: top-k classes of image files, with the run's
     class names and probabilities.
+
+    An exported .onnx, .tflite or SavedModel runs with its own runtime and class names.
 
     Images are resized (bilinear) to the model's input size. Exit 1 if any file failed.
     """
@@ -945,7 +980,8 @@ def export(
     data: Annotated[
         str | None,
         typer.Option(
-            help="Dataset of the test images (default: the run's): cifar10, shapes, npz:PATH...",
+            help="Dataset of the test images (default: the run's; for a bare .keras file, "
+            "random raw pixels of its input shape): cifar10, shapes, npz:PATH...",
             show_default=False,
         ),
     ] = None,

@@ -100,6 +100,8 @@ def markdown_cell(text: object, code: bool = False) -> str:
     """
     text = "".join(_MARKDOWN.get(c, c) for c in terminal(" ".join(str(text).split())))
     return f"<code>{text}</code>" if code else text
+
+
 def md_code(text: object) -> str:
     """``text`` as one GitHub markdown code span that nothing inside can close or break.
 

@@ -34,8 +34,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnbuild.errors import CnnbuildError, DataError, UsageError, WriteError, shape_str
-from cnnbuild.io import TEMP_MARK, fsync_path, os_error_message, os_errors
-from cnnbuild.runs import Target, load_model, open_target, output_dir
+from cnnbuild.io import TEMP_MARK, fsync_path, os_error_message, os_errors, write_text
+from cnnbuild.runs import (
+    ARTEFACT_META,
+    SAVED_MODEL_LABELS,
+    SAVED_MODEL_MARKER,
+    Target,
+    class_names,
+    labels_beside,
+    load_model,
+    open_target,
+    output_dir,
+    output_kind,
+)
 from cnnbuild.schema.sections import DATASET_FORMS
 
 if TYPE_CHECKING:
@@ -45,6 +56,7 @@ FORMATS = ("saved_model", "litert", "onnx")
 FLOAT_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.98
 CALIBRATION_IMAGES = 200
+RANDOM_DATA = "random pixels"
 PACKAGES = {
     "saved_model": [],
     "litert": [("ai_edge_litert", "ai-edge-litert")],
@@ -114,7 +126,7 @@ def float32_model(keras: Any, model: Any) -> Any:
 
 # -- placing ---------------------------------------------------------------------------
 
-MARKER = "cnnbuild_export.json"
+MARKER = SAVED_MODEL_MARKER
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 
@@ -289,6 +301,41 @@ def _onnx(model: Any, path: Path) -> None:
     tf2onnx.convert.from_function(call, input_signature=[spec], output_path=str(path))
 
 
+def artefact_meta(opened: Target, model: Any) -> dict:
+    """What travels inside the artefact: the class names in label order and whether the
+    outputs are probabilities or logits (see :data:`cnnbuild.runs.ARTEFACT_META`)."""
+    kind = output_kind(model, opened.config)
+    names = class_names(opened, 2 if kind.units == 1 else kind.units)
+    return {"class_names": names, "outputs": "probabilities" if kind.probabilities else "logits"}
+
+
+def _onnx_meta(path: Path, meta: dict) -> None:
+    """The meta as a JSON ``metadata_props`` entry of the ONNX model."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ARTEFACT_META, json.dumps(meta)
+    onnx.save(proto, str(path))
+
+
+def _litert_meta(blob: bytes, meta: dict) -> bytes:
+    """The LiteRT model with the meta as a JSON entry of its metadata table (the table
+    TFLite metadata lives in; LiteRT's metadata writer is not part of ai-edge-litert)."""
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
+    buffer = fb.BufferT()
+    buffer.data = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = fb.MetadataT()
+    entry.name, entry.buffer = ARTEFACT_META, len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def _failure(exc: BaseException, model: Any, fmt: str, out: Path) -> CnnbuildError:
     """A converter's exception as one message (an OS error names the path and the fix)."""
     if isinstance(exc, OSError):  # named by the output, not by the temp file
@@ -305,7 +352,14 @@ def _failure(exc: BaseException, model: Any, fmt: str, out: Path) -> CnnbuildErr
 
 
 def write_artifact(
-    keras: Any, model: Any, fmt: str, workdir: Path, name: str, int8: Any, verbose: bool
+    keras: Any,
+    model: Any,
+    fmt: str,
+    workdir: Path,
+    name: str,
+    int8: Any,
+    verbose: bool,
+    meta: dict | None = None,
 ) -> Path:
     """Write the artefact into ``workdir`` (a temp folder beside the output).
 
@@ -313,6 +367,9 @@ def write_artifact(
         name: the output's file name (for messages and the artefact's own name).
         int8: calibration images for a full-integer LiteRT, else None.
         verbose: copy the converters' log to stderr.
+        meta: class names and output kind to write into the artefact (ONNX
+            ``metadata_props``, the LiteRT metadata table, the SavedModel's
+            ``assets/labels.txt`` and export marker).
 
     Returns:
         The artefact's path inside ``workdir``.
@@ -326,10 +383,11 @@ def write_artifact(
         try:
             if fmt == "onnx":
                 _onnx(model, tmp)
+                _onnx_meta(tmp, meta or {})
             else:
                 inference_saved_model(keras, model, saved)
             if fmt == "litert":
-                tmp.write_bytes(_tflite(saved, int8))
+                tmp.write_bytes(_litert_meta(_tflite(saved, int8), meta or {}))
         except Exception as exc:  # converters raise many types
             failure = _failure(exc, model, fmt, workdir.parent / name)
     if verbose and log:
@@ -337,7 +395,15 @@ def write_artifact(
     if failure is not None:
         raise failure
     if fmt == "saved_model":
-        marker = {"written_by": "cnnbuild export", "format": fmt, "entries": sorted(_entries(tmp))}
+        labels = tmp / SAVED_MODEL_LABELS
+        labels.parent.mkdir(exist_ok=True)
+        labels.write_text("".join(f"{n}\n" for n in (meta or {}).get("class_names", [])))
+        marker = {
+            "written_by": "cnnbuild export",
+            "format": fmt,
+            "meta": meta or {},
+            "entries": sorted(_entries(tmp)),
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return tmp
 
@@ -346,7 +412,8 @@ def write_artifact(
 
 
 def run_artifact(path: Path, fmt: str, images: np.ndarray) -> tuple[np.ndarray, float]:
-    """Run float32 images through an exported file with its own runtime.
+    """Run float32 images through an exported file with its own runtime, opened as
+    ``predict`` opens it (:func:`cnnbuild.runs.open_artefact`).
 
     Returns:
         The float32 outputs (int8 outputs dequantized) and the seconds of one timed call
@@ -354,44 +421,15 @@ def run_artifact(path: Path, fmt: str, images: np.ndarray) -> tuple[np.ndarray, 
     """
     import numpy as np
 
+    from cnnbuild.runs import open_artefact
+
     x = np.ascontiguousarray(images, dtype=np.float32)
-    if fmt == "saved_model":
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(str(path))
-        call = lambda: loaded.serve(tf.constant(x)).numpy()  # noqa: E731
-    elif fmt == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        call = lambda: session.run(None, {name: x})[0]  # noqa: E731
-    else:
-        from ai_edge_litert.interpreter import Interpreter
-
-        interpreter = Interpreter(model_path=str(path))
-        inp = interpreter.get_input_details()[0]
-        interpreter.resize_tensor_input(inp["index"], list(x.shape))
-        interpreter.allocate_tensors()
-        inp = interpreter.get_input_details()[0]
-        outp = interpreter.get_output_details()[0]
-        feed = x
-        if inp["dtype"] == np.int8:
-            scale, zero = inp["quantization"]
-            feed = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
-
-        def call() -> np.ndarray:
-            interpreter.set_tensor(inp["index"], feed)
-            interpreter.invoke()
-            y = interpreter.get_tensor(outp["index"])
-            if outp["dtype"] == np.int8:
-                scale, zero = outp["quantization"]
-                y = (y.astype(np.float32) - zero) * scale
-            return np.asarray(y, dtype=np.float32)
-
-    call()
+    artefact = open_artefact(path)
+    if artefact.format != fmt:
+        raise CnnbuildError(f"{path}: a {artefact.format} artefact, not {fmt}")
+    artefact.call(x)
     start = time.perf_counter()
-    y = call()
+    y = artefact.call(x)
     return np.asarray(y, dtype=np.float32), time.perf_counter() - start
 
 
@@ -421,22 +459,31 @@ class Verification:
     keras_ms_per_image: float
     passed: bool
     written: bool = False
+    labels: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool):
-    """``n`` test images and some training images (int8 calibration) as float32."""
+def _images(opened: Target, data: str | None, shape: tuple, n: int, quiet: bool, int8: bool):
+    """``n`` test images and some training images (int8 calibration) as float32.
+
+    A bare ``.keras`` file without ``data`` is verified on :data:`RANDOM_DATA`: seeded
+    random raw pixels of the model's input shape, as ``trace --run`` draws them.
+    """
     import numpy as np
 
     from cnnbuild.runs import load_data, resolve_train
 
     if opened.config is None and data is None:
-        raise UsageError(
-            f"{opened.model_path}: a bare .keras file has no dataset; give --data "
-            f"({DATASET_FORMS}) for the test images"
-        )
+        if int8:
+            raise UsageError(
+                f"{opened.model_path}: a bare .keras file has no dataset; --int8 calibrates "
+                f"on training images: give --data ({DATASET_FORMS})"
+            )
+        from cnnbuild.probe import random_pixels
+
+        return RANDOM_DATA, random_pixels(shape, 0, n), None
     settings = resolve_train(opened.config, {"dataset": data, "limit": None} if data else {})
     dataset = load_data(shape, settings, quiet=quiet)
     if not len(dataset.x_test):
@@ -566,18 +613,21 @@ def export(
 
     keras = keras_module(verbose)
     model = float32_model(keras, load_model(opened.model_path, verbose))
-    name, test, calibration = _images(opened, data, tuple(model.input.shape[1:]), images, quiet)
+    shape = tuple(model.input.shape[1:])
+    name, test, calibration = _images(opened, data, shape, images, quiet, int8)
     reference, keras_seconds = _reference(model, test)
     with os_errors(out.parent):
         out.parent.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TEMP_MARK}"))
     try:
         cal = calibration if int8 else None
-        tmp = write_artifact(keras, model, fmt, workdir, out.name, cal, verbose)
+        meta = artefact_meta(opened, model)
+        tmp = write_artifact(keras, model, fmt, workdir, out.name, cal, verbose, meta)
         checked = verify(tmp, fmt, test, reference, int8, verbose)
         if checked["passed"]:
             check_output(out, fmt, force, opened)  # nothing of the user's appeared meanwhile
             place(tmp, out)
+            write_text(labels_beside(out), "".join(f"{n}\n" for n in meta["class_names"]))
     except OSError as exc:
         raise _failure(exc, model, fmt, out) from None
     finally:
@@ -591,6 +641,7 @@ def export(
         data=name,
         keras_ms_per_image=keras_seconds * 1000 / len(test),
         written=checked["passed"],
+        labels=str(labels_beside(out)) if checked["passed"] else None,
         **checked,
     )
 
@@ -604,9 +655,16 @@ def report_lines(v: Verification) -> list[str]:
         else f"max abs diff {v.max_abs_diff:.3g} (limit {v.limit:.3g})"
     )
     head = "exported" if v.written else "checked (not written)"
+    on = (
+        f"{v.images} images of random raw pixels (uniform integers 0..255; no --data given)"
+        if v.data == RANDOM_DATA
+        else f"{v.images} {v.data} test images"
+    )
+    labels = f"class names inside the artefact and in {v.labels}" if v.labels else None
     return [
         f"{head} {kind} to {v.path} ({v.bytes:,} bytes; model.keras {v.keras_bytes:,})",
-        f"verified on {v.images} {v.data} test images with its own runtime: {check}",
+        *([labels] if labels else []),
+        f"verified on {on} with its own runtime: {check}",
         f"  max abs diff {v.max_abs_diff:.3g}, top-1 agreement {v.top1_agreement:.1%}, "
         f"{v.ms_per_image:.3f} ms/image (Keras {v.keras_ms_per_image:.3f} ms/image, "
         f"batch of {v.images})",

@@ -32,6 +32,20 @@ MAX_PIXELS = 50_000_000
 TEMP_MARK = ".tmp-"
 
 
+def class_folders(path: str | Path) -> list[str]:
+    """The class names of an image folder dataset: its sub-folders, sorted, hidden ones
+    (``.name``) and symbolic links left out. The one listing rule of ``folder:PATH``,
+    read by the loader and by ``validate`` (without TensorFlow or Pillow).
+
+    Raises:
+        OSError: the folder cannot be listed.
+    """
+    with os.scandir(path) as entries:
+        return sorted(
+            e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name[0] != "."
+        )
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -22,9 +22,11 @@ from typing import Any
 from cnnbuild.errors import UsageError
 from cnnbuild.runs import (
     ImageError,
+    artefact_format,
     class_names,
     decode_sized,
     load_model,
+    open_artefact,
     open_target,
     output_kind,
     probabilities,
@@ -63,6 +65,60 @@ def collect_images(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             missing.append((arg, reason))
         files.extend(found)
     return list(dict.fromkeys(files)), missing
+
+
+# -- what predicts ----------------------------------------------------------------------
+
+
+@dataclass
+class Scorer:
+    """A model to run on image batches: a run's or a ``.keras`` file's (Keras), or an
+    exported artefact's (its own runtime).
+
+    Attributes:
+        name: the model file or artefact, as shown.
+        shape: its input without the batch.
+        run: float32 raw pixels (N, H, W, C) -> outputs.
+        already: whether the outputs are probabilities; None: judged from the outputs.
+        names: class names for ``n`` classes, in label order.
+    """
+
+    name: str
+    shape: tuple
+    run: Any
+    already: bool | None
+    names: Any
+
+
+def open_scorer(target: Path, batch_size: int, verbose: bool) -> Scorer:
+    """A run directory or ``.keras`` file (Keras), or an ``.onnx``, ``.tflite`` or
+    SavedModel folder (onnxruntime, LiteRT, TensorFlow) with the class names and output
+    kind export wrote into it."""
+    if artefact_format(target) is not None:
+        art = open_artefact(target, verbose)
+        return Scorer(str(art.path), art.input_shape, art.call, art.probabilities, art.class_names)
+    if Path(target).suffix in (".onnx", ".tflite"):
+        raise UsageError(f"{target}: no such file (expected an exported {Path(target).suffix})")
+    opened = open_target(target)
+    model = load_model(opened.model_path, verbose=verbose)
+    return Scorer(
+        str(opened.model_path),
+        tuple(model.input.shape[1:]),
+        lambda x: model.predict(x, batch_size=batch_size, verbose=0),
+        output_kind(model, opened.config).probabilities,
+        lambda n: class_names(opened, n),
+    )
+
+
+def _are_probabilities(outputs: Any) -> bool:
+    """Whether a model's outputs look like probabilities: one unit in [0, 1], or rows of
+    non-negative scores that sum to 1."""
+    import numpy as np
+
+    out = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    if out.shape[1] == 1:
+        return bool(np.all((out >= 0) & (out <= 1)))
+    return bool(np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
 
 
 # -- predict ----------------------------------------------------------------------------
@@ -112,7 +168,8 @@ def predict(
     """Top-k classes of every image file under ``paths``.
 
     Args:
-        target: a run directory or a ``.keras`` file.
+        target: a run directory, a ``.keras`` file, or an exported ``.onnx``, ``.tflite``
+            or SavedModel folder.
         paths: image files, folders or globs.
         top_k: how many classes per image.
         batch_size: images per forward pass.
@@ -126,18 +183,16 @@ def predict(
     """
     if top_k < 1 or batch_size < 1:
         raise UsageError(f"-k and --batch-size must be at least 1; received {top_k}, {batch_size}")
-    opened = open_target(target)
-    model = load_model(opened.model_path, verbose=verbose)
+    scorer = open_scorer(target, batch_size, verbose)
     import numpy as np
 
     require_pillow("predict")
     files, failed = collect_images(paths)
-    shape = tuple(model.input.shape[1:])
+    shape = scorer.shape
     if len(shape) != 3:
-        raise UsageError(f"{opened.model_path}: takes inputs of shape {shape}, not images")
-    already = output_kind(model, opened.config).probabilities
+        raise UsageError(f"{scorer.name}: takes inputs of shape {shape}, not images")
     names: list[str] | None = None
-    result = PredictResult(str(opened.model_path), shape, failed=list(failed))
+    result = PredictResult(scorer.name, shape, failed=list(failed))
     for start in range(0, len(files), batch_size):
         images, kept = [], []
         for path in files[start : start + batch_size]:
@@ -152,12 +207,14 @@ def predict(
         if not images:
             continue
         if shape[0] is None or shape[1] is None:  # free input size: one image at a time
-            outputs = np.concatenate([model.predict(img[None], verbose=0) for img in images])
+            outputs = np.concatenate([scorer.run(img[None]) for img in images])
         else:
-            outputs = model.predict(np.stack(images), batch_size=batch_size, verbose=0)
-        probs = probabilities(outputs, already)
+            outputs = scorer.run(np.stack(images))
+        if scorer.already is None:
+            scorer.already = _are_probabilities(outputs)
+        probs = probabilities(outputs, scorer.already)
         if names is None:
-            names = class_names(opened, probs.shape[1])
+            names = scorer.names(probs.shape[1])
         k = min(top_k, probs.shape[1])
         for path, row in zip(kept, probs, strict=True):
             order = np.argsort(-row, kind="stable")[:k]

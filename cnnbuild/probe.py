@@ -11,6 +11,16 @@ from cnnbuild.config import ModelConfig
 FREE_SIZE = 64  # stands in for a free (null) height or width
 
 
+def random_pixels(input_shape: tuple, seed: int, batch: int) -> Any:
+    """A seeded float32 batch of raw pixels, uniform integers 0..255, of ``input_shape``
+    (a free size is :data:`FREE_SIZE`): what ``train`` and ``predict`` feed a model."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shape = (batch, *(FREE_SIZE if d is None else d for d in input_shape))
+    return rng.integers(0, 256, shape).astype("float32")
+
+
 def random_input(cfg: ModelConfig, seed: int, batch: int) -> tuple[Any, str]:
     """A seeded batch of what the model takes, and the words that say what it is.
 
@@ -22,11 +32,7 @@ def random_input(cfg: ModelConfig, seed: int, batch: int) -> tuple[Any, str]:
     Returns:
         ``(x, words)``: float32 ``(batch, *input)`` (a free size is :data:`FREE_SIZE`).
     """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    shape = (batch, *(FREE_SIZE if d is None else d for d in cfg.input_shape))
-    x = rng.integers(0, 256, shape).astype("float32")
+    x = random_pixels(cfg.input_shape, seed, batch)
     if scales_input(node.kind for node in cfg.nodes):
         return x, "random pixels (uniform integers 0..255, as train and predict feed them)"
     return x, (

@@ -159,8 +159,14 @@ def resolve_train(cfg: ModelConfig | None, overrides: dict[str, Any]) -> TrainCo
         raise UsageError(pydantic_problems(exc, flag)) from None
 
 
-def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:
-    """The dataset ``settings`` name, read for a model whose input is ``shape``."""
+def load_data(
+    shape: tuple, settings: TrainConfig, quiet: bool = False, whole: bool = False
+) -> Data:
+    """The dataset ``settings`` name, read for a model whose input is ``shape``.
+
+    With ``whole``, a folder is a test set: every image of its class folders is a test
+    image (an npz or CIFAR keeps its own test set).
+    """
     from cnnbuild.data import load_dataset
 
     data = load_dataset(
@@ -168,7 +174,7 @@ def load_data(shape: tuple, settings: TrainConfig, quiet: bool = False) -> Data:
         data_dir=settings.data_dir,
         image_size=shape[:2] if len(shape) == 3 else None,
         channels=shape[-1] or 3,
-        test_split=settings.test_split,
+        test_split=1.0 if whole else settings.test_split,
         seed=settings.seed if settings.seed is not None else 1337,
         quiet=quiet,
     )
@@ -690,3 +696,178 @@ def require_pillow(command: str) -> None:
         raise UsageError(
             f"{command} needs Pillow to decode images; install it with: pip install pillow"
         ) from None
+
+
+# -- exported artefacts -----------------------------------------------------------------
+
+# what ``export`` writes into an artefact and what ``predict`` reads back: a JSON object
+# {"class_names": [...], "outputs": "logits" | "probabilities"} under this name in an ONNX
+# model's metadata_props and in a LiteRT model's metadata table; in a SavedModel, the
+# class names one per line in assets/labels.txt and the object in its export marker
+ARTEFACT_META = "cnnbuild"
+SAVED_MODEL_LABELS = "assets/labels.txt"
+SAVED_MODEL_MARKER = "cnnbuild_export.json"
+RUNTIMES = {
+    "onnx": ("onnxruntime", "onnxruntime"),
+    "litert": ("ai_edge_litert", "ai-edge-litert"),
+    "saved_model": ("tensorflow", "tensorflow"),
+}
+
+
+def labels_beside(path: Path) -> Path:
+    """The labels file ``export`` writes beside an artefact: ``model.onnx`` ->
+    ``model.labels.txt``, ``saved_model/`` -> ``saved_model.labels.txt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem if path.suffix else path.name}.labels.txt")
+
+
+def artefact_format(path: Path) -> str | None:
+    """``onnx``, ``litert`` or ``saved_model`` for an exported artefact, else None."""
+    path = Path(path)
+    if path.suffix == ".onnx" and path.is_file():
+        return "onnx"
+    if path.suffix == ".tflite" and path.is_file():
+        return "litert"
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return "saved_model"
+    return None
+
+
+@dataclass
+class Artefact:
+    """An exported model opened with its own runtime.
+
+    Attributes:
+        path: the ``.onnx`` or ``.tflite`` file or the SavedModel folder.
+        format: ``onnx``, ``litert`` or ``saved_model``.
+        input_shape: the input without the batch, ``None`` for a free dim.
+        meta: what export wrote into it (class names, outputs), or ``{}``.
+        call: float32 raw pixels (N, H, W, C) -> float32 outputs (int8 ones dequantized).
+    """
+
+    path: Path
+    format: str
+    input_shape: tuple
+    meta: dict
+    call: Any
+
+    def class_names(self, n: int) -> list[str]:
+        """The artefact's class names, else its labels file's, else ``class0``..."""
+        names = self.meta.get("class_names")
+        if not isinstance(names, list):
+            try:
+                text = labels_beside(self.path).read_text(encoding="utf-8")
+                names = text.splitlines()
+            except (OSError, UnicodeDecodeError):
+                names = []
+        names = [str(name) for name in names]
+        return names if len(names) == n else [f"class{i}" for i in range(n)]
+
+    @property
+    def probabilities(self) -> bool | None:
+        """Whether the outputs are probabilities; None when the artefact does not say."""
+        outputs = self.meta.get("outputs")
+        return None if outputs not in ("logits", "probabilities") else outputs == "probabilities"
+
+
+def _meta(text: Any) -> dict:
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _batchless(dims: Any) -> tuple:
+    """An input shape without its batch dim; a named or negative dim is free (None)."""
+    free = lambda d: d is None or isinstance(d, str) or int(d) < 1  # noqa: E731
+    return tuple(None if free(d) else int(d) for d in list(dims)[1:])
+
+
+def _onnx(path: Path) -> Artefact:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    meta = _meta(session.get_modelmeta().custom_metadata_map.get(ARTEFACT_META))
+    call = lambda x: session.run(None, {inp.name: x})[0]  # noqa: E731
+    return Artefact(path, "onnx", _batchless(inp.shape), meta, call)
+
+
+def litert_meta(blob: bytes) -> dict:
+    """The :data:`ARTEFACT_META` entry of a LiteRT model's metadata table, or ``{}``."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.Model.GetRootAs(blob, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == ARTEFACT_META.encode():
+            return _meta(bytes(model.Buffers(entry.Buffer()).DataAsNumpy()))
+    return {}
+
+
+def _litert(path: Path) -> Artefact:
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    blob = path.read_bytes()
+    interpreter = Interpreter(model_content=blob)
+    inp = interpreter.get_input_details()[0]
+
+    def call(x: np.ndarray) -> np.ndarray:
+        interpreter.resize_tensor_input(inp["index"], list(x.shape))
+        interpreter.allocate_tensors()
+        fed, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        if fed["dtype"] == np.int8:
+            scale, zero = fed["quantization"]
+            x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+        interpreter.set_tensor(fed["index"], x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])
+        if out["dtype"] == np.int8:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return np.asarray(y, dtype=np.float32)
+
+    shape = inp.get("shape_signature", inp["shape"])
+    return Artefact(path, "litert", _batchless(shape), litert_meta(blob), call)
+
+
+def _saved_model(path: Path) -> Artefact:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures["serving_default"]
+    name, spec = next(iter(serve.structured_input_signature[1].items()))
+    try:
+        meta = _meta((path / SAVED_MODEL_MARKER).read_text(encoding="utf-8")).get("meta", {})
+    except (OSError, UnicodeDecodeError):
+        meta = {}
+    call = lambda x: next(iter(serve(**{name: tf.constant(x)}).values())).numpy()  # noqa: E731
+    return Artefact(path, "saved_model", _batchless([None, *spec.shape[1:]]), meta, call)
+
+
+def open_artefact(path: Path, verbose: bool = False) -> Artefact:
+    """An exported ``.onnx``, ``.tflite`` or SavedModel folder, opened with its own
+    runtime (imported here, only for the format at hand).
+
+    Raises:
+        UsageError: not an artefact, or its runtime is not installed.
+        RunError: the runtime refuses the file.
+    """
+    import importlib.util
+
+    fmt = artefact_format(path)
+    if fmt is None:
+        raise UsageError(f"{path}: not an exported .onnx, .tflite or SavedModel folder")
+    module, pip = RUNTIMES[fmt]
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{path}: running a {fmt} model needs {pip}; pip install {pip}")
+    if fmt == "saved_model":
+        keras_module(verbose)  # TensorFlow's start-up messages, as for a .keras model
+    opener = {"onnx": _onnx, "litert": _litert, "saved_model": _saved_model}[fmt]
+    try:
+        return opener(Path(path))
+    except Exception as exc:  # runtimes raise their own types for a file they refuse
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise RunError(f"{path}: the {fmt} runtime cannot open it: {first}") from None

@@ -8,7 +8,7 @@ import pytest
 from cnnbuild.catalog import LOSSES, loss_spec, one_hot_classes, resolved_compile
 from cnnbuild.checks import RULES
 from cnnbuild.validate import check_file
-from tests.conftest import ROOT
+from tests.conftest import CONFIGS, ROOT, run_cli
 
 LINT = ROOT / "tests" / "data" / "lint"
 
@@ -449,3 +449,27 @@ def test_lint_findings_name_their_layer_once(write):
         name = found.message.split(":", 1)[0]
         assert f"'{name}'" not in found.message.split(":", 1)[1], found.message
         assert "Dense" not in found.message, found.message
+
+
+def test_a_folder_dataset_whose_class_count_differs_from_the_units_is_a_finding(
+    tmp_path, monkeypatch
+):
+    """validate lists the class folders (hidden ones and links left out, as the loader
+    does) without TensorFlow, and positions the finding at the last layer's units."""
+    for name in ("a", "b", "c", "d", "e", ".thumbs"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+    (tmp_path / "imgs" / "link").symlink_to(tmp_path / "imgs" / "a")
+    text = (CONFIGS / "shapes_demo.yaml").read_text()
+    config = tmp_path / "net.yaml"
+    config.write_text(text.replace("dataset: shapes", "dataset: {folder: imgs}"))
+    monkeypatch.chdir(tmp_path)  # a relative folder is read from the working folder, as train does
+    result = run_cli("validate", config)
+    assert result.exit_code == 1
+    line = next(n for n, t in enumerate(text.splitlines(), 1) if "units: 10" in t)
+    assert f"net.yaml:{line}:13: error: layers[7].Dense.units" in result.output
+    assert "folder:imgs (5 class folders)" in result.output
+    assert "the last layer needs units: 5" in result.output
+    config.write_text(
+        text.replace("dataset: shapes", "dataset: {folder: imgs}").replace("units: 10", "units: 5")
+    )
+    assert run_cli("validate", config).exit_code == 0

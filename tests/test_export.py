@@ -162,9 +162,9 @@ def test_usage_errors(demo_run, cli, tmp_path):
     assert "must end in .tflite" in result.stderr
     bare = tmp_path / "copy.keras"
     bare.write_bytes((demo_run / "model.keras").read_bytes())
-    result = cli("export", bare, "--format", "onnx")
+    result = cli("export", bare, "--format", "litert", "--int8")
     assert result.exit_code == 2
-    assert "give --data" in result.stderr
+    assert "--int8 calibrates on training images: give --data" in result.stderr
     rng = np.random.default_rng(0)
     small = {k: rng.integers(0, 256, (8, 28, 28, 3), dtype=np.uint8) for k in ("x_train", "x_test")}
     np.savez(tmp_path / "small.npz", **small, y_train=np.arange(8) % 10, y_test=np.arange(8) % 10)
@@ -297,7 +297,8 @@ def test_force_replaces_an_earlier_export_but_not_a_file_added_to_it(flowers_run
     result = cli("export", flowers_run, "-f", "saved_model", "-o", out, "--images", 4, "--force")
     assert result.exit_code == 2 and "not an earlier export" in result.stderr
     assert (out / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
+    # the export and its labels file (issue 25); no temp folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm", "sm.labels.txt"]
 
 
 def test_failed_verification_leaves_nothing_at_the_final_path(

@@ -349,3 +349,52 @@ def test_show_class_is_a_name_or_an_index_and_anything_else_a_usage_error():
     for bad in ("\u00b2", "3", "hexagon"):  # "²" passed str.isdigit, then int() raised
         with pytest.raises(UsageError, match=f"--class {bad}: not a class of the model"):
             _class_index(loaded, bad)
+
+
+SECTIONS = (
+    "<script>addEventListener('load',function(){var h=[].slice.call("
+    "document.querySelectorAll('h2'));var out={};h.forEach(function(e,i){var end=i+1<h.length?"
+    "h[i+1].offsetTop:document.body.scrollHeight;out[e.textContent]=end-e.offsetTop});"
+    "var f=document.querySelector('img[alt^=\"gradient norms\"]');out.flow_image=f?"
+    "f.getBoundingClientRect().height:-1;document.body.setAttribute('data-sections',"
+    "JSON.stringify(out))})</script>"
+)
+
+
+def test_report_of_an_imported_mobilenet_v2_scales(tmp_path):
+    """155 layers: the gradient-flow chart is at most 1,000 px tall at 1280x800, no section
+    needs more than two screens, examples come from different classes, mistakes and
+    examples are named by file."""
+    from tests.test_own_images import image_folder
+
+    folder = image_folder(tmp_path / "photos", 5, seed=0)
+    config = tmp_path / "mnv2.yaml"
+    result = _run(
+        "import", "keras.applications.MobileNetV2", "--input-shape", "32,32,3",
+        "--classes", "3", "-o", config,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with config.open("a") as fh:
+        fh.write(
+            "compile: {optimizer: adam, loss: sparse_categorical_crossentropy}\n"
+            f"train: {{dataset: {{folder: {folder}}}, epochs: 1, batch_size: 8, "
+            "validation_split: 0, seed: 1}\n"
+        )
+    result = _run("train", config, "--out", tmp_path / "run", "--no-mixed-precision")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "run" / "report.html").read_text()
+    captions = re.findall(r"<p>([^<]*): true (\w+), predicted", text)
+    assert {name for name, _ in captions} <= {
+        f"{c}/{c}_{i}.png" for c in ["red", "green", "blue"] for i in range(5)
+    }
+    assert len({label for _, label in captions}) == 3  # one example of each class
+    page = tmp_path / "measured.html"
+    page.write_text(text.replace("</body>", SECTIONS + "</body>"))
+    dom = _chromium("--window-size=1280,800", "--dump-dom", page.as_uri(), cwd=tmp_path)
+    found = re.search(r'data-sections="([^"]*)"', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    heights = json.loads(found.group(1).replace("&quot;", '"'))
+    assert 0 < heights.pop("flow_image") <= 1000
+    assert "Gradient flow" in heights and len(heights) == 7
+    for section, height in heights.items():
+        assert height <= 2 * 800, (section, height)

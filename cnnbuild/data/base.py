@@ -31,6 +31,7 @@ class Data:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     resize: str = "not resized"
+    test_files: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -54,6 +55,7 @@ class Data:
             self.source,
             list(self.notes),
             self.resize,
+            self.test_files[:limit],
         )
 
 

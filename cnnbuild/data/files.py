@@ -11,7 +11,7 @@ import numpy as np
 
 from cnnbuild.data.base import Data, tidy
 from cnnbuild.errors import DataError
-from cnnbuild.io import MAX_PIXELS, FileRefused, check_regular
+from cnnbuild.io import MAX_PIXELS, FileRefused, check_regular, class_folders
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_IMAGE_BYTES = 64 << 20
@@ -116,9 +116,7 @@ def load_npz(path: Path) -> Data:
 
 def _image_files(path: Path) -> tuple[list[str], dict[str, list[Path]], list[str], list[Path]]:
     """Class names, their image files, refused entries (with reasons), ignored files."""
-    classes = sorted(
-        e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and e.name[0] != "."
-    )
+    classes = class_folders(path)
     files: dict[str, list[Path]] = {}
     refused: list[str] = []
     ignored: list[Path] = []
@@ -165,24 +163,29 @@ def _decode(item: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
 def _stratified(
     path: Path,
     classes: list[str],
-    images: dict[str, list[np.ndarray]],
+    images: dict[str, list[tuple[np.ndarray, Path]]],
     test_split: float,
     seed: int,
-) -> dict[str, list[tuple[np.ndarray, int]]]:
-    """``test_split`` of each class for the test set, the rest for training (by ``seed``).
+) -> dict[str, list[tuple[np.ndarray, int, Path]]]:
+    """``test_split`` of each class for the test set, the rest for training (by ``seed``);
+    a ``test_split`` of 1 makes every image a test image (a folder that is a test set).
 
     Raises:
         DataError: a split with no image.
     """
     rng = np.random.default_rng(seed)
-    split: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "test": []}
+    split: dict[str, list[tuple[np.ndarray, int, Path]]] = {"train": [], "test": []}
     for label, name in enumerate(classes):
         order = rng.permutation(len(images[name]))
+        order = np.arange(len(order)) if test_split >= 1 else order
         n_test = int(round(len(order) * test_split))
         for rank, i in enumerate(order):
-            split["test" if rank < n_test else "train"].append((images[name][i], label))
+            x, item = images[name][i]
+            split["test" if rank < n_test else "train"].append((x, label, item))
     for part, items in split.items():
-        if not items:
+        if test_split >= 1 and not split["test"]:
+            raise DataError(f"folder:{path}: no images in its class folders")
+        if not items and not (part == "train" and test_split >= 1):
             raise DataError(
                 f"folder:{path}: the {part} split holds no images; add more images or "
                 "change train.test_split"
@@ -209,14 +212,14 @@ def load_folder(
         raise DataError(f"folder:{path}: no class sub-folders; expected {path}/<class>/<image>")
     mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels, "RGB")
     size = tuple(image_size) if image_size and None not in image_size else None
-    images: dict[str, list[np.ndarray]] = {}
+    images: dict[str, list[tuple[np.ndarray, Path]]] = {}
     from PIL import Image, UnidentifiedImageError
 
     for name in classes:
         images[name] = []
         for item in files[name]:
             try:
-                images[name].append(_decode(item, mode, size))
+                images[name].append((_decode(item, mode, size), item))
             except TooManyPixels as exc:
                 refused.append(f"{item} ({exc})")
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
@@ -227,7 +230,7 @@ def load_folder(
             f"folder:{path}: {len(refused)} file(s) are not regular, readable images; "
             f"remove or fix them:\n  {shown}"
         )
-    shapes = {x.shape for xs in images.values() for x in xs}
+    shapes = {x.shape for xs in images.values() for x, _ in xs}
     if len(shapes) > 1:
         raise DataError(
             f"folder:{path}: images have {len(shapes)} different sizes (e.g. "
@@ -235,15 +238,19 @@ def load_folder(
             "free; give the config a fixed input size (images are resized to it)"
         )
     split = _stratified(path, classes, images, test_split, seed)
+    shape = split["test"][0][0].shape
     data = tidy(
         path.name,
-        np.stack([x for x, _ in split["train"]]),
-        np.asarray([y for _, y in split["train"]]),
-        np.stack([x for x, _ in split["test"]]),
-        np.asarray([y for _, y in split["test"]]),
+        np.stack([x for x, _, _ in split["train"]])
+        if split["train"]
+        else np.zeros((0, *shape), dtype=np.uint8),
+        np.asarray([y for _, y, _ in split["train"]], dtype=np.int32),
+        np.stack([x for x, _, _ in split["test"]]),
+        np.asarray([y for _, y, _ in split["test"]], dtype=np.int32),
         classes,
         str(path),
     )
+    data.test_files = [str(item) for _, _, item in split["test"]]
     data.resize = (
         f"resized to {size[0]}x{size[1]} (bilinear), the model's input size"
         if size

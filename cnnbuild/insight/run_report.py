@@ -20,6 +20,7 @@ import base64
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from cnnbuild.io import read_regular as read_bounded
 REPORT = "report.html"
 EXAMPLES = 4
 MISTAKES = 8
+FLOW_EPOCHS = 6  # lines of the gradient-flow chart
+FLOW_TICKS = 40  # layer names on its axis
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -46,6 +49,7 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
 img{max-width:100%;image-rendering:pixelated}.muted{color:#666}
 .cards{display:flex;flex-wrap:wrap;gap:1em}.card{border:1px solid #ddd;padding:.5em;
 border-radius:4px}.card p{margin:.3em 0;font-size:.9em}.warn{color:#a50}
+.scroll{max-height:560px;overflow:auto}.card img{max-height:240px;width:auto}
 """
 
 
@@ -54,13 +58,13 @@ TEMPLATE = """<!DOCTYPE html>
 <title>{{ name }}: cnnbuild run report</title><style>{{ style }}</style></head><body>
 <h1>{{ name }}</h1>
 <p class="muted">{{ headline }}</p>
-<h2>Config</h2><pre>{{ config_text }}</pre>
-<h2>Summary</h2>
+<h2>Config</h2><pre class="scroll">{{ config_text }}</pre>
+<h2>Summary</h2><div class="scroll">
 <table><tr><th>Layer</th><th>Type</th><th>Output shape</th><th>Params</th><th>MACs</th></tr>
 {% for row in summary.rows %}<tr><td>{{ row.name }}</td><td>{{ row.type }}</td>
 <td>{{ row.shape }}</td><td class="n">{{ row.params }}</td><td class="n">{{ row.macs }}</td></tr>
 {% endfor %}<tr><th>Total</th><th></th><th></th><th class="n">{{ summary.params }}</th>
-<th class="n">{{ summary.macs }}</th></tr></table>
+<th class="n">{{ summary.macs }}</th></tr></table></div>
 {% for figure in figures %}<h2>{{ figure.title }}</h2>
 {% if figure.uri %}<img src="{{ figure.uri }}" alt="{{ figure.title }}">
 {% else %}<p class="muted">{{ figure.note }}</p>{% endif %}
@@ -71,16 +75,16 @@ TEMPLATE = """<!DOCTYPE html>
 <p class="warn">warning (epoch {{ w.epoch }}): {{ w.text }}</p>
 {% endfor %}<p>Epoch {{ flow.epoch }}, on a fixed batch of {{ flow.batch }} training images
 ({{ flow.objective }}).</p>
-<table><tr><th>Layer</th><th>|dL/d out|</th><th>weight gradient norms</th>
+<div class="scroll"><table><tr><th>Layer</th><th>|dL/d out|</th><th>weight gradient norms</th>
 <th>dead ReLU units</th></tr>
 {% for row in flow.rows %}<tr><td>{{ row.name }}</td><td class="n">{{ row.out }}</td>
 <td>{{ row.weights }}</td><td class="n">{{ row.dead }}</td></tr>
-{% endfor %}</table>{% endif %}
+{% endfor %}</table></div>{% endif %}
 {% if examples %}<h2>Feature maps and Grad-CAM</h2><p>Feature maps of {{ examples.first }};
 heat map of {{ examples.last }} for the predicted class (HiResCAM: gradient times activation
 at each position, the element-wise form of Grad-CAM).</p>
 {% for card in examples.cards %}<div class="cards"><div class="card">
-<img src="{{ card.image }}" alt="test image {{ card.index }}"><p>{{ card.caption }}</p></div>
+<img src="{{ card.image }}" alt="{{ card.name }}"><p>{{ card.caption }}</p></div>
 <div class="card"><img src="{{ card.cam }}" alt="Grad-CAM"><p>heat map (HiResCAM)</p></div>
 <div class="card"><img src="{{ card.maps }}" alt="feature maps"><p>{{ examples.first }}</p>
 </div></div>
@@ -174,9 +178,27 @@ def _layer(epoch: dict, name: str) -> dict:
     return entry if isinstance(entry, dict) else {}
 
 
+def _top_weight(entry: dict) -> float:
+    """The largest weight-gradient norm of a layer's entry; NaN without weights."""
+    norms = entry.get("weight_grad_norms")
+    values = [number(v) for v in (norms.values() if isinstance(norms, dict) else [])]
+    return max((v for v in values if v is not None), default=np.nan)
+
+
+def flow_epochs(count: int) -> list[int]:
+    """Which of ``count`` epochs the chart draws: at most :data:`FLOW_EPOCHS`, the first
+    and the last among them, evenly spaced."""
+    return sorted({int(round(k)) for k in np.linspace(0, count - 1, min(FLOW_EPOCHS, count))})
+
+
 def flow_figure(grads: dict) -> str | None:
-    """Gradient norms per layer over the epochs (log scale), as a data URI; only numbers
-    are plotted, and layer names are text (no mathtext)."""
+    """Gradient norms along the network (layers on the x axis, log scale), one line per
+    drawn epoch (:func:`flow_epochs`), as a data URI.
+
+    The figure has a fixed size whatever the depth: at most :data:`FLOW_TICKS` layer
+    names label the axis, and the legend names epochs, never layers. Only numbers are
+    plotted, and layer names are text (no mathtext).
+    """
     names, epochs = _entries(grads)
     epochs = [e for e in epochs if number(e.get("epoch")) is not None]
     if not epochs:
@@ -184,28 +206,33 @@ def flow_figure(grads: dict) -> str | None:
     from cnnbuild.charts import pyplot
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    xs = [number(e["epoch"]) for e in epochs]
-    for name in names:
-        label = mathtext(name)
-        weights = [_layer(e, name).get("weight_grad_norms") for e in epochs]
-        weights = [w if isinstance(w, dict) else {} for w in weights]
-        if any(weights):
-            tops = [max((number(v) or np.nan for v in w.values()), default=np.nan) for w in weights]
-            axes[0].plot(xs, tops, "-o", label=label)
-        outs = [number(_layer(e, name).get("output_grad_norm")) for e in epochs]
-        axes[1].plot(xs, [np.nan if v is None else v for v in outs], "-o", label=label, ms=3)
+    fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
+    xs = np.arange(len(names))
+    drawn = [False, False]  # a log axis needs a positive value
+    for k in flow_epochs(len(epochs)):
+        label = f"epoch {shown(epochs[k]['epoch'], 'd')}"
+        tops = np.array([_top_weight(_layer(epochs[k], n)) for n in names], dtype=float)
+        outs = [number(_layer(epochs[k], n).get("output_grad_norm")) for n in names]
+        outs = np.array([np.nan if v is None else v for v in outs], dtype=float)
+        for row, ys in enumerate((tops, outs)):
+            kept = np.isfinite(ys) & (ys > 0)
+            axes[row].plot(xs[kept], ys[kept], "-o", ms=2, lw=1, label=label)
+            drawn[row] |= bool(kept.any())
     for ax, title in zip(axes, ("largest weight-gradient norm per layer",
                                 "norm of dL/d(output) per layer"), strict=True):  # fmt: skip
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
+        if drawn[0 if ax is axes[0] else 1]:
+            ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     thresholds = grads.get("thresholds")
     vanishing = number(thresholds.get("vanishing")) if isinstance(thresholds, dict) else None
     if vanishing is not None and vanishing > 0:
         axes[0].axhline(vanishing, color="red", ls=":", lw=1)
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    step = max(1, math.ceil(len(names) / FLOW_TICKS))
+    ticks = xs[::step]
+    axes[1].set_xticks(ticks, [mathtext(names[i][:24]) for i in ticks], rotation=90, fontsize=7)
+    axes[1].set_xlabel(f"layer ({len(names)} layers, input to output)")
+    axes[0].legend(fontsize=7, loc="upper right")
     uri = _figure_uri(fig)
     plt.close(fig)
     return uri
@@ -290,29 +317,40 @@ def headline(metrics: dict, data: Any, n_test: int) -> str:
     )
 
 
-def examples(model: Any, x_test: np.ndarray, captions: list[str]) -> dict | None:
-    """Feature maps of the first convolution and Grad-CAM of the last, for a few images."""
+def spread(labels: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` indices taken from the classes in turn: the first image of each class,
+    then the second of each..., so the examples show different classes."""
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    order: list[int] = []
+    for rank in range(max((len(b) for b in by_class), default=0)):
+        order += [int(b[rank]) for b in by_class if rank < len(b)]
+    return order[:n]
+
+
+def examples(model: Any, x_test: np.ndarray, picks: list[int], captions: list[str]) -> dict | None:
+    """Feature maps of the first convolution and Grad-CAM of the last, for the test
+    images ``picks`` (see :func:`spread`)."""
     from cnnbuild.insight.show import conv_layers, feature_grid, gradcam, overlay
 
     convs = conv_layers(model)
-    if not convs or not len(x_test):
+    if not convs or not picks:
         return None
     from cnnbuild.builder import keras_module
 
     keras = keras_module()
-    n = min(EXAMPLES, len(x_test))
+    xs = x_test[picks]
     first = keras.Model(model.input, convs[0].output)
-    maps = np.asarray(first(x_test[:n], training=False), dtype="float32")
-    cams, _, _ = gradcam(model, x_test[:n], convs[-1])
+    maps = np.asarray(first(xs, training=False), dtype="float32")
+    cams, _, _ = gradcam(model, xs, convs[-1])
     cards = [
         {
-            "index": i,
-            "caption": f"test image {i}: {captions[i]}",
+            "name": captions[i].split(": ", 1)[0],
+            "caption": captions[i],
             "image": png_uri(_upscale(x_test[i])),
-            "cam": png_uri(overlay(x_test[i].astype(np.uint8), cams[i])),
-            "maps": png_uri(feature_grid(maps[i])),
+            "cam": png_uri(overlay(x_test[i].astype(np.uint8), cams[k])),
+            "maps": png_uri(feature_grid(maps[k])),
         }
-        for i in range(n)
+        for k, i in enumerate(picks)
     ]
     return {"first": convs[0].name, "last": convs[-1].name, "cards": cards}
 
@@ -320,9 +358,17 @@ def examples(model: Any, x_test: np.ndarray, captions: list[str]) -> dict | None
 def mistakes(x_test: np.ndarray, wrong: np.ndarray, captions: list[str]) -> list[dict]:
     """The misclassified test images ``wrong`` (most confident first), as cards."""
     return [
-        {"image": png_uri(_upscale(x_test[i])), "caption": f"#{i}: {captions[i]}"}
-        for i in wrong[:MISTAKES]
+        {"image": png_uri(_upscale(x_test[i])), "caption": captions[i]} for i in wrong[:MISTAKES]
     ]
+
+
+def image_name(data: Any, i: int) -> str:
+    """Test image ``i`` by its file (relative to the dataset's folder) when the data has
+    files, else ``test image #i``."""
+    files = getattr(data, "test_files", None) or []
+    if i < len(files):
+        return os.path.relpath(files[i], data.source) if data.source else files[i]
+    return f"test image #{i}"
 
 
 def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int = 256) -> str:
@@ -342,7 +388,7 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
         probs = probabilities(target, model.predict(x_test, batch_size=batch_size, verbose=0))
     predicted = probs.argmax(axis=1)
     captions = [
-        f"true {names[t]}, predicted {names[p]} ({probs[i, p]:.2f})"
+        f"{image_name(data, i)}: true {names[t]}, predicted {names[p]} ({probs[i, p]:.2f})"
         for i, (t, p) in enumerate(zip(data.y_test, predicted, strict=False))
     ]
     wrong = np.flatnonzero(predicted != data.y_test)
@@ -363,7 +409,7 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
         summary=_summary(cfg),
         figures=figures,
         flow=flow_context(_read_json(run_dir / "gradients.json")),
-        examples=examples(model, x_test, captions),
+        examples=examples(model, x_test, spread(data.y_test[: len(probs)], EXAMPLES), captions),
         mistakes=mistakes(x_test, wrong, captions),
     )
 

@@ -16,7 +16,16 @@ from cnnbuild.catalog import one_hot_classes
 from cnnbuild.data import Data
 from cnnbuild.errors import DataError, UsageError, shape_str
 from cnnbuild.io import os_errors, write_json
-from cnnbuild.runs import load_data, load_model, open_target, output_dir, output_kind, resolve_train
+from cnnbuild.runs import (
+    Target,
+    class_names,
+    load_data,
+    load_model,
+    open_target,
+    output_dir,
+    output_kind,
+    resolve_train,
+)
 from cnnbuild.train.settings import (
     check_data,
     stdout_console,
@@ -110,12 +119,45 @@ def evaluate_model(
         for i, name in enumerate(data.class_names)
     }
     accuracy = float(np.trace(matrix) / max(matrix.sum(), 1))
-    return {
+    result = {
         "loss": float(scores.get("loss", float("nan"))),
         "accuracy": round(accuracy, 4),
         "per_class": per_class,
         "confusion": matrix.tolist(),
     }
+    if data.test_files:
+        result["mistakes"] = mistakes(data, predicted)
+    return result
+
+
+def mistakes(data: Data, predicted: np.ndarray) -> list[dict]:
+    """Every wrongly classified test image of a dataset with files: its file, its class
+    and the class the model gave it."""
+    names = data.class_names
+    return [
+        {"file": file, "label": names[int(y)], "predicted": names[int(min(p, len(names) - 1))]}
+        for file, y, p in zip(data.test_files, data.y_test, predicted, strict=True)
+        if int(y) != int(p)
+    ]
+
+
+def check_class_names(opened: Target, data: Data) -> None:
+    """Refuse a folder whose class folders are not the run's classes, in the run's order.
+
+    Raises:
+        DataError: naming both lists.
+    """
+    if opened.run_dir is None or not data.test_files:
+        return
+    names = class_names(opened, data.num_classes)
+    if names == [f"class{i}" for i in range(data.num_classes)]:
+        return  # the run does not say (no metrics.json)
+    if names != data.class_names:
+        raise DataError(
+            f"{data.source}: its class folders are {', '.join(data.class_names)} but the run "
+            f"{opened.run_dir} was trained on {', '.join(names)}; name the class folders "
+            "after the run's classes"
+        )
 
 
 def _bare_loss(keras: Any, model: Any) -> Any:
@@ -134,10 +176,15 @@ def evaluate(
     data_dir: str | None = None,
     limit: int | None = None,
     batch_size: int | None = None,
+    split: str | None = None,
     console: Console | None = None,
     verbose: bool = False,
 ) -> dict:
     """Evaluate a run directory's best model (or a .keras file) on a test set.
+
+    ``split`` is ``all`` (the default with ``dataset``: every image of a folder, an npz's
+    ``x_test``, CIFAR's test set) or ``test`` (the default without: the test split the run
+    trained with, ``train.test_split`` of a folder).
 
     Writes ``evaluation.json`` and ``confusion.png`` into ``<run>/evaluate/`` (or
     ``<model>-evaluate/`` beside a .keras file), never over the run's own files.
@@ -157,6 +204,13 @@ def evaluate(
             f"{target}: a bare .keras file has no dataset; give --dataset (cifar10, "
             "cifar100, shapes, npz:PATH or folder:PATH) for the test images"
         )
+    split = split or ("all" if dataset else "test")
+    if split not in ("all", "test"):
+        raise UsageError(f"--split must be all or test; received {split!r}")
+    if split == "all" and dataset is None:
+        raise UsageError(
+            "--split all goes with --dataset: the run's own dataset holds its training images"
+        )
     keras = keras_module(verbose)
     model = load_model(model_path)
     overrides = {"dataset": dataset, "data_dir": data_dir, "limit": limit, "batch_size": batch_size}
@@ -166,9 +220,11 @@ def evaluate(
             f"{model_path}: the model takes {len(model.inputs)} inputs; evaluate feeds one "
             "batch of images"
         )
-    data = load_data(tuple(model.inputs[0].shape[1:]), settings, quiet=not console.is_terminal)
+    shape = tuple(model.inputs[0].shape[1:])
+    data = load_data(shape, settings, quiet=not console.is_terminal, whole=split == "all")
     if not len(data.x_test):
         raise DataError(f"dataset {data.name}: no test images to evaluate on")
+    check_class_names(opened, data)
     if cfg is not None:
         check_data(cfg, data)
         loss = make_loss(cfg)
@@ -182,7 +238,9 @@ def evaluate(
         result = evaluate_model(
             model, data, settings.batch_size, one_hot, out_dir, f"{model_path} on {data.name}"
         )
-        result.update(model=str(model_path), dataset=data.name, test_images=len(data.x_test))
+        result.update(
+            model=str(model_path), dataset=data.name, split=split, test_images=len(data.x_test)
+        )
         write_json(out_dir / "evaluation.json", result)
     return result
 
@@ -207,3 +265,12 @@ def print_evaluation(console: Console, result: dict) -> None:
             rich(name), "-" if acc is None else f"{acc:.4f}", f"{sum(result['confusion'][i]):,}"
         )
     console.print(table)
+    wrong = result.get("mistakes", [])
+    for item in wrong[:10]:
+        console.print(
+            f"mistake: {rich(item['file'])}: {rich(item['label'])} taken for "
+            f"{rich(item['predicted'])}",
+            highlight=False,
+        )
+    if len(wrong) > 10:
+        console.print(f"... {len(wrong) - 10} more mistakes in evaluation.json", highlight=False)
