@@ -112,5 +112,5 @@ def test_no_marker_is_left_and_the_pages_of_the_other_guides_are_in_the_nav(site
     for page in site.rglob("*.html"):
         assert "<!-- generated:" not in page.read_text(encoding="utf-8"), page
     nav = _page(site, "")
-    for guide in ("own-images", "fine-tuning", "training-speed", "model-review", "house"):
+    for guide in ("own-images", "fine-tuning", "training-speed", "model-review", "light-install"):
         assert f'href="guides/{guide}/"' in nav, guide
