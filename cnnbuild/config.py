@@ -127,11 +127,7 @@ def _freeze_findings(
                     f"freeze.{key}: no layer is named {name!r}{suggest(name, names)}",
                 )
             )
-    if (
-        spec.start in names
-        and spec.to in names
-        and names.index(spec.to) < names.index(spec.start)
-    ):
+    if spec.start in names and spec.to in names and names.index(spec.to) < names.index(spec.start):
         message = f"freeze: {spec.to!r} comes before {spec.start!r} in the model; swap them"
         findings.append(doc.finding(path, message))
     return findings
