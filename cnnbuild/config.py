@@ -252,6 +252,24 @@ def _top_keys(doc: Document, data: dict) -> list[Finding]:
     return findings
 
 
+def _init_section(doc: Document, data: dict, findings: list[Finding]) -> InitConfig | None:
+    """``init: {from: SOURCE}``; ``None`` without it or when it does not validate."""
+    raw = data.get("init")
+    if "init" not in data:
+        return None
+    if not isinstance(raw, dict):
+        findings.append(doc.finding(("init",), f"init must be a mapping; received {raw!r}"))
+        return None
+    try:
+        return InitConfig(**raw)
+    except ValidationError as exc:
+        fields = InitConfig.model_fields
+        findings.extend(from_pydantic(doc, exc, ("init",), raw, "`init`", fields))
+    except TypeError:
+        findings.append(doc.finding(("init",), "the keys of init must be strings"))
+    return None
+
+
 def _freeze_section(doc: Document, data: dict, findings: list[Finding]) -> FreezeRange | None:
     """The top-level ``freeze:`` (``none``, ``{until: NAME}``, ``{from: A, to: B}``)."""
     if "freeze" not in data:
@@ -318,7 +336,7 @@ def from_document(doc: Document) -> ModelConfig | None:
     lint_cfg = _section(doc, data, "lint", LintConfig, findings)
     budget_cfg = _section(doc, data, "budget", BudgetConfig, findings, partial=True)
     tune_cfg = _section(doc, data, "tune", TuneSection, findings) if "tune" in data else None
-    init_cfg = _section(doc, data, "init", InitConfig, findings) if "init" in data else None
+    init_cfg = _init_section(doc, data, findings)
     freeze = _freeze_section(doc, data, findings)
     findings += _phase_findings(doc, data, train_cfg)
     nodes: list[Node] = []
