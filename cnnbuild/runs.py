@@ -695,10 +695,8 @@ def application_weights(name: str, input_shape: tuple) -> Any:
     real = file_utils.get_file
 
     def cached_only(fname: Any = None, origin: Any = None, *args: Any, **kwargs: Any) -> Any:
-        folder = Path(kwargs.get("cache_dir") or keras_home()) / kwargs.get(
-            "cache_subdir", "datasets"
-        )
-        target = folder / str(fname)
+        kwargs["cache_dir"] = kwargs.get("cache_dir") or keras_home()  # as read now
+        target = Path(kwargs["cache_dir"]) / kwargs.get("cache_subdir", "datasets") / str(fname)
         if not target.is_file():
             raise RunError(
                 f"init.from: the {name} imagenet weights are not in Keras' cache.\n"
