@@ -355,3 +355,46 @@ def test_application_weights_load_from_the_cache_by_layer_name(cli, write, tmp_p
     built = _weights(tmp_path / "m.keras")
     for name in ("Conv1", "bn_Conv1"):
         assert _same(built[name], app.get_layer(name).get_weights()), name
+
+
+def test_resume_continues_inside_the_right_phase(cli, tmp_path, source_run, data):
+    """Interrupted after epoch 2 (inside phase 2) and resumed equals uninterrupted: the
+    restored model keeps phase 2's frozen layers, learning rate and optimizer state."""
+    import os
+    import signal
+
+    import keras
+
+    from cnnbuild.errors import Interrupted
+    from cnnbuild.train import train
+
+    text = _target_yaml(source_run, data["new"]).replace(
+        "epochs: 2, batch_size: 16, seed: 2}",
+        "batch_size: 16, seed: 2, phases: [{epochs: 1}, "
+        "{epochs: 2, learning_rate: 0.0001, freeze: {until: mp}}]}",
+    )
+    config = tmp_path / "tgt.yaml"
+    config.write_text(text, encoding="utf-8")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli("train", config, "--out", whole).exit_code == 0
+
+    class StopAfterTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        train(config, {}, out=parts, extra_callbacks=[StopAfterTwo()])
+    assert json.loads((parts / "state.json").read_text())["epochs_done"] == 2
+    resumed = cli("train", "--resume", parts)
+    assert resumed.exit_code == 0, resumed.output
+    assert "phase" not in resumed.output.split("epoch 3/3")[0]  # restored, not entered
+    keys = ("loss", "accuracy", "val_loss", "learning_rate", "phase")
+    first, second = (json.loads((d / "history.json").read_text()) for d in (whole, parts))
+    assert [h["phase"] for h in second] == [1, 2, 2]
+    assert [[round(h[k], 4) for k in keys] for h in first] == [
+        [round(h[k], 4) for k in keys] for h in second
+    ]
+    final = _weights(parts / "last.keras")
+    source = _weights(source_run / "model.keras")
+    assert _same(source["c1"], final["c1"]) and not _same(source["c2"], final["c2"])
