@@ -357,9 +357,11 @@ def test_application_weights_load_from_the_cache_by_layer_name(cli, write, tmp_p
         assert _same(built[name], app.get_layer(name).get_weights()), name
 
 
-def test_resume_continues_inside_the_right_phase(cli, tmp_path, source_run, data):
-    """Interrupted after epoch 2 (inside phase 2) and resumed equals uninterrupted: the
-    restored model keeps phase 2's frozen layers, learning rate and optimizer state."""
+@pytest.mark.parametrize("stop", [1, 2], ids=["at-the-phase-boundary", "inside-phase-2"])
+def test_resume_continues_inside_the_right_phase(cli, tmp_path, source_run, data, stop):
+    """Interrupted after epoch ``stop`` and resumed equals uninterrupted: inside phase 2
+    the restored model keeps its frozen layers, learning rate and optimizer state; at the
+    boundary phase 2 begins as it would have."""
     import os
     import signal
 
@@ -380,15 +382,16 @@ def test_resume_continues_inside_the_right_phase(cli, tmp_path, source_run, data
 
     class StopAfterTwo(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
+            if epoch + 1 == stop:
                 os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):
         train(config, {}, out=parts, extra_callbacks=[StopAfterTwo()])
-    assert json.loads((parts / "state.json").read_text())["epochs_done"] == 2
+    assert json.loads((parts / "state.json").read_text())["epochs_done"] == stop
     resumed = cli("train", "--resume", parts)
     assert resumed.exit_code == 0, resumed.output
-    assert "phase" not in resumed.output.split("epoch 3/3")[0]  # restored, not entered
+    entered = "phase 2/2: epochs 2-3, learning rate 0.0001" in resumed.output
+    assert entered == (stop == 1), resumed.output
     keys = ("loss", "accuracy", "val_loss", "learning_rate", "phase")
     first, second = (json.loads((d / "history.json").read_text()) for d in (whole, parts))
     assert [h["phase"] for h in second] == [1, 2, 2]

@@ -611,7 +611,8 @@ class Session:
         # a multi-worker relaunch builds afresh: the backup callback restores the weights
         with plan.scope():
             if run.initial_epoch > 0 and not plan.multi_worker:
-                since = phase_at(phase_plan(cfg, settings), run.initial_epoch).start
+                # the optimizer counts the steps since the last finished epoch's phase began
+                since = phase_at(phase_plan(cfg, settings), run.initial_epoch - 1).start
                 self.model = _restore(run.dir, run.state, keras, device, since)
             else:
                 self.model = build_model(
