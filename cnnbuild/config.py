@@ -124,7 +124,7 @@ def _freeze_findings(
             findings.append(
                 doc.finding(
                     (*path, key),
-                    f"freeze.{key}: no layer is named {name!r}{suggest(name, names)}",
+                    f"no layer is named {name!r}{suggest(name, names)}",
                 )
             )
     if spec.start in names and spec.to in names and names.index(spec.to) < names.index(spec.start):

@@ -127,14 +127,14 @@ def init_findings(cfg: ModelConfig, tr: Trace | None) -> list[Finding]:
         if init.application in APPLICATIONS:
             return []
         message = (
-            f"init.from: keras.applications has no model {init.application!r}"
+            f"keras.applications has no model {init.application!r}"
             f"{suggest(init.application, APPLICATIONS)}"
         )
         return [doc.finding(where, message)]
     try:
         shapes = saved_weight_shapes(model_file(source_path(cfg)))
     except ValueError as exc:
-        return [doc.finding(where, f"init.from: {exc}")]
+        return [doc.finding(where, str(exc))]
     if tr is None or init.skip_mismatch:
         return []
     findings = []

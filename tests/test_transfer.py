@@ -231,7 +231,7 @@ def test_loading_names_both_shapes_of_a_layer_that_does_not_fit(write, source_ru
 @pytest.mark.parametrize(
     ("init", "message"),
     [
-        ("{from: missing}", "init.from: {dir}/missing does not exist"),
+        ("{from: missing}", "{dir}/missing does not exist"),
         ("{from: .}", "holds no model.keras; is it a run directory?"),
         ("{from: tgt.yaml}", "is neither a run directory nor a .keras file"),
         (

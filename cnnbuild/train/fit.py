@@ -25,6 +25,7 @@ import platform
 import random
 import shlex
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -801,7 +802,9 @@ class Session:
         status = "completed" if len(run.history) >= run.settings.epochs else "early_stopped"
         digest = distribute.weights_digest(model)
         if run.state.best_epoch is not None and run.dir.file("model.keras").exists():
-            model.load_weights(run.dir.file("model.keras"))
+            with warnings.catch_warnings():  # a best model of an earlier phase: its optimizer
+                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+                model.load_weights(run.dir.file("model.keras"))
         metrics = _results(self, status)
         metrics["weights_sha256"] = digest
         if not plan.is_chief:  # the evaluation above is a collective: every worker takes part
