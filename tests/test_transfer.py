@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnnbuild.charts import phase_starts
 from cnnbuild.validate import check_file
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -160,6 +161,8 @@ def test_two_phases_give_one_history_and_move_the_backbone_in_phase_two_only(
     assert "phase 2/2: epochs 2-2, learning rate 0.0001" in result.output
     history = json.loads((out / "state.json").read_text())["history"]
     assert [(h["epoch"], h["phase"]) for h in history] == [(1, 1), (2, 2)]
+    assert phase_starts(history) == [2]  # curves.png marks it
+    assert (out / "curves.png").is_file()
     assert history[1]["learning_rate"] == pytest.approx(1e-4)
     source = _weights(source_run / "model.keras")
     final = _weights(out / "last.keras")
@@ -388,6 +391,10 @@ def test_resume_continues_inside_the_right_phase(cli, tmp_path, source_run, data
     with pytest.raises(Interrupted):
         train(config, {}, out=parts, extra_callbacks=[StopAfterTwo()])
     assert json.loads((parts / "state.json").read_text())["epochs_done"] == stop
+    source = _weights(source_run / "model.keras")
+    after = _weights(parts / "last.keras")
+    moved = [n for n in BACKBONE_LAYERS if not _same(source[n], after[n])]
+    assert moved == ([] if stop == 1 else ["c2"])  # phase 1 trains the head only
     resumed = cli("train", "--resume", parts)
     assert resumed.exit_code == 0, resumed.output
     entered = "phase 2/2: epochs 2-3, learning rate 0.0001" in resumed.output
@@ -399,5 +406,4 @@ def test_resume_continues_inside_the_right_phase(cli, tmp_path, source_run, data
         [round(h[k], 4) for k in keys] for h in second
     ]
     final = _weights(parts / "last.keras")
-    source = _weights(source_run / "model.keras")
     assert _same(source["c1"], final["c1"]) and not _same(source["c2"], final["c2"])
