@@ -123,6 +123,8 @@ def test_summary_static_counts_only_the_head_as_trainable(cli, tmp_path, source_
     assert summary["trainable_params"] == head["params"] == 16 * 5 + 5
     frozen = {layer["name"] for layer in summary["layers"] if layer.get("frozen")}
     assert frozen == {layer["name"] for layer in summary["layers"]} - {"head59"}
+    traced = json.loads(cli("trace", "--json", config).output)
+    assert [layer["name"] for layer in traced["layers"] if not layer["frozen"]] == ["head59"]
     keras = cli("summary", "--json", config)
     assert keras.exit_code == 0, keras.output
     assert json.loads(keras.output)["trainable_params"] == summary["trainable_params"]
