@@ -6,6 +6,7 @@ a saved model is opened by :func:`cnnbuild.runs.load_model`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from cnnbuild.backend import captured_fds as captured_fds  # re-exported for callers
@@ -82,10 +83,13 @@ def build_model(
         policy = "mixed_float16" if mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
     tensors = {INPUT: keras.Input(shape=cfg.input_shape, name=INPUT)}
+    frozen = cfg.frozen
     with recursion_room(len(cfg.nodes)):
         for node in cfg.nodes:
             dtype = "float32" if policy != "float32" and node.name == cfg.output else None
             layer = make_layer(node, dtype)
+            if node.name in frozen:  # a frozen BatchNormalization runs in inference mode
+                layer.trainable = False
             ins = [tensors[n] for n in node.inputs]
             tensors[node.name] = layer(ins if REGISTRY[node.kind].merge else ins[0])
         model = keras.Model(tensors[INPUT], tensors[cfg.output], name=cfg.name)
@@ -94,6 +98,20 @@ def build_model(
             model, cfg, lr=lr, steps_per_execution=steps_per_execution, jit_compile=jit_compile
         )
     return model
+
+
+def set_frozen(model: Any, cfg: ModelConfig, frozen: set[str]) -> int:
+    """Freeze the layers named in ``frozen`` and unfreeze the config's other layers (see
+    :func:`cnnbuild.config.frozen_names`); the model must be compiled again after.
+
+    Returns:
+        The number of trainable weights after the change.
+    """
+    names = {node.name for node in cfg.nodes}
+    for layer in model.layers:
+        if layer.name in names:
+            layer.trainable = layer.name not in frozen
+    return sum(int(math.prod(w.shape)) for w in model.trainable_weights)
 
 
 def make_loss(cfg: ModelConfig) -> Any:
@@ -219,6 +237,7 @@ def keras_summary(cfg: ModelConfig, model: Any) -> dict:
                 "output_shape": list(layer.output.shape[1:]),
                 "params": count(layer.weights),
                 "macs": keras_macs(layer),
+                **({"frozen": True} if not layer.trainable else {}),
             }
         )
     return {

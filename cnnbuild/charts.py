@@ -40,6 +40,16 @@ def curves(history: list[dict], path: Path, title: str) -> None:
                     label="validation" if key.startswith("val_") else "train",
                     markersize=3,
                 )
+        for start in phase_starts(history):
+            ax.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(
+                f"phase {history[start - epochs[0]]['phase']}",
+                (start - 0.4, 0.97),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                color="grey",
+                va="top",
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -47,6 +57,15 @@ def curves(history: list[dict], path: Path, title: str) -> None:
     fig.suptitle(mathtext(title))
     save_figure(fig, path)
     plt.close(fig)
+
+
+def phase_starts(history: list[dict]) -> list[int]:
+    """The epochs (1-based) where a phase of ``train.phases`` after the first begins."""
+    return [
+        b["epoch"]
+        for a, b in zip(history, history[1:], strict=False)
+        if b.get("phase") is not None and b.get("phase") != a.get("phase")
+    ]
 
 
 def confusion(matrix: np.ndarray, names: list[str], path: Path, title: str) -> None:

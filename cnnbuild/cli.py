@@ -429,8 +429,13 @@ def build(
     target = output or Path(f"{cfg.name}.keras")
     if target.suffix != ".keras" or target.is_dir():
         raise UsageError(f"--output must be a file ending in .keras; received {str(target)!r}")
+    from cnnbuild.runs import apply_init
+
     keras_module(verbose)
     model = build_model(cfg)
+    report = apply_init(model, cfg)
+    for line in report.message().splitlines() if report is not None else ():
+        _console().print(rich(line), highlight=False)
     model.optimizer.build(model.trainable_variables)  # saved with its (zero) state
     with os_errors(target):
         save_model(model, target)

@@ -17,7 +17,14 @@ from pydantic import BaseModel, ValidationError
 
 from cnnbuild.errors import Finding, from_pydantic, suggest
 from cnnbuild.expand import INPUT, Node, expand
-from cnnbuild.schema.sections import BudgetConfig, CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.sections import (
+    BudgetConfig,
+    CompileConfig,
+    FreezeRange,
+    InitConfig,
+    LintConfig,
+    TrainConfig,
+)
 from cnnbuild.schema.tune import TuneSection
 from cnnbuild.schema.types import is_int
 from cnnbuild.source import Document
@@ -41,6 +48,8 @@ TOP_KEYS = (
     "input_scaling",
     "layers",
     "blocks",
+    "init",
+    "freeze",
     "compile",
     "train",
     "lint",
@@ -66,6 +75,8 @@ class ModelConfig:
     tune: TuneSection | None = None  # the search space of `cnnbuild tune` (cnnbuild.tune)
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # the `budget` rule's limits
     input_scaling: str = "auto"  # one of INPUT_SCALING_MODES
+    init: InitConfig | None = None  # where the starting weights come from
+    freeze: FreezeRange | None = None  # the layers frozen (phases may say otherwise)
 
     @property
     def ok(self) -> bool:
@@ -73,6 +84,69 @@ class ModelConfig:
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
+
+    @property
+    def frozen(self) -> set[str]:
+        """The names of the layers frozen when training starts (see :func:`frozen_names`)."""
+        phases = self.train.phases
+        return frozen_names(self, phases[0].freeze if phases else None)
+
+
+def frozen_names(cfg: ModelConfig, freeze: FreezeRange | None = None) -> set[str]:
+    """The layers frozen under ``freeze`` (``None``: the config's ``freeze:``), by name:
+    those written ``trainable: false`` (or in a block or template use that is), and the
+    range ``freeze`` names, in the model's order (the input first)."""
+    out = {n.name for n in cfg.nodes if n.frozen}
+    spec = cfg.freeze if freeze is None else freeze
+    if spec is None or spec.empty:
+        return out
+    names = [n.name for n in cfg.nodes]
+    index = {name: i for i, name in enumerate(names)}
+    lo = 0 if spec.until is not None else index.get(spec.start)
+    last = spec.until if spec.until is not None else spec.to
+    hi = len(names) - 1 if last is None else index.get(last)
+    if lo is None or hi is None:
+        return out
+    return out | set(names[lo : hi + 1])
+
+
+def _freeze_findings(
+    doc: Document, nodes: list[Node], spec: FreezeRange | None, path: tuple
+) -> list[Finding]:
+    """Names in a ``freeze:`` that no layer has (with a "did you mean"), and a range
+    that runs backwards."""
+    if spec is None:
+        return []
+    names = [n.name for n in nodes]
+    findings = []
+    for key, name in (("until", spec.until), ("from", spec.start), ("to", spec.to)):
+        if name is not None and name not in names:
+            findings.append(
+                doc.finding(
+                    (*path, key),
+                    f"no layer is named {name!r}{suggest(name, names)}",
+                )
+            )
+    if spec.start in names and spec.to in names and names.index(spec.to) < names.index(spec.start):
+        message = f"freeze: {spec.to!r} comes before {spec.start!r} in the model; swap them"
+        findings.append(doc.finding(path, message))
+    return findings
+
+
+def _phase_findings(doc: Document, data: dict, train: TrainConfig) -> list[Finding]:
+    """``train.epochs`` given beside ``train.phases`` must be their sum."""
+    raw = data.get("train")
+    if not train.phases or not isinstance(raw, dict) or "epochs" not in raw:
+        return []
+    total = sum(p.epochs for p in train.phases)
+    if train.epochs == total:
+        return []
+    message = (
+        f"train.epochs is {train.epochs} but the phases add up to {total} epochs "
+        f"({' + '.join(str(p.epochs) for p in train.phases)}); write {total} or leave "
+        "epochs out"
+    )
+    return [doc.finding(("train", "epochs"), message)]
 
 
 def _parse_input(doc: Document, raw: Any, findings: list[Finding]) -> tuple | None:
@@ -178,6 +252,38 @@ def _top_keys(doc: Document, data: dict) -> list[Finding]:
     return findings
 
 
+def _init_section(doc: Document, data: dict, findings: list[Finding]) -> InitConfig | None:
+    """``init: {from: SOURCE}``; ``None`` without it or when it does not validate."""
+    raw = data.get("init")
+    if "init" not in data:
+        return None
+    if not isinstance(raw, dict):
+        findings.append(doc.finding(("init",), f"init must be a mapping; received {raw!r}"))
+        return None
+    try:
+        return InitConfig(**raw)
+    except ValidationError as exc:
+        fields = InitConfig.model_fields
+        findings.extend(from_pydantic(doc, exc, ("init",), raw, "`init`", fields))
+    except TypeError:
+        findings.append(doc.finding(("init",), "the keys of init must be strings"))
+    return None
+
+
+def _freeze_section(doc: Document, data: dict, findings: list[Finding]) -> FreezeRange | None:
+    """The top-level ``freeze:`` (``none``, ``{until: NAME}``, ``{from: A, to: B}``)."""
+    if "freeze" not in data:
+        return None
+    raw = data["freeze"]
+    if raw == "none":
+        return FreezeRange()
+    if not isinstance(raw, dict):
+        message = f"freeze is `none`, `{{until: NAME}}` or `{{from: A, to: B}}`; received {raw!r}"
+        findings.append(doc.finding(("freeze",), message))
+        return None
+    return _section(doc, data, "freeze", FreezeRange, findings)
+
+
 def model_name(text: str) -> str:
     """``text`` made a name :data:`NAME_RULE` takes: every other character becomes ``_``,
     and ``model_`` goes in front when it does not start with a letter.
@@ -230,6 +336,9 @@ def from_document(doc: Document) -> ModelConfig | None:
     lint_cfg = _section(doc, data, "lint", LintConfig, findings)
     budget_cfg = _section(doc, data, "budget", BudgetConfig, findings, partial=True)
     tune_cfg = _section(doc, data, "tune", TuneSection, findings) if "tune" in data else None
+    init_cfg = _init_section(doc, data, findings)
+    freeze = _freeze_section(doc, data, findings)
+    findings += _phase_findings(doc, data, train_cfg)
     nodes: list[Node] = []
     output = INPUT
     if "layers" in data:
@@ -240,6 +349,9 @@ def from_document(doc: Document) -> ModelConfig | None:
             )
         image = input_shape is not None and len(input_shape) == 3 and scaling == "auto"
         nodes, output = expand(doc, layers, data.get("blocks"), findings, image)
+        findings += _freeze_findings(doc, nodes, freeze, ("freeze",))
+        for i, phase in enumerate(train_cfg.phases or ()):
+            findings += _freeze_findings(doc, nodes, phase.freeze, ("train", "phases", i, "freeze"))
     return ModelConfig(
         doc.file,
         doc,
@@ -254,4 +366,6 @@ def from_document(doc: Document) -> ModelConfig | None:
         tune=tune_cfg,
         budget=budget_cfg,
         input_scaling=scaling,
+        init=init_cfg,
+        freeze=freeze,
     )

@@ -78,6 +78,7 @@ class Node:
     path: PathKey
     scope: tuple[str, ...] = ()
     use: PathKey | None = None
+    frozen: bool = False  # `trainable: false` on it or on a block or template use around it
 
     @property
     def depth(self) -> int:
@@ -509,10 +510,16 @@ def _one(
     scope: _Scope,
 ) -> str:
     g.work += 1
-    if kind in BLOCK_KINDS:
-        return _block(g, kind, args, args_path, sources, scope)
-    if kind in g.templates:
-        return _template(g, kind, args, path, args_path, sources, scope)
+    if kind in BLOCK_KINDS or kind in g.templates:
+        start = len(g.nodes)
+        if kind in BLOCK_KINDS:
+            out = _block(g, kind, args, args_path, sources, scope)
+        else:
+            out = _template(g, kind, args, path, args_path, sources, scope)
+        if _frozen_use(g, kind, args, args_path, scope):
+            for node in g.nodes[start:]:
+                node.frozen = True
+        return out
     spec = resolve(kind)
     if spec is None:
         return _unknown(g, kind, args, path, scope)
@@ -543,8 +550,25 @@ def _one(
     g.taken[name] = args_path
     if user is not None:
         scope.names[user] = name
-    g.nodes.append(Node(name, spec.name, parsed, sources, args_path, scope.display, scope.use))
+    frozen = parsed is not None and not parsed.trainable
+    g.nodes.append(
+        Node(name, spec.name, parsed, sources, args_path, scope.display, scope.use, frozen)
+    )
     return name
+
+
+def _frozen_use(g: _Graph, kind: str, args: dict, path: PathKey, scope: _Scope) -> bool:
+    """Whether a block or template use says ``trainable: false`` (then every layer inside
+    is frozen); a value other than true or false is reported."""
+    value = args.get("trainable", True)
+    if kind in g.templates and "trainable" in g.templates[kind].params:
+        return False  # the template's own parameter
+    if isinstance(value, bool):
+        return not value
+    if kind in g.templates:  # a block model reports it itself
+        message = f"trainable must be true or false; received {value!r}"
+        _error(g, (*path, "trainable"), message, scope)
+    return False
 
 
 UNKNOWN = "unknown:"
@@ -735,6 +759,8 @@ def _template(
     if not _usable(g, kind, args, path, args_path, sources, scope):
         return x
     user_name = args.pop("name", None)
+    if "trainable" not in g.templates[kind].params:
+        args = {k: v for k, v in args.items() if k != "trainable"}
     params = _bind(g, kind, args, path, args_path, scope)
     if params is None:
         return x

@@ -65,7 +65,7 @@ def summary_table(summary: dict, scopes: dict[str, tuple[str, ...]], source: str
                 table.add_row(Text("  " * depth + "▸ " + scope[depth], style="bold cyan"))
         last = scope
         table.add_row(
-            "  " * len(scope) + layer["name"],
+            "  " * len(scope) + layer["name"] + (" (frozen)" if layer.get("frozen") else ""),
             layer["type"],
             shape_str(layer["output_shape"]),
             f"{layer['params']:,}",
@@ -120,6 +120,7 @@ def figure_lines(figures: dict) -> list[str]:
 def trace_dict(tr: Trace) -> dict[str, Any]:
     """The ``trace --json`` form."""
     cfg = tr.config
+    frozen = tr.frozen
     layers = []
     for row in tr.rows:
         out = row.out
@@ -138,6 +139,7 @@ def trace_dict(tr: Trace) -> dict[str, Any]:
                 "cumulative_stride": list(row.field.jump),
                 "params": 0 if out is None else out.params,
                 "macs": 0 if out is None else out.macs,
+                "frozen": row.node.name in frozen,
             }
         )
     return {
@@ -166,6 +168,7 @@ def trace_table(tr: Trace, real: dict[str, dict] | None = None) -> Table:
         for col in ("Real shape", "mean", "std", "zeros"):
             table.add_column(col, justify="right")
     last: tuple[str, ...] = ()
+    frozen = tr.frozen
     for i, row in enumerate(tr.rows, 1):
         scope = row.node.scope
         if scope and scope != last:
@@ -178,7 +181,7 @@ def trace_table(tr: Trace, real: dict[str, dict] | None = None) -> Table:
         how = "\n".join(f"{c.axis}: {c.text}" for c in out.calcs) if out else ""
         cells = [
             str(i),
-            "  " * len(scope) + row.node.name,
+            "  " * len(scope) + row.node.name + (" (frozen)" if row.node.name in frozen else ""),
             row.node.kind,
             f"{ins} → {shape_str(row.shape) if out else '?'}",
             how,

@@ -48,8 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 from cnnbuild.backend import keep_recursion_room, keras_module
 from cnnbuild.catalog import PROBABILITY_ACTIVATIONS
-from cnnbuild.errors import RunError, UsageError, pydantic_problems
+from cnnbuild.errors import RunError, UsageError, pydantic_problems, shape_str
 from cnnbuild.io import MAX_PIXELS, FileRefused, open_regular
+from cnnbuild.transfer import model_file, source_path
 
 if TYPE_CHECKING:
     from cnnbuild.config import ModelConfig
@@ -871,3 +872,143 @@ def open_artefact(path: Path, verbose: bool = False) -> Artefact:
     except Exception as exc:  # runtimes raise their own types for a file they refuse
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise RunError(f"{path}: the {fmt} runtime cannot open it: {first}") from None
+
+
+# -- starting weights (init:) ------------------------------------------------------------
+
+
+@dataclass
+class InitReport:
+    """What :func:`apply_init` did: layers loaded, skipped (name, shapes here, shapes in
+    the source) and those with weights on one side only."""
+
+    source: str
+    loaded: list[str]
+    skipped: list[tuple[str, list, list]]
+    only_here: list[str]
+    only_source: list[str]
+
+    def message(self) -> str:
+        """``init: loaded the weights of N layers from SOURCE``, then what was not."""
+        lines = [f"init: loaded the weights of {len(self.loaded)} layers from {self.source}"]
+        if self.skipped:
+            lines.append(
+                "  skipped (skip_mismatch: true): "
+                + ", ".join(
+                    f"{n} {_shapes(a)} here, {_shapes(b)} there" for n, a, b in self.skipped
+                )
+            )
+        if self.only_here:
+            lines.append("  new here, not in the source: " + ", ".join(self.only_here))
+        if self.only_source:
+            lines.append("  in the source, not here: " + ", ".join(self.only_source))
+        return "\n".join(lines)
+
+
+def _shapes(shapes: list) -> str:
+    return " + ".join(shape_str(s) for s in shapes)
+
+
+def apply_init(model: Any, cfg: ModelConfig) -> InitReport | None:
+    """Give ``model`` the starting weights ``cfg.init`` names, matched by layer name.
+
+    Returns:
+        What was loaded, or ``None`` without ``init:``.
+
+    Raises:
+        RunError: the source cannot be read, its weights are not cached (with where to
+            save them), or a layer's weights differ in shape without ``skip_mismatch``.
+    """
+    init = cfg.init
+    if init is None:
+        return None
+    if init.application is not None:
+        source = application_weights(init.application, cfg.input_shape)
+        label = f"keras.applications.{init.application} ({init.weights})"
+    else:
+        try:
+            path = model_file(source_path(cfg))
+        except ValueError as exc:
+            raise RunError(f"{cfg.file}: init.from: {exc}") from None
+        source = load_model(path)
+        label = str(path)
+    return transfer_weights(source, model, label, init.skip_mismatch)
+
+
+def transfer_weights(source: Any, model: Any, label: str, skip_mismatch: bool) -> InitReport:
+    """Copy each layer's weights from ``source`` to the layer of the same name.
+
+    Raises:
+        RunError: layers whose weights differ in shape, each named with both shapes
+            (unless ``skip_mismatch``: then they keep their fresh weights).
+    """
+    theirs = {layer.name: layer for layer in source.layers if layer.weights}
+    ours = {layer.name: layer for layer in model.layers if layer.weights}
+    report = InitReport(label, [], [], [n for n in ours if n not in theirs], [])
+    report.only_source = [n for n in theirs if n not in ours]
+    for name, layer in ours.items():
+        if name not in theirs:
+            continue
+        here = [tuple(w.shape) for w in layer.weights]
+        there = [tuple(w.shape) for w in theirs[name].weights]
+        if here != there:
+            report.skipped.append((name, here, there))
+            continue
+        layer.set_weights(theirs[name].get_weights())
+        report.loaded.append(name)
+    if report.skipped and not skip_mismatch:
+        raise RunError(
+            f"init: the weights of {label} do not fit: "
+            + "; ".join(
+                f"layer {n!r} has {_shapes(a)} here but {_shapes(b)} in the source"
+                for n, a, b in report.skipped
+            )
+            + ". Make the layers match, rename the changed ones, or set "
+            "init.skip_mismatch: true to start them afresh"
+        )
+    return report
+
+
+def application_weights(name: str, input_shape: tuple) -> Any:
+    """``keras.applications.NAME(weights="imagenet", include_top=False)`` from Keras'
+    cache only (``$KERAS_HOME/models``, Keras' own file names and hashes): nothing is
+    downloaded here.
+
+    Raises:
+        RunError: no such application, or its weights file is not in the cache (the
+            message names the file, its URL and where to save it).
+    """
+    keras = keras_module()
+    factory = getattr(keras.applications, name, None)
+    if not callable(factory):
+        raise RunError(f"init.from: keras.applications has no model {name!r}")
+    from keras.src.utils import file_utils
+
+    real = file_utils.get_file
+
+    def cached_only(fname: Any = None, origin: Any = None, *args: Any, **kwargs: Any) -> Any:
+        kwargs["cache_dir"] = kwargs.get("cache_dir") or keras_home()  # as read now
+        target = Path(kwargs["cache_dir"]) / kwargs.get("cache_subdir", "datasets") / str(fname)
+        if not target.is_file():
+            raise RunError(
+                f"init.from: the {name} imagenet weights are not in Keras' cache.\n"
+                f"This machine does not download {fname}. Download it elsewhere:\n"
+                f"  {origin}\nand save it as\n  {target}\n(the folder is "
+                "$KERAS_HOME/models, ~/.keras/models by default)"
+            )
+        return real(fname, origin, *args, **kwargs)
+
+    file_utils.get_file = cached_only
+    try:
+        return factory(include_top=False, weights="imagenet", input_shape=tuple(input_shape))
+    except RunError:
+        raise
+    except Exception as exc:  # Keras raises many types for a bad or foreign file
+        raise RunError(f"init.from: keras.applications.{name}: {exc}") from None
+    finally:
+        file_utils.get_file = real
+
+
+def keras_home() -> str:
+    """Keras' cache folder: ``$KERAS_HOME``, else ``~/.keras`` (as ``get_file`` picks it)."""
+    return os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))

@@ -55,12 +55,19 @@ class Trace:
         return self.row(self.config.output).shape
 
     @property
+    def frozen(self) -> set[str]:
+        """The layers frozen when training starts (``trainable: false``, ``freeze:``)."""
+        return self.config.frozen
+
+    @property
     def trainable(self) -> int:
-        return sum(_split(r)[0] for r in self.rows)
+        frozen = self.frozen
+        return sum(_split(r, frozen)[0] for r in self.rows)
 
     @property
     def non_trainable(self) -> int:
-        return sum(_split(r)[1] for r in self.rows)
+        frozen = self.frozen
+        return sum(_split(r, frozen)[1] for r in self.rows)
 
     @property
     def total_params(self) -> int:
@@ -109,7 +116,9 @@ class Trace:
         return {**self.to_dict(), **self.figures()}
 
     def to_dict(self) -> dict:
-        """The ``summary --json`` form (shapes are lists, without the batch axis)."""
+        """The ``summary --json`` form (shapes are lists, without the batch axis); a
+        frozen layer says ``"frozen": true``."""
+        frozen = self.frozen
         return {
             "name": self.config.name,
             "input_shape": list(self.config.input_shape),
@@ -123,19 +132,20 @@ class Trace:
                     "name": r.node.name,
                     "type": r.node.kind,
                     "output_shape": None if r.shape is None else list(r.shape),
-                    "params": sum(_split(r)),
+                    "params": sum(_split(r, frozen)),
                     "macs": r.out.macs if r.out else 0,
+                    **({"frozen": True} if r.node.name in frozen else {}),
                 }
                 for r in self.rows
             ],
         }
 
 
-def _split(row: Row) -> tuple[int, int]:
-    """(trainable, non-trainable) weights, honouring ``trainable: false``."""
+def _split(row: Row, frozen: set[str]) -> tuple[int, int]:
+    """(trainable, non-trainable) weights: a frozen layer's are all non-trainable."""
     if row.out is None:
         return 0, 0
-    if row.node.args is not None and not row.node.args.trainable:
+    if row.node.name in frozen:
         return 0, row.out.params
     return row.out.trainable, row.out.non_trainable
 

@@ -11,6 +11,7 @@ from cnnbuild.errors import ConfigError, Finding, UsageError
 from cnnbuild.search_space import space_findings
 from cnnbuild.source import Document, parse_text, read_document
 from cnnbuild.trace import Trace, trace
+from cnnbuild.transfer import init_findings
 
 YAML_SUFFIXES = (".yaml", ".yml")
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -88,6 +89,7 @@ def check_document(
         cfg.findings.extend(_fold(lint(tr, ignore)))
     if cfg.tune is not None:  # the search space of `cnnbuild tune`: paths and corners
         cfg.findings.extend(space_findings(cfg))
+    cfg.findings.extend(init_findings(cfg, tr))  # init: the source exists and fits
     skip = ignored(cfg, ignore)  # rules found outside lint (dead-layer) are ignored here
     cfg.findings = _sorted([f for f in cfg.findings if f.rule not in skip])
     return cfg, tr, cfg.findings

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"trace", "schema.jsonschema", "layers_doc"},
     {"checks", "render"},
     {"search_space"},  # tune's search space, checked by validate without Optuna
+    {"transfer"},  # init: checked statically (the source's saved weights, by h5py)
     {"validate"},
     {"review", "factoring"},  # diff and --baseline; templates found in an imported graph
     # Keras models, datasets and the plots and strategies under training

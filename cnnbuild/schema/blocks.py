@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from cnnbuild.schema.layers import merge_kinds
-from cnnbuild.schema.types import Choice, Int, LayerName
+from cnnbuild.schema.types import Bool, Choice, Int, LayerName
 
 MERGES = merge_kinds()
 BLOCK_KINDS = ("Residual", "Parallel")
@@ -47,6 +47,7 @@ class _Strict(BaseModel):
 class _Merged(_Strict):
     name: LayerName | None = None
     axis: Int() | None = None
+    trainable: Bool = True  # false: every layer inside is frozen
 
     @model_validator(mode="after")
     def _axis_for_concatenate(self) -> _Merged:

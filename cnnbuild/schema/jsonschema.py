@@ -6,11 +6,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from cnnbuild.catalog import ALIASES, REGISTRY
 from cnnbuild.config import INPUT_SCALING_MODES, NAME_RULE, TOP_KEYS
 from cnnbuild.schema.blocks import BLOCK_KINDS, BLOCK_MODELS, LAYER_REF, Template
 from cnnbuild.schema.blocks import TEMPLATE_NAME as _TEMPLATE_NAME
-from cnnbuild.schema.sections import BudgetConfig, CompileConfig, LintConfig, TrainConfig
+from cnnbuild.schema.sections import (
+    BudgetConfig,
+    CompileConfig,
+    Freeze,
+    InitConfig,
+    LintConfig,
+    TrainConfig,
+)
 from cnnbuild.schema.tune import TuneSection
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
@@ -190,6 +199,8 @@ def json_schema() -> dict:
             "propertyNames": {"pattern": TEMPLATE_NAME},
             "additionalProperties": template,
         },
+        "init": _model(InitConfig, defs),
+        "freeze": TypeAdapter(Freeze).json_schema(),
         "compile": _model(CompileConfig, defs),
         "train": _model(TrainConfig, defs),
         "lint": _model(LintConfig, defs),

@@ -7,7 +7,14 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from cnnbuild.backend import STRATEGIES
 from cnnbuild.catalog import LOSS_NAMES
@@ -20,6 +27,7 @@ from cnnbuild.schema.types import (
     Int,
     Seed,
     choice,
+    is_int,
     is_number,
     received,
 )
@@ -230,6 +238,109 @@ Dataset = Annotated[
 ]
 
 
+# -- fine-tuning: where the weights start, what is frozen, training in phases ---------
+
+APPLICATIONS_PREFIX = "keras.applications."
+PRETRAINED = ("imagenet",)
+
+
+class FreezeRange(Strict):
+    """Layers to freeze, by name in the model's order: ``{until: NAME}`` (from the input
+    up to and including NAME), ``{from: A, to: B}``, ``{from: A}`` (A to the output), or
+    nothing (``freeze: none``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    until: str | None = None
+    start: str | None = Field(None, alias="from")
+    to: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> FreezeRange:
+        if self.until is not None and (self.start is not None or self.to is not None):
+            raise ValueError("give `until: NAME` or `from: A, to: B`, not both")
+        if self.to is not None and self.start is None:
+            raise ValueError("`to:` needs `from:`; to freeze from the input, write `until:`")
+        return self
+
+    @property
+    def empty(self) -> bool:
+        return self.until is None and self.start is None
+
+
+def _freeze(value: Any) -> Any:
+    if value == "none" or value is None:
+        return {}
+    if isinstance(value, str):
+        raise ValueError(
+            f"freeze is `none`, `{{until: NAME}}` or `{{from: A, to: B}}`; received {value!r}"
+        )
+    return value
+
+
+Freeze = Annotated[
+    FreezeRange,
+    BeforeValidator(_freeze),
+    WithJsonSchema(
+        {
+            "description": "none, {until: NAME} or {from: A, to: B}: layers frozen, by name",
+            "anyOf": [
+                {"const": "none"},
+                {
+                    "type": "object",
+                    "properties": {
+                        "until": {"type": "string"},
+                        "from": {"type": "string"},
+                        "to": {"type": "string"},
+                    },
+                    "additionalProperties": False,
+                },
+            ],
+        }
+    ),
+]
+
+
+class InitConfig(Strict):
+    """Where the starting weights come from: ``{from: SOURCE}``, SOURCE a run directory
+    (its best model), a ``.keras`` file or ``keras.applications.NAME``; weights are
+    matched by layer name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    source: str = Field(alias="from", min_length=1)
+    weights: Choice(PRETRAINED, "weights") | None = None
+    skip_mismatch: Bool = False
+
+    @model_validator(mode="after")
+    def _weights_for_applications(self) -> InitConfig:
+        if self.weights is not None and not self.application:
+            raise ValueError(
+                f"weights: {self.weights} applies to `from: keras.applications.NAME` only; "
+                f"{self.source!r} brings its own weights"
+            )
+        if self.application and self.weights is None:
+            raise ValueError(
+                f"{self.source} has no trained weights of its own: add `weights: imagenet`"
+            )
+        return self
+
+    @property
+    def application(self) -> str | None:
+        """``NAME`` of ``keras.applications.NAME``, else ``None``."""
+        if self.source.startswith(APPLICATIONS_PREFIX):
+            return self.source.removeprefix(APPLICATIONS_PREFIX)
+        return None
+
+
+class Phase(Strict):
+    """One phase of ``train.phases``: its epochs, learning rate and what is frozen."""
+
+    epochs: Int(1, 100_000)
+    learning_rate: Float(0.0, lo_open=True) | None = None
+    freeze: Freeze | None = None
+
+
 class TrainConfig(Strict):
     """Settings of ``cnnbuild train``; each can be overridden by a CLI flag."""
 
@@ -252,6 +363,21 @@ class TrainConfig(Strict):
     lr_schedule: Schedule | None = None
     monitor: str = "val_accuracy"
     tensorboard: Bool = False
+    phases: Annotated[list[Phase], Field(min_length=1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_of_phases(cls, data: Any) -> Any:
+        """Without ``epochs:``, the phases' epochs add up to it (a given ``epochs`` that
+        differs is reported by the config, at its line)."""
+        if not isinstance(data, dict) or "epochs" in data:
+            return data
+        phases = data.get("phases")
+        if isinstance(phases, list) and phases:
+            counts = [p.get("epochs") if isinstance(p, dict) else None for p in phases]
+            if all(is_int(c) and not isinstance(c, bool) and c > 0 for c in counts):
+                return {**data, "epochs": sum(counts)}
+        return data
 
     @model_validator(mode="after")
     def _one_lr_controller(self) -> TrainConfig:

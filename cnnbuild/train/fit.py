@@ -25,6 +25,7 @@ import platform
 import random
 import shlex
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +37,15 @@ from rich.console import Console
 
 from cnnbuild import distribute
 from cnnbuild.backend import keras_module
-from cnnbuild.builder import adapt_normalization, build_model
+from cnnbuild.builder import adapt_normalization, build_model, compile_model, set_frozen
 from cnnbuild.catalog import one_hot_classes
 from cnnbuild.charts import curves
-from cnnbuild.config import ModelConfig
+from cnnbuild.config import ModelConfig, frozen_names
 from cnnbuild.data import Data, describe
 from cnnbuild.errors import DataError, Interrupted, RunError, UsageError
 from cnnbuild.escape import rich
 from cnnbuild.io import os_errors, write_json, write_text
-from cnnbuild.runs import load_data, load_model, resolve_train
+from cnnbuild.runs import apply_init, load_data, load_model, resolve_train
 from cnnbuild.schema.sections import TrainConfig
 from cnnbuild.train.evaluate import evaluate_model
 from cnnbuild.train.rundir import STATE, RunDir, Signals, State, StopSignal
@@ -88,6 +89,7 @@ class Run:
     wall_start: float = field(default_factory=time.perf_counter)
     prior_wall: float = 0.0
     global_batch: int = 0
+    phase: int | None = None  # the phase of train.phases in progress (1-based)
 
     @property
     def history(self) -> list[dict]:
@@ -122,6 +124,8 @@ class Run:
             **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float, np.floating))},
         }
         record["learning_rate"] = float(np.asarray(model.optimizer.learning_rate))
+        if self.phase is not None:
+            record["phase"] = self.phase
         record["train_seconds"] = round(seconds, 3)
         record["images_per_second"] = round(self.n_train / max(seconds, 1e-9), 1)
         value = record.get(self.state.monitor)
@@ -416,8 +420,9 @@ def _open_new(config: Path, overrides: dict, out: Path | None):
     return cfg, settings, out, relaunch
 
 
-def _restore(run_dir: RunDir, state: State, keras: Any, device: Device) -> Any:
-    """The compiled model of the last committed epoch, checked against the state."""
+def _restore(run_dir: RunDir, state: State, keras: Any, device: Device, since: int = 0) -> Any:
+    """The compiled model of the last committed epoch, checked against the state (its
+    optimizer counts the steps since epoch ``since``, where its phase began)."""
     path = run_dir.file("last.keras")
     if not path.is_file():
         raise RunError(
@@ -434,11 +439,11 @@ def _restore(run_dir: RunDir, state: State, keras: Any, device: Device) -> Any:
             "uncompiled, not by cnnbuild train); a resume needs it, so start the run again"
         )
     done = int(model.optimizer.iterations.numpy())
-    want = state.epochs_done * (state.steps_per_epoch or 0)
+    want = (state.epochs_done - since) * (state.steps_per_epoch or 0)
     if state.steps_per_epoch and done != want:
         raise RunError(
             f"--resume {run_dir.path}: {path} has made {done} optimizer steps but "
-            f"state.json records {state.epochs_done} epochs of {state.steps_per_epoch} "
+            f"state.json records {state.epochs_done - since} epochs of {state.steps_per_epoch} "
             f"steps ({want}); the files do not belong together, so start the run again"
         )
     return model
@@ -607,7 +612,9 @@ class Session:
         # a multi-worker relaunch builds afresh: the backup callback restores the weights
         with plan.scope():
             if run.initial_epoch > 0 and not plan.multi_worker:
-                self.model = _restore(run.dir, run.state, keras, device)
+                # the optimizer counts the steps since the last finished epoch's phase began
+                since = phase_at(phase_plan(cfg, settings), run.initial_epoch - 1).start
+                self.model = _restore(run.dir, run.state, keras, device, since)
             else:
                 self.model = build_model(
                     cfg,
@@ -617,6 +624,9 @@ class Session:
                     jit_compile=device.jit_compile,
                 )
                 adapt_normalization(self.model, self.split[0])
+                report = apply_init(self.model, cfg)  # a new run: --resume keeps its own
+                for line in report.message().splitlines() if report is not None else ():
+                    run.console.print(rich(line), highlight=False)
         self.plain = self.model
         if plan.strategy is not None and plan.is_chief and self.request.hooks:
             self.plain = build_model(cfg, compile=False, mixed_precision=device.policy)
@@ -727,15 +737,24 @@ class Session:
             else tf.device("/GPU:0" if self.device.kind == "gpu" else "/CPU:0")
         )
         with where_ops:
-            self.model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=run.settings.epochs,
-                initial_epoch=0 if plan.multi_worker else run.initial_epoch,
-                callbacks=callbacks,
-                verbose=0,
-                shuffle=False,
-            )
+            for phase in phase_plan(run.cfg, run.settings):
+                if run.initial_epoch >= phase.end:
+                    continue  # done in an earlier session
+                start = max(phase.start, run.initial_epoch)
+                run.phase = phase.index if phase.frozen is not None else None
+                if phase.frozen is not None and start == phase.start:
+                    self._enter_phase(phase)  # a resume inside a phase restored its own
+                self.model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=phase.end,
+                    initial_epoch=0 if plan.multi_worker else start,
+                    callbacks=callbacks,
+                    verbose=0,
+                    shuffle=False,
+                )
+                if run.diverged or len(run.history) < phase.end:
+                    break  # diverged, or stopped early
         if run.diverged:
             epoch, step, loss = run.diverged
             run.finish("diverged")
@@ -751,6 +770,30 @@ class Session:
                 "scaling and the loss"
             )
 
+    def _enter_phase(self, phase: Phase) -> None:
+        """Freeze what the phase says, compile again (as Keras requires after a change
+        to ``trainable``) at its learning rate, and say where it begins."""
+        run, device = self.run, self.device
+        run.phase = phase.index
+        with self.plan.scope():
+            weights = set_frozen(self.model, run.cfg, phase.frozen)
+            lr = phase.learning_rate
+            compile_model(
+                self.model,
+                run.cfg,
+                lr=lr
+                if lr is not None
+                else make_schedule(self.keras, run.cfg, run.settings, run.steps),
+                steps_per_execution=device.steps_per_execution,
+                jit_compile=device.jit_compile,
+            )
+        rate = f"learning rate {lr:g}" if lr is not None else "the optimizer's learning rate"
+        run.console.print(
+            f"phase {phase.index}/{phase.count}: epochs {phase.start + 1}-{phase.end}, {rate}, "
+            f"{weights:,} trainable weights, {len(phase.frozen)} layers frozen",
+            highlight=False,
+        )
+
     # -- finish ----------------------------------------------------------------------
 
     def finish(self) -> dict:
@@ -759,7 +802,9 @@ class Session:
         status = "completed" if len(run.history) >= run.settings.epochs else "early_stopped"
         digest = distribute.weights_digest(model)
         if run.state.best_epoch is not None and run.dir.file("model.keras").exists():
-            model.load_weights(run.dir.file("model.keras"))
+            with warnings.catch_warnings():  # a best model of an earlier phase: its optimizer
+                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+                model.load_weights(run.dir.file("model.keras"))
         metrics = _results(self, status)
         metrics["weights_sha256"] = digest
         if not plan.is_chief:  # the evaluation above is a collective: every worker takes part
@@ -789,6 +834,47 @@ class Session:
         )
         run.console.print(f"saved to {rich(run.dir.path)}/", highlight=False)
         return metrics
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a run: epochs ``start`` (0-based) up to ``end``, its learning rate
+    and its frozen layers (``None``: a run without phases, the model as built)."""
+
+    index: int
+    count: int
+    start: int
+    end: int
+    learning_rate: float | None = None
+    frozen: set[str] | None = None
+
+
+def phase_plan(cfg: ModelConfig, settings: TrainConfig) -> list[Phase]:
+    """The phases of ``train.phases`` in order (one phase without them).
+
+    Raises:
+        UsageError: ``--epochs`` differs from the phases' sum.
+    """
+    phases = settings.phases
+    if not phases:
+        return [Phase(1, 1, 0, settings.epochs)]
+    total = sum(p.epochs for p in phases)
+    if settings.epochs != total:
+        raise UsageError(
+            f"--epochs {settings.epochs}: train.phases adds up to {total} epochs; change "
+            "the phases' epochs in the config instead"
+        )
+    plan, start = [], 0
+    for i, p in enumerate(phases, 1):
+        frozen = frozen_names(cfg, p.freeze)
+        plan.append(Phase(i, len(phases), start, start + p.epochs, p.learning_rate, frozen))
+        start += p.epochs
+    return plan
+
+
+def phase_at(plan: list[Phase], epoch: int) -> Phase:
+    """The phase that epoch ``epoch`` (0-based, the next to run) belongs to."""
+    return next((p for p in plan if epoch < p.end), plan[-1])
 
 
 def _results(session: Session, status: str) -> dict:

@@ -19,6 +19,7 @@ from cnnbuild.errors import DataError, RunError, shape_str
 from cnnbuild.precision import FLOAT32, policy_name
 from cnnbuild.schema.sections import TrainConfig
 from cnnbuild.trace import trace
+from cnnbuild.transfer import source_path
 
 CPU_STEPS_PER_EXECUTION = 8
 GPU_STEPS_PER_EXECUTION = 32
@@ -39,7 +40,7 @@ def _absolute(value: str | None, base: Path) -> str | None:
 def resolved_config(cfg: ModelConfig, settings: TrainConfig) -> dict:
     """The config as it ran: ``train:`` fully spelled out, data paths made absolute."""
     data = dict(cfg.doc.data)
-    train = settings.model_dump(mode="json", exclude_none=True)
+    train = settings.model_dump(mode="json", exclude_none=True, by_alias=True)
     cwd = Path.cwd()
     if isinstance(settings.dataset, dict):
         ((kind, path),) = settings.dataset.items()
@@ -48,6 +49,8 @@ def resolved_config(cfg: ModelConfig, settings: TrainConfig) -> dict:
         train["data_dir"] = _absolute(settings.data_dir, cwd)
     data["train"] = train
     data["compile"] = resolved_compile(cfg)
+    if cfg.init is not None and cfg.init.application is None:  # read again on --resume
+        data["init"] = {**data["init"], "from": str(source_path(cfg).resolve())}
     return data
 
 
