@@ -184,12 +184,16 @@ def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any
     class Reporter(keras.callbacks.Callback):
         """Seeds for the epoch, a rich progress bar (on a terminal), the loss guard."""
 
+        def on_train_begin(self, logs=None):
+            self.generators = [v for v in self.model.variables if "seed_generator_state" in v.path]
+
         def on_epoch_begin(self, epoch, logs=None):
             epoch_var.assign(epoch)
-            keras.utils.set_random_seed(epoch_seed(seed, epoch))
-            # dropout/augmentation RNG states are not saved in .keras: derive them too
-            generators = [v for v in self.model.variables if "seed_generator_state" in v.path]
-            for i, var in enumerate(generators):
+            # Dropout's and the augmentation layers' generator states are not saved in
+            # .keras: each epoch's derives from (seed, epoch), so a resumed run equals an
+            # uninterrupted one. Assigning them costs nothing; keras.utils.set_random_seed
+            # here made TensorFlow re-instantiate the train function every epoch.
+            for i, var in enumerate(self.generators):
                 var.assign(np.asarray([epoch_seed(seed, epoch, i + 1), 0]).astype(var.dtype))
             run.epoch_start = time.perf_counter()
             run.train_end = None
