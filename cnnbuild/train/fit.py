@@ -24,7 +24,6 @@ import math
 import platform
 import random
 import shlex
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -158,12 +157,7 @@ class Run:
             }
         )
         saves = {"model.keras": model.save} if improved else {}
-        # the same weights twice: serialise once, copy the file (a deep model saves slowly)
-        saves["last.keras"] = (
-            (lambda path: shutil.copyfile(self.dir.pending_file("model.keras"), path))
-            if improved
-            else model.save
-        )
+        saves["last.keras"] = model.save
         with self.dir.signals.deferred():
             self.dir.commit_epoch(after, saves)
             self.state = after
