@@ -166,7 +166,8 @@ def _plan(model: Any, cfg: ModelConfig) -> _Plan:
 
 @contextmanager
 def _backward_dtype(layer: Any, augment: bool):
-    """Run an augmentation layer in float32 where its policy computes in bfloat16.
+    """Run an augmentation layer in float32 where its policy computes in bfloat16; yields
+    the dtype to cast its output back to (``None``: nothing changed).
 
     TensorFlow defines no bfloat16 gradient for the image transform under RandomRotation,
     RandomZoom, RandomTranslation... (``ImageProjectiveTransformV3``: "Invalid dtype
@@ -176,10 +177,11 @@ def _backward_dtype(layer: Any, augment: bool):
     they see in training; float16 has the gradient, so mixed_float16 runs as it is.
     """
     before = layer.dtype_policy
-    if augment and before.compute_dtype == "bfloat16":
+    swap = augment and before.compute_dtype == "bfloat16"
+    if swap:
         layer.dtype_policy = "float32"
     try:
-        yield
+        yield before.compute_dtype if swap else None
     finally:
         layer.dtype_policy = before
 
@@ -199,9 +201,10 @@ def _forward(plan: _Plan, tape: Any, x: Any, training: bool, inputs: bool):
             ins = [tf.identity(t) for t in ins]
             tape.watch(ins)
             copies.append(ins)
-        with _backward_dtype(layer, REGISTRY[node.kind].augment):
+        with _backward_dtype(layer, REGISTRY[node.kind].augment) as cast_back:
             out = layer(ins if REGISTRY[node.kind].merge else ins[0], training=training)
-        out = tf.cast(out, layer.compute_dtype)
+        if cast_back is not None:
+            out = tf.cast(out, cast_back)
         tape.watch(out)
         tensors[node.name] = out
     return [tensors[node.name] for node in plan.nodes], copies
