@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python benchmarks/precision_accuracy.py
 	$(BIN)/python benchmarks/gradient_flow_cost.py
 	$(BIN)/python benchmarks/trace_grads_cost.py
+	$(BIN)/python benchmarks/deep_model.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site

@@ -68,7 +68,7 @@ def build_model(
         compile: also compile it with the config's optimizer, loss and metrics.
         mixed_precision: build under the ``mixed_float16`` policy (or, given a policy
             name such as ``mixed_bfloat16``, under that one), keeping the output layer in
-            float32.
+            float32. The caller's global dtype policy is restored once it is built.
         lr: a learning rate or schedule overriding the optimizer's.
         steps_per_execution: passed to ``model.compile``.
         jit_compile: passed to ``model.compile``.
@@ -81,22 +81,26 @@ def build_model(
         policy = mixed_precision
     else:
         policy = "mixed_float16" if mixed_precision else "float32"
+    previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
-    tensors = {INPUT: keras.Input(shape=cfg.input_shape, name=INPUT)}
-    frozen = cfg.frozen
-    with recursion_room(len(cfg.nodes)):
-        for node in cfg.nodes:
-            dtype = "float32" if policy != "float32" and node.name == cfg.output else None
-            layer = make_layer(node, dtype)
-            if node.name in frozen:  # a frozen BatchNormalization runs in inference mode
-                layer.trainable = False
-            ins = [tensors[n] for n in node.inputs]
-            tensors[node.name] = layer(ins if REGISTRY[node.kind].merge else ins[0])
-        model = keras.Model(tensors[INPUT], tensors[cfg.output], name=cfg.name)
-    if compile:
-        compile_model(
-            model, cfg, lr=lr, steps_per_execution=steps_per_execution, jit_compile=jit_compile
-        )
+    try:
+        tensors = {INPUT: keras.Input(shape=cfg.input_shape, name=INPUT)}
+        frozen = cfg.frozen
+        with recursion_room(len(cfg.nodes)):
+            for node in cfg.nodes:
+                dtype = "float32" if policy != "float32" and node.name == cfg.output else None
+                layer = make_layer(node, dtype)
+                if node.name in frozen:  # a frozen BatchNormalization runs in inference mode
+                    layer.trainable = False
+                ins = [tensors[n] for n in node.inputs]
+                tensors[node.name] = layer(ins if REGISTRY[node.kind].merge else ins[0])
+            model = keras.Model(tensors[INPUT], tensors[cfg.output], name=cfg.name)
+        if compile:
+            compile_model(
+                model, cfg, lr=lr, steps_per_execution=steps_per_execution, jit_compile=jit_compile
+            )
+    finally:  # the layers keep the policy they were built with; the caller keeps theirs
+        keras.mixed_precision.set_global_policy(previous)
     return model
 
 

@@ -209,7 +209,7 @@ def flowers_run(tmp_path_factory):
     )
     config = root / "flowers.yaml"
     config.write_text(FLOWERS.replace("DATA", str(root / "data.npz")), encoding="utf-8")
-    result = run_cli("train", config, "--out", root / "run", "--no-mixed-precision")
+    result = run_cli("train", config, "--out", root / "run")  # the machine's default precision
     assert result.exit_code == 0, result.output
     return root / "run"
 
@@ -252,8 +252,12 @@ def test_augmenting_model_exports_its_inference_function(flowers_run, tmp_path, 
         ops = {node.op_type for node in onnx.load(out).graph.node}
         assert not {op for op in ops if "Random" in op}, ops
     x = np.random.default_rng(1).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+    from cnnbuild.export import float32_model
+
     model = keras.saving.load_model(flowers_run / "model.keras", compile=False)
-    want = np.asarray(model(x, training=False))
+    # what an export holds: the model's inference function in float32 (the run itself
+    # trained in this machine's default precision, mixed_bfloat16 on a bf16 CPU)
+    want = np.asarray(float32_model(keras, model)(x, training=False))
     first, second = _runtime(fmt, out, x), _runtime(fmt, out, x)
     np.testing.assert_array_equal(first, second)  # no augmentation at inference
     np.testing.assert_allclose(first, want, atol=FLOAT_TOLERANCE * max(1, np.abs(want).max()))

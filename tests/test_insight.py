@@ -457,3 +457,53 @@ def test_a_training_mode_measurement_leaves_the_model_as_it_was(write, compiled)
     )
     again = next(r for r in measure(True)[1] if r.name == "conv2d")
     assert again.weight_grad_norms == conv[0].weight_grad_norms  # the same Dropout mask
+
+
+AUGMENTING = """
+name: augmenting
+input: [16, 16, 3]
+layers:
+  - RandomFlip: {mode: horizontal}
+  - RandomTranslation: {height_factor: 0.1, width_factor: 0.1}
+  - RandomCrop: {height: 14, width: 14}
+  - RandomRotation: {factor: 0.1}
+  - RandomZoom: {height_factor: 0.1}
+  - RandomContrast: {factor: 0.2}
+  - RandomBrightness: {factor: 0.2}
+  - Conv2D: {filters: 8, kernel_size: 3, activation: relu}
+  - Dropout: {rate: 0.3}
+  - GlobalAveragePooling2D
+  - Dense: {units: 3, activation: softmax}
+"""
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_gradient_views_go_through_every_augmentation_layer_in_mixed_precision(policy, tmp_path):
+    """Under mixed_bfloat16 TensorFlow has no gradient for the image transform under
+    RandomRotation/RandomZoom/RandomTranslation ("Invalid dtype bfloat16"): the views
+    (trace --grads' eager pass with input gradients, the flow's compiled pass) still reach
+    the input, finite, the same in both, for every augmentation kind of the catalog."""
+    from cnnbuild.builder import build_model, keras_module
+    from cnnbuild.catalog import kinds
+    from cnnbuild.insight.grads import compiled_norms, labels_for
+
+    path = tmp_path / "augmenting.yaml"
+    path.write_text(AUGMENTING, encoding="utf-8")
+    cfg = load_config(path)
+    assert {node.kind for node in cfg.nodes} >= set(kinds(trait="augment"))
+    keras = keras_module()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    y = labels_for(cfg, rng.integers(0, 3, 8), 3)
+    objective, _ = objective_fn(cfg, classifier=True, seed=0)
+    keras.utils.set_random_seed(1)
+    model = build_model(cfg, compile=False, mixed_precision=policy)
+    assert model.get_layer("random_rotation").compute_dtype == policy.removeprefix("mixed_")
+    _, eager = layer_grads(model, cfg, x, y, objective, inputs=True)
+    _, traced = compiled_norms(model, cfg, objective)(x, y)
+    assert model.get_layer("random_rotation").dtype_policy.name == policy  # put back
+    for a, b in zip(eager, traced, strict=True):
+        assert np.isfinite(a.output_grad_norm) and a.output_grad_norm > 0, a
+        assert b.output_grad_norm == pytest.approx(a.output_grad_norm, rel=0.05)
+        assert 0 <= a.input_grad_zero_fraction < 1, a
+    assert eager[0].name == "random_flip"  # the gradient reached the first layer

@@ -55,3 +55,32 @@ def test_the_cli_hooks_write_gradient_flow_and_the_report(write, tmp_path):
     flow = json.loads((out / "gradients.json").read_text())
     assert [e["epoch"] for e in flow["epochs"]] == [1]
     assert "gradient" in (out / "report.html").read_text(encoding="utf-8").lower()
+
+
+def test_silent_phases_show_with_their_times_on_a_terminal_only(write, tmp_path):
+    """On a terminal the phases that print nothing for a while (tracing the step,
+    evaluating, writing the report) say so, then their time; a pipe or a CI log gets
+    none of it, and both get the epoch and result lines."""
+    import re
+
+    shown, metrics = {}, {}
+    for live in (True, False):
+        buffer = io.StringIO()
+        console = Console(file=buffer, width=160, force_terminal=live)
+        metrics[live] = train(
+            write(TINY), {"epochs": 1}, out=tmp_path / f"live-{live}", console=console,
+            hooks=training_hooks(),
+        )  # fmt: skip
+        shown[live] = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue()).replace("\r", "\n")
+    n_test = metrics[True]["test_images"]
+    assert n_test > 0
+    for words in (
+        "tracing the training step",
+        f"evaluating on {n_test:,} test images",
+        "writing report",
+    ):
+        assert re.search(re.escape(words) + r"… \d+\.\ds\n", shown[True]), shown[True]
+        assert words not in shown[False]
+    assert "…" not in shown[False]
+    for output in shown.values():
+        assert re.search(r"^epoch 1/1  loss ", output, re.M) and "test accuracy" in output

@@ -9,9 +9,11 @@ output shapes of the model built here with ``keras.layers`` as the source writes
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cnnbuild.validate import check_file, load_traced
@@ -298,3 +300,61 @@ def test_stranger_built_by_cnnbuild_equals_keras(name):
     if inner is not None:
         names = {layer.name for layer in inner.layers} - {inner.layers[0].name}
         assert names <= {layer.name for layer in ours.layers}
+
+
+# -- the key flows in both precisions -------------------------------------------------
+
+# a head that is not a softmax over classes gets the loss its source trains it with
+HEADS = {
+    "dcgan_discriminator": "compile: {loss: binary_crossentropy}\n",
+    "xception_small": "compile: {loss: binary_crossentropy, from_logits: true}\n",
+}
+FLOWS = sorted(set(KERAS_MODELS) - {"unet_oxford_pets"})  # per-pixel labels: no npz form
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("name", FLOWS)
+def test_stranger_trains_reports_exports_and_predicts(name, precision, tmp_path, cli):
+    """train -> gradients.json -> report -> export -> predict on a stranger's model (the
+    augmenting flowers tutorial included), in float32 and in mixed_bfloat16, which
+    --mixed-precision forces on any CPU (TensorFlow emulates it without native bf16):
+    the precision is what the test is about, on every machine. 8 images, 1 epoch."""
+    from PIL import Image
+
+    cfg, tr = load_traced(DATA / f"{name}.yaml")
+    shape, binary = tuple(cfg.input_shape), name in HEADS
+    classes = 2 if binary else tr.output_shape[-1]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, *shape), dtype=np.uint8)
+    np.savez(
+        tmp_path / "data.npz",
+        x_train=images[:8], y_train=np.arange(8) % 2,
+        x_test=images[8:], y_test=np.arange(4) % 2,
+        class_names=np.array([f"c{i}" for i in range(classes)]),
+    )  # fmt: skip
+    config = tmp_path / f"{name}.yaml"
+    config.write_text((DATA / f"{name}.yaml").read_text() + HEADS.get(name, ""))
+    run = tmp_path / "run"
+    flag = "--mixed-precision" if precision != "float32" else "--no-mixed-precision"
+    result = cli(
+        "train", config, "--dataset", f"npz:{tmp_path / 'data.npz'}", "--epochs", 1,
+        "--batch-size", 4, "--validation-split", 0, "--seed", 1, flag, "--out", run,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["precision_policy"] == precision
+    flow = json.loads((run / "gradients.json").read_text())
+    norms = [v["output_grad_norm"] for v in flow["epochs"][0]["layers"].values()]
+    assert len(norms) == len(cfg.nodes) and all(np.isfinite(norms)), norms
+    assert max(norms) > 0
+    assert "gradient" in (run / "report.html").read_text(encoding="utf-8").lower()
+    out = tmp_path / "exported"
+    result = cli("export", run, "--format", "saved_model", "-o", out, "--images", 4)
+    assert result.exit_code == 0, result.output
+    picture = tmp_path / "picture.png"
+    Image.fromarray(images[-1].squeeze() if shape[-1] == 1 else images[-1]).save(picture)
+    result = cli("predict", run, picture, "--format", "json", "-k", 1)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["predictions"]
+    assert row["top"][0]["class"] in {f"c{i}" for i in range(classes)}, row

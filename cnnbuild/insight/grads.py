@@ -164,6 +164,28 @@ def _plan(model: Any, cfg: ModelConfig) -> _Plan:
     )
 
 
+@contextmanager
+def _backward_dtype(layer: Any, augment: bool):
+    """Run an augmentation layer in float32 where its policy computes in bfloat16; yields
+    the dtype to cast its output back to (``None``: nothing changed).
+
+    TensorFlow defines no bfloat16 gradient for the image transform under RandomRotation,
+    RandomZoom, RandomTranslation... (``ImageProjectiveTransformV3``: "Invalid dtype
+    bfloat16"), which the backward pass goes through to reach the layers before it and
+    the input. Training never needs that gradient (nothing it updates lies before them).
+    The layer's output is cast back to its compute dtype, so the layers after it see what
+    they see in training; float16 has the gradient, so mixed_float16 runs as it is.
+    """
+    before = layer.dtype_policy
+    swap = augment and before.compute_dtype == "bfloat16"
+    if swap:
+        layer.dtype_policy = "float32"
+    try:
+        yield before.compute_dtype if swap else None
+    finally:
+        layer.dtype_policy = before
+
+
 def _forward(plan: _Plan, tape: Any, x: Any, training: bool, inputs: bool):
     """Run ``x`` through the layers on ``tape``; with ``inputs``, each layer reads its own
     identity copy of every input, so the gradient into that copy is what this layer alone
@@ -179,7 +201,10 @@ def _forward(plan: _Plan, tape: Any, x: Any, training: bool, inputs: bool):
             ins = [tf.identity(t) for t in ins]
             tape.watch(ins)
             copies.append(ins)
-        out = layer(ins if REGISTRY[node.kind].merge else ins[0], training=training)
+        with _backward_dtype(layer, REGISTRY[node.kind].augment) as cast_back:
+            out = layer(ins if REGISTRY[node.kind].merge else ins[0], training=training)
+        if cast_back is not None:
+            out = tf.cast(out, cast_back)
         tape.watch(out)
         tensors[node.name] = out
     return [tensors[node.name] for node in plan.nodes], copies

@@ -44,7 +44,8 @@ class RunReport:
     def finish(self, ctx: FitContext, model: Any, metrics: dict) -> None:
         from cnnbuild.insight.run_report import write_report
 
-        write_report(ctx.run_dir, model=model, cfg=ctx.cfg, data=ctx.data)
+        with ctx.phase("writing report"):
+            write_report(ctx.run_dir, model=model, cfg=ctx.cfg, data=ctx.data)
 
 
 def training_hooks() -> list[Any]:

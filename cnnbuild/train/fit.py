@@ -26,7 +26,8 @@ import random
 import shlex
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,6 +70,23 @@ def epoch_seed(seed: int, epoch: int, index: int = 0) -> int:
     """A 31-bit seed derived from (seed, epoch, index) alone."""
     digest = hashlib.sha256(f"{seed}:{epoch}:{index}".encode()).digest()
     return int.from_bytes(digest[:4], "little") >> 1
+
+
+@contextmanager
+def phase(console: Console, live: bool, text: str) -> Iterator[None]:
+    """A silent phase made visible on a terminal: a spinner with ``text…`` while it runs,
+    then the same words with its time. Elsewhere (a pipe, CI logs) nothing, so the output
+    stays the run's record."""
+    if not live:
+        yield
+        return
+    start = time.perf_counter()
+    with console.status(f"{text}…"):
+        yield
+    console.print(f"{text}… {time.perf_counter() - start:.1f}s", highlight=False)
+
+
+TRACING = "tracing the training step"
 
 
 @dataclass
@@ -188,17 +206,24 @@ def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any
     class Reporter(keras.callbacks.Callback):
         """Seeds for the epoch, a rich progress bar (on a terminal), the loss guard."""
 
+        def on_train_begin(self, logs=None):
+            self.generators = [v for v in self.model.variables if "seed_generator_state" in v.path]
+            self.traced = False
+
         def on_epoch_begin(self, epoch, logs=None):
             epoch_var.assign(epoch)
-            keras.utils.set_random_seed(epoch_seed(seed, epoch))
-            # dropout/augmentation RNG states are not saved in .keras: derive them too
-            generators = [v for v in self.model.variables if "seed_generator_state" in v.path]
-            for i, var in enumerate(generators):
+            # Dropout's and the augmentation layers' generator states are not saved in
+            # .keras: each epoch's derives from (seed, epoch), so a resumed run equals an
+            # uninterrupted one. Assigning them costs nothing; keras.utils.set_random_seed
+            # here made TensorFlow re-instantiate the train function every epoch.
+            for i, var in enumerate(self.generators):
                 var.assign(np.asarray([epoch_seed(seed, epoch, i + 1), 0]).astype(var.dtype))
             run.epoch_start = time.perf_counter()
             run.train_end = None
             if live:
                 self.progress, self.task = _epoch_progress(run, epoch)
+                if not self.traced:  # the first step waits for the trace (compiling)
+                    self.progress.update(self.task, metrics=f"{TRACING}…")
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
@@ -207,6 +232,10 @@ def make_callbacks(keras: Any, run: Run, live: bool, epoch_var: Any) -> list[Any
             if loss is not None and not math.isfinite(float(loss)):
                 run.diverged = (len(run.history) + 1, batch + 1, float(loss))
                 self.model.stop_training = True
+            if live and not self.traced:
+                seconds = run.train_end - run.epoch_start
+                self.progress.console.print(f"{TRACING}… {seconds:.1f}s", highlight=False)
+            self.traced = True
             if live:
                 done = min(batch + 1, run.steps)
                 seconds = max(run.train_end - run.epoch_start, 1e-9)
@@ -265,6 +294,8 @@ class FitContext:
         data: the dataset.
         x_train: the training images (raw pixels), validation held out.
         y_train: their integer labels.
+        phase: ``with ctx.phase("writing report"):`` shows a phase and its time on a
+            terminal (nothing elsewhere).
     """
 
     keras: Any
@@ -275,6 +306,7 @@ class FitContext:
     data: Data
     x_train: np.ndarray
     y_train: np.ndarray
+    phase: Callable[[str], AbstractContextManager] = lambda text: nullcontext()
 
 
 class Hook(Protocol):
@@ -694,7 +726,12 @@ class Session:
             self.data,
             self.split[0],
             self.split[1],
+            self.phase,
         )
+
+    def phase(self, text: str) -> AbstractContextManager:
+        """See :func:`phase`: on a terminal only."""
+        return phase(self.run.console, self.request.live, text)
 
     def _callbacks(self, epoch_var: Any) -> list[Any]:
         """Ours, the config's, the hooks' (chief only) and the caller's, in that order."""
@@ -885,14 +922,15 @@ def _results(session: Session, status: str) -> dict:
     x_tr, _, x_val, _ = session.split
     result = {"accuracy": None, "loss": None, "per_class": {}}
     if len(data.x_test):
-        result = evaluate_model(
-            session.model,
-            data,
-            settings.batch_size,
-            session.one_hot,
-            run.dir.path,
-            f"{run.cfg.name}: best epoch {run.state.best_epoch}",
-        )
+        with session.phase(f"evaluating on {len(data.x_test):,} test images"):
+            result = evaluate_model(
+                session.model,
+                data,
+                settings.batch_size,
+                session.one_hot,
+                run.dir.path,
+                f"{run.cfg.name}: best epoch {run.state.best_epoch}",
+            )
     train_seconds = sum(h["train_seconds"] for h in history)
     steady = history[1:] or history
     return {
