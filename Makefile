@@ -35,7 +35,7 @@ demo: install
 test: $(EXPORT) $(DOCS)
 	$(BIN)/ruff check cnnbuild tests benchmarks docs/hooks
 	$(BIN)/ruff format --check cnnbuild tests benchmarks docs/hooks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 # the site in site/; --strict: a broken link or a stale marker fails like a test
 docs: $(DOCS)
