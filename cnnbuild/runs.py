@@ -275,6 +275,8 @@ def _layer_parameters(layer: dict, width: int) -> int:
         return _kernel(config) * (width // groups) * filters + filters * bias
     if _int(config, "input_dim") and _int(config, "output_dim"):
         return config["input_dim"] * config["output_dim"]
+    if layer["class_name"] == "UnitNormalization":  # no weights (and saved unbuilt)
+        return 0
     if "Normalization" in layer["class_name"]:  # at most 4 per channel (BatchNormalization)
         return 4 * width
     return 0
@@ -339,6 +341,10 @@ def check_model_size(path: Path) -> int:
 
 WEIGHTS_FILE = "model.weights.h5"
 WEIGHTS_SLACK = 1.25
+# parameters the estimate may exceed what the file holds by, whatever the slack: the
+# estimate is an upper one (a layer saved unbuilt is counted at the widest input), and a
+# small model must never be refused for it; 1M float32 parameters are 4 MiB
+WEIGHTS_MARGIN = 1 << 20
 """How far the config's estimate may exceed the weights the file holds (the estimate
 counts a normalization at 4 per channel, where some hold 2)."""
 
@@ -427,7 +433,7 @@ def check_weights(path: Path, params: int) -> None:
     holds, before Keras builds the model (and allocates what the config asks for).
 
     The weights file must hold, in data it really stores, at least the ``params`` the
-    config asks for (up to :data:`WEIGHTS_SLACK`): its datasets' declared sizes, read from
+    config asks for (up to :data:`WEIGHTS_SLACK` and :data:`WEIGHTS_MARGIN`): its datasets' declared sizes, read from
     the h5 metadata, and the bytes those take, within the member's declared size (an h5
     dataset never written, or compressed, declares a shape the file does not store).
 
@@ -443,7 +449,7 @@ def check_weights(path: Path, params: int) -> None:
             f"{path}: its {WEIGHTS_FILE} declares {values:,} weights ({nbytes:,} bytes) in "
             f"{declared:,} bytes: the weights are not all stored, so the model is not loaded"
         )
-    if params > values * WEIGHTS_SLACK + 1024:
+    if params > values * WEIGHTS_SLACK + WEIGHTS_MARGIN:
         raise RunError(
             f"{path}: the config asks for about {params:,} parameters, but its "
             f"{WEIGHTS_FILE} holds {values:,} weights; a .keras file must hold the weights "

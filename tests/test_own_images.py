@@ -98,7 +98,7 @@ def test_export_of_a_bare_keras_file_without_data_verifies_on_random_pixels(own_
     result = run_cli("export", bare, "--format", "onnx")
     assert result.exit_code == 0, result.output
     assert "verified on 128 images of random raw pixels (uniform integers 0..255" in result.stdout
-    assert (tmp_path / "bare.onnx").is_file()
+    assert (tmp_path / "bare-export" / "bare.onnx").is_file()  # runs.output_dir
     result = run_cli("export", bare, "--format", "onnx", "--force", "--json")
     assert json.loads(result.stdout)["data"] == "random pixels"
 

@@ -393,6 +393,30 @@ def test_the_estimate_is_exact_for_every_conv_kind(tmp_path):
     assert held_weights(tmp_path / "kinds.keras")[0] == model.count_params()
 
 
+def test_a_small_model_with_layers_saved_unbuilt_loads(tmp_path):
+    """UnitNormalization and the pools have no weights, so Keras saves them without a
+    build_config; the estimate counts such a layer at the widest input. It must not refuse
+    a real model (the strangers' new_layers_mix was refused for it)."""
+    import keras
+
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((40, 40, 3)),
+            layers.Conv2D(16, 3, padding="same"),
+            layers.GroupNormalization(4),
+            layers.UnitNormalization(),
+            layers.GlobalMaxPooling2D(),
+            layers.Dense(10),
+        ]
+    )
+    model.save(tmp_path / "unbuilt.keras")
+    with zipfile.ZipFile(tmp_path / "unbuilt.keras") as archive:
+        tree = json.loads(archive.read("config.json"))
+    assert estimate_parameters(tree) >= model.count_params()
+    assert load_model(tmp_path / "unbuilt.keras").count_params() == model.count_params()
+
+
 @pytest.mark.slow
 def test_predict_refuses_a_config_asking_for_more_weights_than_the_file_holds(dense25, tmp_path):
     """Dense(20,000,000) after 25 inputs: 520 M parameters (2.08 GB as float32), under the
