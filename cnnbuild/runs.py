@@ -433,8 +433,8 @@ def check_weights(path: Path, params: int) -> None:
     holds, before Keras builds the model (and allocates what the config asks for).
 
     The weights file must hold, in data it really stores, at least the ``params`` the
-    config asks for (up to :data:`WEIGHTS_SLACK` and :data:`WEIGHTS_MARGIN`): its datasets' declared sizes, read from
-    the h5 metadata, and the bytes those take, within the member's declared size (an h5
+    config asks for (up to :data:`WEIGHTS_SLACK` and :data:`WEIGHTS_MARGIN`): its datasets'
+    declared sizes, read from the h5 metadata, and the bytes those take, within the member's declared size (an h5
     dataset never written, or compressed, declares a shape the file does not store).
 
     Raises:
