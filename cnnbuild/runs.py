@@ -434,8 +434,9 @@ def check_weights(path: Path, params: int) -> None:
 
     The weights file must hold, in data it really stores, at least the ``params`` the
     config asks for (up to :data:`WEIGHTS_SLACK` and :data:`WEIGHTS_MARGIN`): its datasets'
-    declared sizes, read from the h5 metadata, and the bytes those take, within the member's declared size (an h5
-    dataset never written, or compressed, declares a shape the file does not store).
+    declared sizes, read from the h5 metadata, and the bytes those take, within the
+    member's declared size (an h5 dataset never written, or compressed, declares a shape
+    the file does not store).
 
     Raises:
         RunError: the config asks for more than the file holds.
