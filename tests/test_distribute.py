@@ -177,6 +177,7 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(write, tmp_path):
     """Per-replica batch 16 on two replicas trains like batch 32 on one device."""
     config = write(TINY)
     script = write(MIRRORED, "mirrored.py")
+    # float32 isolates the strategy: the two runs' weights are compared to a tolerance
     common = ["--seed", 7, "--epochs", 2, "--no-mixed-precision"]
     two = subprocess.Popen(
         [sys.executable, script, config, "--strategy", "mirrored", "--batch-size", "16"]

@@ -380,7 +380,7 @@ def test_report_of_an_imported_mobilenet_v2_scales(tmp_path):
             f"train: {{dataset: {{folder: {folder}}}, epochs: 1, batch_size: 8, "
             "validation_split: 0, seed: 1}\n"
         )
-    result = _run("train", config, "--out", tmp_path / "run", "--no-mixed-precision")
+    result = _run("train", config, "--out", tmp_path / "run")  # the default precision
     assert result.exit_code == 0, result.output
     text = (tmp_path / "run" / "report.html").read_text()
     captions = re.findall(r"<p>([^<]*): true (\w+), predicted", text)

@@ -52,6 +52,9 @@ def own_run(tmp_path_factory):
     test = image_folder(root / "test", 7, seed=1)
     config = root / "own.yaml"
     config.write_text(CONFIG.replace("FOLDER", str(train)), encoding="utf-8")
+    # pinned to float32, and this is what it isolates: the tests compare the run's own
+    # top-1 with its float32 exports' (ONNX, LiteRT, SavedModel hold the float32 inference
+    # function), and a bf16 run may flip a near tie; bf16 runs export in test_strangers
     result = run_cli("train", config, "--out", root / "run", "--no-mixed-precision")
     assert result.exit_code == 0, result.output
     return root / "run", test
