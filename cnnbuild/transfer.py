@@ -8,6 +8,7 @@ The weights themselves are copied by :func:`cnnbuild.runs.apply_init`.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -132,7 +133,13 @@ def init_findings(cfg: ModelConfig, tr: Trace | None) -> list[Finding]:
         )
         return [doc.finding(where, message)]
     try:
-        shapes = saved_weight_shapes(model_file(source_path(cfg)))
+        path = model_file(source_path(cfg))
+    except ValueError as exc:
+        return [doc.finding(where, str(exc))]
+    if importlib.util.find_spec("h5py") is None:  # the light install: the source is there
+        return []  # and a model; its weights' shapes need the train extra's h5py
+    try:
+        shapes = saved_weight_shapes(path)
     except ValueError as exc:
         return [doc.finding(where, str(exc))]
     if tr is None or init.skip_mismatch:

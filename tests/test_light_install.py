@@ -218,3 +218,28 @@ def test_a_saved_model_is_read_without_tensorflow_or_numpy(light, tmp_path):
     diff = _run([light / "cnnbuild", "diff", tmp_path / "a.keras", tmp_path / "b.keras"])
     assert diff.returncode == 0, diff.stdout + diff.stderr
     assert "changed" in diff.stdout
+
+
+def test_validate_checks_an_init_source_without_h5py(light, tmp_path):
+    """`init: {from: X.keras}` validates in the light install: the source is checked to
+    exist and be a model; the weight shapes (read with the train extra's h5py) are not."""
+    import keras
+
+    keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="c"), keras.layers.Flatten()]
+    ).save(tmp_path / "source.keras")
+    config = tmp_path / "tuned.yaml"
+    config.write_text(
+        "name: tuned\ninput: [8, 8, 1]\ninit: {from: source.keras}\nfreeze: {until: c}\n"
+        "layers:\n  - Conv2D: {filters: 4, kernel_size: 3, name: c}\n  - Flatten\n"
+        "  - Dense: {units: 2, name: head}\n",
+        encoding="utf-8",
+    )
+    ok = _run([light / "cnnbuild", "validate", config])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    missing = config.read_text().replace("source.keras", "gone.keras")
+    config.write_text(missing, encoding="utf-8")
+    bad = _run([light / "cnnbuild", "validate", config])
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "gone.keras does not exist" in bad.stdout
+    assert "Traceback" not in bad.stdout + bad.stderr
