@@ -88,7 +88,7 @@ def test_export_saved_model(deep_run, tmp_path):
 def test_trace_grads_weights_loads_the_saved_weights(deep_run):
     """What ``trace --grads --weights RUN`` does to open the run: the config's model,
     given the saved model's weights layer by layer (the per-layer backward pass that
-    follows is the same for every depth and is tested in test_insight.py)."""
+    follows is the same for every depth and is tested in test_insight_grads.py)."""
     from cnnbuild.builder import build_model
     from cnnbuild.insight.grads import copy_weights
     from cnnbuild.runs import load_model

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from cnnbuild.insight.hooks import GradientFlow, RunReport, training_hooks
 from cnnbuild.train import train
-from tests.test_train import TINY
+from tests.test_train_fit import TINY
 
 pytestmark = pytest.mark.slow
 

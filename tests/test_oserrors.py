@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cnnbuild.io import is_temp, os_error_message, temp_beside
-from tests.test_train import TINY
+from tests.test_train_fit import TINY
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import pytest
 from cnnbuild.errors import RunError, UsageError
 from cnnbuild.io import is_temp
 from cnnbuild.train.rundir import LOCK, STATE, RunDir, State, sanitise
-from tests.conftest import ROOT
+from tests.conftest import CONFIGS, ROOT
 
 
 def _state(epochs: int = 0, **kw) -> State:
@@ -172,3 +172,12 @@ def test_commit_fails_at_every_step_and_recovery_is_consistent(
     assert not [p for p in os.listdir(tmp_path) if is_temp(p)]
     assert json.loads((tmp_path / STATE).read_text())["epochs_done"] == committed
     assert len(json.loads((tmp_path / "history.json").read_text())) == committed
+
+
+def test_resume_and_out_refuse_to_touch_other_folders(cli, tmp_path):
+    result = cli("train", "--resume", tmp_path)
+    assert result.exit_code == 2 and "not a run directory" in result.output
+    (tmp_path / "metrics.json").write_text("{}")
+    result = cli("train", CONFIGS / "shapes_demo.yaml", "--out", tmp_path)
+    assert result.exit_code == 2 and "already holds a run" in result.output
+    assert (tmp_path / "metrics.json").read_text() == "{}"

@@ -1,4 +1,5 @@
-"""The backward pass made visible: ``trace --grads`` against gradients taken by hand."""
+"""The backward pass made visible (cnnbuild/insight/grads.py): ``trace --grads`` against
+gradients taken by hand."""
 
 from __future__ import annotations
 
@@ -107,45 +108,6 @@ def test_trace_grads_flags_need_grads_and_fitting_weights(cli, write, tmp_path):
     assert "expected a run directory or a .keras file" in result.stderr
 
 
-DYING = """
-name: dying
-input: [32, 32, 3]
-layers:
-  - Conv2D:
-      {filters: 8, kernel_size: 3, activation: relu, bias_initializer: {constant: {value: -999.0}}}
-  - MaxPooling2D: {pool_size: 2}
-  - Flatten
-  - Dense: {units: 10}
-compile:
-  optimizer: {adam: {learning_rate: 0.003}}
-  loss: sparse_categorical_crossentropy
-  from_logits: true
-train:
-  dataset: shapes
-  epochs: 2
-  batch_size: 32
-  limit: 128
-"""
-
-
-@pytest.mark.slow
-def test_training_warns_once_about_dead_relus_and_vanishing_gradients(cli, write, tmp_path):
-    run_dir = tmp_path / "run"
-    result = cli("train", write(DYING), "--out", run_dir, "--seed", 1)
-    assert result.exit_code == 0, result.output
-    grads = json.loads((run_dir / "gradients.json").read_text())
-    assert [e["epoch"] for e in grads["epochs"]] == [1, 2]
-    conv = grads["epochs"][-1]["layers"]["conv2d"]
-    assert conv["dead_fraction"] == 1.0
-    assert conv["weight_grad_norms"] == {"kernel": 0.0, "bias": 0.0}
-    assert {w["kind"] for w in grads["warnings"]} == {"dead", "vanishing"}
-    for words in ("ReLU units are dead", "gradients vanish"):
-        lines = [line for line in result.stdout.splitlines() if words in line]
-        assert len(lines) == 1, result.stdout  # once, not every epoch
-        assert "conv2d" in lines[0] and "dense" not in lines[0]
-    assert (run_dir / "report.html").is_file()
-
-
 @pytest.mark.parametrize("mixed", [False, True])
 def test_compiled_flow_measurement_equals_the_eager_pass(mixed):
     """The callback's traced function gives the norms of the layer-by-layer eager pass
@@ -198,6 +160,7 @@ compile:
   optimizer: adam
   loss: categorical_crossentropy
 """
+
 
 VGG3 = """
 name: vgg3
@@ -352,42 +315,6 @@ def test_trace_grads_says_its_mode(cli, write):
     assert result.exit_code == 2 and "--grads" in result.stderr
     result = cli("trace", path, "--grads", "--mode", "eval")
     assert result.exit_code == 2
-
-
-def test_trace_run_feeds_raw_pixels_and_says_so(cli, write):
-    """Uniform integers 0..255, as train and predict feed images: after the model's own
-    1/255 scaling the input averages about 0.5 (uniform(0, 1) gave 0.002)."""
-    path = write(POOL.format(pool="MaxPooling2D"))
-    result = cli("trace", path, "--run", "--json")
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert "uniform integers 0..255" in data["real_input"]
-    scaled = next(layer for layer in data["layers"] if layer["name"] == "input_scaling")
-    assert 0.4 < scaled["real"]["mean"] < 0.6
-    assert 0.25 < scaled["real"]["std"] < 0.33
-    text = cli("trace", path, "--run").stdout
-    assert text.startswith("forward pass: batch of 2: random pixels (uniform integers 0..255")
-
-
-def test_trace_run_feeds_what_train_feeds_to_a_model_without_scaling(cli, write):
-    """``input_scaling: none``: train still feeds 0..255 pixels, so trace --run does too
-    (it fed uniform [0, 1) before, hiding the raw-pixels trap) and says the model does not
-    scale them."""
-    path = write("""
-        name: unscaled
-        input: [8, 8, 3]
-        input_scaling: none
-        layers:
-          - Conv2D: {filters: 2, kernel_size: 1, use_bias: false, name: c}
-          - GlobalAveragePooling2D
-    """)
-    result = cli("trace", path, "--run", "--json")
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert "uniform integers 0..255" in data["real_input"]
-    assert "no pixel scaling of its own" in data["real_input"]
-    conv = next(layer for layer in data["layers"] if layer["name"] == "c")
-    assert conv["real"]["std"] > 10  # a linear map of 0..255 pixels, not of [0, 1)
 
 
 def test_trace_grads_data_of_a_run_is_the_runs_own_dataset(cli, write, mnist_run):

@@ -1,4 +1,5 @@
-"""Training and evaluation end to end, on tiny data (a few hundred images, 1-3 epochs)."""
+"""Training end to end (cnnbuild/train/fit.py), on tiny data (a few hundred images, 1-3
+epochs)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from cnnbuild.validate import load_config
-from tests.conftest import CONFIGS, ROOT, Evil, cifar_batches, write_cifar_tar
+from tests.conftest import ROOT, Evil, cifar_batches, write_cifar_tar
 
 TINY = """
 name: tiny
@@ -33,6 +32,7 @@ train:
   batch_size: 32
   limit: 256
 """
+
 
 RUN_FILES = (
     "config.yaml",
@@ -152,34 +152,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cli, write, tmp_pa
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_data_that_does_not_fit_the_model_is_refused(cli, write, tmp_path):
-    wrong_input = write(TINY.replace("[32, 32, 3]", "[28, 28, 3]"), "a.yaml")
-    result = cli("train", wrong_input, "--out", tmp_path / "a")
-    assert result.exit_code == 1
-    assert (
-        "dataset shapes has images of shape (32, 32, 3) but the config's input is (28, 28, 3)"
-    ) in result.output
-    wrong_units = write(
-        TINY.replace("units: 10", "units: 7").replace("dataset: shapes", "dataset: npz:d.npz"),
-        "b.yaml",
-    )
-    import numpy as np
-
-    np.savez(
-        tmp_path / "d.npz",
-        x_train=np.zeros((20, 32, 32, 3), np.uint8),
-        y_train=np.arange(20) % 10,
-        x_test=np.zeros((5, 32, 32, 3), np.uint8),
-        y_test=np.arange(5),
-    )
-    result = cli(
-        "train", wrong_units, "--out", tmp_path / "b", "--dataset", f"npz:{tmp_path / 'd.npz'}"
-    )
-    assert result.exit_code == 1
-    assert "last layer 'dense'" in result.output
-    assert "outputs 7 value(s) per image but the data has 10 classes" in result.output
-
-
 def test_cifar_from_data_dir_trains_and_tampered_is_refused(cli, write, tmp_path):
     config = write(TINY.replace("dataset: shapes", "dataset: cifar10"))
     tar = write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", cifar_batches())
@@ -199,88 +171,6 @@ def test_cifar_from_data_dir_trains_and_tampered_is_refused(cli, write, tmp_path
     assert result.exit_code == 1
     assert "refused to load" in result.output and "tampered" in result.output
     assert not marker.exists()
-
-
-def test_evaluate_run_dir_and_safe_mode(cli, write, tmp_path):
-    import keras
-
-    config = write(TINY)
-    run_dir = tmp_path / "run"
-    assert cli("train", config, "--out", run_dir, "--epochs", 1).exit_code == 0
-    result = cli("evaluate", run_dir)
-    assert result.exit_code == 0, result.output
-    assert "test accuracy" in result.output and "per-class accuracy" in result.output
-    assert "triangle" in result.output
-    evaluation = json.loads((run_dir / "evaluate" / "evaluation.json").read_text())
-    assert evaluation["test_images"] == 256
-    assert (run_dir / "evaluate" / "confusion.png").stat().st_size > 0
-    # a model with a Lambda layer would run arbitrary code on load: safe_mode refuses it
-    inputs = keras.Input((32, 32, 3))
-    outputs = keras.layers.Dense(10)(
-        keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2)(inputs))
-    )
-    lam = tmp_path / "lambda.keras"
-    keras.Model(inputs, outputs).save(lam)
-    result = cli("evaluate", lam, "--dataset", "shapes", "--limit", 20)
-    assert result.exit_code == 1
-    assert "cannot load the model" in result.output
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--epochs", "0"], "--epochs: expected an integer >= 1"),
-        (["--dataset", "imagenet"], "--dataset:"),
-        (["--validation-split", "1.5"], "--validation-split:"),
-    ],
-)
-def test_bad_flags_are_usage_errors(cli, args, message):
-    result = cli("train", CONFIGS / "shapes_demo.yaml", *args)
-    assert result.exit_code == 2
-    assert message in result.output
-
-
-def test_resume_and_out_refuse_to_touch_other_folders(cli, tmp_path):
-    result = cli("train", "--resume", tmp_path)
-    assert result.exit_code == 2 and "not a run directory" in result.output
-    (tmp_path / "metrics.json").write_text("{}")
-    result = cli("train", CONFIGS / "shapes_demo.yaml", "--out", tmp_path)
-    assert result.exit_code == 2 and "already holds a run" in result.output
-    assert (tmp_path / "metrics.json").read_text() == "{}"
-
-
-def test_device_gpu_without_a_gpu_is_an_error(cli):
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        pytest.skip("this machine has a GPU")
-    result = cli("train", CONFIGS / "shapes_demo.yaml", "--device", "gpu")
-    assert result.exit_code == 1
-    assert "--device gpu: TensorFlow sees no GPU" in result.output
-
-
-def _history(run_dir):
-    return json.loads((run_dir / "history.json").read_text())
-
-
-def test_cosine_and_step_schedules_follow_keras(cli, write, tmp_path):
-    cosine = write(
-        TINY.replace("limit: 256", "limit: 256\n  lr_schedule: {cosine: {alpha: 0.1}}"), "cos.yaml"
-    )
-    assert cli("train", cosine, "--out", tmp_path / "cos", "--epochs", 3).exit_code == 0
-    rates = [h["learning_rate"] for h in _history(tmp_path / "cos")]
-    assert rates[0] < 0.003 and rates == sorted(rates, reverse=True)
-    assert rates[-1] == pytest.approx(0.003 * 0.1, rel=1e-3)  # alpha * base at the end
-    step = write(
-        TINY.replace(
-            "limit: 256", "limit: 256\n  lr_schedule: {step: {every_epochs: 1, factor: 0.5}}"
-        ),
-        "step.yaml",
-    )
-    assert cli("train", step, "--out", tmp_path / "step", "--epochs", 3).exit_code == 0
-    rates = [h["learning_rate"] for h in _history(tmp_path / "step")]
-    # PiecewiseConstantDecay at each epoch's last step: halved once per epoch after the first
-    assert rates == pytest.approx([0.003, 0.0015, 0.00075], rel=1e-3)
 
 
 def test_early_stopping_from_the_config(cli, write, tmp_path):
@@ -338,77 +228,6 @@ def _npz_dataset(path, classes: int, size=(8, 8, 3), n_test: int = 12, labels=No
         y_test=np.arange(n_test) % classes if labels is None else labels,
     )
     return f"npz:{path}"
-
-
-def _bare(tmp_path, name, build):
-    import keras
-
-    inputs, outputs = build(keras)
-    path = tmp_path / f"{name}.keras"
-    keras.Model(inputs, outputs).save(path)
-    return path
-
-
-@pytest.mark.parametrize(
-    ("name", "message"),
-    [
-        ("two_inputs", "the model takes 2 inputs"),
-        ("rank4_output", "the model's output has shape (8, 8, 3)"),
-        ("other_size", "takes images of shape (16, 16, 3) but dataset d has images of shape"),
-        ("one_sigmoid_three_classes", "1 output unit (a binary classifier) but dataset d has 3"),
-        ("five_units", "the model has 5 output units but dataset d has 3 classes"),
-    ],
-)
-def test_evaluate_checks_a_bare_model_against_the_data(cli, tmp_path, name, message):
-    def build(keras):
-        x = keras.Input((8, 8, 3))
-        flat = keras.layers.Flatten()(x)
-        if name == "two_inputs":
-            y = keras.Input((8, 8, 3))
-            both = keras.layers.Concatenate()([flat, keras.layers.Flatten()(y)])
-            return [x, y], keras.layers.Dense(3)(both)
-        if name == "rank4_output":
-            return x, keras.layers.Conv2D(3, 1)(x)
-        if name == "other_size":
-            x = keras.Input((16, 16, 3))
-            return x, keras.layers.Dense(3)(keras.layers.Flatten()(x))
-        if name == "one_sigmoid_three_classes":
-            return x, keras.layers.Dense(1, activation="sigmoid")(flat)
-        return x, keras.layers.Dense(5)(flat)
-
-    model = _bare(tmp_path, name, build)
-    dataset = _npz_dataset(tmp_path / "d.npz", 3)
-    result = cli("evaluate", model, "--dataset", dataset)
-    assert result.exit_code == 1, result.output
-    assert message in result.output
-    assert "Traceback" not in result.output
-
-
-@pytest.mark.parametrize("activation", ["sigmoid", None])
-def test_evaluate_thresholds_a_binary_output_by_its_activation(cli, tmp_path, activation):
-    """Every image scores -0.5 before the activation: as a logit that is class 0 (< 0.0);
-    as a sigmoid probability, 0.38, also class 0 (< 0.5). A 0.0 threshold on the
-    probability (the old behaviour) would call every image class 1."""
-
-    def build(keras):
-        x = keras.Input((8, 8, 3))
-        dense = keras.layers.Dense(
-            1, activation=activation, kernel_initializer="zeros", bias_initializer="zeros"
-        )
-        out = dense(keras.layers.Flatten()(x))
-        dense.bias.assign([-0.5])
-        return x, out
-
-    import numpy as np
-
-    model = _bare(tmp_path, f"binary_{activation}", build)
-    dataset = _npz_dataset(tmp_path / "d.npz", 2, labels=np.zeros(12, dtype=np.int64))
-    result = cli("evaluate", model, "--dataset", dataset)
-    assert result.exit_code == 0, result.output
-    evaluation = json.loads(
-        (tmp_path / f"binary_{activation}-evaluate/evaluation.json").read_text()
-    )
-    assert evaluation["accuracy"] == 1.0
 
 
 def test_zero_test_images_trains_and_says_so(cli, write, tmp_path):
