@@ -104,9 +104,7 @@ def application_config(name: str, input_shape: tuple | None = None, classes: int
 
     keras = keras_module()
     short = name.removeprefix(APPLICATIONS)
-    factory = getattr(keras.applications, short, None)
-    if not short.isidentifier() or not callable(factory) or not short[:1].isupper():
-        raise UsageError(f"keras.applications has no model {short!r}")
+    factory = _factory(name)
     keras.backend.clear_session()  # Keras' automatic names as in a fresh process
     try:
         model = factory(weights=None, input_shape=input_shape, classes=classes)
