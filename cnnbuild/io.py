@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import stat
+import struct
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -299,3 +302,49 @@ def read_regular(path: str | Path, limit: int, *, follow: bool = True) -> bytes:
             f"more than {limit:,} bytes; the limit is {limit:,}", size=len(data), limit=limit
         )
     return data
+
+
+# -- a zip member read in place ----------------------------------------------------------
+
+
+class _Window(io.RawIOBase):
+    """A read-only, seekable view of ``size`` bytes at ``start`` of a file: a stored
+    (uncompressed) zip member read in place, so h5py seeks cost nothing."""
+
+    def __init__(self, file: Any, start: int, size: int) -> None:
+        self.file, self.start, self.size, self.pos = file, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self.size - self.pos))
+        self.file.seek(self.start + self.pos)
+        data = self.file.read(n)
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def zip_member(file: Any, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
+    """A seekable file object for a member of ``archive`` (opened on ``file``): read in
+    place when it is stored, so reading an h5 file's metadata never reads its data."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return archive.open(info)
+    file.seek(info.header_offset)
+    header = file.read(30)
+    if header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return _Window(file, info.header_offset + 30 + name_len + extra_len, info.file_size)

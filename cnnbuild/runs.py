@@ -35,11 +35,9 @@ Bounds, all checked before the expensive step they guard:
 
 from __future__ import annotations
 
-import io as io_module
 import json
 import math
 import os
-import struct
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -49,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from cnnbuild.backend import keep_recursion_room, keras_module
 from cnnbuild.catalog import PROBABILITY_ACTIVATIONS
 from cnnbuild.errors import RunError, UsageError, pydantic_problems, shape_str
-from cnnbuild.io import MAX_PIXELS, FileRefused, open_regular
+from cnnbuild.io import MAX_PIXELS, FileRefused, open_regular, zip_member
 from cnnbuild.transfer import model_file, source_path
 
 if TYPE_CHECKING:
@@ -349,48 +347,6 @@ WEIGHTS_MARGIN = 1 << 20
 counts a normalization at 4 per channel, where some hold 2)."""
 
 
-class _Window(io_module.RawIOBase):
-    """A read-only, seekable view of ``size`` bytes at ``start`` of a file: a stored
-    (uncompressed) zip member read in place, so h5py seeks cost nothing."""
-
-    def __init__(self, file: Any, start: int, size: int) -> None:
-        self.file, self.start, self.size, self.pos = file, start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self.size - self.pos))
-        self.file.seek(self.start + self.pos)
-        data = self.file.read(n)
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
-def _member(file: Any, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
-    """A seekable file object for a zip member: read in place when it is stored."""
-    if info.compress_type != zipfile.ZIP_STORED:
-        return archive.open(info)
-    file.seek(info.header_offset)
-    header = file.read(30)
-    if header[:4] != b"PK\x03\x04":
-        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return _Window(file, info.header_offset + 30 + name_len + extra_len, info.file_size)
-
-
 def held_weights(path: Path) -> tuple[int, int, int] | None:
     """What a ``.keras`` archive's ``model.weights.h5`` holds, read from the h5 metadata
     (the datasets' shapes and dtypes), never from the data.
@@ -421,7 +377,7 @@ def held_weights(path: Path) -> tuple[int, int, int] | None:
             if WEIGHTS_FILE not in archive.namelist():
                 return None
             info = archive.getinfo(WEIGHTS_FILE)
-            with _member(file, archive, info) as member, h5py.File(member, "r") as h5:
+            with zip_member(file, archive, info) as member, h5py.File(member, "r") as h5:
                 h5.visititems(count)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, RecursionError) as exc:
         raise RunError(f"{path}: cannot load the model: its {WEIGHTS_FILE}: {exc}") from None

@@ -9,7 +9,6 @@ The weights themselves are copied by :func:`cnnbuild.runs.apply_init`.
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import math
 import re
@@ -19,6 +18,7 @@ from typing import Any
 
 from cnnbuild.config import ModelConfig
 from cnnbuild.errors import Finding, shape_str, suggest
+from cnnbuild.io import zip_member
 from cnnbuild.trace import Trace
 
 APPLICATIONS = (
@@ -81,15 +81,15 @@ def saved_weight_shapes(path: Path) -> dict[str, list[tuple]]:
     import h5py
 
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open(path, "rb") as file, zipfile.ZipFile(file) as archive:
             tree = json.loads(archive.read("config.json"))
             info = archive.getinfo("model.weights.h5")
             if info.file_size > MAX_WEIGHTS_FILE:
                 raise ValueError(f"{path}: its weights declare {info.file_size:,} bytes")
-            data = archive.read(info)
-        layers = tree["config"]["layers"]
-        with h5py.File(io.BytesIO(data), "r") as h5:
-            return _shapes_by_name(layers, h5)
+            layers = tree["config"]["layers"]
+            # the h5 metadata, read in place: never the weights themselves
+            with zip_member(file, archive, info) as member, h5py.File(member, "r") as h5:
+                return _shapes_by_name(layers, h5)
     except (zipfile.BadZipFile, KeyError, TypeError, ValueError, OSError) as exc:
         raise ValueError(f"{path} is not a .keras model with its weights ({exc})") from None
 
