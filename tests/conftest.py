@@ -23,6 +23,13 @@ CONFIGS = ROOT / "configs"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker more than the CPUs (``--maxprocesses`` caps it), so the
+    cores stay busy while a worker waits on a subprocess starting, a stalling server or a
+    lock."""
+    return (os.cpu_count() or 1) + 1
+
+
 def run_cli(*args: object):
     """Run ``cnnbuild ARGS`` in-process; returns the click Result (exit_code, stdout...)."""
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
