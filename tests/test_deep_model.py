@@ -58,9 +58,8 @@ def test_the_model_is_too_deep_for_keras_under_the_default_recursion_limit(deep_
     Python's default recursion limit, fails to load it; ``runs.load_model`` loads it."""
     from cnnbuild.runs import load_model
 
-    assert (
-        len(load_model(deep_run / "model.keras").layers) == 1 + 1 + 2 * REPEAT + 2
-    )  # InputLayer, scaling, the stack, pool, Dense
+    layers = load_model(deep_run / "model.keras").layers
+    assert len(layers) == 1 + 1 + 2 * REPEAT + 2  # InputLayer, scaling, the stack, pool, Dense
     plain = subprocess.run(
         [sys.executable, "-c", PLAIN_LOAD, str(deep_run / "model.keras")],
         capture_output=True,

@@ -473,8 +473,8 @@ def test_an_integer_learning_rate_beyond_int64_builds(tmp_path):
 
 @pytest.mark.slow
 def test_a_1000_layer_stack_builds_saves_and_loads_without_recursion_error(tmp_path):
-    """1,000 layers: deeper than Keras loads under Python's default recursion limit
-    (tests/test_deep_model.py shows that depth failing without the room)."""
+    """1,000 layers: about the depth that tests/test_deep_model.py shows Keras failing to
+    load under Python's default recursion limit."""
     from cnnbuild.builder import build_model, keras_summary
     from cnnbuild.io import save_model
     from cnnbuild.runs import load_model
