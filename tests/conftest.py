@@ -6,6 +6,8 @@ import http.server
 import io
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import textwrap
 import threading
@@ -28,6 +30,22 @@ def pytest_xdist_auto_num_workers(config):
     cores stay busy while a worker waits on a subprocess starting, a stalling server or a
     lock."""
     return (os.cpu_count() or 1) + 1
+
+
+def run_process(*args: object, columns: int | None = None, timeout: float = 300, **kw):
+    """Run ``python -m cnnbuild ARGS`` in a fresh process, this checkout on its path (with
+    ``columns``: rich lays out its help for a terminal that wide)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    return subprocess.run(
+        [sys.executable, "-m", "cnnbuild", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def run_cli(*args: object):

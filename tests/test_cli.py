@@ -9,23 +9,12 @@ import sys
 
 import pytest
 
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, run_process
 
 LINT = ROOT / "tests" / "data" / "lint"
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def run(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cnnbuild", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-        **kw,
-    )
 
 
 def test_validate_never_imports_tensorflow():
@@ -63,14 +52,14 @@ def test_summary_static_and_trace_never_import_tensorflow():
 
 
 def test_python_dash_m_and_exit_codes(tmp_path):
-    assert run("validate", str(CONFIGS / "cifar10_tutorial.yaml")).returncode == 0
-    bad = run("validate", str(ROOT / "tests/data/errors/unknown_names.yaml"))
+    assert run_process("validate", str(CONFIGS / "cifar10_tutorial.yaml")).returncode == 0
+    bad = run_process("validate", str(ROOT / "tests/data/errors/unknown_names.yaml"))
     assert bad.returncode == 1 and "did you mean 'Conv2D'?" in bad.stdout
     assert "Traceback" not in bad.stderr
-    missing = run("validate", str(tmp_path / "nope.yaml"))
+    missing = run_process("validate", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
-    assert run("validate", "--no-such-option", "x").returncode == 2
-    bare = run()  # no arguments: the help, as a usage error
+    assert run_process("validate", "--no-such-option", "x").returncode == 2
+    bare = run_process()  # no arguments: the help, as a usage error
     assert bare.returncode == 2 and "Usage: " in bare.stdout + bare.stderr
 
 
@@ -225,9 +214,9 @@ def test_pre_commit_hook_runs_the_way_pre_commit_calls_it():
         assert re.search(hook["files"], "configs/cifar10_tutorial.yaml")
         # pre-commit runs `entry` followed by the matching staged file names
         args = shlex.split(hook["entry"])[1:]
-        good = run(*args, str(CONFIGS / "cifar10_tutorial.yaml"), str(CONFIGS / "zoo"))
+        good = run_process(*args, str(CONFIGS / "cifar10_tutorial.yaml"), str(CONFIGS / "zoo"))
         assert good.returncode == 0, good.stdout
-        bad = run(*args, str(LINT / "softmax-logits.yaml"))
+        bad = run_process(*args, str(LINT / "softmax-logits.yaml"))
         assert bad.returncode == 1 and "[softmax-logits]" in bad.stdout
 
 

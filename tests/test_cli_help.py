@@ -3,17 +3,14 @@ metavars as users read them (INTEGER, PATH, TEXT), text wrapped by rich, not the
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import typer
 
 from cnnbuild.cli import app
 from cnnbuild.cli_help import LOOK, SHIP, TRAIN, WRITE
-from tests.conftest import ROOT
+from tests.conftest import run_process
 
 GROUP = typer.main.get_command(app)
 COMMANDS = sorted(GROUP.commands)
@@ -28,14 +25,7 @@ TYPER_LABEL = re.compile(r"<[a-z][a-z_\[\]|, ]*>|\{[a-z_]+\}")
 
 
 def _help(*args: str, columns: int = 200) -> str:
-    env = {**os.environ, "COLUMNS": str(columns), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "cnnbuild", *args, "--help"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    done = run_process(*args, "--help", columns=columns, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

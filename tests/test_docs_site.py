@@ -15,18 +15,11 @@ import sys
 import pytest
 
 from cnnbuild.checks import RULES
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, run_process
 
 
 def _cnnbuild(*args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    done = subprocess.run(
-        [sys.executable, "-m", "cnnbuild", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    done = run_process(*args, columns=200, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
