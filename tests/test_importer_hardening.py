@@ -181,6 +181,15 @@ def test_the_written_message_escapes_the_output_path(tiny, tmp_path):
         assert yaml.safe_load((tmp_path / name).read_text()) == TINY
 
 
+def _saved_and_imported(model, folder) -> Path:
+    """Save ``model`` as ``NAME.keras`` in ``folder`` and ``cnnbuild import`` it; the config."""
+    source, out = folder / f"{model.name}.keras", folder / f"{model.name}.yaml"
+    model.save(source)
+    result = run_cli("import", source, "-o", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def _block(prefix: str, x):
     x = L.Conv2D(4, 3, padding="same", name=f"{prefix}_conv")(x)
     x = L.BatchNormalization(name=f"{prefix}_bn")(x)
@@ -197,11 +206,7 @@ def test_names_yaml_reads_as_other_values_stay_strings(tmp_path):
     x = L.ReLU(name="null")(x)
     x = L.GlobalAveragePooling2D(name="on")(x)
     model = keras.Model(inputs, L.Dense(2, name="True")(x), name="names")
-    source = tmp_path / "names.keras"
-    model.save(source)
-    out = tmp_path / "names.yaml"
-    result = run_cli("import", source, "-o", out)
-    assert result.exit_code == 0, result.output
+    out = _saved_and_imported(model, tmp_path)
     text = out.read_text()
     assert _no_tags(text)
     data = yaml.safe_load(text)
@@ -335,12 +340,7 @@ def test_resizing_and_center_crop_in_a_functional_model_import_exactly(tmp_path)
     x = L.Dropout(0.2, name="drop")(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     model = keras.Model(inputs, L.Dense(3, name="head")(x), name="crops")
-    source = tmp_path / "crops.keras"
-    model.save(source)
-    out = tmp_path / "crops.yaml"
-    result = run_cli("import", source, "-o", out)
-    assert result.exit_code == 0, result.output
-    assert_same_model(model, out, (20, 20, 3))
+    assert_same_model(model, _saved_and_imported(model, tmp_path), (20, 20, 3))
 
 
 def test_a_call_with_training_other_than_the_default_is_refused():
