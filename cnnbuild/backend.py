@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from cnnbuild.errors import UsageError
 
@@ -93,6 +93,7 @@ def keras_module(verbose: bool = False) -> Any:
     if "keras" in sys.modules and "tensorflow" in sys.modules:
         if verbose and _STARTUP_LOG:
             sys.stderr.write(_STARTUP_LOG[0])
+        _patch()
         return sys.modules["keras"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -107,10 +108,42 @@ def keras_module(verbose: bool = False) -> Any:
             ) from None
 
         tf.config.list_physical_devices("GPU")  # probes CUDA now, while captured
+    _patch()
     _STARTUP_LOG[:] = log
     if verbose:
         sys.stderr.write(log[0])
     return keras
+
+
+def exit_process(code: int | str | None) -> NoReturn:
+    """End the process with ``code`` (as ``sys.exit`` takes it).
+
+    Once TensorFlow is loaded, everything the command wrote is closed and fsynced, and
+    Python's teardown (freeing every traced graph, TensorFlow's thread pools) is all that
+    is left: about 3 s after a 155-layer MobileNetV2 has trained, 2 s after plain
+    ``model.fit``. So the output streams are flushed and the process ends at once
+    (``os._exit``). Without TensorFlow, or in a multi-worker cluster (``TF_CONFIG``: its
+    runtime talks to the other workers until it is torn down), the normal exit.
+    """
+    if isinstance(code, str):
+        sys.stderr.write(code + "\n")
+        code = 1
+    code = 0 if code is None else int(code)
+    if "tensorflow" not in sys.modules or os.environ.get("TF_CONFIG"):
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: nothing more can be said on it
+        code = code or 1
+    os._exit(code)
+
+
+def _patch() -> None:
+    """The Keras workarounds every command gets (see :mod:`cnnbuild.keras_patches`)."""
+    from cnnbuild.keras_patches import EVERYWHERE, apply
+
+    apply(patches=EVERYWHERE)
 
 
 def room_for(depth: int) -> int:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from cnnbuild.backend import STRATEGIES, missing_hint, require_train
+from cnnbuild.backend import STRATEGIES, exit_process, missing_hint, require_train
 from cnnbuild.cli_help import LOOK, SHIP, TRAIN, WRITE, Command, Group
 from cnnbuild.errors import EXIT_INVALID, CnnbuildError, ConfigError, UsageError, WriteError
 from cnnbuild.escape import rich, terminal
@@ -1148,4 +1148,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        exit_process(130)
+    except SystemExit as done:
+        exit_process(done.code)
+    exit_process(0)

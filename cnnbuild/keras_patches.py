@@ -1,12 +1,16 @@
-"""Workarounds for Keras bugs that stop ``model.fit`` under ``MultiWorkerMirroredStrategy``.
+"""Workarounds for Keras bugs: two that stop ``model.fit`` under
+``MultiWorkerMirroredStrategy`` (:data:`PATCHES`, installed when a run uses a strategy),
+and one that makes every ``model.save`` and load slower (:data:`EVERYWHERE`, installed by
+:func:`cnnbuild.backend.keras_module`).
 
-Each patch names the upstream issue, the Keras versions it is applied to (those known to
-carry the bug: the buggy code was read in each release's source and run on 3.15), and
-what it changes. :func:`apply` installs the patches that match the running Keras and
-returns their names; on any other version it changes nothing, so a Keras release that
-fixes the bug upstream runs its own code. ``tests/test_distribute.py`` runs two real
-workers with and without the patches, so an upgrade that fixes (or keeps) the bug is
-noticed there.
+Each patch names the upstream issue or code, the Keras versions it is applied to (those
+known to carry the bug: the buggy code was read in each release's source and run on
+3.15), and what it changes. :func:`apply` installs the patches that match the running
+Keras and returns their names; on any other version it changes nothing, so a Keras
+release that fixes the bug upstream runs its own code. ``tests/test_distribute.py`` runs
+two real workers with and without the multi-worker patches, and
+``tests/test_keras_patches.py`` saves real models with and without the saving one, so an
+upgrade that fixes (or keeps) a bug is noticed there.
 """
 
 from __future__ import annotations
@@ -100,26 +104,56 @@ def _patch_reduce_mean() -> None:
     trainer.reduce_per_replica = reduce_per_replica
 
 
+def _patch_skipset_cache() -> None:
+    """``keras.src.saving.saving_lib.get_attr_skipset`` never finds its cache: it looks
+    for ``saving_attr_skiplist_{type}`` but stores ``saving_attr_skipset_{type}``.
+
+    The function names the attributes the saver's walk over a model skips, taken from
+    ``dir()`` of a throwaway ``Layer()`` (``Operation()``, ``Optimizer(1.0)``...). With
+    the cache missed, every save and load builds one such object for each layer and
+    optimizer it walks: on a 155-layer MobileNetV2 with its Adam state, about 0.2 s of a
+    0.7 s ``model.save``, every epoch's checkpoint. The patch keeps the result per type,
+    as the function means to (the set depends on the type alone). The mismatched keys
+    are in Keras 3.15's source (``saving_lib.py``).
+    """
+    from keras.src.saving import saving_lib
+
+    original = saving_lib.get_attr_skipset
+    cache: dict[str, Any] = {}
+
+    def get_attr_skipset(obj_type: str) -> Any:
+        if obj_type not in cache:
+            cache[obj_type] = original(obj_type)
+        return cache[obj_type]
+
+    saving_lib.get_attr_skipset = get_attr_skipset
+
+
 PATCHES = (
     Patch("symbolic-build-from-spec", (3, 5, 0), (3, 17, 0), _patch_symbolic_build),
     Patch("multi-worker-mean-axis-none", (3, 0, 0), (3, 17, 0), _patch_reduce_mean),
 )
+"""Installed when a run uses a tf.distribute strategy."""
+
+EVERYWHERE = (Patch("saving-skipset-cache", (3, 15, 0), (3, 16, 0), _patch_skipset_cache),)
+"""Installed whenever Keras is imported (:func:`cnnbuild.backend.keras_module`)."""
 
 _applied: list[str] = []
 
 
-def apply(only: Iterable[str] | None = None) -> list[str]:
+def apply(only: Iterable[str] | None = None, patches: Iterable[Patch] = PATCHES) -> list[str]:
     """Install the patches the running Keras needs (each once per process).
 
     Args:
         only: install just these (by name); the tests use it to show each bug.
+        patches: which group: :data:`PATCHES` (multi-worker) or :data:`EVERYWHERE`.
 
     Returns:
         The names of the patches in force, empty on a Keras version not listed.
     """
     import keras
 
-    for patch in PATCHES:
+    for patch in patches:
         if patch.name in _applied or (only is not None and patch.name not in only):
             continue
         if patch.applies_to(keras.__version__):

@@ -63,6 +63,28 @@ def test_python_dash_m_and_exit_codes(tmp_path):
     assert bare.returncode == 2 and "Usage: " in bare.stdout + bare.stderr
 
 
+def test_a_tensorflow_command_ends_with_its_output_and_exit_code(cli, tmp_path):
+    """Once TensorFlow is loaded the process ends without Python's teardown
+    (backend.exit_process): what it printed still arrives whole through a pipe, the
+    file it wrote is complete, and a failure keeps its exit code and message."""
+    config = CONFIGS / "shapes_demo.yaml"
+    out = tmp_path / "demo.keras"
+    done = run_process("build", config, "-o", out)
+    assert done.returncode == 0, done.stderr
+    same = cli("build", config, "-o", tmp_path / "again.keras")
+    assert done.stdout.splitlines() == [
+        line.replace(str(tmp_path / "again.keras"), str(out)) for line in same.stdout.splitlines()
+    ]
+    import keras
+
+    assert keras.saving.load_model(out).count_params() > 0
+    fake = tmp_path / "fake.keras"
+    fake.write_text("not a zip archive")
+    failed = run_process("predict", fake, config)
+    assert failed.returncode == 1, (failed.stdout, failed.stderr)
+    assert "fake.keras" in failed.stderr and "Traceback" not in failed.stderr
+
+
 def test_validate_directories_and_globs(cli, monkeypatch):
     monkeypatch.chdir(ROOT)
     result = cli("validate", "tests/data/lint/*.yaml")

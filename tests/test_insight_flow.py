@@ -35,6 +35,7 @@ def test_training_warns_once_about_dead_relus_and_vanishing_gradients(cli, write
     assert result.exit_code == 0, result.output
     grads = json.loads((run_dir / "gradients.json").read_text())
     assert [e["epoch"] for e in grads["epochs"]] == [1, 2]
+    assert grads["batch"] == 32  # one training batch (batch_size), what a step averages over
     conv = grads["epochs"][-1]["layers"]["conv2d"]
     assert conv["dead_fraction"] == 1.0
     assert conv["weight_grad_norms"] == {"kernel": 0.0, "bias": 0.0}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -56,7 +57,8 @@ def demo_run(tmp_path_factory) -> Path:
 def test_demo_run_has_gradient_flow_and_a_self_contained_report(demo_run):
     grads = json.loads((demo_run / "gradients.json").read_text())
     assert [e["epoch"] for e in grads["epochs"]] == list(range(1, EPOCHS + 1))
-    assert grads["batch"] == 64
+    batch = yaml.safe_load((demo_run / "config.yaml").read_text())["train"]["batch_size"]
+    assert grads["batch"] == batch  # one training batch: what one optimizer step sees
     for epoch in grads["epochs"]:
         conv = epoch["layers"]["conv2d"]
         assert set(conv["weight_grad_norms"]) == {"kernel", "bias"}
@@ -127,7 +129,13 @@ def test_report_command_rebuilds_the_report(demo_run, tmp_path):
     result = _run("report", copy)
     assert result.exit_code == 0, result.output
     assert "report.html" in result.stdout
-    assert "<h2>Gradient flow</h2>" in (copy / "report.html").read_text()
+    rebuilt = (copy / "report.html").read_text()
+    assert "<h2>Gradient flow</h2>" in rebuilt
+    # training's report reuses its test evaluation's outputs; the command predicts them
+    # again from model.keras: the same predictions, image by image
+    captions = re.compile(r"true \w+, predicted \w+ \(\d\.\d\d\)")
+    trained = captions.findall((demo_run / "report.html").read_text())
+    assert trained and trained == captions.findall(rebuilt)
     result = _run("report", tmp_path)
     assert result.exit_code == 2
     assert "not a finished run directory" in result.stderr

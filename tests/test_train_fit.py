@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from cnnbuild.validate import load_config
 from tests.conftest import ROOT, Evil, cifar_batches, write_cifar_tar
 
@@ -92,6 +94,31 @@ def test_same_seed_same_metrics_on_cpu(cli, write, tmp_path):
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
     assert [[h[k] for k in keys] for h in first] == [[h[k] for k in keys] for h in second]
     assert _metrics(tmp_path / "a")["test_loss"] == _metrics(tmp_path / "b")["test_loss"]
+
+
+def test_test_metrics_are_model_keras_when_the_best_epoch_is_not_the_last(cli, write, tmp_path):
+    """The test evaluation uses the best epoch's weights (kept in memory when that epoch
+    was saved): ``cnnbuild evaluate`` on model.keras gives the very same numbers."""
+    config = write(
+        TINY.replace("epochs: 2", "epochs: 4")
+        + "  monitor: val_loss\n"
+        + "  phases:\n    - {epochs: 2}\n    - {epochs: 2, learning_rate: 0.5}\n"
+    )
+    run_dir = tmp_path / "run"
+    assert cli("train", config, "--out", run_dir, "--seed", 0).exit_code == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best_epoch"] < metrics["epochs"] == 4  # phase 2's rate 0.5 made it worse
+    result = cli("evaluate", run_dir)
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((run_dir / "evaluate" / "evaluation.json").read_text())
+    assert evaluation["loss"] == metrics["test_loss"]
+    assert evaluation["accuracy"] == metrics["test_accuracy"]
+    import keras
+
+    last = keras.saving.load_model(run_dir / "last.keras")
+    best = keras.saving.load_model(run_dir / "model.keras")
+    pairs = zip(last.get_weights(), best.get_weights(), strict=True)
+    assert any(not np.array_equal(a, b) for a, b in pairs)  # so the two differ
 
 
 def test_resume_continues_with_optimizer_state(cli, write, tmp_path):
@@ -217,7 +244,6 @@ def test_mixed_precision_and_xla_paths_run_on_cpu(cli, write, tmp_path):
 
 
 def _npz_dataset(path, classes: int, size=(8, 8, 3), n_test: int = 12, labels=None):
-    import numpy as np
 
     rng = np.random.default_rng(0)
     np.savez(

@@ -18,14 +18,14 @@ from cnnbuild.config import ModelConfig
 from cnnbuild.io import write_json
 
 GRADIENTS = "gradients.json"
-FLOW_BATCH = 64
 VANISHING = 1e-7
 EXPLODING = 1e3
 DEAD = 0.9
 
 
-def fixed_batch(x: np.ndarray, y: np.ndarray, size: int = FLOW_BATCH):
-    """The batch the flow is measured on: the first ``size`` training images."""
+def fixed_batch(x: np.ndarray, y: np.ndarray, size: int):
+    """The batch the flow is measured on: the first ``size`` training images (a training
+    batch: what one optimizer step averages its gradient over)."""
     return np.asarray(x[:size], dtype="float32"), np.asarray(y[:size])
 
 
@@ -106,6 +106,7 @@ def gradient_flow(
     num_classes: int,
     run_dir: Path,
     console: Console,
+    batch_size: int,
     initial_epoch: int = 0,
 ) -> Any:
     """A Keras callback that records the gradient flow into ``run_dir/gradients.json``.
@@ -118,16 +119,19 @@ def gradient_flow(
     Args:
         keras: the keras module.
         cfg: the config the model was built from (layer names and wiring).
-        x: training images (raw pixels); the first :data:`FLOW_BATCH` are used.
+        x: training images (raw pixels); the first ``batch_size`` are used.
         y: their integer labels.
         num_classes: classes of the dataset (for one-hot losses).
         run_dir: the run directory.
         console: where warnings go.
+        batch_size: the training batch (per replica): the flow's batch is one such batch,
+            so the norms are those of one optimizer step's gradient and measuring costs
+            about one training step an epoch.
         initial_epoch: epochs already done (a resumed run keeps their records).
     """
     from cnnbuild.insight.grads import compiled_norms, labels_for, objective_fn
 
-    xb, yb = fixed_batch(x, y)
+    xb, yb = fixed_batch(x, y, batch_size)
     labels = labels_for(cfg, yb, num_classes)
     objective, what = objective_fn(cfg, classifier=True, seed=0)
     path = Path(run_dir) / GRADIENTS

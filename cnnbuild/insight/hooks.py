@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 class GradientFlow:
-    """Per-layer gradient norms on one fixed batch, every epoch, into ``gradients.json``."""
+    """Per-layer gradient norms on one fixed training batch, every epoch, into
+    ``gradients.json``."""
 
     def callbacks(self, ctx: FitContext) -> list[Any]:
         from cnnbuild.insight.flow import gradient_flow
@@ -27,6 +28,7 @@ class GradientFlow:
             ctx.data.num_classes,
             ctx.run_dir,
             ctx.console,
+            ctx.batch_size,
             ctx.initial_epoch,
         )
         return [flow]
@@ -45,7 +47,9 @@ class RunReport:
         from cnnbuild.insight.run_report import write_report
 
         with ctx.phase("writing report"):
-            write_report(ctx.run_dir, model=model, cfg=ctx.cfg, data=ctx.data)
+            write_report(
+                ctx.run_dir, model=model, cfg=ctx.cfg, data=ctx.data, outputs=ctx.test_outputs
+            )
 
 
 def training_hooks() -> list[Any]:

@@ -371,8 +371,17 @@ def image_name(data: Any, i: int) -> str:
     return f"test image #{i}"
 
 
-def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int = 256) -> str:
-    """The page's HTML text (see the module docstring)."""
+def build_html(
+    run_dir: Path,
+    model: Any,
+    cfg: Any,
+    data: Any,
+    batch_size: int = 256,
+    outputs: np.ndarray | None = None,
+) -> str:
+    """The page's HTML text (see the module docstring); ``outputs``: the model's outputs
+    on ``data.x_test`` when the caller has them (training's test evaluation), else the
+    model predicts them."""
     import jinja2
 
     from cnnbuild.insight.show import Loaded, probabilities
@@ -385,7 +394,9 @@ def build_html(run_dir: Path, model: Any, cfg: Any, data: Any, batch_size: int =
     x_test = np.asarray(data.x_test, dtype="float32")
     probs = np.zeros((0, len(names)))
     if len(x_test):
-        probs = probabilities(target, model.predict(x_test, batch_size=batch_size, verbose=0))
+        if outputs is None or len(outputs) != len(x_test):
+            outputs = model.predict(x_test, batch_size=batch_size, verbose=0)
+        probs = probabilities(target, outputs)
     predicted = probs.argmax(axis=1)
     captions = [
         f"{image_name(data, i)}: true {names[t]}, predicted {names[p]} ({probs[i, p]:.2f})"
@@ -423,9 +434,16 @@ def _read_json(path: Path) -> Any:
 
 
 def write_report(
-    run_dir: Path, *, model: Any = None, cfg: Any = None, data: Any = None, verbose: bool = False
+    run_dir: Path,
+    *,
+    model: Any = None,
+    cfg: Any = None,
+    data: Any = None,
+    outputs: np.ndarray | None = None,
+    verbose: bool = False,
 ) -> Path:
-    """Write ``run_dir/report.html``; what is not given is loaded from the run directory.
+    """Write ``run_dir/report.html``; what is not given is loaded from the run directory
+    (``outputs``, the model's outputs on the test images, is predicted when not given).
 
     Raises:
         UsageError: ``run_dir`` is not a run directory.
@@ -452,7 +470,7 @@ def write_report(
 
         data = load_data(cfg.input_shape, resolve_train(cfg, {}), quiet=True)
     path = run_dir / REPORT
-    text = build_html(run_dir, model, cfg, data)
+    text = build_html(run_dir, model, cfg, data, outputs=outputs)
     with os_errors(path):
         write_text(path, text)
     return path

@@ -86,11 +86,15 @@ def evaluate_model(
     one_hot: int | None,
     out_dir: Path,
     title: str,
-) -> dict:
+) -> tuple[dict, np.ndarray]:
     """Test loss, accuracy, per-class accuracy; writes ``confusion.png`` into ``out_dir``.
 
     One output unit is a binary classifier: its score is thresholded at 0.5 when the
     output layer applies a sigmoid (a probability), else at 0.0 (a logit).
+
+    Returns:
+        The record (JSON-ready) and the model's outputs on the test images, in order
+        (the run's report shows them without predicting again).
     """
     from cnnbuild.charts import confusion
     from cnnbuild.data.pipeline import make_pipeline
@@ -127,7 +131,7 @@ def evaluate_model(
     }
     if data.test_files:
         result["mistakes"] = mistakes(data, predicted)
-    return result
+    return result, outputs
 
 
 def mistakes(data: Data, predicted: np.ndarray) -> list[dict]:
@@ -235,7 +239,7 @@ def evaluate(
         one_hot = None
     model.compile(loss=loss)
     with os_errors(out_dir):
-        result = evaluate_model(
+        result, _ = evaluate_model(
             model, data, settings.batch_size, one_hot, out_dir, f"{model_path} on {data.name}"
         )
         result.update(

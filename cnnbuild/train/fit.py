@@ -108,6 +108,7 @@ class Run:
     prior_wall: float = 0.0
     global_batch: int = 0
     phase: int | None = None  # the phase of train.phases in progress (1-based)
+    best_weights: list | None = None  # what model.keras holds, when saved in this session
 
     @property
     def history(self) -> list[dict]:
@@ -128,6 +129,7 @@ class Run:
             }
         )
         self.initial_epoch = epoch
+        self.best_weights = None  # model.keras is read back instead
 
     @property
     def wall_seconds(self) -> float:
@@ -165,6 +167,8 @@ class Run:
         with self.dir.signals.deferred():
             self.dir.commit_epoch(after, saves)
             self.state = after
+            if improved:  # the test evaluation reads these instead of model.keras again
+                self.best_weights = model.get_weights()
             keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in record]
             self.console.print(
                 f"epoch {epoch + 1}/{self.settings.epochs}  {fmt_metrics(record, keys)}  "
@@ -294,6 +298,9 @@ class FitContext:
         data: the dataset.
         x_train: the training images (raw pixels), validation held out.
         y_train: their integer labels.
+        batch_size: the training batch (per replica).
+        test_outputs: the best model's outputs on ``data.x_test``, in order, once the
+            test evaluation has run (``None`` before, or without test images).
         phase: ``with ctx.phase("writing report"):`` shows a phase and its time on a
             terminal (nothing elsewhere).
     """
@@ -306,7 +313,9 @@ class FitContext:
     data: Data
     x_train: np.ndarray
     y_train: np.ndarray
+    batch_size: int
     phase: Callable[[str], AbstractContextManager] = lambda text: nullcontext()
+    test_outputs: np.ndarray | None = None
 
 
 class Hook(Protocol):
@@ -502,6 +511,7 @@ class Session:
     plain: Any = None  # an undistributed copy for the chief's hooks (else the model)
     epoch_var: Any = None  # the epoch, read by the training pipeline's shuffle
     datasets: tuple[Any, Any] = (None, None)  # training and validation pipelines
+    test_outputs: Any = None  # the best model's outputs on the test images, once evaluated
 
     def execute(self, run_dir: RunDir | None) -> dict:
         """All the phases; a signal saves the state and raises :class:`Interrupted`."""
@@ -726,7 +736,9 @@ class Session:
             self.data,
             self.split[0],
             self.split[1],
+            run.settings.batch_size,
             self.phase,
+            self.test_outputs,
         )
 
     def phase(self, text: str) -> AbstractContextManager:
@@ -838,7 +850,9 @@ class Session:
         run, model, plan = self.run, self.model, self.plan
         status = "completed" if len(run.history) >= run.settings.epochs else "early_stopped"
         digest = distribute.weights_digest(model)
-        if run.state.best_epoch is not None and run.dir.file("model.keras").exists():
+        if run.best_weights is not None:  # model.keras, committed in this session
+            model.set_weights(run.best_weights)
+        elif run.state.best_epoch is not None and run.dir.file("model.keras").exists():
             with warnings.catch_warnings():  # a best model of an earlier phase: its optimizer
                 warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
                 model.load_weights(run.dir.file("model.keras"))
@@ -923,7 +937,7 @@ def _results(session: Session, status: str) -> dict:
     result = {"accuracy": None, "loss": None, "per_class": {}}
     if len(data.x_test):
         with session.phase(f"evaluating on {len(data.x_test):,} test images"):
-            result = evaluate_model(
+            result, session.test_outputs = evaluate_model(
                 session.model,
                 data,
                 settings.batch_size,
