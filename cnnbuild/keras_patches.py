@@ -126,6 +126,7 @@ def _patch_skipset_cache() -> None:
             cache[obj_type] = original(obj_type)
         return cache[obj_type]
 
+    get_attr_skipset.__wrapped__ = original  # type: ignore[attr-defined]  # Keras' own
     saving_lib.get_attr_skipset = get_attr_skipset
 
 

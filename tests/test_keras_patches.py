@@ -52,8 +52,7 @@ def test_the_skipset_patch_makes_saves_build_no_throwaway_layers(tmp_path):
     assert "saving-skipset-cache" in apply(patches=EVERYWHERE)
     model = _model(keras)
     patched = saving_lib.get_attr_skipset
-    cells = dict(zip(patched.__code__.co_freevars, patched.__closure__, strict=True))
-    original = cells["original"].cell_contents  # Keras' own function, kept by the patch
+    original = patched.__wrapped__  # Keras' own function, kept by the patch
     assert getattr(original, "__module__", "") == saving_lib.__name__
     try:
         saving_lib.get_attr_skipset = original
