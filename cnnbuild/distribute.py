@@ -267,11 +267,24 @@ def backup_callbacks(keras: Any, run_dir: Path, strategy: Any, on_restore: Any) 
                         f"another: epoch {common}) and no backup of epoch {common} is "
                         f"left in {backup_dir(run_dir)}; start the run again in a new folder"
                     )
-                self.model.load_weights(backup._prev_weights_path)
+                step_back(backup, self.model)
                 self.model._initial_epoch = epoch = common
             on_restore(epoch)
 
     return [backup, Agree()]
+
+
+def step_back(backup: Any, model: Any) -> None:
+    """Make a ``BackupAndRestore``'s previous backup (``double_checkpoint``'s ``.bkp``
+    copies) its latest again, and load those weights into ``model``.
+
+    ``load_weights`` refuses the ``.bkp`` name (it takes ``.weights.h5``), so the copies
+    go back to the latest backup's names first, as Keras itself does when the latest
+    backup cannot be read.
+    """
+    shutil.copyfile(backup._prev_weights_path, backup._weights_path)
+    shutil.copyfile(backup._prev_training_metadata_path, backup._training_metadata_path)
+    model.load_weights(backup._weights_path)
 
 
 def _min_over_workers(strategy: Any, value: int) -> int:

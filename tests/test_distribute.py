@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cnnbuild.distribute import (
@@ -19,6 +21,7 @@ from cnnbuild.distribute import (
     choose,
     free_ports,
     read_tf_config,
+    step_back,
     tf_config,
     worker_dir,
 )
@@ -423,3 +426,28 @@ def test_multi_worker_refusals_come_before_training(cli, write, tmp_path, monkey
     assert result.exit_code == 2, result.output
     assert "run again on every worker (no --resume)" in result.output
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "state.json"]
+
+
+def test_a_worker_steps_back_to_its_previous_backup(tmp_path):
+    """When the workers' backups disagree, one steps back to its ``double_checkpoint``
+    copy. Keras' ``load_weights`` refuses that copy's ``.bkp`` name, which made the
+    relaunch fail whenever a kill fell between two workers' saves; ``step_back`` restores
+    it under the latest backup's names, weights and epoch alike."""
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), double_checkpoint=True)
+    backup.set_model(model)
+    backup.on_epoch_end(0)
+    first = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1 for w in first])
+    backup.on_epoch_end(1)
+    model.set_weights([w + 5 for w in first])
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        model.load_weights(backup._prev_weights_path)  # what the relaunch used to call
+    step_back(backup, model)
+    for have, want in zip(model.get_weights(), first, strict=True):
+        np.testing.assert_array_equal(have, want)
+    saved = json.loads(Path(backup._training_metadata_path).read_text())
+    assert saved == json.loads(Path(backup._prev_training_metadata_path).read_text())
+    assert saved["epoch"] == 1  # epochs done at the first backup
