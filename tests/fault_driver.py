@@ -1,10 +1,11 @@
 """Run ``cnnbuild ARGS`` with a fault at one point: ``python -m tests.fault_driver POINT ARGS``.
 
 POINT is ``OP:N[:ACTION]``: at the N-th ``OP`` the process acts on itself with real
-signals. OP is ``save`` (a Keras ``model.save``), ``replace`` (an ``os.replace``),
+signals. OP is ``save`` (a Keras ``model.save``), ``copy`` (a ``shutil.copyfile``: the
+best checkpoint copied from the last), ``replace`` (an ``os.replace``),
 ``replaced`` (just after one) or ``batch`` (a training batch ends). ACTION is ``kill``
-(SIGKILL; for ``save``, after writing half of the file), ``term`` or ``int`` (SIGTERM or
-SIGINT sent to itself, then the operation goes on).
+(SIGKILL; for ``save`` and ``copy``, after writing half of the file), ``term`` or ``int``
+(SIGTERM or SIGINT sent to itself, then the operation goes on).
 """
 
 from __future__ import annotations
@@ -61,6 +62,21 @@ def main() -> None:
             real_save(self, path, *a, **k)
 
         keras.Model.save = save
+    elif op == "copy":
+        import shutil
+
+        real_copy = shutil.copyfile
+
+        def copyfile(src, dst, *a, **k):
+            out = real_copy(src, dst, *a, **k)
+            if hit():
+                if action == "kill":
+                    with open(dst, "r+b") as fh:
+                        fh.truncate(Path(dst).stat().st_size // 2)
+                act()
+            return out
+
+        shutil.copyfile = copyfile
     elif op == "batch":
         from cnnbuild.builder import keras_module
         from cnnbuild.train import fit

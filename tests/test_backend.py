@@ -41,3 +41,26 @@ def test_the_strategy_names_are_one_list():
     assert [c.value for c in StrategyChoice] == list(STRATEGIES)
     for name in STRATEGIES:
         assert TrainConfig.model_validate({"strategy": name}).strategy == name
+
+
+def test_keras_is_imported_without_the_packages_it_only_needs_for_parts_we_never_call():
+    """Keras imports scikit-learn (its wrappers) and matplotlib's pyplot (its
+    visualization module) when it is imported, if they are installed: both are installed
+    here (the dev extra), and `keras_module` leaves them out, yet both import afterwards
+    (the digits dataset reads scikit-learn, the charts draw with pyplot)."""
+    code = (
+        "import sys\n"
+        "from cnnbuild.backend import UNUSED_AT_IMPORT, keras_module\n"
+        "keras = keras_module()\n"
+        "print(*[name in sys.modules for name in UNUSED_AT_IMPORT])\n"
+        "import sklearn.datasets, matplotlib.pyplot\n"
+        "print(sklearn.datasets.load_digits().images.shape, matplotlib.pyplot.figure)\n"
+        "print(keras.layers.Dense(2)(keras.ops.ones((1, 3))).shape)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert lines[0] == "False False"
+    assert lines[1].startswith("(1797, 8, 8) <function figure")
+    assert lines[2] == "(1, 2)"

@@ -105,15 +105,15 @@ def _check_resumed(cli, run_dir, baseline, reported: int) -> None:
 KILL_POINTS = [
     "replace:2",  # config.yaml in place, before the first state.json
     "batch:1",  # mid epoch 1
-    "save:1",  # half-way through epoch 1's model.keras
-    "save:2",  # half-way through epoch 1's last.keras
+    "save:1",  # half-way through epoch 1's last.keras
+    "copy:1",  # half-way through copying it to model.keras (epoch 1 is the best so far)
     "replace:3",  # checkpoints saved, commit record not yet in place
     "replaced:3",  # commit record in place, no checkpoint renamed
-    "replaced:4",  # model.keras renamed, last.keras not
+    "replaced:4",  # last.keras renamed, model.keras not
     "replaced:5",  # both renamed, state not yet updated
     "replaced:6",  # state updated, history not written
     "batch:3",  # mid epoch 2
-    "save:3",  # inside epoch 2's first checkpoint write
+    "save:2",  # inside epoch 2's checkpoint write
 ]
 
 
@@ -140,7 +140,7 @@ def test_sigkill_then_resume(point, baseline, cli, tmp_path):
     _check_resumed(cli, run_dir, baseline, reported)
 
 
-@pytest.mark.parametrize(("point", "epoch"), [("save:2:term", 1), ("save:3:int", 2)])
+@pytest.mark.parametrize(("point", "epoch"), [("save:1:term", 1), ("save:2:int", 2)])
 def test_sigterm_and_sigint_mid_save_finish_the_save(point, epoch, baseline, cli, tmp_path):
     config = baseline[0]
     run_dir = tmp_path / "run"

@@ -162,8 +162,9 @@ class Run:
                 **({"best": value, "best_epoch": epoch + 1} if improved else {}),
             }
         )
-        saves = {"model.keras": model.save} if improved else {}
-        saves["last.keras"] = model.save
+        saves = {"last.keras": model.save}
+        if improved:  # the same model: last.keras's bytes, not a second save
+            saves["model.keras"] = self.dir.copy_of("last.keras")
         with self.dir.signals.deferred():
             self.dir.commit_epoch(after, saves)
             self.state = after

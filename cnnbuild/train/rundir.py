@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -283,6 +284,11 @@ class RunDir:
 
     def pending_file(self, name: str) -> Path:
         return self.path / f".{name}{TEMP_MARK}commit.keras"
+
+    def copy_of(self, name: str) -> Callable[[str], None]:
+        """A save for :meth:`commit_epoch` that copies the bytes of checkpoint ``name``
+        saved earlier in the same commit (the same model, saved once)."""
+        return lambda path: shutil.copyfile(self.pending_file(name), path)
 
     # state
 
