@@ -32,10 +32,11 @@ demo: install
 	$(BIN)/cnnbuild train configs/shapes_demo.yaml
 
 # tests/test_docs_site.py builds the site with --strict, so the tests (and CI) fail on a broken link
+# the longest test files start first (tests/file_durations.py), not xdist's order by test count
 test: $(EXPORT) $(DOCS)
 	$(BIN)/ruff check cnnbuild tests benchmarks docs/hooks
 	$(BIN)/ruff format --check cnnbuild tests benchmarks docs/hooks
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 # the site in site/; --strict: a broken link or a stale marker fails like a test
 docs: $(DOCS)

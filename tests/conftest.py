@@ -32,6 +32,15 @@ def pytest_xdist_auto_num_workers(config):
     return (os.cpu_count() or 1) + 1
 
 
+def pytest_collection_modifyitems(config, items):
+    """The longest test files first (see ``tests/file_durations.py``); each file's tests
+    keep their order."""
+    from tests.file_durations import load
+
+    seconds = load()
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0], 0.0))
+
+
 def run_process(*args: object, columns: int | None = None, timeout: float = 300, **kw):
     """Run ``python -m cnnbuild ARGS`` in a fresh process, this checkout on its path (with
     ``columns``: rich lays out its help for a terminal that wide)."""
