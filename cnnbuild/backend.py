@@ -103,10 +103,15 @@ def keras_module(verbose: bool = False) -> Any:
         return sys.modules["keras"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    with captured_fds() as log, _hidden(UNUSED_AT_IMPORT):
+    with captured_fds() as log:
         try:
-            import keras
-            import tensorflow as tf
+            try:
+                with _hidden(UNUSED_AT_IMPORT):
+                    keras, tf = _import_keras()
+            except ImportError as exc:
+                if exc.name not in UNUSED_AT_IMPORT:
+                    raise
+                keras, tf = _import_keras()  # a release that needs it at import: as it is
         except ImportError as exc:
             raise UsageError(
                 f"this command needs TensorFlow and Keras ({exc.name or exc} is not "
@@ -119,6 +124,13 @@ def keras_module(verbose: bool = False) -> Any:
     if verbose:
         sys.stderr.write(log[0])
     return keras
+
+
+def _import_keras() -> tuple[Any, Any]:
+    import keras
+    import tensorflow as tf
+
+    return keras, tf
 
 
 @contextmanager

@@ -64,3 +64,20 @@ def test_keras_is_imported_without_the_packages_it_only_needs_for_parts_we_never
     assert lines[0] == "False False"
     assert lines[1].startswith("(1797, 8, 8) <function figure")
     assert lines[2] == "(1, 2)"
+
+
+def test_a_hidden_package_that_keras_needs_at_import_is_imported_after_all():
+    """Should a release of TensorFlow or Keras need one of the hidden packages when it is
+    imported, `keras_module` imports it as it is instead of calling TensorFlow missing:
+    here with numpy hidden, which TensorFlow cannot import without."""
+    code = (
+        "import sys\n"
+        "import cnnbuild.backend as backend\n"
+        "backend.UNUSED_AT_IMPORT = ('numpy',)\n"
+        "keras = backend.keras_module()\n"
+        "print(keras.layers.Dense(2)(keras.ops.ones((1, 3))).shape, 'numpy' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["(1,", "2)", "True"]
