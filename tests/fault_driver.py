@@ -32,6 +32,11 @@ def main() -> None:
         sys.stdout.flush()
         os.kill(os.getpid(), sig)
 
+    def halve(path) -> None:
+        """Cut a file just written to half its size: a kill half-way through the write."""
+        with open(path, "r+b") as fh:
+            fh.truncate(Path(path).stat().st_size // 2)
+
     if op in ("replace", "replaced"):
         real_replace = os.replace
 
@@ -54,9 +59,7 @@ def main() -> None:
             if hit():
                 if action == "kill":
                     real_save(self, path, *a, **k)
-                    size = Path(path).stat().st_size
-                    with open(path, "r+b") as fh:
-                        fh.truncate(size // 2)
+                    halve(path)
                     act()
                 act()
             real_save(self, path, *a, **k)
@@ -71,8 +74,7 @@ def main() -> None:
             out = real_copy(src, dst, *a, **k)
             if hit():
                 if action == "kill":
-                    with open(dst, "r+b") as fh:
-                        fh.truncate(Path(dst).stat().st_size // 2)
+                    halve(dst)
                 act()
             return out
 

@@ -2,8 +2,9 @@
 
 Under ``--dist loadfile`` a file runs whole on one worker, and pytest-xdist hands out
 files in collection order. Started last, a long file with few tests (a 155-layer model,
-subprocess clusters) runs alone while the other workers idle: about 4 minutes of a
-15-minute suite on 2 cores. ``tests/conftest.py`` orders the files by the seconds in
+subprocess clusters) runs alone while the other workers idle. (On 2 cores the suite is
+bound by its CPU work, so the order did not change its time measurably: 14-16 min either
+way, within the machine's noise.) ``tests/conftest.py`` orders the files by the seconds in
 ``file_durations.json`` (a file it does not list counts as 0 s: it comes last), and
 ``make test`` turns off xdist's own order (by number of tests).
 

@@ -10,14 +10,21 @@ from cnnbuild.backend import STRATEGIES, keep_recursion_room, recursion_room, ro
 from tests.conftest import ROOT
 
 
+def _fresh_python(code: str) -> list[str]:
+    """The lines ``code`` prints in a fresh Python process with this checkout on its path
+    (it must end well)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.splitlines()
+
+
 def test_importing_the_backend_and_runs_does_not_import_tensorflow():
     code = (
         "import sys, cnnbuild.backend, cnnbuild.runs, cnnbuild.predict, cnnbuild.insight.show;"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.stdout.split() == ["False", "False"], out.stderr
+    assert _fresh_python(code) == ["False False"]
 
 
 def test_recursion_room_is_restored_and_kept_room_never_shrinks():
@@ -41,15 +48,6 @@ def test_the_strategy_names_are_one_list():
     assert [c.value for c in StrategyChoice] == list(STRATEGIES)
     for name in STRATEGIES:
         assert TrainConfig.model_validate({"strategy": name}).strategy == name
-
-
-def _fresh_python(code: str) -> list[str]:
-    """The lines ``code`` prints in a fresh Python process with this checkout on its path
-    (it must end well)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.splitlines()
 
 
 def test_keras_is_imported_without_the_packages_it_only_needs_for_parts_we_never_call():
