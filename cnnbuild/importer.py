@@ -105,7 +105,7 @@ def application_config(name: str, input_shape: tuple | None = None, classes: int
     keras = keras_module()
     short = name.removeprefix(APPLICATIONS)
     factory = _factory(name)
-    keras.backend.clear_session()  # Keras' automatic names as in a fresh process
+    keras.backend.clear_session(free_memory=False)  # automatic names, as when fresh
     try:
         model = factory(weights=None, input_shape=input_shape, classes=classes)
     except (ValueError, TypeError) as exc:
@@ -931,7 +931,7 @@ def backbone_config(name: str, input_shape: tuple | None = None) -> dict:
     from cnnbuild.builder import keras_module
 
     factory = _factory(name)
-    keras_module().backend.clear_session()  # Keras' automatic names as in a fresh process
+    keras_module().backend.clear_session(free_memory=False)  # automatic names, as when fresh
     try:
         model = factory(weights=None, include_top=False, input_shape=input_shape, pooling="avg")
     except (ValueError, TypeError) as exc:

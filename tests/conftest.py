@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import http.server
 import io
 import os
@@ -39,6 +40,13 @@ def pytest_collection_modifyitems(config, items):
 
     seconds = load()
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0], 0.0))
+
+
+def pytest_collection_finish(session):
+    """What collection leaves (the test modules, what they import, the items) lives all
+    session: frozen, Python's collector skips it in every full collection after, such as
+    the one each ``keras.backend.clear_session()`` runs."""
+    gc.freeze()
 
 
 def run_process(*args: object, columns: int | None = None, timeout: float = 300, **kw):

@@ -25,3 +25,22 @@ def test_shapes_is_deterministic_balanced_and_varied():
         ]
     )
     assert centres[:, 0].std() > 4 and centres[:, 1].std() > 4
+
+
+def test_a_process_draws_the_set_once_and_no_caller_can_change_it():
+    first = load_shapes(train=200, test=50)
+    again = load_shapes(train=200, test=50)
+    assert again.x_train.base is first.x_train.base is not None  # the same drawing
+    assert again is not first  # each caller gets its own Data
+    first.limited(10)
+    assert len(again.x_train) == 200
+    assert not first.x_train.flags.writeable and not first.x_test.flags.writeable
+    try:
+        first.x_train[0, 0, 0, 0] = 1
+    except ValueError as exc:
+        assert "read-only" in str(exc)
+    else:
+        raise AssertionError("the cached images could be written")
+    x, y = generate(250, seed=2026)
+    assert np.array_equal(np.concatenate([again.x_train, again.x_test]), x)
+    assert np.array_equal(np.concatenate([again.y_train, again.y_test]), y)

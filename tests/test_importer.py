@@ -49,7 +49,7 @@ def application(name: str, shape: tuple) -> object:
 
     keras_module()
     keras.mixed_precision.set_global_policy("float32")
-    keras.backend.clear_session()  # Keras' automatic names (`add`) as in a fresh process
+    keras.backend.clear_session(free_memory=False)  # automatic names (`add`), as when fresh
     return getattr(keras.applications, name)(weights=None, input_shape=shape)
 
 
@@ -188,7 +188,7 @@ def augmenting_sequential():
 
 @pytest.fixture(scope="module")
 def saved_sequential(tmp_path_factory):
-    keras.backend.clear_session()  # automatic names as in a fresh process
+    keras.backend.clear_session(free_memory=False)  # automatic names as in a fresh process
     model = augmenting_sequential()
     path = tmp_path_factory.mktemp("seq") / "seq.keras"
     model.save(path)

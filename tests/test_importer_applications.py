@@ -46,7 +46,7 @@ def backbone(name: str, shape: tuple) -> object:
 
     keras_module()
     keras.mixed_precision.set_global_policy("float32")
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     factory = getattr(keras.applications, name)
     return factory(weights=None, include_top=False, input_shape=shape, pooling="avg")
 

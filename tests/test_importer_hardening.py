@@ -43,7 +43,7 @@ TINY = {  # what the tiny model below imports as, read back with yaml.safe_load
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A small Sequential saved by Keras, and its serialized config."""
-    keras.backend.clear_session()  # automatic names as in a fresh process
+    keras.backend.clear_session(free_memory=False)  # automatic names as in a fresh process
     model = keras.Sequential(
         [keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="conv"), L.Flatten()], name="tiny"
     )

@@ -50,7 +50,7 @@ def keras_result(input_shape: list, layers: list) -> tuple:
         return exc
     count = lambda ws: int(sum(np.prod(w.shape) for w in ws))  # noqa: E731
     out = tuple(model.output.shape[1:])
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     return out, count(model.trainable_weights), count(model.non_trainable_weights)
 
 

@@ -261,7 +261,7 @@ def _keras_rows(model) -> list[tuple]:
 @pytest.mark.parametrize("name", sorted(KERAS_MODELS))
 def test_stranger_static_counts_equal_keras(name):
     keras = pytest.importorskip("keras")
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     built = KERAS_MODELS[name](keras, keras.layers)
     model, inner = built if isinstance(built, tuple) else (built, None)
     _, st = load_traced(DATA / f"{name}.yaml")
@@ -288,7 +288,7 @@ def test_stranger_built_by_cnnbuild_equals_keras(name):
     keras = pytest.importorskip("keras")
     from cnnbuild.builder import build_model
 
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     built = KERAS_MODELS[name](keras, keras.layers)
     model, inner = built if isinstance(built, tuple) else (built, None)
     cfg, _ = load_traced(DATA / f"{name}.yaml")
