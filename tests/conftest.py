@@ -12,6 +12,7 @@ import sys
 import tarfile
 import textwrap
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,19 @@ def pytest_collection_finish(session):
     session: frozen, Python's collector skips it in every full collection after, such as
     the one each ``keras.backend.clear_session()`` runs."""
     gc.freeze()
+
+
+@contextmanager
+def recursion_limit(limit: int):
+    """The block runs under recursion limit ``limit``, as a fresh command starts under
+    Python's default (an earlier test's load may have raised this process's, and
+    ``keep_recursion_room`` never lowers it); the process's limit after."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
 
 
 def run_process(*args: object, columns: int | None = None, timeout: float = 300, **kw):

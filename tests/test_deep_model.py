@@ -22,7 +22,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import recursion_limit, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,10 @@ LIMIT = 300  # the recursion limit every test starts under
 
 @pytest.fixture(autouse=True)
 def low_recursion_limit():
-    """Each test starts under :data:`LIMIT`, as a fresh command starts under Python's
-    default: the room an earlier test's load kept (``keep_recursion_room`` never lowers
-    it) would otherwise let a command that skipped the loader pass."""
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(LIMIT)
-    yield
-    sys.setrecursionlimit(before)
+    """Each test starts under :data:`LIMIT`: the room an earlier test's load kept would
+    otherwise let a command that skipped the loader pass."""
+    with recursion_limit(LIMIT):
+        yield
 
 
 @pytest.fixture(scope="module")

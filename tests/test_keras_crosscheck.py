@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import itertools
-import sys
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from cnnbuild.catalog import REGISTRY
 from cnnbuild.config import from_document
 from cnnbuild.source import parse_text
 from cnnbuild.trace import trace
+from tests.conftest import recursion_limit
 
 keras = pytest.importorskip("keras")
 
@@ -472,23 +472,16 @@ def test_an_integer_learning_rate_beyond_int64_builds(tmp_path):
     assert float(make_optimizer(cfg).learning_rate) > 0
 
 
-@pytest.fixture
-def default_recursion_limit():
-    """Python's default recursion limit for the test, as a fresh command starts under (an
-    earlier test's load may have raised this process's); the process's limit after."""
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(1000)
-    yield
-    sys.setrecursionlimit(before)
-
-
 @pytest.mark.slow
-def test_a_1000_layer_stack_builds_saves_and_loads_without_recursion_error(
-    tmp_path, default_recursion_limit
-):
-    """1,000 layers under Python's default recursion limit: about the depth at which Keras
-    fails to load under that limit (tests/test_deep_model.py shows the failure, scaled
-    down to a limit of 300)."""
+def test_a_1000_layer_stack_builds_saves_and_loads_without_recursion_error(tmp_path):
+    """1,000 layers under Python's default recursion limit (1,000): about the depth at
+    which Keras fails to load under that limit (tests/test_deep_model.py shows the
+    failure, scaled down to a limit of 300)."""
+    with recursion_limit(1000):
+        _build_save_and_load_1000_layers(tmp_path)
+
+
+def _build_save_and_load_1000_layers(tmp_path) -> None:
     from cnnbuild.builder import build_model, keras_summary
     from cnnbuild.io import save_model
     from cnnbuild.runs import load_model
