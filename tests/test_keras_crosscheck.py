@@ -477,33 +477,29 @@ def test_a_1000_layer_stack_builds_saves_and_loads_without_recursion_error(tmp_p
     """1,000 layers under Python's default recursion limit (1,000): about the depth at
     which Keras fails to load under that limit (tests/test_deep_model.py shows the
     failure, scaled down to a limit of 300)."""
-    with recursion_limit(1000):
-        _build_save_and_load_1000_layers(tmp_path)
-
-
-def _build_save_and_load_1000_layers(tmp_path) -> None:
     from cnnbuild.builder import build_model, keras_summary
     from cnnbuild.io import save_model
     from cnnbuild.runs import load_model
 
-    text = yaml.safe_dump(
-        {
-            "name": "deep",
-            "input": [2, 2, 1],
-            "blocks": {"two": {"layers": [{"Dense": {"units": 2}}, "ReLU"]}},
-            "layers": [{"two": {"repeat": 500}}],
-        }
-    )
-    cfg = from_document(parse_text(text, "deep.yaml"))
-    tr = trace(cfg)
-    assert len(cfg.nodes) == 1 + 1000 and not tr.findings  # input_scaling, then the stack
-    model = build_model(cfg, compile=False)
-    assert len(model.layers) == 1 + 1 + 1000  # the InputLayer, input_scaling, the stack
-    assert keras_summary(cfg, model) == tr.to_dict()
-    save_model(model, tmp_path / "deep.keras")
-    loaded = load_model(tmp_path / "deep.keras")
-    x = np.random.default_rng(0).random((3, 2, 2, 1), dtype="float32")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    with recursion_limit(1000):
+        text = yaml.safe_dump(
+            {
+                "name": "deep",
+                "input": [2, 2, 1],
+                "blocks": {"two": {"layers": [{"Dense": {"units": 2}}, "ReLU"]}},
+                "layers": [{"two": {"repeat": 500}}],
+            }
+        )
+        cfg = from_document(parse_text(text, "deep.yaml"))
+        tr = trace(cfg)
+        assert len(cfg.nodes) == 1 + 1000 and not tr.findings  # input_scaling, then the stack
+        model = build_model(cfg, compile=False)
+        assert len(model.layers) == 1 + 1 + 1000  # the InputLayer, input_scaling, the stack
+        assert keras_summary(cfg, model) == tr.to_dict()
+        save_model(model, tmp_path / "deep.keras")
+        loaded = load_model(tmp_path / "deep.keras")
+        x = np.random.default_rng(0).random((3, 2, 2, 1), dtype="float32")
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 def test_adapt_normalization_adapts_what_each_layer_receives():
