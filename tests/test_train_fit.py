@@ -53,6 +53,10 @@ def _metrics(run_dir):
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def _history(run_dir):
+    return json.loads((run_dir / "history.json").read_text())
+
+
 def test_train_fills_the_run_directory(cli, write, tmp_path):
     config = write(TINY)
     run_dir = tmp_path / "run"
@@ -112,6 +116,67 @@ def test_an_epoch_saves_the_model_once_and_copies_it_when_it_is_the_best(
     state = json.loads((run_dir / "state.json").read_text())
     assert state["best_epoch"] == 2  # the training loss falls from epoch 1
     assert (run_dir / "model.keras").read_bytes() == (run_dir / "last.keras").read_bytes()
+
+
+def test_the_training_and_validation_steps_are_traced_once_for_the_whole_run(
+    cli, write, tmp_path, monkeypatch
+):
+    """Over 3 epochs TensorFlow traces ``train_step`` and ``test_step`` once each: every
+    variable they use exists before the first trace (else TensorFlow traces each twice,
+    the first trace having made the optimizer's and metrics' variables), and no epoch
+    clears the kernel caches (``tf.random.set_seed`` would)."""
+    import keras
+
+    traced = []
+    for step in ("train_step", "test_step"):  # Python runs them once per trace, not per step
+
+        def counted(self, data, real=getattr(keras.Model, step), step=step):
+            traced.append(step)
+            return real(self, data)
+
+        monkeypatch.setattr(keras.Model, step, counted)
+    config = write(TINY)
+    result = cli("train", config, "--out", tmp_path / "run", "--seed", 0, "--epochs", 3)
+    assert result.exit_code == 0, result.output
+    assert "epoch 3/3" in result.output
+    assert sorted(traced) == ["test_step", "train_step"], traced
+
+
+def test_building_the_step_state_first_changes_nothing_the_run_computes(
+    cli, write, tmp_path, monkeypatch
+):
+    """The same seed gives the same losses, weights and gradient flow whether cnnbuild
+    builds the step's variables first or Keras makes them in its first trace (its own
+    path on one device); the model has BatchNormalization, Dropout and an augmentation."""
+    import importlib
+
+    import keras
+
+    fit = importlib.import_module("cnnbuild.train.fit")
+    config = write(
+        TINY.replace(
+            "  - Conv2D: {filters: 8, kernel_size: 3, strides: 2, activation: relu}\n",
+            "  - RandomFlip: {mode: horizontal}\n"
+            "  - Conv2D: {filters: 8, kernel_size: 3, strides: 2, activation: relu}\n"
+            "  - BatchNormalization\n  - Dropout: {rate: 0.3}\n",
+        )
+    )
+    runs = {}
+    for name in ("built first", "keras' own"):
+        if name == "keras' own":
+            monkeypatch.setattr(fit, "build_training_state", lambda model, spec: None)
+        run_dir = tmp_path / name.replace(" ", "_").replace("'", "")
+        assert cli("train", config, "--out", run_dir, "--seed", 5).exit_code == 0
+        model = keras.saving.load_model(run_dir / "last.keras")
+        flow = json.loads((run_dir / "gradients.json").read_text())
+        runs[name] = (
+            [{k: v for k, v in h.items() if "loss" in k or "acc" in k} for h in _history(run_dir)],
+            model.get_weights() + [v.numpy() for v in model.optimizer.variables],
+            [e["layers"] for e in flow["epochs"]],
+        )
+    (h1, w1, g1), (h2, w2, g2) = runs.values()
+    assert h1 == h2 and g1 == g2
+    assert len(w1) == len(w2) and all(np.array_equal(a, b) for a, b in zip(w1, w2, strict=True))
 
 
 def test_same_seed_same_metrics_on_cpu(cli, write, tmp_path):

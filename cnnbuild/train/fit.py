@@ -38,7 +38,13 @@ from rich.console import Console
 
 from cnnbuild import distribute
 from cnnbuild.backend import keras_module
-from cnnbuild.builder import adapt_normalization, build_model, compile_model, set_frozen
+from cnnbuild.builder import (
+    adapt_normalization,
+    build_model,
+    build_training_state,
+    compile_model,
+    set_frozen,
+)
 from cnnbuild.catalog import one_hot_classes
 from cnnbuild.charts import curves
 from cnnbuild.config import ModelConfig, frozen_names
@@ -794,6 +800,8 @@ class Session:
                 run.phase = phase.index if phase.frozen is not None else None
                 if phase.frozen is not None and start == phase.start:
                     self._enter_phase(phase)  # a resume inside a phase restored its own
+                if plan.strategy is None:  # a strategy's fit builds it itself
+                    build_training_state(self.model, train_ds.element_spec)
                 self.model.fit(
                     train_ds,
                     validation_data=val_ds,
