@@ -607,7 +607,8 @@ def train(
     steps_per_execution: Annotated[
         int | None,
         typer.Option(
-            help="Batches per compiled call (default 8 on CPU, 32 on GPU).", show_default=False
+            help="Batches per compiled call (default 32 on GPU; on CPU 8, or 1 past 50 layers).",
+            show_default=False,
         ),
     ] = None,
     tensorboard: Annotated[

@@ -179,6 +179,29 @@ def test_building_the_step_state_first_changes_nothing_the_run_computes(
     assert len(w1) == len(w2) and all(np.array_equal(a, b) for a, b in zip(w1, w2, strict=True))
 
 
+def test_a_deep_model_runs_one_step_per_call_on_a_cpu_unless_told(cli, write, tmp_path):
+    """Past CPU_MULTI_STEP_LAYERS layers the CPU default is one step per compiled call
+    (Keras' multi-step loop costs a deep model more to trace than it saves; TINY, a
+    small one, keeps 8 in the first test), and --steps-per-execution wins at any depth."""
+    from cnnbuild.train.settings import CPU_MULTI_STEP_LAYERS
+
+    repeat = CPU_MULTI_STEP_LAYERS // 2 + 1
+    deep = write(
+        "name: deep\ninput: [32, 32, 3]\n"
+        "blocks:\n  pair:\n    layers: [{Conv2D: {filters: 4, kernel_size: 1}}, ReLU]\n"
+        f"layers:\n  - pair: {{repeat: {repeat}}}\n  - GlobalAveragePooling2D\n"
+        "  - Dense: {units: 10}\n" + TINY[TINY.index("compile:") :],
+        "deep.yaml",
+    )
+    assert len(load_config(deep).nodes) > CPU_MULTI_STEP_LAYERS
+    for extra, want in (((), 1), (("--steps-per-execution", 4), 4)):
+        run_dir = tmp_path / f"run{want}"
+        result = cli("train", deep, "--out", run_dir, "--epochs", 1, "--limit", 96, *extra)
+        assert result.exit_code == 0, result.output
+        assert _metrics(run_dir)["steps_per_execution"] == want
+        assert load_config(run_dir / "config.yaml").train.steps_per_execution == want
+
+
 def test_same_seed_same_metrics_on_cpu(cli, write, tmp_path):
     config = write(TINY)
     for name in ("a", "b"):

@@ -565,7 +565,7 @@ class Session:
         import tensorflow as tf
 
         self.tf = tf
-        self.device = select_device(settings)
+        self.device = select_device(settings, len(cfg.nodes))
         # before any TensorFlow op: a multi-worker strategy configures the runtime
         self.plan = distribute.make_plan(settings.strategy, self.device.kind)
         if self.plan.strategy is not None:

@@ -23,6 +23,12 @@ from cnnbuild.transfer import source_path
 
 CPU_STEPS_PER_EXECUTION = 8
 GPU_STEPS_PER_EXECUTION = 32
+# Deeper than this, a CPU runs one step per call by default: Keras' multi-step loop (a
+# while loop around the step) takes TensorFlow far longer to trace and optimise, about 6 s
+# more on a 155-layer MobileNetV2's first epoch, for a saving per step (Keras' own
+# overhead, about a millisecond) that such a model's long steps do not feel. On a small
+# CNN the loop is worth about 5 % of the steady speed (docs/guides/training-speed.md).
+CPU_MULTI_STEP_LAYERS = 50
 
 
 def stdout_console() -> Console:
@@ -78,8 +84,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def select_device(settings: TrainConfig) -> Device:
+def select_device(settings: TrainConfig, layers: int = 0) -> Device:
     """Pick CPU or GPU and the settings that suit it, the dtype policy included.
+
+    Args:
+        settings: the run's ``train:`` settings.
+        layers: the model's layer count (picks the CPU's default steps per execution).
 
     Raises:
         RunError: ``device: gpu`` when TensorFlow sees no GPU.
@@ -109,10 +119,17 @@ def select_device(settings: TrainConfig) -> Device:
         kind=kind,
         name=name,
         jit_compile=settings.jit_compile if settings.jit_compile is not None else on_gpu,
-        steps_per_execution=settings.steps_per_execution
-        or (GPU_STEPS_PER_EXECUTION if on_gpu else CPU_STEPS_PER_EXECUTION),
+        steps_per_execution=settings.steps_per_execution or default_steps(on_gpu, layers),
         policy=policy,
     )
+
+
+def default_steps(on_gpu: bool, layers: int) -> int:
+    """Batches per compiled call when the run does not say: 32 on a GPU; on a CPU 8, or 1
+    for a model deeper than ``CPU_MULTI_STEP_LAYERS``."""
+    if on_gpu:
+        return GPU_STEPS_PER_EXECUTION
+    return CPU_STEPS_PER_EXECUTION if layers <= CPU_MULTI_STEP_LAYERS else 1
 
 
 def check_data(cfg: ModelConfig, data: Data) -> None:
