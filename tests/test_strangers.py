@@ -363,3 +363,84 @@ def test_stranger_trains_reports_exports_and_predicts(name, precision, tmp_path,
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)["predictions"]
     assert row["top"][0]["class"] in {f"c{i}" for i in range(classes)}, row
+
+
+# What a CPU with AVX2 and no AVX-512 runs, emulated on whatever CPU runs the suite: in
+# float32, oneDNN's kernels limited to AVX2 (ONEDNN_MAX_CPU_ISA, which oneDNN reads); in
+# bfloat16, TensorFlow's own (Eigen) kernels, since TensorFlow hands bf16 to oneDNN only on
+# a CPU with AVX-512 or AVX-NE-CONVERT (IsDataTypeSupportedByOneDNNOnThisCPU, in its
+# core/util/util.cc); TF_ENABLE_ONEDNN_OPTS=0 gives every op those kernels.
+AVX2_CPU = {
+    "float32": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "--no-mixed-precision"),
+    "mixed_bfloat16": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "--mixed-precision"),
+}
+
+
+def _flowers_data(folder: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 180, 180, 3), dtype=np.uint8)
+    np.savez(
+        folder / "data.npz",
+        x_train=images[:8], y_train=np.arange(8) % 2,
+        x_test=images[8:], y_test=np.arange(4) % 2,
+        class_names=np.array([f"c{i}" for i in range(5)]),
+    )  # fmt: skip
+    Image.fromarray(images[-1]).save(folder / "picture.png")
+    return folder / "data.npz"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", sorted(AVX2_CPU))
+def test_flowers_trains_reports_and_exports_as_an_avx2_cpu_runs_it(
+    precision, tmp_path, monkeypatch
+):
+    """The TF flowers tutorial's model (RandomFlip, RandomRotation, RandomZoom) trains,
+    writes its gradient flow and report, exports and predicts in fresh processes running
+    the kernels an AVX2-only CPU runs, in float32 and in forced mixed_bfloat16."""
+    from tests.conftest import run_process
+
+    env, flag = AVX2_CPU[precision]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    data, run = _flowers_data(tmp_path), tmp_path / "run"
+    done = run_process(
+        "train", DATA / "flowers_tutorial.yaml", "--dataset", f"npz:{data}", "--epochs", 1,
+        "--batch-size", 4, "--validation-split", 0, "--seed", 1, flag, "--out", run,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((run / "metrics.json").read_text())["precision_policy"] == precision
+    flow = json.loads((run / "gradients.json").read_text())
+    norms = [v["output_grad_norm"] for v in flow["epochs"][0]["layers"].values()]
+    assert all(np.isfinite(norms)) and max(norms) > 0, norms
+    assert "gradient" in (run / "report.html").read_text(encoding="utf-8").lower()
+    done = run_process("export", run, "--format", "saved_model", "-o", tmp_path / "exported")
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_process("predict", run, tmp_path / "picture.png", "--format", "json", "-k", 1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["predictions"][0]["top"][0]["class"].startswith("c")
+
+
+@pytest.mark.slow
+def test_a_kernel_that_fails_in_training_is_one_message_not_a_traceback(tmp_path, monkeypatch):
+    """On a CPU with AVX-512 TensorFlow hands bf16 convolutions to oneDNN; limited to AVX2
+    (ONEDNN_MAX_CPU_ISA), oneDNN has no such kernel and the step fails. That is one error
+    line naming the layer's node and --no-mixed-precision, exit 1, the run marked failed."""
+    from cnnbuild.precision import cpu_flags
+    from tests.conftest import run_process
+
+    if "avx512f" not in cpu_flags():
+        pytest.skip("no AVX-512 here: TensorFlow runs bf16 on its own kernels, which work")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    data, run = _flowers_data(tmp_path), tmp_path / "run"
+    done = run_process(
+        "train", DATA / "flowers_tutorial.yaml", "--dataset", f"npz:{data}", "--epochs", 1,
+        "--batch-size", 4, "--validation-split", 0, "--mixed-precision", "--out", run,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert "TensorFlow failed during training at node flowers" in line, line
+    assert "conv2d" in line and "--no-mixed-precision" in line and "no epoch had finished" in line
+    assert json.loads((run / "state.json").read_text())["status"] == "failed"

@@ -800,17 +800,21 @@ class Session:
                 run.phase = phase.index if phase.frozen is not None else None
                 if phase.frozen is not None and start == phase.start:
                     self._enter_phase(phase)  # a resume inside a phase restored its own
-                if plan.strategy is None:  # a strategy's fit builds it itself
-                    build_training_state(self.model, train_ds.element_spec)
-                self.model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    epochs=phase.end,
-                    initial_epoch=0 if plan.multi_worker else start,
-                    callbacks=callbacks,
-                    verbose=0,
-                    shuffle=False,
-                )
+                try:
+                    if plan.strategy is None:  # a strategy's fit builds it itself
+                        build_training_state(self.model, train_ds.element_spec)
+                    self.model.fit(
+                        train_ds,
+                        validation_data=val_ds,
+                        epochs=phase.end,
+                        initial_epoch=0 if plan.multi_worker else start,
+                        callbacks=callbacks,
+                        verbose=0,
+                        shuffle=False,
+                    )
+                except tf.errors.OpError as exc:  # a kernel failed: memory, a missing kernel
+                    run.finish("failed")
+                    raise RunError(self._kernel_failure(exc)) from None
                 if run.diverged or len(run.history) < phase.end:
                     break  # diverged, or stopped early
         if run.diverged:
@@ -827,6 +831,43 @@ class Session:
                 f"stopped and {kept}. Lower the learning rate, or check the data "
                 "scaling and the loss"
             )
+
+    def _kernel_failure(self, exc: Any) -> str:
+        """What to say when TensorFlow fails inside the training step: its error's kind and
+        first line, where the run stands, and what to try."""
+        run, tf = self.run, self.tf
+        lines = [line.strip() for line in (getattr(exc, "message", "") or str(exc)).splitlines()]
+        # "Detected at node while/body/.../StatefulPartitionedCall/MODEL/LAYER/Op defined..."
+        detected = [ln.split()[3] for ln in lines if ln.startswith("Detected at node ")]
+        node = detected[0].split("StatefulPartitionedCall/")[-1] if detected else ""
+        said = [
+            line
+            for line in lines
+            if line
+            and not line.startswith(("Detected at node", "<stack", "[[", "Graph execution error"))
+        ]
+        reason = rich(said[0][:300]) if said else "no message"
+        where = f" at node {rich(node)}" if node else ""
+        done = len(run.history)
+        kept = (
+            f"epoch {done} is saved in {run.dir.file('last.keras')}"
+            if done
+            else "no epoch had finished"
+        )
+        if isinstance(exc, tf.errors.ResourceExhaustedError):
+            hint = "it ran out of memory: lower --batch-size"
+        elif self.device.mixed_precision:
+            hint = (
+                f"it trained in {self.device.policy}; --no-mixed-precision trains in float32, "
+                "where every CPU and GPU kernel exists"
+            )
+        else:
+            hint = "run with -v to see TensorFlow's own messages"
+        return (
+            f"TensorFlow failed during training{where} ({type(exc).__name__}: {reason}); "
+            f"{kept}. "
+            f"{hint[0].upper()}{hint[1:]}"
+        )
 
     def _enter_phase(self, phase: Phase) -> None:
         """Freeze what the phase says, compile again (as Keras requires after a change
