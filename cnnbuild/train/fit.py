@@ -846,8 +846,8 @@ class Session:
             if line
             and not line.startswith(("Detected at node", "<stack", "[[", "Graph execution error"))
         ]
-        reason = rich(said[0][:300]) if said else "no message"
-        where = f" at node {rich(node)}" if node else ""
+        reason = said[0][:300] if said else "no message"  # the error printer escapes it
+        where = f" at node {node}" if node else ""
         done = len(run.history)
         kept = (
             f"epoch {done} is saved in {run.dir.file('last.keras')}"
