@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from cnnbuild.builder import build_model, keras_module  # noqa: E402
 from cnnbuild.data.pipeline import make_pipeline  # noqa: E402
 from cnnbuild.precision import FLOAT32, MIXED_BF16, MIXED_FP16, cpu_has_bf16  # noqa: E402
-from cnnbuild.train import CPU_STEPS_PER_EXECUTION, GPU_STEPS_PER_EXECUTION  # noqa: E402
+from cnnbuild.train.settings import default_steps  # noqa: E402
 from cnnbuild.validate import load_traced  # noqa: E402
 
 CONFIGS = ["configs/cifar10_tutorial.yaml", "configs/cifar10_bn_gap.yaml"]
@@ -213,9 +213,7 @@ def child(args) -> None:
                 "plan": plan,
                 "policy": policy,
                 "xla": gpu if args.xla == "auto" else args.xla == "on",
-                "spe": 1
-                if plan.strategy is not None
-                else (GPU_STEPS_PER_EXECUTION if gpu else CPU_STEPS_PER_EXECUTION),
+                "spe": 1 if plan.strategy is not None else default_steps(gpu, len(cfg.nodes)),
             }
             results = {"baseline": [], "cnnbuild": []}
             for _ in range(args.rounds):

@@ -376,6 +376,18 @@ AVX2_CPU = {
 }
 
 
+def _only_these_kernel_settings(monkeypatch, env: dict[str, str]) -> None:
+    """The child processes get ``env`` and none of oneDNN's or TensorFlow's kernel
+    settings that the suite's own environment may carry."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("ONEDNN_", "DNNL_")) or name == "TF_ENABLE_ONEDNN_OPTS":
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
 def _flowers_data(folder: Path) -> Path:
     from PIL import Image
 
@@ -402,14 +414,23 @@ def test_flowers_trains_reports_and_exports_as_an_avx2_cpu_runs_it(
     from tests.conftest import run_process
 
     env, flag = AVX2_CPU[precision]
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    _only_these_kernel_settings(monkeypatch, {**env, "ONEDNN_VERBOSE": "1"})
     data, run = _flowers_data(tmp_path), tmp_path / "run"
     done = run_process(
         "train", DATA / "flowers_tutorial.yaml", "--dataset", f"npz:{data}", "--epochs", 1,
         "--batch-size", 4, "--validation-split", 0, "--seed", 1, flag, "--out", run,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+    # the emulation took: oneDNN's own log says what ran (its convolutions, or none)
+    convolutions = [
+        line for line in done.stdout.splitlines() if ",exec," in line and "convolution" in line
+    ]
+    if precision == "float32":
+        assert any("avx2" in line for line in convolutions), convolutions[:3]
+        assert not any("avx512" in line or "amx" in line for line in convolutions)
+    else:
+        assert not convolutions, convolutions[:3]  # TensorFlow's own kernels ran them
+    monkeypatch.delenv("ONEDNN_VERBOSE")
     assert json.loads((run / "metrics.json").read_text())["precision_policy"] == precision
     flow = json.loads((run / "gradients.json").read_text())
     norms = [v["output_grad_norm"] for v in flow["epochs"][0]["layers"].values()]
@@ -432,7 +453,7 @@ def test_a_kernel_that_fails_in_training_is_one_message_not_a_traceback(tmp_path
 
     if "avx512f" not in cpu_flags():
         pytest.skip("no AVX-512 here: TensorFlow runs bf16 on its own kernels, which work")
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    _only_these_kernel_settings(monkeypatch, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
     data, run = _flowers_data(tmp_path), tmp_path / "run"
     done = run_process(
         "train", DATA / "flowers_tutorial.yaml", "--dataset", f"npz:{data}", "--epochs", 1,

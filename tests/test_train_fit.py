@@ -122,9 +122,10 @@ def test_the_training_and_validation_steps_are_traced_once_for_the_whole_run(
     cli, write, tmp_path, monkeypatch
 ):
     """Over 3 epochs TensorFlow traces ``train_step`` and ``test_step`` once each: every
-    variable they use exists before the first trace (else TensorFlow traces each twice,
-    the first trace having made the optimizer's and metrics' variables), and no epoch
-    clears the kernel caches (``tf.random.set_seed`` would)."""
+    variable the training step uses exists before its first trace (else TensorFlow traces
+    it twice, the first trace having made the optimizer's and metrics' variables), the
+    build adds no trace of its own, and no epoch clears the kernel caches
+    (``tf.random.set_seed`` would)."""
     import keras
 
     traced = []
@@ -200,6 +201,37 @@ def test_a_deep_model_runs_one_step_per_call_on_a_cpu_unless_told(cli, write, tm
         assert result.exit_code == 0, result.output
         assert _metrics(run_dir)["steps_per_execution"] == want
         assert load_config(run_dir / "config.yaml").train.steps_per_execution == want
+
+
+def test_a_tensorflow_error_in_fit_is_read_for_its_node_and_reason():
+    """A real error from a traced training step, with the Python frames that made its node
+    (an index out of range in a gather), gives the model's node and TensorFlow's reason,
+    not a frame; an eager one-line error gives its reason; an empty one says so."""
+    import keras
+    import tensorflow as tf
+
+    from cnnbuild.train.fit import op_error_parts
+
+    inputs = keras.Input((3,), dtype="int32")
+    hidden = keras.layers.Flatten()(keras.layers.Embedding(5, 2, name="lookup")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden), name="gathers")
+    model.compile(optimizer="sgd", loss="mse")
+    try:
+        model.fit(np.full((4, 3), 9, "int32"), np.zeros((4, 2)), verbose=0)
+    except tf.errors.InvalidArgumentError as exc:
+        message = exc.message
+    else:
+        raise AssertionError("an index of 9 into 5 rows trained")
+    assert 'File "' in message  # the frames are there to skip
+    node, reason = op_error_parts(message)
+    assert node.startswith("gathers") and "lookup" in node, node
+    assert reason == "indices[0,0] = 9 is not in [0, 5)", reason
+    eager = "{{function_node __wrapped__Conv2D}} No OpKernel was registered [Op:Conv2D] name: "
+    assert op_error_parts(eager) == (
+        "",
+        "{{function_node __wrapped__Conv2D}} No OpKernel was registered",
+    )
+    assert op_error_parts("") == ("", "no message")
 
 
 def test_same_seed_same_metrics_on_cpu(cli, write, tmp_path):

@@ -833,20 +833,10 @@ class Session:
             )
 
     def _kernel_failure(self, exc: Any) -> str:
-        """What to say when TensorFlow fails inside the training step: its error's kind and
-        first line, where the run stands, and what to try."""
+        """What to say when TensorFlow fails inside the training step: its error's kind,
+        node and reason (:func:`op_error_parts`), where the run stands, what to try."""
         run, tf = self.run, self.tf
-        lines = [line.strip() for line in (getattr(exc, "message", "") or str(exc)).splitlines()]
-        # "Detected at node while/body/.../StatefulPartitionedCall/MODEL/LAYER/Op defined..."
-        detected = [ln.split()[3] for ln in lines if ln.startswith("Detected at node ")]
-        node = detected[0].split("StatefulPartitionedCall/")[-1] if detected else ""
-        said = [
-            line
-            for line in lines
-            if line
-            and not line.startswith(("Detected at node", "<stack", "[[", "Graph execution error"))
-        ]
-        reason = said[0][:300] if said else "no message"  # the error printer escapes it
+        node, reason = op_error_parts(getattr(exc, "message", "") or str(exc))
         where = f" at node {node}" if node else ""
         done = len(run.history)
         kept = (
@@ -854,19 +844,19 @@ class Session:
             if done
             else "no epoch had finished"
         )
+        new_run = "in a new run (--resume keeps the run's settings)" if done else "again"
         if isinstance(exc, tf.errors.ResourceExhaustedError):
-            hint = "it ran out of memory: lower --batch-size"
-        elif self.device.mixed_precision:
+            hint = f"It ran out of memory: train {new_run} with a lower --batch-size"
+        elif self.device.mixed_precision and any(w in reason for w in PRECISION_WORDS):
             hint = (
-                f"it trained in {self.device.policy}; --no-mixed-precision trains in float32, "
-                "where every CPU and GPU kernel exists"
+                f"It trained in {self.device.policy}: train {new_run} with "
+                "--no-mixed-precision (float32, where every CPU and GPU kernel exists)"
             )
         else:
-            hint = "run with -v to see TensorFlow's own messages"
+            hint = "Run with -v to see TensorFlow's own messages"
         return (
             f"TensorFlow failed during training{where} ({type(exc).__name__}: {reason}); "
-            f"{kept}. "
-            f"{hint[0].upper()}{hint[1:]}"
+            f"{kept}. {hint}"
         )
 
     def _enter_phase(self, phase: Phase) -> None:
@@ -971,6 +961,33 @@ def phase_plan(cfg: ModelConfig, settings: TrainConfig) -> list[Phase]:
         plan.append(Phase(i, len(phases), start, start + p.epochs, p.learning_rate, frozen))
         start += p.epochs
     return plan
+
+
+# words in a TensorFlow error that point at a 16-bit type or a kernel missing for it
+PRECISION_WORDS = ("bfloat16", "float16", "half", "No OpKernel", "primitive descriptor")
+
+
+def op_error_parts(message: str) -> tuple[str, str]:
+    """The node and the reason of a TensorFlow error raised inside a traced function.
+
+    Its message is "Graph execution error:", "Detected at node NODE defined at...", the
+    Python frames that made the node (or "<stack traces unavailable>"), the reason, then
+    "[[{{node NODE}}]] [Op:...]"; an eager error is the reason on one line. The node is
+    given from the model's name on (the part after the last ``StatefulPartitionedCall/``).
+
+    Returns:
+        ``(node, reason)``; the node is empty when the message names none, the reason is
+        "no message" when it is empty. At most 300 characters of the reason.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    detected = [ln.split()[3] for ln in lines if ln.startswith("Detected at node ")]
+    node = detected[0].split("StatefulPartitionedCall/")[-1] if detected else ""
+    said = [ln for ln in lines if not ln.startswith("[[")]  # the reason is the last of these
+    reason = said[-1] if said else ""
+    if reason.startswith(("Graph execution error", "Detected at node", "<stack", "File ")):
+        reason = ""
+    reason = reason.split(" [Op:")[0].strip()
+    return node, reason[:300] or "no message"
 
 
 def phase_at(plan: list[Phase], epoch: int) -> Phase:
