@@ -365,14 +365,17 @@ def test_stranger_trains_reports_exports_and_predicts(name, precision, tmp_path,
     assert row["top"][0]["class"] in {f"c{i}" for i in range(classes)}, row
 
 
-# What a CPU with AVX2 and no AVX-512 runs, emulated on whatever CPU runs the suite: in
-# float32, oneDNN's kernels limited to AVX2 (ONEDNN_MAX_CPU_ISA, which oneDNN reads); in
-# bfloat16, TensorFlow's own (Eigen) kernels, since TensorFlow hands bf16 to oneDNN only on
-# a CPU with AVX-512 or AVX-NE-CONVERT (IsDataTypeSupportedByOneDNNOnThisCPU, in its
-# core/util/util.cc); TF_ENABLE_ONEDNN_OPTS=0 gives every op those kernels.
-AVX2_CPU = {
-    "float32": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "--no-mixed-precision"),
-    "mixed_bfloat16": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "--mixed-precision"),
+# What CPUs without native bf16 run, emulated on whatever CPU runs the suite (case:
+# environment, flag, policy). An AVX2-only CPU: in float32, oneDNN's kernels limited to
+# AVX2 (ONEDNN_MAX_CPU_ISA, which oneDNN reads); in bfloat16, TensorFlow's own (Eigen)
+# kernels, since TensorFlow hands bf16 to oneDNN only on a CPU with AVX-512 or
+# AVX-NE-CONVERT (IsDataTypeSupportedByOneDNNOnThisCPU, in its core/util/util.cc), and
+# TF_ENABLE_ONEDNN_OPTS=0 gives every op those kernels. A CPU with AVX-512 but no
+# avx512_bf16 (Skylake, Cascade Lake): oneDNN emulates bf16 on avx512_core.
+NO_NATIVE_BF16 = {
+    "avx2-float32": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "--no-mixed-precision", "float32"),
+    "avx2-bf16": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "--mixed-precision", "mixed_bfloat16"),
+    "avx512-bf16": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, "--mixed-precision", "mixed_bfloat16"),
 }
 
 
@@ -404,16 +407,20 @@ def _flowers_data(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", sorted(AVX2_CPU))
-def test_flowers_trains_reports_and_exports_as_an_avx2_cpu_runs_it(
-    precision, tmp_path, monkeypatch
+@pytest.mark.parametrize("case", sorted(NO_NATIVE_BF16))
+def test_flowers_trains_reports_and_exports_as_a_cpu_without_native_bf16_runs_it(
+    case, tmp_path, monkeypatch
 ):
     """The TF flowers tutorial's model (RandomFlip, RandomRotation, RandomZoom) trains,
     writes its gradient flow and report, exports and predicts in fresh processes running
-    the kernels an AVX2-only CPU runs, in float32 and in forced mixed_bfloat16."""
+    the kernels an AVX2-only CPU runs (float32 and forced mixed_bfloat16) and those an
+    AVX-512 CPU without bf16 instructions runs (forced mixed_bfloat16)."""
+    from cnnbuild.precision import cpu_flags
     from tests.conftest import run_process
 
-    env, flag = AVX2_CPU[precision]
+    if case == "avx512-bf16" and "avx512f" not in cpu_flags():
+        pytest.skip("no AVX-512 here: TensorFlow runs bf16 on its own kernels (avx2-bf16)")
+    env, flag, precision = NO_NATIVE_BF16[case]
     _only_these_kernel_settings(monkeypatch, {**env, "ONEDNN_VERBOSE": "1"})
     data, run = _flowers_data(tmp_path), tmp_path / "run"
     done = run_process(
@@ -425,11 +432,14 @@ def test_flowers_trains_reports_and_exports_as_an_avx2_cpu_runs_it(
     convolutions = [
         line for line in done.stdout.splitlines() if ",exec," in line and "convolution" in line
     ]
-    if precision == "float32":
+    if case == "avx2-float32":
         assert any("avx2" in line for line in convolutions), convolutions[:3]
         assert not any("avx512" in line or "amx" in line for line in convolutions)
-    else:
+    elif case == "avx2-bf16":
         assert not convolutions, convolutions[:3]  # TensorFlow's own kernels ran them
+    else:  # bf16 emulated on avx512_core: no avx512_core_bf16, no AMX
+        assert convolutions and all("avx512_core" in line for line in convolutions)
+        assert not any("avx512_core_bf16" in line or "amx" in line for line in convolutions)
     monkeypatch.delenv("ONEDNN_VERBOSE")
     assert json.loads((run / "metrics.json").read_text())["precision_policy"] == precision
     flow = json.loads((run / "gradients.json").read_text())
