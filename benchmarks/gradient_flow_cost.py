@@ -49,7 +49,7 @@ def main() -> None:
     keras = keras_module()
     cfg = load_config(args.config)
     settings = resolve_train(cfg, {})
-    device = select_device(settings)
+    device = select_device(settings, len(cfg.nodes))
     data = load_data(cfg.input_shape, settings, quiet=True)
     x, y, _, _ = split_validation(
         data.x_train, data.y_train, settings.validation_split, settings.seed or 0

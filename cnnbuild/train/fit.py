@@ -120,6 +120,15 @@ class Run:
     def history(self) -> list[dict]:
         return self.state.history
 
+    def saved_words(self) -> str:
+        """Which epoch a stopped run keeps, for its last message."""
+        done = self.state.epochs_done
+        return (
+            f"epoch {done} is saved in {self.dir.file('last.keras')}"
+            if done
+            else ("no epoch had finished")
+        )
+
     def restored(self, epoch: int) -> None:
         """A multi-worker backup resumed training at ``epoch``: forget any later record."""
         history = self.state.history[:epoch]
@@ -536,14 +545,8 @@ class Session:
                 if self.plan.multi_worker
                 else _resume_command(run.dir.path)
             )
-            done = run.state.epochs_done
-            saved = (
-                f"epoch {done} is saved in {run.dir.file('last.keras')}"
-                if done
-                else "no epoch had finished"
-            )
             raise Interrupted(
-                f"{stop.name}: interrupted; {saved}. Resume with:\n  {again}"
+                f"{stop.name}: interrupted; {run.saved_words()}. Resume with:\n  {again}"
             ) from None
         finally:
             run.dir.close()
@@ -838,13 +841,9 @@ class Session:
         run, tf = self.run, self.tf
         node, reason = op_error_parts(getattr(exc, "message", "") or str(exc))
         where = f" at node {node}" if node else ""
-        done = len(run.history)
-        kept = (
-            f"epoch {done} is saved in {run.dir.file('last.keras')}"
-            if done
-            else "no epoch had finished"
+        new_run = (
+            "in a new run (--resume keeps the run's settings)" if run.state.epochs_done else "again"
         )
-        new_run = "in a new run (--resume keeps the run's settings)" if done else "again"
         if isinstance(exc, tf.errors.ResourceExhaustedError):
             hint = f"It ran out of memory: train {new_run} with a lower --batch-size"
         elif self.device.mixed_precision and any(w in reason for w in PRECISION_WORDS):
@@ -856,7 +855,7 @@ class Session:
             hint = "Run with -v to see TensorFlow's own messages"
         return (
             f"TensorFlow failed during training{where} ({type(exc).__name__}: {reason}); "
-            f"{kept}. {hint}"
+            f"{run.saved_words()}. {hint}"
         )
 
     def _enter_phase(self, phase: Phase) -> None:

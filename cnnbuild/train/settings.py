@@ -84,7 +84,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def select_device(settings: TrainConfig, layers: int = 0) -> Device:
+def select_device(settings: TrainConfig, layers: int) -> Device:
     """Pick CPU or GPU and the settings that suit it, the dtype policy included.
 
     Args:
